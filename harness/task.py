@@ -1,0 +1,99 @@
+"""The task interface and registry. Each benchmark lives in its own module under ``tasks/``."""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from harness.errors import ConfigError, MissingDataFile
+from harness.types import Metrics, Response, Sample
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file a task needs under its data root, and where users get it."""
+
+    relpath: str
+    source: str
+
+
+class Task(ABC):
+    """A benchmark: its samples, and a scorer that follows the official one.
+
+    Subclasses set ``name``, ``version``, ``description`` and ``data_files``, and implement
+    :meth:`load_samples` and :meth:`score`.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    description: ClassVar[str]
+    data_files: ClassVar[tuple[DataFile, ...]] = ()
+    default_max_new_tokens: ClassVar[int] = 128
+
+    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
+                 options: Mapping[str, Any] | None = None):
+        self.data_root = Path(data_root) if data_root is not None else self.default_data_root()
+        self.image_root = Path(image_root) if image_root is not None else self.default_image_root()
+        self.options = dict(options or {})
+
+    def default_data_root(self) -> Path:
+        raise ConfigError(f"task {self.name} needs --data-root (the folder holding {self._file_list()})")
+
+    def default_image_root(self) -> Path:
+        return self.data_root
+
+    def _file_list(self) -> str:
+        return ", ".join(f.relpath for f in self.data_files) or "its files"
+
+    def check_files(self) -> list[Path]:
+        """Paths of the required files; :class:`MissingDataFile` for the first that is missing."""
+        paths = []
+        for f in self.data_files:
+            p = self.data_root / f.relpath
+            if not p.exists():
+                raise MissingDataFile(p, f.source)
+            paths.append(p)
+        return paths
+
+    def samples(self, limit: int | None = None) -> list[Sample]:
+        """The task's samples in their canonical order (the first ``limit`` of them)."""
+        self.check_files()
+        items = self.load_samples()
+        return items if limit is None else items[:limit]
+
+    @abstractmethod
+    def load_samples(self) -> list[Sample]:
+        """Read the benchmark files (all present) into samples."""
+
+    @abstractmethod
+    def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
+        """Score ``responses`` (by sample id) with the official metric. Samples without a response are failures."""
+
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    if cls.name in _TASKS and _TASKS[cls.name] is not cls:
+        raise ValueError(f"task {cls.name} registered twice")
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def all_tasks() -> dict[str, type[Task]]:
+    import tasks  # noqa: F401  (imports every task module, which registers itself)
+
+    return dict(sorted(_TASKS.items()))
+
+
+def get_task(name: str) -> type[Task]:
+    registry = all_tasks()
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"unknown task {name!r}{hint} (`harness tasks` lists them)")

@@ -1,0 +1,3 @@
+"""Benchmarks, one module each. Importing this package registers every task."""
+
+from tasks import toy  # noqa: F401
