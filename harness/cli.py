@@ -1,0 +1,290 @@
+"""Command line: ``harness run | tasks | toy-data``.
+
+User errors (:class:`harness.errors.HarnessError`) print one clear message and exit with status 2;
+finished predictions are always kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError, HarnessError
+
+log = logging.getLogger("harness")
+
+# Engine description keys that do not change predictions (left out of the run fingerprint).
+_NON_SEMANTIC = {"batch_size", "concurrency", "timeout_s", "max_retries"}
+
+
+# --------------------------------------------------------------------------- parsing
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate responses with a model and score them",
+                         description="Evaluate a model on tasks; a rerun of the same command resumes.")
+    run.add_argument("--model", help="checkpoint directory (hf, vllm) or served model name (openai); "
+                                     "default: the embedded tiny LLaVA model")
+    run.add_argument("--tasks", required=True, help="comma-separated task names (`harness tasks` lists them)")
+    run.add_argument("--engine", choices=["hf", "vllm", "openai"],
+                     help="inference engine (default: vllm on a CUDA machine with vLLM, else hf)")
+    run.add_argument("--limit", type=_positive_int, help="only the first N samples of each task")
+    run.add_argument("--batch-size", type=_positive_int, help="requests per engine call")
+    run.add_argument("--output-path", default="runs", help="root of the run directories (default: ./runs)")
+    run.add_argument("--run-name", help="name of the model's folder under --output-path (default: from --model)")
+    run.add_argument("--data-root", action="append", default=[], metavar="[TASK=]DIR",
+                     help="benchmark files in their original layout; repeat as TASK=DIR for several tasks")
+    run.add_argument("--image-root", action="append", default=[], metavar="[TASK=]DIR",
+                     help="benchmark images (default: the data root)")
+    run.add_argument("--max-new-tokens", type=_positive_int, help="override every sample's token budget")
+    run.add_argument("--template", help="prompt template of the model family (default: the family's own)")
+    run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    run.add_argument("--device", help="hf engine device (default: cuda if available, else cpu)")
+    run.add_argument("--seed", type=int, default=1234)
+    run.add_argument("--on-image-error", choices=["skip", "stop"], default="skip",
+                     help="unreadable image: record the sample as failed and go on (skip), or stop")
+    run.add_argument("--overwrite", action="store_true",
+                     help="discard predictions made with other settings in the run directory")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    vllm = run.add_argument_group("vllm engine")
+    vllm.add_argument("--tensor-parallel-size", type=_positive_int, default=1)
+    vllm.add_argument("--data-parallel-size", type=_positive_int, default=1)
+    vllm.add_argument("--enforce-eager", action="store_true")
+    vllm.add_argument("--max-model-len", type=_positive_int)
+    vllm.add_argument("--gpu-memory-utilization", type=float)
+    api = run.add_argument_group("openai engine")
+    api.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
+                                        "(default: $OPENAI_BASE_URL)")
+    api.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                     help="environment variable holding the API key (default: OPENAI_API_KEY); "
+                          "keys are never written to logs or run files")
+    api.add_argument("--served-model", help="model name sent to the server (default: --model)")
+    api.add_argument("--concurrency", type=_positive_int, default=8)
+    api.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    api.add_argument("--max-retries", type=int, default=5)
+
+    sub.add_parser("tasks", help="list the registered tasks and the data files each needs")
+
+    toy = sub.add_parser("toy-data", help="write the toy benchmark (AMBER file formats) to a folder")
+    toy.add_argument("output", help="folder to create")
+    toy.add_argument("--n-images", type=_positive_int, default=None)
+    toy.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+# --------------------------------------------------------------------------- helpers
+def _per_task(values: list[str], task_names: list[str], flag: str) -> dict[str, str]:
+    """Parse repeated ``[TASK=]DIR`` values into a mapping (key ``""`` = every task)."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, eq, path = value.partition("=")
+        if eq and name in task_names:
+            out[name] = path
+        elif eq and re.fullmatch(r"[A-Za-z0-9_:.-]+", name) and not Path(value).exists():
+            raise ConfigError(f"{flag} {value}: {name!r} is not one of the tasks of this run ({', '.join(task_names)})")
+        else:
+            out[""] = value
+    return out
+
+
+def _slug(text: str) -> str:
+    text = text.rstrip("/\\")
+    base = Path(text).name or text
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_") or "model"
+
+
+def _embedded_model() -> str:
+    from harness.models.tiny import ensure_embedded_model
+    from tasks.toy import corpus
+
+    return str(ensure_embedded_model(corpus()))
+
+
+def _resolve_tasks(args) -> list:
+    from harness.task import get_task
+
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not names:
+        raise ConfigError("--tasks is empty; `harness tasks` lists the task names")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--tasks names a task twice: {args.tasks}")
+    classes = [get_task(n) for n in names]  # unknown names fail here, before any model loads
+    data_roots = _per_task(args.data_root, names, "--data-root")
+    image_roots = _per_task(args.image_root, names, "--image-root")
+    tasks = []
+    for cls in classes:
+        data_root = data_roots.get(cls.name, data_roots.get(""))
+        image_root = image_roots.get(cls.name, image_roots.get(""))
+        if data_root is not None and not Path(data_root).is_dir():
+            raise ConfigError(f"--data-root {data_root} (task {cls.name}) is not a directory")
+        task = cls(data_root=data_root, image_root=image_root)
+        task.check_files()
+        tasks.append(task)
+    return tasks
+
+
+def _describe_model(args, engine_name: str) -> tuple[str, dict[str, Any], str | None]:
+    """(model string handed to the engine, manifest entry, default run name)."""
+    from harness.models import content_hash, resolve_model
+
+    model = args.model
+    if model is None:
+        if engine_name == "openai":
+            raise ConfigError("--engine openai needs --model (the served model name, or its checkpoint path)")
+        model = _embedded_model()
+        default_name = "tiny-llava-v1"
+    else:
+        default_name = _slug(args.served_model or model)
+    if engine_name == "openai" and not Path(model).exists():
+        return model, {"name": model, "path": None, "content_hash": None}, default_name
+    info, family = resolve_model(model, args.template)
+    entry = {"name": default_name, "path": str(Path(model).resolve()), "content_hash": info.content_hash,
+             "architecture": info.architecture, "family": info.family}
+    return model, entry, default_name
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_tasks(args) -> int:
+    from harness.task import all_tasks
+
+    registry = all_tasks()
+    width = max((len(n) for n in registry), default=4)
+    for name, cls in registry.items():
+        print(f"{name:<{width}}  {cls.description}")
+        for f in cls.data_files:
+            print(f"{'':<{width}}    needs {f.relpath}  ({f.source})")
+    return 0
+
+
+def cmd_toy_data(args) -> int:
+    from tasks.toy import generate_toy_amber
+
+    kwargs = {"seed": args.seed}
+    if args.n_images:
+        kwargs["n_images"] = args.n_images
+    path = generate_toy_amber(args.output, **kwargs)
+    print(path)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from harness import engines
+    from harness.engines import EngineOptions, create_engine
+    from harness.io import sha256_path
+    from harness.manifest import environment
+    from harness.runner import evaluate
+    from harness.store import RunStore
+    from harness.types import Decoding
+
+    tasks = _resolve_tasks(args)
+    engine_name = args.engine or engines.default_engine()
+    model, model_entry, default_name = _describe_model(args, engine_name)
+    run_name = args.run_name or default_name
+
+    stores = {t.name: RunStore(Path(args.output_path) / run_name / t.name) for t in tasks}
+    for store in stores.values():
+        store._ensure_writable()  # fail before loading a model
+
+    api_key = os.environ.get(args.api_key_env) if engine_name == "openai" else None
+    options = EngineOptions(
+        batch_size=args.batch_size, dtype=args.dtype, device=args.device, template=args.template,
+        tensor_parallel_size=args.tensor_parallel_size, data_parallel_size=args.data_parallel_size,
+        enforce_eager=args.enforce_eager, max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization, base_url=args.base_url, api_key=api_key,
+        served_model=args.served_model, concurrency=args.concurrency, timeout_s=args.timeout,
+        max_retries=args.max_retries,
+    )
+    decoding = Decoding(seed=args.seed)
+    env = environment()
+    results = []
+    started = time.time()
+    with create_engine(engine_name, model, decoding, options) as engine:
+        described = engine.describe()
+        for task in tasks:
+            samples = task.samples(args.limit)
+            data_hashes = {str(p.relative_to(task.data_root)): sha256_path(p) for p in task.check_files()}
+            settings = {
+                "model": {k: model_entry.get(k) for k in ("path", "content_hash")} | {"name": model_entry["name"]},
+                "engine": {k: v for k, v in described.items() if k not in _NON_SEMANTIC},
+                "task": {"name": task.name, "version": task.version, "data": data_hashes},
+                "max_new_tokens": args.max_new_tokens,
+            }
+            manifest = {
+                "model": model_entry, "engine": described, "task": {"name": task.name, "version": task.version,
+                                                                    "data_root": str(task.data_root),
+                                                                    "data_files": data_hashes},
+                "decoding": decoding.to_dict(), "max_new_tokens_override": args.max_new_tokens,
+                **env,
+            }
+            store = stores[task.name]
+            store.open(manifest, settings, overwrite=args.overwrite)
+            log.info("%s: %d samples -> %s", task.name, len(samples), store.dir)
+            t0 = time.time()
+            result = evaluate(task, engine, store, samples, max_new_tokens=args.max_new_tokens,
+                              on_image_error=args.on_image_error, progress=not args.no_progress)
+            store.log_run({"started": t0, "seconds": round(result.seconds, 3), "generated": result.n_generated,
+                           "resumed": result.n_resumed, "failed": result.n_failed,
+                           "samples_per_s": round(result.samples_per_s, 3), "limit": args.limit})
+            results.append((result, store))
+    print_summary(results, engine_name, run_name, time.time() - started)
+    return 0
+
+
+def print_summary(results, engine_name: str, run_name: str, seconds: float) -> None:
+    """A one-screen table of the headline metrics (stdout)."""
+    rows = []
+    for result, store in results:
+        metrics = " ".join(f"{k}={v}" for k, v in result.metrics.headline.items())
+        rows.append((result.task, str(result.n_samples), str(result.n_resumed), str(result.n_failed),
+                     f"{result.samples_per_s:.2f}", metrics))
+    header = ("task", "samples", "resumed", "failed", "samples/s", "metrics")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(f"\n{run_name} · engine {engine_name} · {seconds:.1f}s")
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    for result, store in results:
+        print(f"{result.task}: {store.dir}")
+
+
+COMMANDS = {"run": cmd_run, "tasks": cmd_tasks, "toy-data": cmd_toy_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[args.command](args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted; finished predictions are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

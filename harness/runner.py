@@ -1,0 +1,136 @@
+"""``evaluate(task, engine, store)``: run a task's pending samples through an engine and score them.
+
+Resumable: finished ids in the run store are skipped. Responses are written in sample order as soon as the
+ordered prefix is complete, so a crash loses at most the requests in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.engines.base import Engine
+from harness.errors import EngineError, ImageError
+from harness.store import RunStore
+from harness.task import Task
+from harness.types import Metrics, Request, Response, Sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    task: str
+    metrics: Metrics
+    n_samples: int
+    n_resumed: int
+    n_generated: int
+    n_failed: int
+    seconds: float
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.n_generated / self.seconds if self.seconds > 0 else 0.0
+
+
+def response_from_record(rec: dict[str, Any]) -> Response:
+    return Response(
+        sample_id=str(rec["id"]),
+        text=rec.get("response") or "",
+        finish_reason=rec.get("finish_reason") or "stop",
+        prompt_tokens=rec.get("prompt_tokens"),
+        completion_tokens=rec.get("completion_tokens"),
+    )
+
+
+def build_request(sample: Sample, max_new_tokens: int) -> Request:
+    """Decode the sample's images (raises :class:`ImageError` naming the sample)."""
+    images = tuple(ref.load(sample.id) for ref in sample.images)
+    return Request(sample_id=sample.id, prompt=sample.prompt, images=images, max_new_tokens=max_new_tokens)
+
+
+def evaluate(
+    task: Task,
+    engine: Engine,
+    store: RunStore,
+    samples: Sequence[Sample],
+    *,
+    max_new_tokens: int | None = None,
+    on_image_error: str = "skip",
+    progress: bool = True,
+    judge: Any = None,
+) -> RunResult:
+    """Generate the pending samples, append them to the store, then score all of them.
+
+    ``max_new_tokens`` overrides the per-sample budget (else ``sample.max_new_tokens`` or the task default).
+    ``on_image_error``: ``"skip"`` records the sample as failed and goes on; ``"stop"`` raises.
+    """
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    finished = store.load_finished()
+    pending = [s for s in samples if s.id not in finished]
+    failures: list[dict[str, Any]] = []
+    n_generated = 0
+
+    bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=task.name, unit="sample",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    try:
+        batch = max(1, engine.batch_size)
+        for start in range(0, len(pending), batch):
+            chunk = pending[start:start + batch]
+            requests: list[Request] = []
+            for s in chunk:
+                budget = max_new_tokens or s.max_new_tokens or task.default_max_new_tokens
+                try:
+                    requests.append(build_request(s, budget))
+                except ImageError as exc:
+                    if on_image_error == "stop":
+                        raise
+                    log.warning("%s; skipped (counted as failed)", exc)
+                    failures.append({"id": s.id, "error": exc.detail, "kind": "image"})
+                    bar.update(1)
+            if not requests:
+                continue
+            order = [r.sample_id for r in requests]
+            prompts = {r.sample_id: r.prompt for r in requests}
+            done: dict[str, Response] = {}
+            next_i = 0
+            for resp in engine.generate(requests):
+                if resp.sample_id not in prompts or resp.sample_id in done:
+                    raise EngineError(f"engine {engine.name} returned an unexpected response for {resp.sample_id!r}")
+                done[resp.sample_id] = resp
+                ready = []
+                while next_i < len(order) and order[next_i] in done:
+                    sid = order[next_i]
+                    ready.append(done[sid].to_record(prompts[sid]))
+                    next_i += 1
+                if ready:
+                    store.append(ready)
+                    for rec in ready:
+                        finished[rec["id"]] = rec
+                    n_generated += len(ready)
+                    bar.update(len(ready))
+            if next_i != len(order):
+                missing = [sid for sid in order if sid not in done]
+                raise EngineError(f"engine {engine.name} returned no response for {len(missing)} samples "
+                                  f"(first: {missing[0]})")
+    finally:
+        bar.close()
+    gen_seconds = time.perf_counter() - started
+
+    responses = {sid: response_from_record(rec) for sid, rec in finished.items()}
+    metrics = task.score(samples, responses, judge)
+    metrics.counts.setdefault("samples", len(samples))
+    metrics.counts["failed"] = sum(1 for s in samples if s.id not in responses)
+    store.write_failures(failures)
+    store.write_metrics(metrics.to_dict())
+    return RunResult(
+        task=task.name, metrics=metrics, n_samples=len(samples), n_resumed=len(samples) - len(pending),
+        n_generated=n_generated, n_failed=len(failures), seconds=gen_seconds, failures=failures,
+    )

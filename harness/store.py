@@ -1,0 +1,174 @@
+"""The run directory of one (model, task): ``manifest.json``, ``predictions.jsonl``, ``metrics.json``.
+
+- ``manifest.json`` describes the run completely (model path and hash, engine and version, template, the exact
+  sampling parameters sent, task name and version, data file hashes, package versions, git revision, command
+  line) and never holds a secret. Its ``fingerprint`` covers every setting that changes a prediction; a rerun
+  with a different fingerprint is refused instead of mixing predictions of two settings.
+- ``predictions.jsonl`` gets one record per finished sample, appended, flushed and fsynced as results arrive.
+  No timing fields: two runs of the same setting write byte-identical files. A rerun skips finished ids; a
+  line cut short by a crash or ``kill -9`` is dropped (that sample is generated again).
+- ``failures.jsonl`` lists the samples that could not be run (e.g. an unreadable image) in the last run.
+- ``metrics.json`` is written atomically when scoring finishes. Per-invocation timings go to ``runs.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from harness.errors import DataError, HarnessError
+from harness.io import atomic_write_json, dumps_record, read_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+FAILURES = "failures.jsonl"
+RUNS = "runs.jsonl"
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """Stable hash of the settings that determine predictions."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+class RunStore:
+    """One run directory. Use :meth:`open` to create or resume it."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.dir / PREDICTIONS
+
+    # ------------------------------------------------------------------ setup
+    def open(self, manifest: dict[str, Any], settings: dict[str, Any], overwrite: bool = False) -> None:
+        """Create the directory (or resume it) for ``settings``; write the manifest.
+
+        Raises :class:`HarnessError` when the directory cannot be written, or when it holds predictions
+        made with different settings (unless ``overwrite``, which discards them).
+        """
+        self._ensure_writable()
+        fp = fingerprint(settings)
+        manifest_path = self.dir / MANIFEST
+        if manifest_path.exists():
+            old = read_json(manifest_path)
+            if old.get("fingerprint") != fp:
+                if not overwrite and self.predictions_path.exists():
+                    changes = _diff(old.get("settings", {}), settings) or ["(settings of an older harness)"]
+                    raise HarnessError(
+                        f"{self.dir} holds predictions made with other settings:\n  "
+                        + "\n  ".join(changes)
+                        + "\nUse another --output-path (or --run-name), or --overwrite to discard them."
+                    )
+                self.discard()
+        elif self.predictions_path.exists() and not overwrite:
+            raise HarnessError(
+                f"{self.dir} holds {PREDICTIONS} but no {MANIFEST}, so its settings are unknown; "
+                "use another --output-path, or --overwrite to discard it"
+            )
+        elif overwrite:
+            self.discard()
+        manifest = {**manifest, "fingerprint": fp, "settings": settings}
+        atomic_write_json(manifest_path, manifest)
+
+    def _ensure_writable(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise HarnessError(f"output directory {self.dir} cannot be created: a file is in the way ({exc})") from exc
+        except PermissionError as exc:
+            raise HarnessError(f"output directory {self.dir} cannot be created: permission denied") from exc
+        except OSError as exc:
+            raise HarnessError(f"output directory {self.dir} cannot be created: {exc.strerror}") from exc
+        probe = self.dir / ".write-test"
+        try:
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise HarnessError(f"output directory {self.dir} is not writable: {exc.strerror}") from exc
+
+    def discard(self) -> None:
+        for name in (PREDICTIONS, METRICS, FAILURES):
+            (self.dir / name).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ predictions
+    def load_finished(self) -> dict[str, dict[str, Any]]:
+        """Finished records by sample id. A final line cut short by a crash is removed from the file."""
+        path = self.predictions_path
+        if not path.exists():
+            return {}
+        data = path.read_bytes()
+        records: dict[str, dict[str, Any]] = {}
+        good_end = 0
+        pos = 0
+        lineno = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            lineno += 1
+            if nl == -1:  # last line without its newline: the write was interrupted
+                log.warning("%s: dropping an unfinished last line (line %d); that sample runs again", path, lineno)
+                break
+            line = data[pos:nl]
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or "id" not in rec:
+                    raise ValueError("expected a JSON object with an 'id'")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise DataError(
+                    f"corrupt prediction record ({exc}); fix or delete the line, or rerun with --overwrite",
+                    path=path, line=lineno,
+                ) from exc
+            sid = str(rec["id"])
+            if sid in records:
+                raise DataError(f"duplicate prediction for sample {sid}", path=path, line=lineno)
+            records[sid] = rec
+            pos = good_end = nl + 1
+        if good_end < len(data):
+            with path.open("r+b") as fh:
+                fh.truncate(good_end)
+        return records
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records and make them durable before returning."""
+        lines = "".join(dumps_record(r) + "\n" for r in records)
+        if not lines:
+            return
+        with self.predictions_path.open("a", encoding="utf-8") as fh:
+            fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    # ---------------------------------------------------------------- results
+    def write_failures(self, failures: list[dict[str, Any]]) -> None:
+        path = self.dir / FAILURES
+        if not failures:
+            path.unlink(missing_ok=True)
+            return
+        path.write_text("".join(dumps_record(f) + "\n" for f in failures), encoding="utf-8")
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write_json(self.dir / METRICS, metrics)
+
+    def log_run(self, info: dict[str, Any]) -> None:
+        with (self.dir / RUNS).open("a", encoding="utf-8") as fh:
+            fh.write(dumps_record(info) + "\n")

@@ -1,0 +1,115 @@
+import json
+import os
+
+import pytest
+
+from harness.errors import DataError, HarnessError
+from harness.io import iter_jsonl, read_json, sha256_path
+from harness.store import RunStore, fingerprint
+
+SETTINGS = {"model": {"path": "/m", "content_hash": "abc"}, "engine": {"engine": "hf"}, "task": {"name": "t"}}
+
+
+def _store(tmp_path, settings=SETTINGS, **kw):
+    store = RunStore(tmp_path / "run")
+    store.open({"model": {"path": "/m"}}, settings, **kw)
+    return store
+
+
+def test_manifest_written_with_fingerprint(tmp_path):
+    store = _store(tmp_path)
+    manifest = json.loads((store.dir / "manifest.json").read_text())
+    assert manifest["fingerprint"] == fingerprint(SETTINGS)
+    assert manifest["settings"] == SETTINGS
+
+
+def test_append_and_resume(tmp_path):
+    store = _store(tmp_path)
+    store.append([{"id": "1", "response": "a"}, {"id": "2", "response": "b"}])
+    store.append([{"id": "3", "response": "c"}])
+    again = _store(tmp_path)
+    assert list(again.load_finished()) == ["1", "2", "3"]
+
+
+def test_truncated_last_line_is_dropped_and_file_repaired(tmp_path):
+    store = _store(tmp_path)
+    store.append([{"id": "1", "response": "a"}])
+    with store.predictions_path.open("a") as fh:
+        fh.write('{"id": "2", "resp')  # what kill -9 in the middle of a write leaves
+    finished = store.load_finished()
+    assert list(finished) == ["1"]
+    assert store.predictions_path.read_text() == '{"id":"1","response":"a"}\n'
+    store.append([{"id": "2", "response": "b"}])
+    assert list(store.load_finished()) == ["1", "2"]
+
+
+def test_corrupt_interior_line_names_file_and_line(tmp_path):
+    store = _store(tmp_path)
+    store.predictions_path.write_text('{"id": "1"}\nnot json\n{"id": "3"}\n')
+    with pytest.raises(DataError) as err:
+        store.load_finished()
+    assert "predictions.jsonl, line 2" in str(err.value)
+
+
+def test_duplicate_ids_rejected(tmp_path):
+    store = _store(tmp_path)
+    store.predictions_path.write_text('{"id": "1"}\n{"id": "1"}\n')
+    with pytest.raises(DataError, match="duplicate prediction for sample 1"):
+        store.load_finished()
+
+
+def test_other_settings_never_reuse_predictions(tmp_path):
+    store = _store(tmp_path)
+    store.append([{"id": "1", "response": "a"}])
+    changed = {**SETTINGS, "engine": {"engine": "vllm"}}
+    with pytest.raises(HarnessError) as err:
+        _store(tmp_path, changed)
+    assert "engine.engine: 'hf' -> 'vllm'" in str(err.value)
+    assert store.predictions_path.exists()  # nothing lost
+    fresh = _store(tmp_path, changed, overwrite=True)
+    assert fresh.load_finished() == {}
+
+
+def test_predictions_without_manifest_are_not_trusted(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "predictions.jsonl").write_text('{"id": "1"}\n')
+    with pytest.raises(HarnessError, match="no manifest.json"):
+        RunStore(run).open({}, SETTINGS)
+
+
+def test_output_dir_blocked_by_a_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(HarnessError, match="cannot be created"):
+        RunStore(blocker / "run").open({}, SETTINGS)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_output_dir_read_only(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(HarnessError, match="cannot be created|not writable"):
+        RunStore(ro / "run").open({}, SETTINGS)
+
+
+def test_read_json_and_jsonl_name_the_line(tmp_path):
+    bad = tmp_path / "a.json"
+    bad.write_text('{\n  "a": 1,\n  "b": \n}\n')
+    with pytest.raises(DataError, match=r"a.json, line 4: invalid JSON"):
+        read_json(bad)
+    jl = tmp_path / "b.jsonl"
+    jl.write_text('{"a": 1}\n\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"b.jsonl, line 3: expected a JSON object"):
+        list(iter_jsonl(jl))
+
+
+def test_sha256_path_file_and_dir(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "x").write_text("1")
+    h1 = sha256_path(d)
+    (d / "x").write_text("2")
+    assert sha256_path(d) != h1
+    assert sha256_path(d / "x") == "d4735e3a265e16eee03f59718b9b5d03019c07d8b6c51f90da3a666eec13ab35"
