@@ -182,7 +182,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(cache, tmp_path):
 
     preds = tmp_path / "killed" / "tiny-llava-v1" / "toy_amber" / "predictions.jsonl"
     env = {**os.environ, "HARNESS_CACHE": str(cache)}
-    proc = subprocess.Popen([sys.executable, "-m", "harness", *args, "--output-path", str(tmp_path / "killed")],
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *map(str, args), "--output-path", str(tmp_path / "killed")],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
