@@ -1,0 +1,130 @@
+"""Shared text utilities for the official scorers: NLTK resource checks, tokenising, tagging and lemmatising.
+
+The hallucination scorers that count objects in free text (AMBER, CHAIR / Object HalBench) use the same NLTK
+pieces: ``nltk.word_tokenize`` (Punkt sentence splitter + Treebank word tokenizer), ``nltk.pos_tag`` (averaged
+perceptron tagger) and ``WordNetLemmatizer().lemmatize`` (WordNet, part of speech ``'n'`` by default). This module
+wraps them so that
+
+- the NLTK data is found through NLTK's normal mechanism (the ``NLTK_DATA`` environment variable and
+  ``nltk.data.path``), never through a path of this project's choosing;
+- a missing resource is a :class:`~harness.errors.HarnessError` that names the resource and says how to provide it,
+  instead of NLTK's long ``LookupError``;
+- repeated work is not repeated: the tokenizer and tagger are NLTK's cached instances, and lemmas are memoised
+  (the lemmatizer is a pure function of the word and WordNet).
+
+The functions return exactly what the NLTK calls return; caching changes speed, never output.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class NltkResource:
+    """An NLTK data package: its downloader name and the path ``nltk.data.find`` looks it up by."""
+
+    name: str
+    find_path: str
+    used_by: str
+
+
+PUNKT_TAB = NltkResource("punkt_tab", "tokenizers/punkt_tab/english/", "nltk.word_tokenize")
+TAGGER_ENG = NltkResource("averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger_eng/",
+                          "nltk.pos_tag")
+WORDNET = NltkResource("wordnet", "corpora/wordnet", "WordNetLemmatizer")
+
+#: What :func:`extract_nouns` (AMBER) needs.
+NOUN_RESOURCES: tuple[NltkResource, ...] = (PUNKT_TAB, TAGGER_ENG, WORDNET)
+
+
+def _nltk():
+    try:
+        import nltk
+    except ImportError as exc:  # pragma: no cover - nltk is a dependency of the project
+        raise HarnessError("NLTK is not installed; install it with `pip install nltk`") from exc
+    return nltk
+
+
+def missing_nltk_resources(resources: Iterable[NltkResource] = NOUN_RESOURCES) -> list[NltkResource]:
+    """The resources that ``nltk.data.find`` cannot find on the current ``nltk.data.path``."""
+    nltk = _nltk()
+    missing = []
+    for res in resources:
+        try:
+            nltk.data.find(res.find_path)
+        except LookupError:
+            missing.append(res)
+    return missing
+
+
+def _missing_message(missing: Sequence[NltkResource]) -> str:
+    nltk = _nltk()
+    names = ", ".join(f"{r.name} (for {r.used_by})" for r in missing)
+    searched = ", ".join(str(p) for p in nltk.data.path) or "(nltk.data.path is empty)"
+    return (f"NLTK data missing: {names}. Provide it by setting the environment variable NLTK_DATA to a folder "
+            f"that holds it (e.g. a folder with tokenizers/punkt_tab, taggers/averaged_perceptron_tagger_eng and "
+            f"corpora/wordnet), or download it with `python -m nltk.downloader {' '.join(r.name for r in missing)}`. "
+            f"Searched: {searched}")
+
+
+def require_nltk_resources(resources: Iterable[NltkResource] = NOUN_RESOURCES) -> None:
+    """Raise :class:`HarnessError` naming every missing resource and how to provide it. Checks afresh each call."""
+    missing = missing_nltk_resources(resources)
+    if missing:
+        raise HarnessError(_missing_message(missing))
+
+
+def _translate_lookup(resources: Sequence[NltkResource]) -> HarnessError:
+    missing = missing_nltk_resources(resources) or list(resources)
+    return HarnessError(_missing_message(missing))
+
+
+def word_tokenize(text: str) -> list[str]:
+    """``nltk.word_tokenize(text)`` (English Punkt + Treebank); a missing model raises :class:`HarnessError`."""
+    nltk = _nltk()
+    try:
+        return nltk.word_tokenize(text)
+    except LookupError as exc:
+        raise _translate_lookup((PUNKT_TAB,)) from exc
+
+
+def pos_tag(tokens: Sequence[str]) -> list[tuple[str, str]]:
+    """``nltk.pos_tag(tokens)`` (Penn Treebank tags); a missing tagger raises :class:`HarnessError`."""
+    nltk = _nltk()
+    try:
+        return nltk.pos_tag(list(tokens))
+    except LookupError as exc:
+        raise _translate_lookup((TAGGER_ENG,)) from exc
+
+
+@functools.lru_cache(maxsize=None)
+def _lemmatize(word: str, pos: str) -> str:
+    from nltk.stem import WordNetLemmatizer
+
+    return WordNetLemmatizer().lemmatize(word, pos)
+
+
+def lemmatize(word: str, pos: str = "n") -> str:
+    """``WordNetLemmatizer().lemmatize(word, pos)`` (shortest WordNet lemma, else the word), memoised.
+
+    Case is kept as given ("Person" is looked up as is), as in NLTK.
+    """
+    try:
+        return _lemmatize(word, pos)
+    except LookupError as exc:
+        raise _translate_lookup((WORDNET,)) from exc
+
+
+def extract_nouns(text: str) -> list[str]:
+    """AMBER's ``extract_nouns``: lemmas of the tokens whose Penn tag starts with ``NN``, in text order.
+
+    Follows ``extract_nouns`` in AMBER ``inference.py`` (https://github.com/junyangwang0410/AMBER, commit 534babf):
+    ``nltk.word_tokenize`` on the original-case text, ``nltk.pos_tag``, then ``WordNetLemmatizer().lemmatize(word)``
+    (default part of speech ``'n'``) for every word tagged ``NN*``. No lower-casing: "Person" stays "Person".
+    """
+    return [lemmatize(word) for word, tag in pos_tag(word_tokenize(text)) if tag.startswith("NN")]
