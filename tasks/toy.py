@@ -25,7 +25,7 @@ truth is "no" have type ``relation``.
 
 Generation is deterministic: the same ``(n_images, seed)`` gives byte-identical files, and image ``k`` does not depend
 on ``n_images``. The task ``toy_amber`` reads the cached default copy (generated on first use) unless a data root is
-given; it is scored with an interim object-mention metric (:func:`interim_score`).
+given; it is scored by AMBER's official scorer (:mod:`tasks.amber`).
 """
 
 from __future__ import annotations
@@ -33,19 +33,19 @@ from __future__ import annotations
 import math
 import os
 import random
-import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import read_json
-from harness.task import DataFile, Task, register_task
-from harness.types import Metrics, Response, Sample
+from harness.task import DataFile, register_task
+from harness.types import Sample
 from tasks import _amber_format as amber
+from tasks.amber import Amber
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -512,146 +512,28 @@ def corpus() -> list[str]:
     return list(dict.fromkeys(out))
 
 
-# --- scoring ---------------------------------------------------------------------------------------------------------
-
-class MentionFinder:
-    """Finds the vocabulary words (relation.json keys and values) a text mentions, whole words, case-insensitive,
-    singular or plural; each mention is reported as its singular vocabulary word."""
-
-    def __init__(self, relation: Mapping[str, Sequence[str]]):
-        self.objects: dict[str, set[str]] = {}  # vocabulary word -> the objects (keys) it names
-        for key, words in relation.items():
-            self.objects.setdefault(key.lower(), set()).add(key.lower())
-            for word in words:
-                self.objects.setdefault(word.lower(), set()).add(key.lower())
-        self._forms: dict[str, str] = {}
-        for word in self.objects:
-            for form in (word, _plural(word)):
-                self._forms.setdefault(form, word)
-        alternatives = "|".join(re.escape(f) for f in sorted(self._forms, key=lambda f: (-len(f), f)))
-        self._pattern = re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE) if alternatives else None
-
-    def find(self, text: str) -> list[str]:
-        if self._pattern is None:
-            return []
-        return [self._forms[m.group(0).lower()] for m in self._pattern.finditer(text)]
-
-
-_YES_NO = re.compile(r"\s*(yes|no)\b", re.IGNORECASE)
-
-
-def parse_yes_no(text: str) -> str | None:
-    """"yes" or "no" when the response starts with that word (case-insensitive), else None."""
-    match = _YES_NO.match(text)
-    return match.group(1).lower() if match else None
-
-
-def _pct(num: float, den: float) -> float:
-    return round(num / den * 100, 1) if den else 0.0
-
-
-def interim_score(samples: Iterable[Sample], responses: Mapping[str, Response],
-                  relation: Mapping[str, Sequence[str]], safe_words: Iterable[str],
-                  task: str = "toy_amber") -> Metrics:
-    """The interim object-mention metric for AMBER-format tasks (not AMBER's official scorer, which replaces it).
-
-    Generative samples: every mention of a vocabulary word (see :class:`MentionFinder`; an associated word stands
-    for its object) counts. A mention of a safe word is never a hallucination; a mention naming a truth object
-    covers it; any other mention is hallucinated.
-    ``CHAIR`` = hallucinated mentions / mentions * 100; ``Cover`` = truth objects mentioned / truth objects * 100;
-    ``Hal`` = % of responses with at least one hallucinated mention; ``Cog`` (breakdown only) = hallu-list
-    objects mentioned / hallu-list objects * 100.
-    Discriminative samples: the answer is the yes/no word the response starts with (:func:`parse_yes_no`);
-    anything else is "unparsed" and wrong. ``Acc`` = correct / questions * 100, overall and per dimension
-    (existence, attribute and its kinds, relation). Samples without a response are counted as failed and left out.
-    All percentages are rounded to one decimal.
-    """
-    finder = MentionFinder(relation)
-    safe = {w.lower() for w in safe_words}
-    counts = {"scored": 0, "failed": 0, "generative": 0, "discriminative": 0, "unparsed": 0,
-              "mentions": 0, "hallucinated_mentions": 0}
-    truth_total = truth_covered = hallu_total = hallu_covered = hallucinating = 0
-    disc: dict[str, list[int]] = {}  # group -> [correct, total, unparsed]
-    for sample in samples:
-        response = responses.get(sample.id)
-        if response is None:
-            counts["failed"] += 1
-            continue
-        counts["scored"] += 1
-        entry = sample.reference
-        if entry["type"] == amber.GENERATIVE:
-            counts["generative"] += 1
-            truth = {w.lower() for w in entry["truth"]}
-            hallu = {w.lower() for w in entry["hallu"]}
-            covered: set[str] = set()
-            named_hallu: set[str] = set()
-            hallucinated = 0
-            for word in finder.find(response.text):
-                counts["mentions"] += 1
-                if word in safe:
-                    continue
-                objects = finder.objects[word]
-                named_hallu |= objects & hallu
-                if objects & truth:
-                    covered |= objects & truth
-                else:
-                    hallucinated += 1
-            counts["hallucinated_mentions"] += hallucinated
-            hallucinating += hallucinated > 0
-            truth_total += len(truth)
-            truth_covered += len(covered)
-            hallu_total += len(hallu)
-            hallu_covered += len(named_hallu)
-        else:
-            counts["discriminative"] += 1
-            answer = parse_yes_no(response.text)
-            counts["unparsed"] += answer is None
-            dim = amber.dimension(entry["type"])
-            keys = ["discriminative", dim]
-            if dim == "attribute":
-                keys.append(entry["type"].removeprefix("discriminative-"))
-            for key in keys:
-                tally = disc.setdefault(key, [0, 0, 0])
-                tally[0] += answer == entry["truth"]
-                tally[1] += 1
-                tally[2] += answer is None
-
-    headline: dict[str, float] = {}
-    breakdown: dict[str, dict[str, float]] = {}
-    if counts["generative"]:
-        headline["CHAIR"] = _pct(counts["hallucinated_mentions"], counts["mentions"])
-        headline["Cover"] = _pct(truth_covered, truth_total)
-        headline["Hal"] = _pct(hallucinating, counts["generative"])
-        breakdown["generative"] = {**headline, "Cog": _pct(hallu_covered, hallu_total),
-                                   "n": counts["generative"]}
-    if counts["discriminative"]:
-        headline["Acc"] = _pct(disc["discriminative"][0], disc["discriminative"][1])
-    order = ["discriminative", "existence", "attribute", "attribute-state", "attribute-number", "attribute-action",
-             "relation"]
-    for key in order:
-        if key in disc:
-            correct, total, unparsed = disc[key]
-            breakdown[key] = {"Acc": _pct(correct, total), "n": total, "unparsed": unparsed}
-    return Metrics(task=task, headline=headline, breakdown=breakdown, counts=counts,
-                   notes=["interim object-mention metric, not AMBER's official scorer"])
-
-
 # --- the task --------------------------------------------------------------------------------------------------------
 
 @register_task
-class ToyAmber(Task):
+class ToyAmber(Amber):
     """Toy AMBER, the embedded default benchmark: generated images of coloured shapes in AMBER's format.
 
     Without a data root it uses (and on first use generates) the cached default dataset; with a data root it reads
-    that folder and generates nothing. Scored with :func:`interim_score` until AMBER's official scorer is wired in.
+    that folder and generates nothing. Scored by AMBER's official scorer (:class:`tasks.amber.AmberScorer`) with
+    the toy relation and safe words; word similarity defaults to ``none``, since the toy relation words list every
+    synonym the toy world uses.
     """
 
     name = "toy_amber"
-    version = "1"
+    version = "2"
     description = "Toy AMBER: generated coloured-shape images with exact ground truth, in AMBER's format (default)"
     data_files = tuple(DataFile(rel, DATA_SOURCE) for rel in (
-        "annotations.json", amber.QUERY_FILES["all"], "relation.json", "safe_words.txt"))
+        "annotations.json", "relation.json", "safe_words.txt", "metrics.txt", amber.QUERY_FILES["all"]))
     default_max_new_tokens = GENERATIVE_MAX_NEW_TOKENS
+
+    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
+                 options: Mapping[str, Any] | None = None):
+        super().__init__(data_root, image_root, {"amber_similarity": "none", **(options or {})})
 
     def default_data_root(self) -> Path:
         return default_toy_root()
@@ -663,9 +545,3 @@ class ToyAmber(Task):
         return amber.load_samples(self.data_root, self.image_root,
                                   generative_tokens=GENERATIVE_MAX_NEW_TOKENS,
                                   discriminative_tokens=DISCRIMINATIVE_MAX_NEW_TOKENS)
-
-    def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
-        """The interim object-mention metric (:func:`interim_score`), not AMBER's official scorer."""
-        relation = amber.read_relation(self.data_root / "relation.json")
-        safe_words = amber.read_safe_words(self.data_root / "safe_words.txt")
-        return interim_score(samples, responses, relation, safe_words, task=self.name)

@@ -5,10 +5,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import harness  # noqa: F401  (import hook, before anything imports transformers)
 import pytest
+
+SHARED_NLTK_DATA = Path(__file__).resolve().parents[2] / "shared" / "nltk_data"
+if "NLTK_DATA" not in os.environ and SHARED_NLTK_DATA.is_dir():
+    # the scorers find NLTK data the normal way; scripts/install.sh links it into the venv, this covers other setups
+    os.environ["NLTK_DATA"] = str(SHARED_NLTK_DATA)
 
 SHAPES_CORPUS = [
     "there is a red circle on the left .",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -12,13 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if "NLTK_DATA" not in os.environ:
-    os.environ["NLTK_DATA"] = str(SHARED / "nltk_data")
-    import nltk  # noqa: E402  (nltk reads NLTK_DATA at import; it may have been imported already)
-
-    if os.environ["NLTK_DATA"] not in nltk.data.path:
-        nltk.data.path.insert(0, os.environ["NLTK_DATA"])
+SHARED = Path(__file__).resolve().parents[2] / "shared"  # NLTK data: see conftest.py
 
 from harness.errors import ConfigError, DataError, HarnessError  # noqa: E402
 from harness.task import _TASKS  # noqa: E402

@@ -274,61 +274,23 @@ def _disc(sid: str, kind: str, truth: str) -> Sample:
     return Sample(sid, "?", reference={"id": int(sid), "type": kind, "truth": truth}, meta={"type": kind})
 
 
-def test_interim_score_hand_computed() -> None:
-    samples = [
-        _gen("1", ["circle", "square"], ["triangle", "diamond", "star"]),
-        _gen("2", ["triangle"], ["circle", "square", "diamond", "star"]),
-        _gen("3", ["diamond", "star"], ["circle", "square", "triangle"]),
-        _gen("4", ["circle"], ["star"]),  # no response: failed
-        _disc("5", "discriminative-hallucination", "yes"),
-        _disc("6", "discriminative-hallucination", "no"),
-        _disc("7", "discriminative-attribute-state", "no"),
-        _disc("8", "discriminative-attribute-number", "yes"),
-        _disc("9", "relation", "no"),
-        _disc("10", "discriminative-relation", "yes"),
-        _disc("11", "discriminative-relation", "yes"),  # no response: failed
-    ]
-    texts = {
-        # circle (truth), box -> square (truth), star (hallucinated), circle (truth): 4 mentions, 1 hallucinated
-        "1": "There is a red circle and a blue box. A green star is above the circle.",
-        # triangles, pyramid -> triangle (truth), shapes (safe word): 3 mentions, 0 hallucinated; no "starfish"
-        "2": "Two triangles and a pyramid next to some shapes, but no starfish.",
-        # DIAMOND (truth), rings -> circle (hallucinated), Square (hallucinated): 3 mentions, 2 hallucinated
-        "3": "A DIAMOND near rings and a Square.",
-        "5": "Yes, there is.",  # right
-        "6": "yes",  # wrong
-        "7": "No.",  # right
-        "8": "There are two.",  # unparsed
-        "9": "NO",  # right
-        "10": "Nope",  # unparsed
-    }
-    responses = {sid: Response(sid, text, "stop") for sid, text in texts.items()}
-    metrics = toy.interim_score(samples, responses, toy.ASSOCIATED | {w: [] for w in toy.SAFE_WORDS},
-                                toy.SAFE_WORDS)
-    # CHAIR = 3 / 10; Cover = (2 + 1 + 1) / (2 + 1 + 2); Hal = 2 / 3 responses; Acc = 3 / 6
-    assert metrics.headline == {"CHAIR": 30.0, "Cover": 80.0, "Hal": 66.7, "Acc": 50.0}
-    assert metrics.breakdown["generative"]["Cog"] == 30.0  # star; circle, square: 3 / (3 + 4 + 3)
-    assert metrics.breakdown["existence"] == {"Acc": 50.0, "n": 2, "unparsed": 0}
-    assert metrics.breakdown["attribute"] == {"Acc": 50.0, "n": 2, "unparsed": 1}
-    assert metrics.breakdown["attribute-state"]["Acc"] == 100.0
-    assert metrics.breakdown["attribute-number"]["Acc"] == 0.0
-    assert metrics.breakdown["relation"] == {"Acc": 50.0, "n": 2, "unparsed": 1}
-    assert metrics.counts == {"scored": 9, "failed": 2, "generative": 3, "discriminative": 6, "unparsed": 2,
-                              "mentions": 10, "hallucinated_mentions": 3}
-    assert any("interim" in note for note in metrics.notes)
-
-
 def test_reference_answers_score_perfectly(root: Path) -> None:
     task = toy.ToyAmber(data_root=root)
     samples = task.samples()
     answers = dict((str(i), text) for i, (_, text) in enumerate(toy.captions(root), start=1))
-    responses = {s.id: Response(s.id, answers.get(s.id) or s.reference["truth"].capitalize() + ".", "stop")
+    responses = {s.id: Response(s.id, answers.get(s.id) or s.reference["truth"].capitalize(), "stop")
                  for s in samples}
-    metrics = task.score(samples, responses)
-    assert metrics.headline == {"CHAIR": 0.0, "Cover": 100.0, "Hal": 0.0, "Acc": 100.0}
+    metrics = task.score(samples, responses)  # AMBER's official scorer, similarity "none"
+    assert metrics.headline == {"CHAIR": 0.0, "Cover": 100.0, "Hal": 0.0, "Cog": 0.0, "Accuracy": 100.0,
+                                "Precision": 100.0, "Recall": 100.0, "F1": 100.0, "AMBER Score": 100.0}
     assert metrics.counts["failed"] == 0 and metrics.counts["scored"] == 4 * N
+    assert any("similarity: none" in note for note in metrics.notes)
     only_generative = task.score(samples[:2], responses)
-    assert set(only_generative.headline) == {"CHAIR", "Cover", "Hal"}
+    assert set(only_generative.headline) == {"CHAIR", "Cover", "Hal", "Cog"}
+    # the official scorer compares answers exactly: "Yes." is not "Yes"
+    dotted = {sid: Response(sid, r.text + ".", "stop") if r.text in ("Yes", "No") else r
+              for sid, r in responses.items()}
+    assert task.score(samples, dotted).headline["Accuracy"] == 0.0
 
 
 # --- corpus ----------------------------------------------------------------------------------------------------------
