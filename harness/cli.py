@@ -141,9 +141,9 @@ def _resolve_tasks(args) -> list:
     return tasks
 
 
-def _describe_model(args, engine_name: str) -> tuple[str, dict[str, Any], str | None]:
-    """(model string handed to the engine, manifest entry, default run name)."""
-    from harness.models import content_hash, resolve_model
+def _describe_model(args, engine_name: str) -> tuple[str, dict[str, Any], str, Any]:
+    """(model string handed to the engine, manifest entry, default run name, model family adapter or None)."""
+    from harness.models import resolve_model
 
     model = args.model
     if model is None:
@@ -154,11 +154,11 @@ def _describe_model(args, engine_name: str) -> tuple[str, dict[str, Any], str | 
     else:
         default_name = _slug(args.served_model or model)
     if engine_name == "openai" and not Path(model).exists():
-        return model, {"name": model, "path": None, "content_hash": None}, default_name
+        return model, {"name": model, "path": None, "content_hash": None}, default_name, None
     info, family = resolve_model(model, args.template)
     entry = {"name": default_name, "path": str(Path(model).resolve()), "content_hash": info.content_hash,
              "architecture": info.architecture, "family": info.family}
-    return model, entry, default_name
+    return model, entry, default_name, family
 
 
 # --------------------------------------------------------------------------- commands
@@ -196,7 +196,7 @@ def cmd_run(args) -> int:
 
     tasks = _resolve_tasks(args)
     engine_name = args.engine or engines.default_engine()
-    model, model_entry, default_name = _describe_model(args, engine_name)
+    model, model_entry, default_name, family = _describe_model(args, engine_name)
     run_name = args.run_name or default_name
 
     stores = {t.name: RunStore(Path(args.output_path) / run_name / t.name) for t in tasks}
@@ -211,6 +211,7 @@ def cmd_run(args) -> int:
         gpu_memory_utilization=args.gpu_memory_utilization, base_url=args.base_url, api_key=api_key,
         served_model=args.served_model, concurrency=args.concurrency, timeout_s=args.timeout,
         max_retries=args.max_retries,
+        extra_body=dict(family.server_request_fields) if (family and engine_name == "openai") else None,
     )
     decoding = Decoding(seed=args.seed)
     env = environment()

@@ -346,41 +346,6 @@ def test_serve_module_is_import_safe() -> None:
 
 
 @pytest.mark.vllm
-def test_against_a_real_vllm_server(tmp_path) -> None:
-    pytest.importorskip("vllm")
-    from harness.models.tiny import build_tiny_llava
-    from harness.serve import start_vllm_server, stop_server
-
-    corpus = ["Describe picture number 0 1 2 . a red blue cat dog on the table"]
-    model_dir = build_tiny_llava(tmp_path / "tiny-llava", corpus)
-    start = time.monotonic()
-    process, base_url = start_vllm_server(
-        model_dir,
-        extra_args=["--dtype", "float32", "--max-model-len", "1024"],
-        timeout_s=600,
-        log_file=tmp_path / "server.log",
-    )
-    startup_s = time.monotonic() - start
-    try:
-        decoding = Decoding(max_new_tokens=8)
-        opts = EngineOptions(base_url=base_url, api_key="EMPTY", served_model=str(model_dir), timeout_s=120)
-        with OpenAIEngine("tiny-llava", decoding, opts) as engine:
-            reqs = [request(i, max_new_tokens=8) for i in range(3)]
-            first = run(engine, reqs)
-            again = run(engine, reqs)
-    finally:
-        stop_server(process)
-    assert process.poll() is not None
-    assert sorted(first) == ["s0", "s1", "s2"]
-    for sample_id, resp in first.items():
-        assert isinstance(resp.text, str) and resp.text.strip()
-        assert resp.finish_reason in ("stop", "length")
-        assert resp.completion_tokens is not None and 0 < resp.completion_tokens <= 8
-        assert resp.text == again[sample_id].text  # greedy decoding is repeatable
-    print(f"vLLM server start: {startup_s:.1f}s")
-
-
-@pytest.mark.vllm
 def test_server_that_dies_reports_its_log(tmp_path) -> None:
     pytest.importorskip("vllm")
     from harness.serve import start_vllm_server

@@ -158,3 +158,32 @@ def test_prepare_environment(monkeypatch, needed, pth, main_is_harness, user_val
 
     if not torch.cuda.is_available():
         assert os.environ["VLLM_HOST_IP"] == "127.0.0.1"
+
+
+@pytest.mark.vllm
+@requires_vllm
+def test_three_engines_give_identical_greedy_text(vllm_llava, tiny_llava_path, requests, tmp_path) -> None:
+    """hf == vllm (offline) == openai (a real vLLM OpenAI server on 127.0.0.1) on the same prompts."""
+    from harness.engines.hf import HFEngine
+    from harness.engines.openai import OpenAIEngine
+    from harness.models.llava import LlavaFamily
+    from harness.serve import start_vllm_server, stop_server
+
+    with HFEngine(tiny_llava_path, Decoding(), EngineOptions(dtype="float32", device="cpu")) as hf:
+        expected = {r.sample_id: r for r in hf.generate(requests)}
+    offline = {r.sample_id: r for r in vllm_llava.generate(requests)}
+    process, base_url = start_vllm_server(tiny_llava_path, extra_args=["--dtype", "float32", "--max-model-len", "1024"],
+                                          log_file=tmp_path / "server.log")
+    try:
+        opts = EngineOptions(base_url=base_url, served_model=tiny_llava_path,
+                             extra_body=LlavaFamily.server_request_fields)
+        with OpenAIEngine(tiny_llava_path, Decoding(), opts) as api:
+            served = {r.sample_id: r for r in api.generate(requests)}
+    finally:
+        stop_server(process)
+    assert len({r.text for r in expected.values()}) > 1
+    for sid, exp in expected.items():
+        assert offline[sid] == exp
+        got = served[sid]
+        assert (got.text, got.finish_reason, got.prompt_tokens, got.completion_tokens) == (
+            exp.text, exp.finish_reason, exp.prompt_tokens, exp.completion_tokens), sid

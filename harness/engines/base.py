@@ -34,6 +34,7 @@ class EngineOptions:
     concurrency: int = 8
     timeout_s: float = 120.0
     max_retries: int = 5
+    extra_body: dict[str, Any] | None = None  # extra JSON fields of each request (e.g. vLLM's add_special_tokens)
 
 
 class Engine(ABC):

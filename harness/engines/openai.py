@@ -154,12 +154,15 @@ class OpenAIEngine(Engine):
         ``max_tokens`` is the request's budget (``Request.max_new_tokens``); the manifest records the
         default one, ``decoding.max_new_tokens``.
         """
-        return {
+        params: dict[str, Any] = {
             "temperature": self.decoding.temperature,
             "top_p": self.decoding.top_p,
             "max_tokens": self.decoding.max_new_tokens if max_tokens is None else max_tokens,
             "seed": self.decoding.seed,
         }
+        if self.options.extra_body:
+            params["extra_body"] = dict(self.options.extra_body)
+        return params
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -249,7 +252,7 @@ class OpenAIEngine(Engine):
         usage = getattr(completion, "usage", None)
         return Response(
             sample_id=sample_id,
-            text=text or "",
+            text=(text or "").strip(),  # as the hf and vllm engines: LLaVA's eval scripts strip outputs
             finish_reason=str(getattr(choice, "finish_reason", None) or "unknown"),
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),

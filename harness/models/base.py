@@ -20,6 +20,9 @@ class ModelFamily(ABC):
     model_types: ClassVar[tuple[str, ...]]  # config.json "model_type" values this family serves
     templates: ClassVar[tuple[str, ...]]  # prompt template names; the first is the default
     image_token: ClassVar[str]  # placeholder of one image in a rendered prompt, before processor expansion
+    # Extra fields of an OpenAI-compatible chat request that make a vLLM server tokenize the prompt as the
+    # offline engines do (e.g. LLaVA's chat template emits no BOS, which the processor adds offline).
+    server_request_fields: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model_path: str | Path, template: str | None = None):
         self.model_path = Path(model_path)

@@ -36,6 +36,7 @@ class LlavaFamily(ModelFamily):
     model_types: ClassVar[tuple[str, ...]] = ("llava",)
     templates: ClassVar[tuple[str, ...]] = ("llava_v1", "hub")
     image_token: ClassVar[str] = "<image>"
+    server_request_fields: ClassVar[dict[str, Any]] = {"add_special_tokens": True}  # BOS, as offline
     max_images_per_prompt: ClassVar[int] = 1
 
     def render_prompt(self, prompt: str, num_images: int, response: str | None = None) -> str:
