@@ -36,10 +36,13 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    parser.add_argument("--log-level", default="INFO", choices=levels)
+    common = argparse.ArgumentParser(add_help=False)  # --log-level after the command too
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="generate responses with a model and score them",
+    run = sub.add_parser("run", parents=[common], help="generate responses with a model and score them",
                          description="Evaluate a model on tasks; a rerun of the same command resumes.")
     run.add_argument("--model", help="checkpoint directory (hf, vllm) or served model name (openai); "
                                      "default: the embedded tiny LLaVA model")
@@ -81,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     api.add_argument("--max-retries", type=int, default=5)
 
-    sub.add_parser("tasks", help="list the registered tasks and the data files each needs")
+    sub.add_parser("tasks", parents=[common], help="list the registered tasks and the data files each needs")
 
-    toy = sub.add_parser("toy-data", help="write the toy benchmark (AMBER file formats) to a folder")
+    toy = sub.add_parser("toy-data", parents=[common], help="write the toy benchmark (AMBER file formats) to a folder")
     toy.add_argument("output", help="folder to create")
     toy.add_argument("--n-images", type=_positive_int, default=None)
     toy.add_argument("--seed", type=int, default=0)

@@ -200,3 +200,40 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(cache, tmp_path):
     assert preds.read_bytes() == expected
     runs = [json.loads(line) for line in (preds.parent / "runs.jsonl").read_text().splitlines()]
     assert runs[-1]["resumed"] == n_done and runs[-1]["generated"] == 40 - n_done
+
+
+def test_openai_engine_through_the_cli_keeps_the_key_secret(tmp_path, capsys, monkeypatch):
+    try:
+        from tests.fake_openai_server import FakeOpenAIServer
+    except ImportError:
+        from fake_openai_server import FakeOpenAIServer
+
+    secret = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("MY_KEY", secret)
+    with FakeOpenAIServer(models=("served",), api_key=secret) as server:
+        code, out = run_cli("run", "--tasks", "toy_amber", "--limit", 4, "--engine", "openai", "--model", "served",
+                            "--base-url", server.base_url, "--api-key-env", "MY_KEY", "--output-path", tmp_path,
+                            "--no-progress", "--log-level", "DEBUG", capsys=capsys)
+        assert code == 0, out.err
+        sent = server.requests[-1].body
+    assert sent["temperature"] == 0 and sent["seed"] == 1234
+    run_dir = tmp_path / "served" / "toy_amber"
+    assert len((run_dir / "predictions.jsonl").read_text().splitlines()) == 4
+    manifest = (run_dir / "manifest.json").read_text()
+    assert json.loads(manifest)["engine"]["engine"] == "openai"
+    for text in [manifest, out.out, out.err, *(p.read_text() for p in run_dir.iterdir())]:
+        assert secret not in text
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_vllm_engine_through_the_cli_matches_hf(cache, tmp_path):
+    """`harness run --engine vllm` in its own process (vLLM spawns its engine core) gives hf's predictions."""
+    args = ["run", "--tasks", "toy_amber", "--limit", 6, "--no-progress", "--dtype", "float32"]
+    hf = harness_subprocess(*args, "--engine", "hf", "--output-path", tmp_path / "hf", cache=cache)
+    assert hf.returncode == 0, hf.stderr
+    vllm = harness_subprocess(*args, "--engine", "vllm", "--enforce-eager", "--max-model-len", 1024,
+                              "--output-path", tmp_path / "vllm", cache=cache)
+    assert vllm.returncode == 0, vllm.stderr[-3000:]
+    preds = [(tmp_path / e / "tiny-llava-v1" / "toy_amber" / "predictions.jsonl").read_text() for e in ("hf", "vllm")]
+    assert preds[0] == preds[1]
