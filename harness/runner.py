@@ -116,12 +116,14 @@ def evaluate(
                         finished[rec["id"]] = rec
                     n_generated += len(ready)
                     bar.update(len(ready))
+            store.sync()
             if next_i != len(order):
                 missing = [sid for sid in order if sid not in done]
                 raise EngineError(f"engine {engine.name} returned no response for {len(missing)} samples "
                                   f"(first: {missing[0]})")
     finally:
         bar.close()
+        store.close()
     gen_seconds = time.perf_counter() - started
 
     responses = {sid: response_from_record(rec) for sid, rec in finished.items()}
