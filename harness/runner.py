@@ -131,7 +131,7 @@ def evaluate(
     metrics.counts.setdefault("samples", len(samples))
     metrics.counts["failed"] = sum(1 for s in samples if s.id not in responses)
     store.write_failures(failures)
-    store.write_metrics(metrics.to_dict())
+    store.write_metrics(metrics.to_dict(), metrics.records)
     return RunResult(
         task=task.name, metrics=metrics, n_samples=len(samples), n_resumed=len(samples) - len(pending),
         n_generated=n_generated, n_failed=len(failures), seconds=gen_seconds, failures=failures,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import DataError, HarnessError
-from harness.io import atomic_write_json, dumps_record, read_json
+from harness.io import atomic_write_json, atomic_write_text, dumps_record, read_json
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ MANIFEST = "manifest.json"
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 FAILURES = "failures.jsonl"
+SCORES = "scores.jsonl"
 RUNS = "runs.jsonl"
 
 
@@ -117,7 +118,7 @@ class RunStore:
 
     def discard(self) -> None:
         self.close()
-        for name in (PREDICTIONS, METRICS, FAILURES):
+        for name in (PREDICTIONS, METRICS, FAILURES, SCORES):
             (self.dir / name).unlink(missing_ok=True)
 
     # ------------------------------------------------------------ predictions
@@ -193,7 +194,10 @@ class RunStore:
             return
         path.write_text("".join(dumps_record(f) + "\n" for f in failures), encoding="utf-8")
 
-    def write_metrics(self, metrics: dict[str, Any]) -> None:
+    def write_metrics(self, metrics: dict[str, Any], records: list[dict[str, Any]] | None = None) -> None:
+        """``metrics.json`` and, when given, the per-sample scoring records (``scores.jsonl``), atomically."""
+        if records is not None:
+            atomic_write_text(self.dir / SCORES, "".join(dumps_record(r) + "\n" for r in records))
         atomic_write_json(self.dir / METRICS, metrics)
 
     def log_run(self, info: dict[str, Any]) -> None:

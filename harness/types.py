@@ -102,13 +102,21 @@ class Decoding:
 
 @dataclass
 class Metrics:
-    """A task's scores: headline numbers under the papers' names, breakdowns and counts."""
+    """A task's scores: headline numbers under the papers' names, breakdowns and counts.
+
+    ``records`` holds one dict per scored sample saying what the scorer found (e.g. AMBER: nouns kept, covered
+    objects, hallucinated mentions; MMHal: rating and judge text), each with the sample's ``id``. They go to
+    ``scores.jsonl`` in the run directory, not to ``metrics.json``.
+    """
 
     task: str
     headline: dict[str, float]
     breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["records"]
+        return out

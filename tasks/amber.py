@@ -60,7 +60,7 @@ import re
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -809,7 +809,10 @@ class _AmberTask(Task):
                 headline["AMBER Score"] = result.amber_score
             else:
                 notes.append("AMBER Score needs both generative and discriminative responses")
-        return Metrics(task=self.name, headline=headline, breakdown=breakdown, counts=counts, notes=notes)
+        records = [{**asdict(r), "id": str(r.id), "kind": "generative" if isinstance(r, GenerativeRecord)
+                    else "discriminative"} for r in result.records]
+        return Metrics(task=self.name, headline=headline, breakdown=breakdown, counts=counts, notes=notes,
+                       records=records)
 
 
 _COMMON_FILES = (
