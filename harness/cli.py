@@ -1,4 +1,4 @@
-"""Command line: ``harness run | tasks | toy-data``.
+"""Command line: ``harness run | score | tasks | toy-data``.
 
 User errors (:class:`harness.errors.HarnessError`) print one clear message and exit with status 2;
 finished predictions are always kept.
@@ -40,9 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=levels)
     common = argparse.ArgumentParser(add_help=False)  # --log-level after the command too
     common.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels)
+    task_opts = argparse.ArgumentParser(add_help=False)
+    g = task_opts.add_argument_group("task options")
+    g.add_argument("--amber-similarity", metavar="SPEC",
+                   help="AMBER word similarity: spacy:MODEL (default spacy:en_core_web_lg), none, or table:FILE")
+    g.add_argument("--amber-answer", metavar="MODE",
+                   help="AMBER yes/no answers: official (exact 'Yes'/'No', default), strip, or yes-no")
+    g.add_argument("--objhal-method", choices=["chair", "gpt"],
+                   help="Object HalBench: judge-free CHAIR (default) or GPT object extraction through the judge")
+    g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other task option (repeatable)")
+    judge_opts = argparse.ArgumentParser(add_help=False)
+    j = judge_opts.add_argument_group("judge (LLM-judged tasks: mmhal, object_halbench --objhal-method gpt, ...)")
+    j.add_argument("--judge-model", help="judge model (default: the one the official scorer used, e.g. gpt-4-0314)")
+    j.add_argument("--judge-base-url", help="OpenAI-compatible endpoint of the judge (default: $OPENAI_BASE_URL)")
+    j.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable with the judge's key")
+    j.add_argument("--judge-concurrency", type=_positive_int, default=4)
+    j.add_argument("--no-judge-cache", action="store_true", help="do not read or write the judge's disk cache")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", parents=[common], help="generate responses with a model and score them",
+    run = sub.add_parser("run", parents=[common, task_opts, judge_opts], help="generate responses with a model and score them",
                          description="Evaluate a model on tasks; a rerun of the same command resumes.")
     run.add_argument("--model", help="checkpoint directory (hf, vllm) or served model name (openai); "
                                      "default: the embedded tiny LLaVA model")
@@ -84,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     api.add_argument("--max-retries", type=int, default=5)
 
+    score = sub.add_parser("score", parents=[common, task_opts, judge_opts],
+                           help="score responses produced elsewhere, in the benchmark's own format",
+                           description="Score a responses file in the benchmark's official format; prints the "
+                                       "metrics as JSON on stdout.")
+    score.add_argument("task", help="task name (`harness tasks` lists them)")
+    score.add_argument("--responses", required=True, help="responses file in the benchmark's official format")
+    score.add_argument("--data-root", help="benchmark files in their original layout")
+    score.add_argument("--image-root", help="benchmark images (some tasks read them to build samples)")
+    score.add_argument("--reviews", help="saved judge replies instead of calling a judge: a JSON list of reply "
+                                         "texts in question order, or the benchmark's official review file")
+    score.add_argument("--records", help="also write the per-sample scoring records to this JSONL file")
+
     sub.add_parser("tasks", parents=[common], help="list the registered tasks and the data files each needs")
 
     toy = sub.add_parser("toy-data", parents=[common], help="write the toy benchmark (AMBER file formats) to a folder")
@@ -114,6 +143,34 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_") or "model"
 
 
+def _task_options(args) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in args.option:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = value
+    for key in ("amber_similarity", "amber_answer", "objhal_method"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    return options
+
+
+def _make_judge(args, task, reviews: str | None = None):
+    """The judge for ``task``: saved replies (``reviews``), an OpenAI-compatible judge, or None if unneeded."""
+    if reviews is not None:
+        return task.read_reviews(reviews)
+    if not task.needs_judge():
+        return None
+    from harness.judge_openai import OpenAIJudge
+
+    model = args.judge_model or task.default_judge_model
+    if model is None:
+        raise ConfigError(f"task {task.name} needs a judge: pass --judge-model")
+    return OpenAIJudge(model, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
+                       concurrency=args.judge_concurrency, use_cache=not args.no_judge_cache)
+
+
 def _embedded_model() -> str:
     from harness.models.tiny import ensure_embedded_model
     from tasks.toy import corpus
@@ -132,13 +189,14 @@ def _resolve_tasks(args) -> list:
     classes = [get_task(n) for n in names]  # unknown names fail here, before any model loads
     data_roots = _per_task(args.data_root, names, "--data-root")
     image_roots = _per_task(args.image_root, names, "--image-root")
+    options = _task_options(args)
     tasks = []
     for cls in classes:
         data_root = data_roots.get(cls.name, data_roots.get(""))
         image_root = image_roots.get(cls.name, image_roots.get(""))
         if data_root is not None and not Path(data_root).is_dir():
             raise ConfigError(f"--data-root {data_root} (task {cls.name}) is not a directory")
-        task = cls(data_root=data_root, image_root=image_root)
+        task = cls(data_root=data_root, image_root=image_root, options=options)
         task.check_files()
         tasks.append(task)
     return tasks
@@ -165,6 +223,36 @@ def _describe_model(args, engine_name: str) -> tuple[str, dict[str, Any], str, A
 
 
 # --------------------------------------------------------------------------- commands
+def cmd_score(args) -> int:
+    import json
+
+    from harness.io import dumps_record
+    from harness.task import get_task
+
+    cls = get_task(args.task)
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise ConfigError(f"--data-root {args.data_root} is not a directory")
+    task = cls(data_root=args.data_root, image_root=args.image_root, options=_task_options(args))
+    samples = task.samples()
+    responses = task.read_responses(args.responses)
+    known = {s.id for s in samples}
+    unknown = [sid for sid in responses if sid not in known]
+    if unknown:
+        raise ConfigError(f"{args.responses}: {len(unknown)} responses name samples that task {task.name} does not "
+                          f"have (first: {unknown[0]})")
+    judge = _make_judge(args, task, args.reviews)
+    metrics = task.score(samples, responses, judge)
+    out = metrics.to_dict()
+    out["coverage"] = {"samples": len(samples), "responses": len(responses),
+                       "missing": len(samples) - len(responses)}
+    if judge is not None:
+        out["judge"] = {**judge.describe(), "ledger": judge.ledger().to_dict()}
+    if args.records:
+        Path(args.records).write_text("".join(dumps_record(r) + "\n" for r in metrics.records), encoding="utf-8")
+    print(json.dumps(out, indent=2, ensure_ascii=False))
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from harness.task import all_tasks
 
@@ -191,7 +279,7 @@ def cmd_toy_data(args) -> int:
 def cmd_run(args) -> int:
     from harness import engines
     from harness.engines import EngineOptions, create_engine
-    from harness.io import sha256_path
+    from harness.io import atomic_write_json, sha256_path
     from harness.manifest import environment
     from harness.runner import evaluate
     from harness.store import RunStore
@@ -242,8 +330,11 @@ def cmd_run(args) -> int:
             store.open(manifest, settings, overwrite=args.overwrite)
             log.info("%s: %d samples -> %s", task.name, len(samples), store.dir)
             t0 = time.time()
+            judge = _make_judge(args, task)
             result = evaluate(task, engine, store, samples, max_new_tokens=args.max_new_tokens,
-                              on_image_error=args.on_image_error, progress=not args.no_progress)
+                              on_image_error=args.on_image_error, progress=not args.no_progress, judge=judge)
+            if judge is not None:
+                atomic_write_json(store.dir / "judge.json", {**judge.describe(), "ledger": judge.ledger().to_dict()})
             store.log_run({"started": t0, "seconds": round(result.seconds, 3), "generated": result.n_generated,
                            "resumed": result.n_resumed, "failed": result.n_failed,
                            "samples_per_s": round(result.samples_per_s, 3), "limit": args.limit})
@@ -271,7 +362,7 @@ def print_summary(results, engine_name: str, run_name: str, seconds: float) -> N
         print(f"{result.task}: {store.dir}")
 
 
-COMMANDS = {"run": cmd_run, "tasks": cmd_tasks, "toy-data": cmd_toy_data}
+COMMANDS = {"run": cmd_run, "score": cmd_score, "tasks": cmd_tasks, "toy-data": cmd_toy_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.errors import ConfigError, MissingDataFile
+from harness.errors import ConfigError, DataError, MissingDataFile
+from harness.io import read_json
 from harness.types import Metrics, Response, Sample
 
 
@@ -33,6 +34,7 @@ class Task(ABC):
     description: ClassVar[str]
     data_files: ClassVar[tuple[DataFile, ...]] = ()
     default_max_new_tokens: ClassVar[int] = 128
+    default_judge_model: ClassVar[str | None] = None  # the judge the official scorer used, if any
 
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
@@ -72,6 +74,27 @@ class Task(ABC):
     @abstractmethod
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
         """Score ``responses`` (by sample id) with the official metric. Samples without a response are failures."""
+
+    def needs_judge(self) -> bool:
+        """True when scoring (with the task's current options) calls an LLM judge."""
+        return False
+
+    def read_responses(self, path: str | Path) -> dict[str, Response]:
+        """Responses produced elsewhere, in the benchmark's own official format, by sample id.
+
+        Unknown or duplicate ids and missing fields raise :class:`DataError` naming the file and record.
+        """
+        raise ConfigError(f"task {self.name} has no response-file format to score; use `harness run`")
+
+    def read_reviews(self, path: str | Path):
+        """A :class:`harness.judge.ReplayJudge` over saved judge replies: a JSON list of reply texts in
+        question order (tasks may accept their official review format too)."""
+        from harness.judge import ReplayJudge
+
+        data = read_json(path)
+        if not isinstance(data, list) or not all(isinstance(x, str) or x is None for x in data):
+            raise DataError("expected a JSON list of judge reply texts, in question order", path=path)
+        return ReplayJudge(data, source=str(path))
 
 
 _TASKS: dict[str, type[Task]] = {}

@@ -771,6 +771,13 @@ class _AmberTask(Task):
             self._scorer = AmberScorer(self.data_root, self.similarity or NoSimilarity())
         return self._scorer
 
+    def read_responses(self, path: str | Path) -> dict[str, Response]:
+        """AMBER's response format ``[{"id": int, "response": str}]``; ids must belong to this task's half."""
+        only = None if (self.generative and self.discriminative) else (
+            "generative" if self.generative else "discriminative")
+        rows = self.scorer()._check_responses(load_responses(path), path, only)
+        return {str(entry["id"]): Response(str(entry["id"]), text, "stop") for entry, text in rows}
+
     def score_detailed(self, samples: Sequence[Sample], responses: Mapping[str, Response]) -> AmberResult:
         """The full result (per-response records included) for the samples that have a response."""
         rows = [{"id": int(s.id), "response": responses[s.id].text} for s in samples if s.id in responses]
