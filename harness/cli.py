@@ -260,8 +260,11 @@ def cmd_tasks(args) -> int:
     width = max((len(n) for n in registry), default=4)
     for name, cls in registry.items():
         print(f"{name:<{width}}  {cls.description}")
+        by_source: dict[str, list[str]] = {}
         for f in cls.data_files:
-            print(f"{'':<{width}}    needs {f.relpath}  ({f.source})")
+            by_source.setdefault(f.source, []).append(f.relpath)
+        for source, files in by_source.items():
+            print(f"{'':<{width}}    needs {', '.join(files)}  <- {source}")
     return 0
 
 
