@@ -21,6 +21,8 @@ from harness.types import Metrics, Request, Response, Sample
 
 log = logging.getLogger(__name__)
 
+MAX_LOGGED_FAILURES = 5  # failures beyond these are summarised in one line (all are in failures.jsonl)
+
 
 @dataclass
 class RunResult:
@@ -92,7 +94,8 @@ def evaluate(
                 except ImageError as exc:
                     if on_image_error == "stop":
                         raise
-                    log.warning("%s; skipped (counted as failed)", exc)
+                    if len(failures) < MAX_LOGGED_FAILURES:
+                        log.warning("%s; skipped (counted as failed)", exc)
                     failures.append({"id": s.id, "error": exc.detail, "kind": "image"})
                     bar.update(1)
             if not requests:
@@ -124,6 +127,9 @@ def evaluate(
     finally:
         bar.close()
         store.close()
+        if len(failures) > MAX_LOGGED_FAILURES:
+            log.warning("%d more samples skipped for unreadable images; all are listed in %s",
+                        len(failures) - MAX_LOGGED_FAILURES, store.dir / "failures.jsonl")
     gen_seconds = time.perf_counter() - started
 
     responses = {sid: response_from_record(rec) for sid, rec in finished.items()}
