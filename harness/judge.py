@@ -15,9 +15,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.errors import DataError
+
+_J = TypeVar("_J", bound="Judge")
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,18 @@ class JudgeResult:
 
 @dataclass
 class Ledger:
-    """Calls, tokens and estimated cost of one task's judgments (written to the run directory)."""
+    """Calls, tokens and estimated cost of one task's judgments (written to the run directory).
+
+    ``calls`` counts the judgments asked for; of those, ``cached`` were answered without a new API request
+    (from the cache, free) and ``failed`` got no reply. ``retries`` counts repeated API attempts. Tokens and
+    ``cost_usd`` cover paid replies only; ``cost_usd`` is None when the model has no known price.
+    """
 
     model: str
     calls: int = 0
     cached: int = 0
     failed: int = 0
+    retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
@@ -78,6 +86,15 @@ class Judge(ABC):
 
     def ledger(self) -> Ledger:
         return Ledger(model=self.model)
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release connections (nothing to release by default)."""
+
+    def __enter__(self: _J) -> _J:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ReplayJudge(Judge):

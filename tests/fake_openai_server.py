@@ -6,7 +6,9 @@ It listens on 127.0.0.1 only (a free port chosen by the OS) and serves
 - ``POST /v1/chat/completions``: a deterministic echo of the prompt, or the next scripted behaviour.
 
 Behaviours are queued with :meth:`FakeOpenAIServer.script` and consumed one per chat request, in arrival
-order; once the script is empty every request gets a normal reply. Every request is recorded (path, headers,
+order; once the script is empty every request gets a normal reply. :meth:`FakeOpenAIServer.always` sets a
+standing behaviour for every chat request whose prompt contains a given text (checked before the script), so
+a test can make one request of a concurrent batch fail every time. Every request is recorded (path, headers,
 JSON body) so tests can check what the client sent, and the server tracks the largest number of chat
 requests it was serving at once.
 
@@ -29,9 +31,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class OK:
-    """A normal reply, optionally after ``delay_s`` seconds."""
+    """A normal reply, optionally after ``delay_s`` seconds; ``usage=False`` leaves out the token usage."""
 
     delay_s: float = 0.0
+    usage: bool = True
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class FakeOpenAIServer:
         self.max_in_flight = 0
         self._in_flight = 0
         self._script: deque[Behaviour] = deque()
+        self._standing: list[tuple[str, Behaviour]] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -145,13 +149,22 @@ class FakeOpenAIServer:
         with self._lock:
             self._script.extend(behaviours)
 
+    def always(self, prompt_contains: str, behaviour: Behaviour) -> None:
+        """Answer every chat request whose prompt contains ``prompt_contains`` with ``behaviour``."""
+        with self._lock:
+            self._standing.append((prompt_contains, behaviour))
+
     @property
     def chat_requests(self) -> list[RecordedRequest]:
         with self._lock:
             return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
-    def _next_behaviour(self) -> Behaviour:
+    def _next_behaviour(self, body: dict[str, Any]) -> Behaviour:
+        prompt = echo_text(body)
         with self._lock:
+            for text, behaviour in self._standing:
+                if text in prompt:
+                    return behaviour
             return self._script.popleft() if self._script else OK()
 
     # -- HTTP ------------------------------------------------------------------------------------------------
@@ -230,7 +243,7 @@ class FakeOpenAIServer:
                     server._in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server._in_flight)
                 try:
-                    self._chat(body, server._next_behaviour())
+                    self._chat(body, server._next_behaviour(body))
                 finally:
                     with server._lock:
                         server._in_flight -= 1
@@ -249,7 +262,10 @@ class FakeOpenAIServer:
                 delay = behaviour.delay_s
                 if delay and server._closing.wait(delay):
                     return
-                self._send_json(200, self._completion(body))
+                completion = self._completion(body)
+                if not getattr(behaviour, "usage", True):
+                    del completion["usage"]
+                self._send_json(200, completion)
 
             @staticmethod
             def _completion(body: dict[str, Any]) -> dict[str, Any]:
