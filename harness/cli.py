@@ -233,18 +233,10 @@ def cmd_score(args) -> int:
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise ConfigError(f"--data-root {args.data_root} is not a directory")
     task = cls(data_root=args.data_root, image_root=args.image_root, options=_task_options(args))
-    samples = task.samples()
-    responses = task.read_responses(args.responses)
-    known = {s.id for s in samples}
-    unknown = [sid for sid in responses if sid not in known]
-    if unknown:
-        raise ConfigError(f"{args.responses}: {len(unknown)} responses name samples that task {task.name} does not "
-                          f"have (first: {unknown[0]})")
     judge = _make_judge(args, task, args.reviews)
-    metrics = task.score(samples, responses, judge)
+    metrics, coverage = task.score_file(args.responses, judge)
     out = metrics.to_dict()
-    out["coverage"] = {"samples": len(samples), "responses": len(responses),
-                       "missing": len(samples) - len(responses)}
+    out["coverage"] = coverage
     if judge is not None:
         out["judge"] = {**judge.describe(), "ledger": judge.ledger().to_dict()}
     if args.records:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.engines.base import Engine
-from harness.errors import EngineError, ImageError
+from harness.errors import EngineError, HarnessError, ImageError
 from harness.store import RunStore
 from harness.task import Task
 from harness.types import Metrics, Request, Response, Sample
@@ -76,6 +76,12 @@ def evaluate(
 
     started = time.perf_counter()
     finished = store.load_finished()
+    for s in samples:
+        rec = finished.get(s.id)
+        if rec is not None and rec.get("prompt") != s.prompt:
+            raise HarnessError(
+                f"{store.predictions_path}: sample {s.id} was answered for another prompt ({rec.get('prompt')!r}, now "
+                f"{s.prompt!r}); a task option changed the prompts. Use another --output-path, or --overwrite")
     pending = [s for s in samples if s.id not in finished]
     failures: list[dict[str, Any]] = []
     n_generated = 0

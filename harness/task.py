@@ -38,9 +38,27 @@ class Task(ABC):
 
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
-        self.data_root = Path(data_root) if data_root is not None else self.default_data_root()
-        self.image_root = Path(image_root) if image_root is not None else self.default_image_root()
+        self.data_root_given = Path(data_root) if data_root is not None else None
+        self._data_root = self.data_root_given
+        self._image_root = Path(image_root) if image_root is not None else None
         self.options = dict(options or {})
+
+    @property
+    def data_root(self) -> Path:
+        """The benchmark files' folder: the one given, else :meth:`default_data_root` (resolved on first use)."""
+        if self._data_root is None:
+            self._data_root = self.default_data_root()
+        return self._data_root
+
+    @data_root.setter
+    def data_root(self, value: str | Path) -> None:
+        self._data_root = Path(value)
+
+    @property
+    def image_root(self) -> Path:
+        if self._image_root is None:
+            self._image_root = self.default_image_root()
+        return self._image_root
 
     def default_data_root(self) -> Path:
         raise ConfigError(f"task {self.name} needs --data-root (the folder holding {self._file_list()})")
@@ -78,6 +96,20 @@ class Task(ABC):
     def needs_judge(self) -> bool:
         """True when scoring (with the task's current options) calls an LLM judge."""
         return False
+
+    def score_file(self, path: str | Path, judge: Any = None) -> tuple[Metrics, dict[str, int]]:
+        """Score a response file in the benchmark's official format (``harness score``): the metrics, and the
+        coverage (samples, responses, missing). Unknown ids are an error; missing ones are reported as coverage."""
+        samples = self.samples()
+        responses = self.read_responses(path)
+        known = {s.id for s in samples}
+        unknown = [sid for sid in responses if sid not in known]
+        if unknown:
+            raise DataError(f"{len(unknown)} responses name samples that task {self.name} does not have "
+                            f"(first: {unknown[0]})", path=path)
+        metrics = self.score(samples, responses, judge)
+        return metrics, {"samples": len(samples), "responses": len(responses),
+                         "missing": len(samples) - len(responses)}
 
     def read_responses(self, path: str | Path) -> dict[str, Response]:
         """Responses produced elsewhere, in the benchmark's own official format, by sample id.

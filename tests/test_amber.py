@@ -390,7 +390,7 @@ def test_tasks_are_registered_and_load_samples():
     s = d.samples(limit=1)
     assert s[0].id == "1005" and s[0].max_new_tokens == 16 and s[0].images[0].path == "/imgs/AMBER_1.jpg"
     with pytest.raises(ConfigError, match="needs --data-root.*annotations.json.*junyangwang0410/AMBER"):
-        AmberDiscriminative()
+        AmberDiscriminative().check_files()  # the data root is resolved on first use
     with pytest.raises(ConfigError, match="unknown amber_answer"):
         AmberDiscriminative(data_root=DATA, options={"amber_answer": "fuzzy"})
 

@@ -41,7 +41,7 @@ class CountTask(Task):
 
     def __init__(self, samples):
         self._samples = samples
-        self.data_root = None
+        super().__init__()
 
     def load_samples(self):
         return self._samples

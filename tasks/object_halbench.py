@@ -1,0 +1,1215 @@
+"""Object HalBench: object hallucination in detailed image descriptions (CHAIR on 300 COCO images).
+
+Object HalBench (RLHF-V, Yu et al., CVPR 2024; used again by RLAIF-V) asks a vision-language model for a detailed
+description of 300 COCO val2014 images and counts the COCO objects it mentions that are not in the image. This
+module holds
+
+- the task ``object_halbench``: the 300 questions of RLHF-V's ``obj_halbench_300_with_image.jsonl`` (JSONL lines
+  ``{"image_id", "question", "image"}``, the image base64-encoded), scored against COCO 2014 annotations;
+- :class:`CocoVocabulary`, the synonym handling and ``caption_to_words`` of the official scorer;
+- :class:`CocoGroundTruth`, the per-image ground truth built from the COCO annotation files (read once, only for the
+  images asked about, and cached in the harness cache);
+- the GPT object-extraction path (``objhal_method=gpt``), with the spaCy step behind :class:`PhraseAnalyzer`;
+- :func:`score_answer_file` / :meth:`ObjectHalBench.score_answer_file`, which score an answer file in the official
+  format ``{"image_id", "question" | "prompt", "text" | "answer"}`` (``harness score object_halbench --responses``).
+
+Official source followed, to the letter: RLHF-V ``eval/eval_gpt_obj_halbench.py`` and
+``eval/summarize_gpt_obj_halbench_review.py`` (https://github.com/RLHF-V/RLHF-V, commit
+8daac8a8f30df123818ae9d3a0e3f0018497714c; the same scorer is in https://github.com/RLHF-V/RLAIF-V, commit
+83d917b2e8118ca8e7877a796d72af9bb3e6b356, except for the GPT reply parser, see :data:`GPT_PARSERS`).
+
+What the official scorer computes, with its quirks (all reproduced):
+
+Vocabulary. Each line of ``synonyms_refine.txt`` is ``line.strip().split(', ')``, each entry stripped; the first
+entry is the COCO class ("node word"), every entry maps to it (a synonym listed on two lines maps to the later
+line's class). ``double_word_dict``: every multi-word synonym maps to itself, plus ``home plate``, ``train track``
+(to themselves), ``baby X`` / ``adult X`` -> X for the animal words, ``passenger jet`` / ``passenger train`` ->
+jet / train, ``bow tie`` -> tie, ``toilet seat`` -> toilet, ``wine glas`` -> wine glass.
+
+``caption_to_words``. ``nltk.word_tokenize(caption.lower())``, ``WordNetLemmatizer().lemmatize(w)`` (noun), a
+greedy left-to-right merge of bigrams found in ``double_word_dict`` ("hot dog", "baby bird" -> bird), then
+"seat" is dropped if "toilet" is also there, then only words of the synonym vocabulary are kept, each mapped to its
+node word. Every mention counts: "a dog and another dog" is two mentions.
+
+Ground truth of an image: the classes of its COCO instances (train2014 + val2014 concatenated) mapped through the
+synonyms, united with the node words of its COCO captions (same ``caption_to_words``).
+
+Answers. ``text`` (else ``answer``) with every ``"Assistant:"`` removed, then stripped; the question is ``prompt``
+(else ``question``); ``image_id`` (else the question file's, by line order). An answer file whose *path* contains
+"coh" gets the official ``preprocess_coh_results`` trimming.
+
+Metrics (``compute_chair``; one "response" per answer):
+
+- ``CHAIRs`` = responses with a hallucinated mention / all responses;
+- ``CHAIRs_refine`` = responses with a hallucinated mention / responses with at least one COCO mention;
+- ``CHAIRi`` = hallucinated mentions / all COCO mentions;
+- ``obj_rec`` = sum over responses of the distinct correctly mentioned classes / sum of the ground-truth classes;
+- ``avg_word_len`` = mean of ``len(caption.strip().split(" "))`` (so two spaces make an extra "word").
+
+The evaluation script prints ``CHAIRs``, ``CHAIRsr`` (= CHAIRs_refine) and ``CHAIRi`` times 100 with ``%0.001f``
+(one decimal) and ``avg_len`` with ``%0.01f``; the summarizer prints ``Response Hall`` (= CHAIRs_refine),
+``Object Hall`` (= CHAIRi), ``Response Correct``, ``Object Correct``, ``Object Recall`` (= obj_rec) and
+``Average Length`` with two decimals. RLHF-V and RLAIF-V report the summarizer's Response Hall and Object Hall (as
+"Resp." and "Ment."). The headline carries both sets under their official names (see :data:`HEADLINE_SOURCES`).
+
+GPT path (``--use_gpt`` officially; ``objhal_method=gpt`` here; what RLHF-V and RLAIF-V report): answers of at
+most 3 words (``len(caption.strip().split()) <= 3``) get no objects and no judge call; otherwise the extraction
+prompt (:data:`EXTRACTION_PROMPT_TEMPLATE`, ``{question}`` then ``{answer}`` filled with ``str.replace``) is sent as
+one *system* message to ``gpt-3.5-turbo-0613`` (temperature 0.2, max_tokens 512, ``gpt4_grpc.Chat`` defaults). The
+reply is parsed as a JSON list (:data:`GPT_PARSERS`); each object ``o`` goes through spaCy ``en_core_web_trf`` as
+``nlp("a " + o)``: if the token lemmas hold a double word, those double words are the objects, else runs of
+``NN/NNS/NNP/NNPS`` lemmas joined by spaces; the objects of a response are deduplicated, then "seat" is dropped if
+"toilet" is there and the objects are matched exactly against the synonym vocabulary.
+
+Differences from the official code, which change errors and speed, never numbers:
+
+- a failed judgment (no reply, or a reply the official parser cannot read; the official code retries up to 100
+  times, then crashes on an ``assert``) is counted in ``counts["judge_failed"]`` and its answer is left out of every
+  metric, never scored as "no objects";
+- an image id that is not in the COCO annotation files (the official code gives it an empty ground truth, so every
+  mention would be a hallucination), an answer whose image is not in the question file, a duplicate answer, and a
+  missing field raise :class:`~harness.errors.DataError` naming the file and line;
+- the COCO ground truth is computed only for the images scored and cached in the harness cache, keyed by the
+  annotation files' names, sizes and modification times, the synonyms file's hash and the NLTK version.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from harness.errors import ConfigError, DataError, HarnessError, ImageError, MissingDataFile
+from harness.io import atomic_write_text, iter_jsonl, read_json
+from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
+from harness.task import DataFile, Task, register_task
+from harness.types import ImageRef, Metrics, Response, Sample
+from tasks.text import PUNKT_TAB, TAGGER_ENG, WORDNET, lemmatize, pos_tag, require_nltk_resources, word_tokenize
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_SOURCE = ("RLHF-V eval/eval_gpt_obj_halbench.py + eval/summarize_gpt_obj_halbench_review.py, "
+                   "https://github.com/RLHF-V/RLHF-V, commit 8daac8a8f30df123818ae9d3a0e3f0018497714c")
+RLAIFV_SOURCE = ("RLAIF-V eval/eval_gpt_obj_halbench.py, https://github.com/RLHF-V/RLAIF-V, "
+                 "commit 83d917b2e8118ca8e7877a796d72af9bb3e6b356")
+
+QUESTION_FILE = "obj_halbench_300_with_image.jsonl"
+SYNONYMS_FILE = "synonyms_refine.txt"
+COCO_DIR = "coco_annotations"
+INSTANCE_FILES = ("instances_val2014.json", "instances_train2014.json")
+CAPTION_FILES = ("captions_val2014.json", "captions_train2014.json")
+COCO_FILES = (*INSTANCE_FILES, *CAPTION_FILES)
+
+QUESTION_SOURCE = ("RLHF-V eval/data/obj_halbench_300_with_image.jsonl (https://github.com/RLHF-V/RLHF-V; "
+                   "also https://github.com/RLHF-V/RLAIF-V eval/data/)")
+SYNONYMS_SOURCE = "RLHF-V eval/data/synonyms_refine.txt (https://github.com/RLHF-V/RLHF-V)"
+COCO_SOURCE = ("MSCOCO 2014 annotations (cocodataset.org): "
+               "http://images.cocodataset.org/annotations/annotations_trainval2014.zip, "
+               f"unzipped, its annotations/*.json placed in {COCO_DIR}/")
+
+#: The judge and its settings in the official GPT path (``Chat(model="gpt-3.5-turbo-0613")``, ``chat_completion``
+#: defaults of ``eval/gpt4_grpc.py``: temperature 0.2, top_p 1, max_tokens 512).
+DEFAULT_JUDGE_MODEL = "gpt-3.5-turbo-0613"
+JUDGE_TEMPERATURE = 0.2
+JUDGE_MAX_TOKENS = 512
+#: Answers of at most this many whitespace-separated words get no objects and no judge call.
+SHORT_ANSWER_WORDS = 3
+#: Generation budget: RLAIF-V ``muffin/eval/llava15_chair.py`` generates with ``max_new_tokens=1024``.
+MAX_NEW_TOKENS = 1024
+
+#: ``prompt_template`` of ``eval_gpt_obj_halbench.py`` (RLHF-V and RLAIF-V, verbatim; Apache-2.0 code).
+EXTRACTION_PROMPT_TEMPLATE = """You are an expert in image objects extraction according to a question answer pair. \
+We asked an examiner to answer a question about a picture.
+
+[Start of Question]
+
+<image> {question}
+
+[End of Question]
+
+[Start of Examiner's Answer]
+
+{answer}
+
+[End of Examiner's Answer]
+
+
+Assume that the answer is correct, please identify all visible objects that are directly shown in the image. \
+Please following the instructions in below:
+
+1. You should only mention objects that are explicitly mentioned in the examiner's answer.
+2. You should only extract the object names without the attributes of the objects.
+3. You should not include the properties of the object, like the color, material, etc. as part of the object name \
+in your result.
+4. Make your answer precise. Present the results in a JSON list format: ["object_1", ..., "object_n"].
+5. You should return an empty JSON list () if no visible objects can be found.
+"""
+
+ANIMAL_WORDS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub")
+VEHICLE_WORDS = ("jet", "train")
+#: Penn tags whose lemmas the official ``postagging`` joins into object phrases.
+NOUN_TAGS = frozenset({"NNP", "NNPS", "NN", "NNS"})
+
+METHODS = {
+    "chair": "judge-free CHAIR: objects read from the answer text by caption_to_words (NLTK word_tokenize, "
+             "WordNet lemmas, synonyms_refine.txt)",
+    "gpt": "GPT object extraction (official --use_gpt, as reported by RLHF-V/RLAIF-V): objects listed by the judge, "
+           "lemmatised phrase by phrase, matched against synonyms_refine.txt",
+}
+
+#: Where each headline number comes from (official script, printed label, formula).
+HEADLINE_SOURCES = {
+    "CHAIRs": "eval_gpt_obj_halbench.py column CHAIRs: hallucinated responses / all responses x100, %0.001f",
+    "CHAIRs_refine": "eval_gpt_obj_halbench.py column CHAIRsr: hallucinated responses / responses with a COCO "
+                     "mention x100, %0.001f",
+    "CHAIRi": "eval_gpt_obj_halbench.py column CHAIRi: hallucinated mentions / COCO mentions x100, %0.001f",
+    "Response Hall": "summarize_gpt_obj_halbench_review.py 'Response Hall' = CHAIRs_refine x100, .2f "
+                     "(RLHF-V/RLAIF-V 'Resp.')",
+    "Object Hall": "summarize_gpt_obj_halbench_review.py 'Object Hall' = CHAIRi x100, .2f (RLHF-V/RLAIF-V 'Ment.')",
+    "Object Recall": "summarize_gpt_obj_halbench_review.py 'Object Recall' = obj_rec x100, .2f",
+    "Average Length": "summarize_gpt_obj_halbench_review.py 'Average Length' = avg_word_len, .2f "
+                      "(eval script avg_len: %0.01f)",
+}
+
+
+# --------------------------------------------------------------------------------------------------- vocabulary
+@dataclass(frozen=True)
+class CaptionWords:
+    """What ``caption_to_words`` returns: COCO words, ``[word, node word]`` pairs, their token indices, all words."""
+
+    words: tuple[str, ...]
+    node_words: tuple[tuple[str, str], ...]
+    idxs: tuple[int, ...]
+    raw_words: tuple[str, ...]
+
+
+class CocoVocabulary:
+    """The synonym vocabulary and word matching of the official ``CHAIR`` class (``__init__``,
+    ``caption_to_words``, ``caption_objects_to_coco_objects``, ``get_double_words_only``)."""
+
+    def __init__(self, lines: Sequence[str], *, digest: str = ""):
+        synonyms = [s.strip().split(", ") for s in lines]
+        objects: list[str] = []
+        inverse: dict[str, str] = {}
+        for synonym in synonyms:
+            new_synonym = [s.strip() for s in synonym]
+            objects.extend(new_synonym)
+            for s in new_synonym:
+                inverse[s] = new_synonym[0]
+        coco_double_words = [w for w in inverse if len(w.strip().split(" ")) >= 2]
+        coco_double_words += ["home plate", "train track"]
+        double: dict[str, str] = {w: w for w in coco_double_words}
+        for animal in ANIMAL_WORDS:
+            double[f"baby {animal}"] = animal
+            double[f"adult {animal}"] = animal
+        for vehicle in VEHICLE_WORDS:
+            double[f"passenger {vehicle}"] = vehicle
+        double["bow tie"] = "tie"
+        double["toilet seat"] = "toilet"
+        double["wine glas"] = "wine glass"
+        self.mscoco_objects: frozenset[str] = frozenset(objects)
+        self.inverse_synonym_dict: dict[str, str] = inverse
+        self.double_word_dict: dict[str, str] = double
+        #: what the official scorer prints as "double word count"
+        self.double_word_count: int = len(coco_double_words)
+        self.digest = digest
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CocoVocabulary:
+        """Read ``synonyms_refine.txt`` as the official ``open(...).readlines()`` does."""
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise MissingDataFile(path, SYNONYMS_SOURCE) from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from exc
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").splitlines(keepends=True)
+        return cls(lines, digest=hashlib.sha256(raw).hexdigest())
+
+    def node_word(self, word: str) -> str:
+        return self.inverse_synonym_dict[word]
+
+    def _merge_double_words(self, words: Sequence[str], keep_single: bool) -> tuple[list[str], list[int]]:
+        """The greedy left-to-right bigram merge; ``keep_single=False`` is ``get_double_words_only``."""
+        i = 0
+        merged: list[str] = []
+        idxs: list[int] = []
+        while i < len(words):
+            idxs.append(i)
+            double_word = " ".join(words[i:i + 2])
+            if double_word in self.double_word_dict:
+                merged.append(self.double_word_dict[double_word])
+                i += 2
+            else:
+                if keep_single:
+                    merged.append(words[i])
+                i += 1
+        return merged, idxs
+
+    def double_words_only(self, tokens: Sequence[str]) -> list[str]:
+        """``get_double_words_only``: only the double words found (mapped), single words dropped."""
+        return self._merge_double_words(tokens, keep_single=False)[0]
+
+    def _to_coco(self, words: list[str], idxs: Sequence[int]) -> tuple[list[str], list[tuple[str, str]], list[int]]:
+        # toilet seat is not chair; note: the official code filters ``idxs`` by position in the *seat-filtered*
+        # list, so after a removal they no longer line up with the words (kept: it only affects the indices).
+        if "toilet" in words and "seat" in words:
+            words = [w for w in words if w != "seat"]
+        kept_idxs = [idxs[k] for k, w in enumerate(words) if w in self.mscoco_objects]
+        kept = [w for w in words if w in self.mscoco_objects]
+        return kept, [(w, self.inverse_synonym_dict[w]) for w in kept], kept_idxs
+
+    def caption_to_words(self, caption: str) -> CaptionWords:
+        """The official ``caption_to_words``: every COCO mention of ``caption`` with its node word."""
+        tokens = [lemmatize(w) for w in word_tokenize(caption.lower())]
+        merged, idxs = self._merge_double_words(tokens, keep_single=True)
+        words, node_words, kept_idxs = self._to_coco(list(merged), idxs)
+        return CaptionWords(tuple(words), tuple(node_words), tuple(kept_idxs), tuple(merged))
+
+    def objects_to_coco(self, objects: Sequence[str]) -> CaptionWords:
+        """``caption_objects_to_coco_objects``: the GPT path's object phrases matched against the vocabulary."""
+        words, node_words, idxs = self._to_coco(list(objects), list(range(len(objects))))
+        return CaptionWords(tuple(words), tuple(node_words), tuple(idxs), tuple(objects))
+
+
+# --------------------------------------------------------------------------------------------------- ground truth
+GT_CACHE_FORMAT = 1
+
+
+def _cache_root() -> Path:
+    """The harness cache: ``$HARNESS_CACHE``, else ``~/.cache/halluc-harness``."""
+    env = os.environ.get("HARNESS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "halluc-harness"
+
+
+def _read_coco_file(path: Path, kind: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise MissingDataFile(path, COCO_SOURCE)
+    size_mb = path.stat().st_size / 1e6
+    if size_mb > 20:
+        log.info("Object HalBench: reading %s (%.0f MB; once, the derived ground truth is cached)", path, size_mb)
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DataError(f"expected a COCO {kind} file (a JSON object with an 'annotations' list)", path=path)
+    return data
+
+
+class CocoGroundTruth:
+    """The ground-truth COCO classes of images, as the official ``get_annotations`` builds them.
+
+    ``objects(image_ids)`` reads the four annotation files (one at a time, keeping only what the requested images
+    need) the first time an image is asked for, and caches the derived ground truth in
+    ``$HARNESS_CACHE/object_halbench/`` keyed by the files' names, sizes and modification times, the synonyms file's
+    hash and the NLTK version. Later calls read the small cache file only.
+    """
+
+    def __init__(self, coco_dir: str | Path, vocab: CocoVocabulary, *, cache: bool = True):
+        self.coco_dir = Path(coco_dir)
+        self.vocab = vocab
+        self.cache = cache
+        self.files_read = 0  # annotation files parsed by this instance (tests check the cache with it)
+
+    def paths(self) -> list[Path]:
+        return [self.coco_dir / name for name in COCO_FILES]
+
+    def check_files(self) -> None:
+        missing = [p for p in self.paths() if not p.is_file()]
+        if missing:
+            raise _missing_files([(p, COCO_SOURCE) for p in missing])
+
+    def _cache_path(self) -> tuple[Path, dict[str, Any]]:
+        import nltk
+
+        files = []
+        for p in self.paths():
+            st = p.stat()
+            files.append([p.name, st.st_size, st.st_mtime_ns])
+        key = {"format": GT_CACHE_FORMAT, "files": files, "synonyms_sha256": self.vocab.digest,
+               "nltk": nltk.__version__}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        return _cache_root() / "object_halbench" / f"gt-{digest}.json", key
+
+    def objects(self, image_ids: Collection[int]) -> dict[int, frozenset[str] | None]:
+        """Ground-truth node words per image; ``None`` for an image the annotation files do not have."""
+        self.check_files()
+        wanted = set(image_ids)
+        known: dict[int, frozenset[str] | None] = {}
+        cache_path, key = self._cache_path()
+        if self.cache and cache_path.is_file():
+            try:
+                cached = json.loads(cache_path.read_text(encoding="utf-8"))
+                if cached.get("key") == key:
+                    for sid, objs in cached["images"].items():
+                        known[int(sid)] = None if objs is None else frozenset(objs)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                log.warning("Object HalBench: ignoring unreadable ground-truth cache %s", cache_path)
+                known = {}
+        missing = wanted - known.keys()
+        if missing:
+            known.update(self._build(missing))
+            if self.cache:
+                cache_path.parent.mkdir(parents=True, exist_ok=True)
+                images = {str(i): (None if v is None else sorted(v)) for i, v in sorted(known.items())}
+                atomic_write_text(cache_path, json.dumps({"key": key, "images": images}, sort_keys=True) + "\n")
+        return {i: known[i] for i in wanted}
+
+    def _build(self, wanted: set[int]) -> dict[int, frozenset[str] | None]:
+        """``get_annotations_from_segments`` + ``get_annotations_from_captions`` for the ``wanted`` images only.
+
+        Each file is parsed once and dropped as soon as the requested images' entries are taken from it. Category
+        names come from ``instances_train2014.json`` (as the official ``combine_coco_instances``). An image is
+        known if an annotation file lists it in ``images`` or annotates it.
+        """
+        objects: dict[int, set[str]] = {i: set() for i in wanted}
+        seen: set[int] = set()
+        id_to_name: dict[Any, str] = {}
+        instance_hits: list[tuple[Path, int, Any]] = []  # (file, image id, category id)
+        for name in INSTANCE_FILES:
+            path = self.coco_dir / name
+            data = _read_coco_file(path, "instances")
+            self.files_read += 1
+            if name == "instances_train2014.json":
+                try:
+                    id_to_name = {cat["id"]: cat["name"] for cat in data["categories"]}
+                except (TypeError, KeyError) as exc:
+                    raise DataError(f"expected a 'categories' list of {{id, name}} objects ({exc!r})",
+                                    path=path) from exc
+            seen.update(_image_ids(data, path) & wanted)
+            for index, ann in enumerate(data["annotations"]):
+                try:
+                    if ann["image_id"] in objects:
+                        instance_hits.append((path, ann["image_id"], ann["category_id"]))
+                except (TypeError, KeyError) as exc:
+                    raise DataError(f"annotation {index}: missing field {exc}", path=path) from exc
+            del data
+        for path, imid, cat_id in instance_hits:
+            if cat_id not in id_to_name:
+                raise DataError(f"an annotation of image {imid} names category {cat_id!r}, which is not in the "
+                                f"categories of instances_train2014.json", path=path)
+            cat_name = id_to_name[cat_id]
+            if cat_name not in self.vocab.inverse_synonym_dict:
+                raise DataError(f"COCO category {cat_name!r} is not in {SYNONYMS_FILE}", path=path)
+            objects[imid].add(self.vocab.node_word(cat_name))
+            seen.add(imid)
+        for name in CAPTION_FILES:
+            path = self.coco_dir / name
+            data = _read_coco_file(path, "captions")
+            self.files_read += 1
+            seen.update(_image_ids(data, path) & wanted)
+            for index, ann in enumerate(data["annotations"]):
+                try:
+                    imid = ann["image_id"]
+                    if imid in objects:
+                        words = self.vocab.caption_to_words(ann["caption"])
+                        objects[imid].update(node for _, node in words.node_words)
+                        seen.add(imid)
+                except (TypeError, KeyError, AttributeError) as exc:
+                    raise DataError(f"annotation {index}: malformed caption annotation ({exc!r})", path=path) from exc
+            del data
+        return {i: (frozenset(objects[i]) if i in seen else None) for i in wanted}
+
+
+def _image_ids(data: Mapping[str, Any], path: Path) -> set[int]:
+    images = data.get("images", [])
+    if not isinstance(images, list):
+        raise DataError("'images' is not a list", path=path)
+    return {img["id"] for img in images if isinstance(img, dict) and "id" in img}
+
+
+def _missing_files(missing: Sequence[tuple[Path, str]]) -> MissingDataFile:
+    """One :class:`MissingDataFile` for the first missing file that also names every other one and its source."""
+    first, source = missing[0]
+    if len(missing) > 1:
+        others = "; ".join(f"{p} (from: {src})" for p, src in missing[1:])
+        source = f"{source}. Also missing: {others}"
+    return MissingDataFile(first, source)
+
+
+# --------------------------------------------------------------------------------------------------- answers
+@dataclass(frozen=True)
+class Answer:
+    """One answer as the official ``load_generated_captions`` builds it (``caption`` already preprocessed)."""
+
+    id: str
+    image_id: int
+    question: str
+    caption: str
+    line: int | None = None
+
+
+def clean_answer(text: str) -> str:
+    """The official answer preprocessing: every ``"Assistant:"`` removed, then ``strip()``."""
+    return text.replace("Assistant:", "").strip()
+
+
+_COH_RULES = (
+    ("The following is a response without hallucination.", -1),
+    ("The following is a response with hallucination.", 0),
+    ("Generate a response without errors.", -1),
+    ("Generate a response with errors.", 0),
+)
+
+
+def trim_coh(caption: str) -> str:
+    """The official ``preprocess_coh_results`` on one caption (applied to answer files whose path contains "coh")."""
+    for marker, part in _COH_RULES:
+        if marker in caption:
+            return caption.split(marker)[part].strip()
+    return caption
+
+
+def _as_image_id(value: Any, *, path: Path, line: int, field_name: str = "image_id") -> int:
+    """``int(value)`` as the official code does; anything ``int`` refuses (or a bool) is a :class:`DataError`."""
+    if isinstance(value, bool):
+        raise DataError(f"field {field_name!r} must be an integer image id, got {value!r}", path=path, line=line)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DataError(f"field {field_name!r} must be an integer image id, got {value!r}", path=path,
+                        line=line) from None
+
+
+@dataclass(frozen=True)
+class QuestionEntry:
+    """One line of the question file (without its image)."""
+
+    sample_id: str
+    image_id: int
+    question: str
+    line: int
+
+
+def read_answer_file(path: str | Path, questions: Sequence[QuestionEntry] | None = None) -> list[Answer]:
+    """Read an answer file in the official format, as ``load_generated_captions`` (``.jsonl`` branch).
+
+    Each line: ``image_id`` (else the image of the question file's line with the same position), ``prompt`` (else
+    ``question``), ``text`` (else ``answer``). ``"Assistant:"`` is removed and the text stripped; if the path
+    contains "coh", ``preprocess_coh_results`` is applied. With ``questions``, an image id not in the question file
+    is an error; an image answered twice is an error. Errors name the file and line.
+    """
+    path = Path(path)
+    by_image = {q.image_id: q for q in questions} if questions is not None else None
+    coh = "coh" in str(path)
+    answers: list[Answer] = []
+    first_line: dict[int, int] = {}
+    for index, (lineno, rec) in enumerate(iter_jsonl(path)):
+        if "image_id" in rec:
+            image_id = _as_image_id(rec["image_id"], path=path, line=lineno)
+        else:
+            if questions is None:
+                raise DataError(f"no 'image_id', and the question file ({QUESTION_FILE}) that gives it by line order "
+                                f"is not available", path=path, line=lineno)
+            if index >= len(questions):
+                raise DataError(f"no 'image_id', and the question file has only {len(questions)} questions to take "
+                                f"it from by line order", path=path, line=lineno)
+            image_id = questions[index].image_id
+        if by_image is not None and image_id not in by_image:
+            raise DataError(f"image_id {image_id} is not in the question file {QUESTION_FILE}", path=path, line=lineno)
+        if image_id in first_line:
+            raise DataError(f"image_id {image_id} is answered twice (first on line {first_line[image_id]})",
+                            path=path, line=lineno)
+        first_line[image_id] = lineno
+        q_field = "prompt" if "prompt" in rec else "question" if "question" in rec else None
+        if q_field is None:
+            raise DataError("missing field 'question' (or 'prompt')", path=path, line=lineno)
+        a_field = "text" if "text" in rec else "answer" if "answer" in rec else None
+        if a_field is None:
+            raise DataError("missing field 'text' (or 'answer')", path=path, line=lineno)
+        question, text = rec[q_field], rec[a_field]
+        if not isinstance(question, str):
+            raise DataError(f"field {q_field!r} must be a string, got {type(question).__name__}", path=path,
+                            line=lineno)
+        if not isinstance(text, str):
+            raise DataError(f"field {a_field!r} must be a string, got {type(text).__name__}", path=path, line=lineno)
+        caption = clean_answer(text)
+        if coh:
+            caption = trim_coh(caption)
+        answers.append(Answer(id=str(image_id), image_id=image_id, question=question, caption=caption, line=lineno))
+    if not answers:
+        raise DataError("no answers in the file", path=path)
+    return answers
+
+
+# --------------------------------------------------------------------------------------------------- GPT path
+class UnusableReply(ValueError):
+    """A judge reply the official code cannot turn into an object list (it would retry, then crash)."""
+
+
+#: What ``json.loads`` of a string raises (the official code catches everything with a bare ``except``).
+_JSON_ERRORS = (ValueError, RecursionError)
+
+
+def _last_line_list(content: str) -> Any:
+    """The official fallback: if the reply contains ``["``, ``json.loads`` of its last line."""
+    if '["' in content:
+        try:
+            return json.loads(content.strip().split("\n")[-1])
+        except _JSON_ERRORS:
+            pass
+    raise UnusableReply("Content is not json interpretable")
+
+
+def _parse_rlhfv(content: str) -> Any:
+    """RLHF-V ``parse_object_list``: ``json.loads``, else the last line if the reply contains ``["``."""
+    try:
+        return json.loads(content)
+    except _JSON_ERRORS:
+        return _last_line_list(content)
+
+
+_JSON_FENCE = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
+
+
+def _parse_rlaifv(content: str) -> Any:
+    """RLAIF-V ``parse_object_list``: a ```` ```json ```` fenced block, else the last line if the reply contains
+    ``["`` (RLAIF-V dropped RLHF-V's plain ``json.loads`` of the whole reply)."""
+    match = _JSON_FENCE.search(content)
+    if match:
+        try:
+            return json.loads(match.group(1))
+        except _JSON_ERRORS:
+            pass
+    return _last_line_list(content)
+
+
+#: Reply parsers: ``rlhf-v`` (default, :data:`OFFICIAL_SOURCE`) and ``rlaif-v`` (:data:`RLAIFV_SOURCE`).
+GPT_PARSERS: dict[str, Callable[[str], Any]] = {"rlhf-v": _parse_rlhfv, "rlaif-v": _parse_rlaifv}
+
+
+def parse_object_list(content: str, parser: str = "rlhf-v") -> list[Any]:
+    """The judge's object list, as the official code reads it: :data:`GPT_PARSERS`, then iterated as the official
+    ``for text in caps_gpt_objs`` does (a JSON string gives its characters, an object its keys).
+
+    Raises :class:`UnusableReply` for a reply the official code cannot use (it would retry, then crash on
+    ``for text in caps_gpt_objs`` for a number, boolean or null).
+    """
+    value = GPT_PARSERS[parser](content)
+    if isinstance(value, (list, str, dict)):
+        return list(value)
+    raise UnusableReply(f"reply is JSON {type(value).__name__}, not a list")
+
+
+def build_extraction_prompt(question: str, answer: str) -> str:
+    """``prompt_template`` with ``{question}`` then ``{answer}`` replaced (``str.replace``, as the official code)."""
+    return EXTRACTION_PROMPT_TEMPLATE.replace("{question}", question).replace("{answer}", answer)
+
+
+def is_short_answer(caption: str) -> bool:
+    """Official: ``len(caption.strip().split()) <= 3`` -> no objects, no judge call."""
+    return len(caption.strip().split()) <= SHORT_ANSWER_WORDS
+
+
+class PhraseAnalyzer(ABC):
+    """Tokens of a short phrase as ``(lemma, Penn tag)`` pairs: the official spaCy step ``nlp("a " + obj)``."""
+
+    @property
+    @abstractmethod
+    def spec(self) -> str:
+        """The option value that selects this analyzer (recorded in the notes)."""
+
+    official: ClassVar[bool] = False
+
+    def check(self) -> None:
+        """Raise :class:`HarnessError` if the analyzer cannot be used (cheap; loads nothing large)."""
+
+    @abstractmethod
+    def analyse(self, text: str) -> list[tuple[str, str]]:
+        """``[(token.lemma_, token.tag_) for token in nlp(text)]``."""
+
+
+def _spacy_install_hint(model: str) -> str:
+    return (f"install it with `pip install spacy==3.7.2 && python -m spacy download {model}` (RLAIF-V pins "
+            f"spacy==3.7.2), or choose the non-official NLTK approximation with objhal_lemmatizer=nltk "
+            f"(`--option objhal_lemmatizer=nltk`)")
+
+
+class SpacyPhraseAnalyzer(PhraseAnalyzer):
+    """spaCy, as the official code: ``spacy.load("en_core_web_trf")``, ``token.lemma_`` and ``token.tag_``."""
+
+    official = True
+
+    def __init__(self, model: str = "en_core_web_trf"):
+        self.model = model
+        self._nlp: Any = None
+        self._memo: dict[str, list[tuple[str, str]]] = {}
+
+    @property
+    def spec(self) -> str:
+        return f"spacy:{self.model}"
+
+    def _import(self) -> Any:
+        try:
+            import spacy
+        except ImportError as exc:
+            raise HarnessError(f"Object HalBench's GPT path lemmatises objects with spaCy {self.model}, and spaCy is "
+                               f"not installed; {_spacy_install_hint(self.model)}") from exc
+        return spacy
+
+    def check(self) -> None:
+        spacy = self._import()
+        if not (Path(self.model).is_dir() or spacy.util.is_package(self.model)):
+            raise HarnessError(f"spaCy model {self.model!r} (Object HalBench's GPT path) is not installed; "
+                               f"{_spacy_install_hint(self.model)}")
+
+    def analyse(self, text: str) -> list[tuple[str, str]]:
+        hit = self._memo.get(text)
+        if hit is None:
+            if self._nlp is None:
+                spacy = self._import()
+                try:
+                    self._nlp = spacy.load(self.model)
+                except OSError as exc:
+                    raise HarnessError(f"cannot load spaCy model {self.model!r}: {exc}; "
+                                       f"{_spacy_install_hint(self.model)}") from exc
+            hit = self._memo[text] = [(t.lemma_, t.tag_) for t in self._nlp(text)]
+        return list(hit)
+
+
+_WORDNET_POS = {"N": "n", "V": "v", "J": "a", "R": "r"}
+
+
+class NltkPhraseAnalyzer(PhraseAnalyzer):
+    """NOT official: an approximation of spaCy ``en_core_web_trf`` with NLTK.
+
+    ``nltk.word_tokenize``, ``nltk.pos_tag`` (Penn tags, as spaCy's ``tag_``) and the WordNet lemma of the
+    lower-cased token for its part of speech (noun, verb, adjective, adverb; other tokens lower-cased). Tokenisation,
+    tags and lemmas can differ from spaCy's transformer pipeline (e.g. hyphenated words, proper nouns), so numbers
+    may differ from the official ones.
+    """
+
+    official = False
+
+    @property
+    def spec(self) -> str:
+        return "nltk"
+
+    def check(self) -> None:
+        require_nltk_resources((PUNKT_TAB, TAGGER_ENG, WORDNET))
+
+    def analyse(self, text: str) -> list[tuple[str, str]]:
+        out = []
+        for token, tag in pos_tag(word_tokenize(text)):
+            low = token.lower()
+            wn_pos = _WORDNET_POS.get(tag[:1])
+            out.append((lemmatize(low, wn_pos) if wn_pos else low, tag))
+        return out
+
+
+def parse_analyzer(spec: str | PhraseAnalyzer) -> PhraseAnalyzer:
+    """``spacy`` / ``spacy:<model>`` (official, default ``en_core_web_trf``), ``nltk`` (approximation), or an
+    analyzer instance."""
+    if isinstance(spec, PhraseAnalyzer):
+        return spec
+    text = str(spec).strip()
+    if text == "nltk":
+        return NltkPhraseAnalyzer()
+    kind, sep, model = text.partition(":")
+    if kind == "spacy":
+        model = model.strip()
+        if sep and not model:
+            raise ConfigError(f"objhal_lemmatizer {spec!r} names no spaCy model")
+        return SpacyPhraseAnalyzer(model or "en_core_web_trf")
+    raise ConfigError(f"unknown objhal_lemmatizer {spec!r}; expected spacy (official, en_core_web_trf), "
+                      f"spacy:<model> or nltk (approximation)")
+
+
+def postagging(tokens: Sequence[tuple[str, str]]) -> list[str]:
+    """The official ``postagging``: runs of ``NN/NNS/NNP/NNPS`` lemmas, joined by spaces."""
+    phrases: list[str] = []
+    current = ""
+    for lemma, tag in tokens:
+        if tag in NOUN_TAGS:
+            current += f" {lemma}"
+        elif current != "":
+            phrases.append(current.strip())
+            current = ""
+    if current != "":
+        phrases.append(current.strip())
+    return phrases
+
+
+def refine_objects(extracted: Sequence[Any], analyzer: PhraseAnalyzer, vocab: CocoVocabulary) -> list[str]:
+    """The official ``get_pred_objs_match`` for one response: each object through ``nlp("a " + obj)``, double
+    words first, else noun phrases; duplicates removed, first occurrence kept."""
+    refined: list[str] = []
+    for obj in extracted:
+        tokens = analyzer.analyse(f"a {obj}")
+        doubles = vocab.double_words_only([lemma for lemma, _ in tokens])
+        refined += doubles if doubles else postagging(tokens)
+    unique: list[str] = []
+    for obj in refined:
+        if obj not in unique:
+            unique.append(obj)
+    return unique
+
+
+# --------------------------------------------------------------------------------------------------- scoring
+@dataclass
+class ObjHalResult:
+    """Official ``overall_metrics`` (fractions; ``None`` where the official code would divide by zero), the
+    per-answer records, and counts."""
+
+    overall: dict[str, float | None]
+    records: list[dict[str, Any]]
+    counts: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+
+def _div(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+@dataclass(frozen=True)
+class _Objects:
+    """Objects of one answer for the scorer: from the text (chair) or from the judge (gpt), or a failure."""
+
+    words: CaptionWords | None
+    extra: dict[str, Any]
+    failure: str | None = None  # "judge_failed" | "judge_unparsed"
+
+
+def score_answers(answers: Sequence[Answer], gt: Mapping[int, frozenset[str]], vocab: CocoVocabulary, *,
+                  method: str = "chair", judge: Judge | None = None, analyzer: PhraseAnalyzer | None = None,
+                  parser: str = "rlhf-v") -> ObjHalResult:
+    """The official ``compute_chair`` over ``answers`` (ground truth ``gt`` by image id)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown objhal_method {method!r}; expected one of {', '.join(METHODS)}")
+    counts: dict[str, int] = {}
+    if method == "chair":
+        require_nltk_resources((PUNKT_TAB, WORDNET))
+        found = {a.id: _Objects(vocab.caption_to_words(a.caption), {}) for a in answers}
+    else:
+        if judge is None:
+            raise ConfigError("Object HalBench with objhal_method=gpt needs a judge (--judge-model, or saved "
+                              "replies with --reviews)")
+        if analyzer is None:
+            raise ConfigError("Object HalBench with objhal_method=gpt needs a phrase analyzer (objhal_lemmatizer)")
+        found = _gpt_objects(answers, judge, analyzer, vocab, parser, counts)
+
+    num_caps = num_coco_caps = num_hallucinated_caps = 0.0
+    hallucinated_word_count = coco_word_count = gt_word_count = coco_obj_cls_count = 0.0
+    total_cap_word_num = 0
+    records: list[dict[str, Any]] = []
+    for ans in answers:
+        obj = found[ans.id]
+        base = {"id": ans.id, "image_id": ans.image_id, "caption": ans.caption, **obj.extra}
+        if obj.failure is not None or obj.words is None:
+            records.append({**base, "status": obj.failure})
+            continue
+        cw = obj.words
+        total_cap_word_num += len(ans.caption.strip().split(" "))
+        gt_objects = gt[ans.image_id]
+        gt_word_count += len(gt_objects)
+        coco_word_count += len(cw.node_words)
+        hallucinated: list[tuple[str, str]] = []
+        hallucination_idxs: list[int] = []
+        correct_classes: list[str] = []
+        for word, node_word, idx in zip(cw.words, cw.node_words, cw.idxs):
+            if node_word[-1] not in gt_objects:
+                hallucinated_word_count += 1
+                hallucinated.append(node_word)
+                hallucination_idxs.append(idx)
+            else:
+                correct_classes.append(node_word[-1])
+        coco_obj_cls_count += len(set(correct_classes))
+        num_caps += 1
+        num_hallucinated_caps += bool(hallucinated)
+        chair_i = 0.0
+        if len(cw.words) > 0:
+            num_coco_caps += 1
+            chair_i = len(hallucinated) / float(len(cw.words))
+        records.append({
+            **base, "status": "scored",
+            "mentioned": [list(p) for p in cw.node_words],
+            "hallucinated": [list(p) for p in hallucinated],
+            "gt_objects": sorted(gt_objects),
+            "hallucination_idxs": hallucination_idxs,
+            "words": list(cw.raw_words),
+            "CHAIRs": int(bool(hallucinated)),
+            "CHAIRi": chair_i,
+        })
+    chair_s = _div(num_hallucinated_caps, num_caps)
+    chair_s_refine = _div(num_hallucinated_caps, num_coco_caps)
+    chair_i_all = _div(hallucinated_word_count, coco_word_count)
+    overall: dict[str, float | None] = {
+        "CHAIRs": chair_s,
+        "CHAIRs_refine": chair_s_refine,
+        "CHAIRi": chair_i_all,
+        "obj_rec": _div(coco_obj_cls_count, gt_word_count),
+        "sentence_num": num_caps,
+        "coco_sentence_num": num_coco_caps,
+        "coco_word_count": coco_obj_cls_count,  # official name; it counts distinct correct classes per response
+        "gt_word_count": gt_word_count,
+        "avg_word_len": _div(float(total_cap_word_num), num_caps),
+        "correct_rate": None if chair_s_refine is None else 1 - chair_s_refine,
+        "object_correct_rate": None if chair_i_all is None else 1 - chair_i_all,
+    }
+    counts.update({
+        "responses": int(num_caps),
+        "coco_responses": int(num_coco_caps),
+        "hallucinated_responses": int(num_hallucinated_caps),
+        "mentions": int(coco_word_count),
+        "hallucinated_mentions": int(hallucinated_word_count),
+        "correct_classes": int(coco_obj_cls_count),
+        "gt_classes": int(gt_word_count),
+    })
+    return ObjHalResult(overall=overall, records=records, counts=counts)
+
+
+def _gpt_objects(answers: Sequence[Answer], judge: Judge, analyzer: PhraseAnalyzer, vocab: CocoVocabulary,
+                 parser: str, counts: dict[str, int]) -> dict[str, _Objects]:
+    """Judge calls for the answers longer than 3 words, then the official parsing and phrase refinement."""
+    if parser not in GPT_PARSERS:
+        raise ConfigError(f"unknown objhal_gpt_parser {parser!r}; expected one of {', '.join(GPT_PARSERS)}")
+    requests = [JudgeRequest(id=a.id,
+                             messages=({"role": "system", "content": build_extraction_prompt(a.question, a.caption)},),
+                             temperature=JUDGE_TEMPERATURE, max_tokens=JUDGE_MAX_TOKENS)
+                for a in answers if not is_short_answer(a.caption)]
+    results: dict[str, JudgeResult] = judge.judge(requests) if requests else {}
+    counts.update(judge_calls=len(requests), judge_skipped_short=len(answers) - len(requests), judge_failed=0,
+                  judge_unparsed=0)
+    out: dict[str, _Objects] = {}
+    for a in answers:
+        if is_short_answer(a.caption):
+            out[a.id] = _Objects(vocab.objects_to_coco([]), {"judge": "skipped_short", "extracted_objects": []})
+            continue
+        res = results.get(a.id)
+        if res is None or res.failed or res.text is None:
+            counts["judge_failed"] += 1
+            error = "no result" if res is None else (res.error or "failed")
+            out[a.id] = _Objects(None, {"judge": "failed", "judge_error": error}, failure="judge_failed")
+            continue
+        try:
+            extracted = parse_object_list(res.text, parser)
+        except UnusableReply as exc:
+            counts["judge_failed"] += 1
+            counts["judge_unparsed"] += 1
+            out[a.id] = _Objects(None, {"judge": "unparsed", "judge_error": str(exc), "judge_reply": res.text},
+                                 failure="judge_unparsed")
+            continue
+        objs = refine_objects(extracted, analyzer, vocab)
+        out[a.id] = _Objects(vocab.objects_to_coco(objs),
+                             {"judge": "called", "extracted_objects": [str(o) if not isinstance(o, str) else o
+                                                                       for o in extracted]})
+    return out
+
+
+def _fmt(value: float | None, spec: str) -> float | None:
+    """The number as the official script prints it (``spec % value``), read back as a float."""
+    return None if value is None else float(spec % value)
+
+
+def printed_numbers(overall: Mapping[str, float | None]) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """What the two official scripts print: the eval script's row and the summarizer's lines."""
+    def pct(key: str) -> float | None:
+        v = overall[key]
+        return None if v is None else v * 100
+
+    eval_row = {
+        "CHAIRs": _fmt(pct("CHAIRs"), "%0.001f"),
+        "CHAIRsr": _fmt(pct("CHAIRs_refine"), "%0.001f"),
+        "CHAIRi": _fmt(pct("CHAIRi"), "%0.001f"),
+        "sent_num": _fmt(overall["sentence_num"], "%d"),
+        "coco_num": _fmt(overall["coco_sentence_num"], "%d"),
+        "avg_len": _fmt(overall["avg_word_len"], "%0.01f"),
+    }
+    summary = {
+        "Response Hall": _fmt(pct("CHAIRs_refine"), "%.2f"),
+        "Object Hall": _fmt(pct("CHAIRi"), "%.2f"),
+        "Response Correct": _fmt(pct("correct_rate"), "%.2f"),
+        "Object Correct": _fmt(pct("object_correct_rate"), "%.2f"),
+        "Object Recall": _fmt(pct("obj_rec"), "%.2f"),
+        "Average Length": _fmt(overall["avg_word_len"], "%.2f"),
+        "COCO Sent Number": overall["coco_sentence_num"],
+        "COCO Word Number": overall["coco_word_count"],
+        "GT Word Number": overall["gt_word_count"],
+    }
+    return eval_row, summary
+
+
+# --------------------------------------------------------------------------------------------------- task
+def _option_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"option {name}={value!r}: expected true or false")
+
+
+@register_task
+class ObjectHalBench(Task):
+    """Object HalBench: 300 detailed descriptions of COCO val2014 images, CHAIR metrics (RLHF-V's scorer).
+
+    Data root: ``obj_halbench_300_with_image.jsonl`` and ``synonyms_refine.txt`` (RLHF-V ``eval/data/``) and the
+    COCO 2014 annotation files in ``coco_annotations/``. Options:
+
+    - ``objhal_method``: ``chair`` (default, judge-free) or ``gpt`` (GPT object extraction through the judge);
+    - ``objhal_lemmatizer`` (gpt only): ``spacy`` (official ``en_core_web_trf``, default), ``spacy:<model>`` or
+      ``nltk`` (approximation, not official), or a :class:`PhraseAnalyzer`;
+    - ``objhal_gpt_parser`` (gpt only): ``rlhf-v`` (default) or ``rlaif-v`` (:data:`GPT_PARSERS`);
+    - ``objhal_gt_cache``: cache the derived ground truth in the harness cache (default true).
+
+    Sample ids are the image ids (``str(image_id)``; the question file must not repeat an image).
+    """
+
+    name = "object_halbench"
+    version = "1"
+    description = ("Object HalBench (300 COCO image descriptions): CHAIRs, CHAIRi, Response/Object Hall "
+                   "(RLHF-V eval_gpt_obj_halbench.py; judge-free CHAIR or --objhal-method gpt)")
+    data_files = (
+        DataFile(QUESTION_FILE, QUESTION_SOURCE),
+        DataFile(SYNONYMS_FILE, SYNONYMS_SOURCE),
+        *(DataFile(f"{COCO_DIR}/{name}", COCO_SOURCE) for name in COCO_FILES),
+    )
+    default_max_new_tokens = MAX_NEW_TOKENS
+    default_judge_model = DEFAULT_JUDGE_MODEL
+
+    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
+                 options: Mapping[str, Any] | None = None):
+        super().__init__(data_root, image_root, options)
+        self.method = str(self.options.get("objhal_method", "chair"))
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown objhal_method {self.method!r}; expected one of {', '.join(METHODS)}")
+        self.parser = str(self.options.get("objhal_gpt_parser", "rlhf-v"))
+        if self.parser not in GPT_PARSERS:
+            raise ConfigError(f"unknown objhal_gpt_parser {self.parser!r}; expected one of {', '.join(GPT_PARSERS)}")
+        self.coco_dir = self.data_root / COCO_DIR
+        self.gt_cache = _option_bool(self.options.get("objhal_gt_cache", True), "objhal_gt_cache")
+        self.analyzer: PhraseAnalyzer | None = None
+        require_nltk_resources((PUNKT_TAB, WORDNET))  # fail before any generation
+        if self.method == "gpt":
+            self.analyzer = parse_analyzer(self.options.get("objhal_lemmatizer", "spacy"))
+            self.analyzer.check()
+        self._vocab: CocoVocabulary | None = None
+        self._gt: CocoGroundTruth | None = None
+        self._questions: list[QuestionEntry] | None = None
+        # questions of answers read by read_responses (the official GPT prompt uses the answer file's question)
+        self._answer_questions: dict[str, str] = {}
+
+    # ----------------------------------------------------------------------------------------- files and samples
+    def default_data_root(self) -> Path:
+        raise ConfigError(f"task {self.name} needs --data-root: the folder holding {QUESTION_FILE} and "
+                          f"{SYNONYMS_FILE} (RLHF-V eval/data/) and {COCO_DIR}/ with the COCO 2014 annotations")
+
+    def _required(self) -> list[tuple[Path, str]]:
+        return [(self.data_root / QUESTION_FILE, QUESTION_SOURCE), (self.data_root / SYNONYMS_FILE, SYNONYMS_SOURCE),
+                *((self.coco_dir / name, COCO_SOURCE) for name in COCO_FILES)]
+
+    def check_files(self, *, need_questions: bool = True) -> list[Path]:
+        """The required files; one :class:`MissingDataFile` naming every missing file and where it comes from."""
+        required = self._required()
+        if not need_questions:
+            required = required[1:]
+        missing = [(p, src) for p, src in required if not p.is_file()]
+        if missing:
+            raise _missing_files(missing)
+        return [p for p, _ in required]
+
+    def vocab(self) -> CocoVocabulary:
+        if self._vocab is None:
+            self._vocab = CocoVocabulary.from_file(self.data_root / SYNONYMS_FILE)
+        return self._vocab
+
+    def ground_truth(self) -> CocoGroundTruth:
+        if self._gt is None:
+            self._gt = CocoGroundTruth(self.coco_dir, self.vocab(), cache=self.gt_cache)
+        return self._gt
+
+    def load_samples(self) -> list[Sample]:
+        """Read the question file: ``{"image_id", "question", "image"}`` lines (image base64-encoded).
+
+        A malformed line or field is a :class:`DataError` naming the file and line; an image that is not valid
+        base64 becomes an image that raises :class:`ImageError` (naming the sample) when it is loaded.
+        """
+        path = self.data_root / QUESTION_FILE
+        samples: list[Sample] = []
+        questions: list[QuestionEntry] = []
+        first_line: dict[int, int] = {}
+        for lineno, rec in iter_jsonl(path):
+            if "image_id" not in rec:
+                raise DataError("missing field 'image_id'", path=path, line=lineno)
+            image_id = _as_image_id(rec["image_id"], path=path, line=lineno)
+            if image_id in first_line:
+                raise DataError(f"image_id {image_id} appears twice (first on line {first_line[image_id]}); "
+                                f"sample ids are image ids", path=path, line=lineno)
+            first_line[image_id] = lineno
+            question = rec.get("question")
+            if not isinstance(question, str):
+                raise DataError("missing or non-string field 'question'", path=path, line=lineno)
+            image = rec.get("image")
+            if not isinstance(image, str):
+                raise DataError("missing or non-string field 'image' (the base64-encoded image)", path=path,
+                                line=lineno)
+            sid = str(image_id)
+            try:
+                ref: ImageRef = ImageRef(data=base64.b64decode(image))
+            except (binascii.Error, ValueError) as exc:
+                ref = _InvalidImage(detail=f"{path}, line {lineno}: field 'image' is not valid base64 ({exc})")
+            samples.append(Sample(id=sid, prompt=question, images=(ref,), reference=image_id,
+                                  meta={"image_id": image_id, "line": lineno}, max_new_tokens=MAX_NEW_TOKENS))
+            questions.append(QuestionEntry(sid, image_id, question, lineno))
+        if not samples:
+            raise DataError("no questions in the file", path=path)
+        self._questions = questions
+        return samples
+
+    def questions(self) -> list[QuestionEntry] | None:
+        """The question file's entries (read once), or ``None`` if the file is absent."""
+        if self._questions is None and (self.data_root / QUESTION_FILE).is_file():
+            self.load_samples()
+        return self._questions
+
+    # ----------------------------------------------------------------------------------------- scoring
+    def needs_judge(self) -> bool:
+        return self.method == "gpt"
+
+    def _gt_for(self, answers: Sequence[Answer], source: str) -> dict[int, frozenset[str]]:
+        gt = self.ground_truth().objects({a.image_id for a in answers})
+        unknown = [a for a in answers if gt[a.image_id] is None]
+        if unknown:
+            first = unknown[0]
+            where = f", line {first.line}" if first.line is not None else ""
+            raise DataError(f"{len(unknown)} image ids are not in the COCO 2014 annotation files in {self.coco_dir} "
+                            f"(first: {first.image_id}, {source}{where})")
+        return {i: v for i, v in gt.items() if v is not None}
+
+    def score_answers(self, answers: Sequence[Answer], judge: Judge | None = None, *,
+                      source: str = "responses", extra_notes: Sequence[str] = ()) -> Metrics:
+        """Score preprocessed answers (see :func:`score_answers`) into :class:`Metrics`."""
+        self.check_files(need_questions=False)
+        if self.method == "gpt" and judge is None:
+            raise ConfigError("Object HalBench with objhal_method=gpt needs a judge (--judge-model, or saved replies "
+                              "with --reviews)")
+        gt = self._gt_for(answers, source)  # before any judge call: bad ids fail for free
+        result = score_answers(answers, gt, self.vocab(), method=self.method, judge=judge, analyzer=self.analyzer,
+                               parser=self.parser)
+        return self._metrics(result, judge, extra_notes)
+
+    def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
+        answers = [Answer(id=s.id, image_id=int(s.reference), question=self._answer_questions.get(s.id, s.prompt),
+                          caption=clean_answer(responses[s.id].text))
+                   for s in samples if s.id in responses]
+        metrics = self.score_answers(answers, judge, source=f"{self.name} responses")
+        metrics.counts.update(samples=len(samples), scored=len(answers), failed=len(samples) - len(answers))
+        return metrics
+
+    def score_answer_file(self, path: str | Path, judge: Judge | None = None) -> Metrics:
+        """Score an answer file in the official format (see :func:`read_answer_file`), every line of it.
+
+        The question file, when present under the data root, gives missing image ids (by line order) and the ids
+        allowed; without it every line needs an ``image_id``.
+        """
+        path = Path(path)
+        self.check_files(need_questions=False)
+        answers = read_answer_file(path, self.questions())
+        notes = []
+        if "coh" in str(path):
+            notes.append("answer file path contains 'coh': official preprocess_coh_results trimming applied")
+        metrics = self.score_answers(answers, judge, source=str(path), extra_notes=notes)
+        metrics.counts.update(samples=len(answers), scored=len(answers), failed=0)
+        return metrics
+
+    def read_responses(self, path: str | Path) -> dict[str, Response]:
+        """An official answer file as responses by sample id (image id); see :func:`read_answer_file`.
+
+        The answer file's question is kept for the GPT path's prompt (the official code uses it, not the question
+        file's); a "coh" file is trimmed here, as the official loader does. The texts returned are already
+        preprocessed; :meth:`score` preprocesses again, which leaves them unchanged.
+        """
+        questions = self.questions()
+        if questions is None:
+            self.check_files()  # names the missing question file
+        answers = read_answer_file(path, questions)
+        self._answer_questions = {a.id: a.question for a in answers}
+        return {a.id: Response(a.id, a.caption, "stop") for a in answers}
+
+    def read_reviews(self, path: str | Path) -> ReplayJudge:
+        """Saved judge replies: a JSON object ``{sample id: reply}``, or a JSON list with one reply (or null) per
+        question of the question file, in its order (replies of answers of at most 3 words are never used)."""
+        data = read_json(path)
+        if isinstance(data, dict):
+            replies = data
+        elif isinstance(data, list):
+            ids = [s.id for s in self.samples()]
+            if len(data) != len(ids):
+                raise DataError(f"holds {len(data)} replies for {len(ids)} questions; expected one reply (or null) "
+                                f"per question, in question order", path=path)
+            replies = dict(zip(ids, data))
+        else:
+            raise DataError("expected a JSON list of reply texts in question order, or an object {id: reply}",
+                            path=path)
+        bad = [k for k, v in replies.items() if v is not None and not isinstance(v, str)]
+        if bad:
+            raise DataError(f"reply for {bad[0]} is not a string", path=path)
+        return ReplayJudge(replies, source=str(path), model=f"replay:{DEFAULT_JUDGE_MODEL}", strict=True)
+
+    def _metrics(self, result: ObjHalResult, judge: Judge | None, extra_notes: Sequence[str]) -> Metrics:
+        eval_row, summary = printed_numbers(result.overall)
+        headline_all: dict[str, float | None] = {
+            "CHAIRs": eval_row["CHAIRs"],
+            "CHAIRs_refine": eval_row["CHAIRsr"],
+            "CHAIRi": eval_row["CHAIRi"],
+            "Response Hall": summary["Response Hall"],
+            "Object Hall": summary["Object Hall"],
+            "Object Recall": summary["Object Recall"],
+            "Average Length": summary["Average Length"],
+        }
+        headline = {k: v for k, v in headline_all.items() if v is not None}
+        notes = [f"scorer: {OFFICIAL_SOURCE}", f"method: {self.method}: {METHODS[self.method]}"]
+        if self.method == "gpt":
+            assert self.analyzer is not None
+            judge_model = getattr(judge, "model", "?")
+            notes.append(f"judge: {judge_model} (official {DEFAULT_JUDGE_MODEL}), one system message, temperature "
+                         f"{JUDGE_TEMPERATURE}, max_tokens {JUDGE_MAX_TOKENS}; reply parser: {self.parser}")
+            if self.analyzer.official:
+                notes.append(f"phrase lemmas: {self.analyzer.spec} (official spaCy step)")
+            else:
+                notes.append(f"phrase lemmas: {self.analyzer.spec}: NOT the official spaCy en_core_web_trf step "
+                             f"(an approximation; numbers may differ from the official ones)")
+            failed = result.counts.get("judge_failed", 0)
+            if failed:
+                notes.append(f"{failed} answers left out of every metric: failed judgments "
+                             f"({result.counts.get('judge_unparsed', 0)} with an unreadable reply)")
+        notes.append("headline: " + "; ".join(f"{k} = {v}" for k, v in HEADLINE_SOURCES.items()))
+        missing = [k for k, v in headline_all.items() if v is None]
+        if missing:
+            notes.append(f"not computed (the official code would divide by zero): {', '.join(missing)}")
+        notes.extend(extra_notes)
+        breakdown = {
+            "overall_metrics": {k: v for k, v in result.overall.items() if v is not None},
+            "eval_script": {k: v for k, v in eval_row.items() if v is not None},
+            "summary": {k: v for k, v in summary.items() if v is not None},
+        }
+        return Metrics(task=self.name, headline=headline, breakdown=breakdown, counts=dict(result.counts),
+                       notes=notes, records=result.records)
+
+
+@dataclass(frozen=True)
+class _InvalidImage(ImageRef):
+    """An image whose base64 text could not be decoded: loading it raises :class:`ImageError`."""
+
+    detail: str = ""
+
+    def load(self, sample_id: str):
+        raise ImageError(sample_id, self.detail)
+
+
+def score_answer_file(path: str | Path, data_root: str | Path, *, options: Mapping[str, Any] | None = None,
+                      judge: Judge | None = None) -> Metrics:
+    """Score an official-format answer file (``{"image_id", "question", "text"}`` JSONL) against ``data_root``."""
+    return ObjectHalBench(data_root=data_root, options=options).score_answer_file(path, judge)
