@@ -299,6 +299,7 @@ def cmd_run(args) -> int:
         max_retries=args.max_retries,
         extra_body=dict(family.server_request_fields) if (family and engine_name == "openai") else None,
     )
+    judges = {t.name: _make_judge(args, t) for t in tasks}  # judge settings fail before any model loads
     decoding = Decoding(seed=args.seed)
     env = environment()
     results = []
@@ -325,7 +326,7 @@ def cmd_run(args) -> int:
             store.open(manifest, settings, overwrite=args.overwrite)
             log.info("%s: %d samples -> %s", task.name, len(samples), store.dir)
             t0 = time.time()
-            judge = _make_judge(args, task)
+            judge = judges[task.name]
             result = evaluate(task, engine, store, samples, max_new_tokens=args.max_new_tokens,
                               on_image_error=args.on_image_error, progress=not args.no_progress, judge=judge)
             if judge is not None:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from harness.engines.base import Engine, EngineOptions
-from harness.errors import EngineError, ImageError
+from harness.errors import EngineError, HarnessError, ImageError
 from harness.runner import evaluate
 from harness.store import RunStore
 from harness.task import Task
@@ -142,3 +142,12 @@ def test_max_new_tokens_precedence(tmp_path):
     assert seen == {"a": 5, "b": CountTask.default_max_new_tokens}
     evaluate(CountTask(samples), Budget(), _store(tmp_path / "o"), samples, max_new_tokens=9, progress=False)
     assert seen == {"a": 9, "b": 9}
+
+
+def test_resume_refuses_predictions_made_for_other_prompts(tmp_path):
+    samples = _samples(tmp_path, n=3)
+    store = _store(tmp_path)
+    evaluate(CountTask(samples), EchoEngine(), store, samples, progress=False)
+    changed = [Sample(s.id, s.prompt + " Answer with one word.", s.images) for s in samples]
+    with pytest.raises(HarnessError, match="sample s0 was answered for another prompt"):
+        evaluate(CountTask(changed), EchoEngine(), store, changed, progress=False)

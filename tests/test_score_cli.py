@@ -80,3 +80,39 @@ def test_default_spacy_similarity_says_how_to_install(capsys):
     if code == 0:
         pytest.skip("spaCy and en_core_web_lg are installed")
     assert code == 2 and "en_core_web_lg" in out.err and "pip install" in out.err
+
+
+MMHAL_GOLDEN = SHARED / "golden" / "mmhal_bench"
+
+
+def test_mmhal_saved_reviews_reproduce_the_official_numbers(capsys):
+    code, out = score(capsys, "mmhal", "--responses", MMHAL_GOLDEN / "mmhal_responses_synthetic.json",
+                      "--reviews", MMHAL_GOLDEN / "fake_judge_outputs.json")
+    assert code == 0, out.err
+    result = json.loads(out.out)
+    assert result["headline"] == {"Score": 2.78, "HalRate": 0.46, "Informativeness": 38.54}
+    assert result["judge"]["judge"] == "replay"
+
+
+def test_mmhal_unreachable_judge_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))  # no cached judgments
+    code, out = score(capsys, "mmhal", "--responses", MMHAL_GOLDEN / "mmhal_responses_synthetic.json",
+                      "--judge-base-url", "http://127.0.0.1:9/v1")
+    assert code == 2 and "cannot reach" in out.err and "Traceback" not in out.err
+
+
+def test_object_halbench_answer_file(capsys, tmp_path):
+    gold = SHARED / "golden" / "object_halbench"
+    root = tmp_path / "objhal"
+    root.mkdir()
+    (root / "coco_annotations").symlink_to(gold / "coco_annotations")
+    (root / "synonyms_refine.txt").symlink_to(SHARED / "data" / "object_halbench" / "synonyms_refine.txt")
+    questions = [json.loads(line) for line in (gold / "obj_halbench_answer.jsonl").read_text().splitlines()]
+    (root / "obj_halbench_300_with_image.jsonl").write_text("".join(
+        json.dumps({"image_id": q["image_id"], "question": q["question"], "image": ""}) + "\n" for q in questions))
+    code, out = score(capsys, "object_halbench", "--responses", gold / "obj_halbench_answer.jsonl",
+                      "--data-root", root)
+    assert code == 0, out.err
+    headline = json.loads(out.out)["headline"]
+    assert (headline["CHAIRs"], headline["CHAIRs_refine"], headline["CHAIRi"]) == (66.7, 72.7, 23.4)
+    assert headline["Object Recall"] == 96.55
