@@ -274,7 +274,8 @@ def cmd_toy_data(args) -> int:
 def cmd_run(args) -> int:
     from harness import engines
     from harness.engines import EngineOptions, create_engine
-    from harness.io import atomic_write_json, sha256_path
+    from harness.cache import content_hash
+    from harness.io import atomic_write_json
     from harness.manifest import environment
     from harness.runner import evaluate
     from harness.store import RunStore
@@ -308,7 +309,7 @@ def cmd_run(args) -> int:
         described = engine.describe()
         for task in tasks:
             samples = task.samples(args.limit)
-            data_hashes = {str(p.relative_to(task.data_root)): sha256_path(p) for p in task.check_files()}
+            data_hashes = {str(p.relative_to(task.data_root)): content_hash(p) for p in task.check_files()}
             settings = {
                 "model": {k: model_entry.get(k) for k in ("path", "content_hash")} | {"name": model_entry["name"]},
                 "engine": {k: v for k, v in described.items() if k not in _NON_SEMANTIC},

@@ -1,8 +1,7 @@
-"""File helpers: JSON/JSONL readers that name the file and line of a bad record, atomic writes, hashes."""
+"""File helpers: JSON/JSONL readers that name the file and line of a bad record, and atomic writes."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -76,17 +75,3 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
-
-
-def sha256_path(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, or of a directory (sorted relative paths and contents)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if f is not path:
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        with f.open("rb") as fh:
-            while block := fh.read(chunk):
-                h.update(block)
-    return h.hexdigest()

@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 
 import openai
 
+from harness.cache import cache_dir
 from harness.errors import ConfigError
 from harness.io import atomic_write_text
 from harness.judge import Judge, JudgeRequest, JudgeResult, Ledger
@@ -92,9 +93,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def default_cache_dir() -> Path:
     """``<$HARNESS_CACHE or ~/.cache/halluc-harness>/judge``."""
-    env = os.environ.get("HARNESS_CACHE")
-    base = Path(env).expanduser() if env else Path.home() / ".cache" / "halluc-harness"
-    return base / "judge"
+    return cache_dir() / "judge"
 
 
 def request_payload(request: JudgeRequest) -> dict[str, Any]:
@@ -347,7 +346,13 @@ class OpenAIJudge(Judge):
                 raise Retryable(f"malformed response: the reply has no text (finish_reason {reply.finish_reason})")
             return reply
 
-        return self._endpoint.call(attempt, f"judge request {request.id}", stop, on_retry=self._count_retry)
+        try:
+            return self._endpoint.call(attempt, f"judge request {request.id}", stop, on_retry=self._count_retry)
+        except RequestFailed:
+            raise  # this judgment failed; the others go on
+        except BaseException:
+            stop.set()  # an authentication failure stops the batch, before this worker takes the next request
+            raise
 
     def _count_retry(self, _reason: str) -> None:
         with self._lock:

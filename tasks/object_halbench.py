@@ -80,7 +80,6 @@ import binascii
 import hashlib
 import json
 import logging
-import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -88,6 +87,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from harness.cache import cache_dir
 from harness.errors import ConfigError, DataError, HarnessError, ImageError, MissingDataFile
 from harness.io import atomic_write_text, iter_jsonl, read_json
 from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
@@ -288,12 +288,6 @@ class CocoVocabulary:
 GT_CACHE_FORMAT = 1
 
 
-def _cache_root() -> Path:
-    """The harness cache: ``$HARNESS_CACHE``, else ``~/.cache/halluc-harness``."""
-    env = os.environ.get("HARNESS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "halluc-harness"
-
-
 def _read_coco_file(path: Path, kind: str) -> dict[str, Any]:
     if not path.is_file():
         raise MissingDataFile(path, COCO_SOURCE)
@@ -339,7 +333,7 @@ class CocoGroundTruth:
         key = {"format": GT_CACHE_FORMAT, "files": files, "synonyms_sha256": self.vocab.digest,
                "nltk": nltk.__version__}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-        return _cache_root() / "object_halbench" / f"gt-{digest}.json", key
+        return cache_dir() / "object_halbench" / f"gt-{digest}.json", key
 
     def objects(self, image_ids: Collection[int]) -> dict[int, frozenset[str] | None]:
         """Ground-truth node words per image; ``None`` for an image the annotation files do not have."""

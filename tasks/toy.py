@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.cache import cache_dir
 from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import read_json
 from harness.task import DataFile, register_task
@@ -441,12 +442,6 @@ def generate_toy_amber(out_dir: str | Path, n_images: int = DEFAULT_N_IMAGES, se
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def cache_dir() -> Path:
-    """The harness cache: ``$HARNESS_CACHE``, else ``~/.cache/halluc-harness``."""
-    base = os.environ.get("HARNESS_CACHE")
-    return Path(base).expanduser() if base else Path.home() / ".cache" / "halluc-harness"
 
 
 def default_toy_root() -> Path:

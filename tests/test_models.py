@@ -189,7 +189,7 @@ def test_resolve_model_errors(tmp_path) -> None:
 
 
 def test_content_hash_is_stable_and_cached(tmp_path, monkeypatch) -> None:
-    import harness.models as models
+    import harness.cache as cache_module
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     ckpt = tmp_path / "ckpt"
@@ -206,7 +206,7 @@ def test_content_hash_is_stable_and_cached(tmp_path, monkeypatch) -> None:
         raise AssertionError("hashed again")
 
     with monkeypatch.context() as m:
-        m.setattr(models, "_hash_files", no_hashing)
+        m.setattr(cache_module, "_hash_files", no_hashing)
         assert content_hash(ckpt) == first  # served from the cache
         (ckpt / ".hidden").write_text("not part of the checkpoint")
         assert content_hash(ckpt) == first

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from harness.errors import DataError, HarnessError
-from harness.io import iter_jsonl, read_json, sha256_path
+from harness.io import iter_jsonl, read_json
 from harness.store import RunStore, fingerprint
 
 SETTINGS = {"model": {"path": "/m", "content_hash": "abc"}, "engine": {"engine": "hf"}, "task": {"name": "t"}}
@@ -105,11 +105,19 @@ def test_read_json_and_jsonl_name_the_line(tmp_path):
         list(iter_jsonl(jl))
 
 
-def test_sha256_path_file_and_dir(tmp_path):
+def test_content_hash_file_and_dir_cached(tmp_path, monkeypatch):
+    import hashlib
+
+    from harness import cache
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     d = tmp_path / "d"
     d.mkdir()
     (d / "x").write_text("1")
-    h1 = sha256_path(d)
-    (d / "x").write_text("2")
-    assert sha256_path(d) != h1
-    assert sha256_path(d / "x") == "d4735e3a265e16eee03f59718b9b5d03019c07d8b6c51f90da3a666eec13ab35"
+    (d / ".hidden").write_text("ignored")
+    h1 = cache.content_hash(d)
+    assert h1 == hashlib.sha256(b"x\0" + b"1\0" + b"1").hexdigest()  # path, size, bytes per file
+    assert str(d.resolve()) in (tmp_path / "cache" / "hashes.json").read_text()
+    (d / "x").write_text("22")
+    assert cache.content_hash(d) != h1  # size/mtime changed: hashed again
+    assert cache.content_hash(d / "x") == hashlib.sha256(b"x\0" + b"2\0" + b"22").hexdigest()
