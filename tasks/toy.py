@@ -507,6 +507,148 @@ def corpus() -> list[str]:
     return list(dict.fromkeys(out))
 
 
+# --- training data: toy captions (SFT) and toy contrast pairs (preference optimization) ----------------------------
+
+PREFERENCE_FILE = "preferences.jsonl"
+SFT_FILE = "sft.jsonl"
+#: The toy edits and the VTC contrast types (of the nine) they stand for.
+CONTRAST_TYPES = {
+    "colour": "color and appearance",
+    "presence": "presence of specific features",
+    "count": "quantity and count",
+    "position": "positional and relational context",
+}
+
+
+def _free_cells(scene: Scene) -> list[int]:
+    used = {(o.box[1] // CELL) * GRID + o.box[0] // CELL for o in scene.objects}
+    return [c for c in range(GRID * GRID) if c not in used]
+
+
+def _place(rng: random.Random, cell: int) -> tuple[int, int, int, int]:
+    row, col = divmod(cell, GRID)
+    size = rng.randint(MIN_SHAPE, MAX_SHAPE)
+    left = col * CELL + rng.randint(MARGIN, CELL - MARGIN - size)
+    top = row * CELL + rng.randint(MARGIN, CELL - MARGIN - size)
+    return (left, top, left + size, top + size)
+
+
+def _there(shape: str, colour: str, count: int) -> str:
+    """"There is a red circle." / "There are two red circles." """
+    verb = "There is" if count == 1 else "There are"
+    return f"{verb} {_noun_phrase(Group(shape, colour, (None,) * count))}."  # type: ignore[arg-type]
+
+
+def contrast_scene(scene: Scene, edit: str, rng: random.Random) -> tuple[Scene, str, str, str] | None:
+    """``scene`` changed in one respect (``edit``: a key of :data:`CONTRAST_TYPES`), with a yes/no question about
+    the change and its correct answers for the original and for the changed scene: ``(changed, question, y_w,
+    y_l)``. None when the edit does not apply to this scene (e.g. no free cell to move a shape to)."""
+    groups = scene.groups()
+    objects = list(scene.objects)
+    g = rng.choice(groups)
+    if edit == "colour":
+        new = rng.choice([c for c in COLOURS if c not in {x.colour for x in groups}])
+        changed = [ToyObject(o.shape, new, o.box) if o.shape == g.shape else o for o in objects]
+        question = _state_query(g.shape, g.colour)
+        answers = (f"Yes. {_there(g.shape, g.colour, g.count)}", f"No. {_there(g.shape, new, g.count)}")
+    elif edit == "presence":
+        new = rng.choice(scene.absent())
+        changed = [ToyObject(new, o.colour, o.box) if o.shape == g.shape else o for o in objects]
+        question = _existence_query(g.shape)
+        answers = (f"Yes. {_there(g.shape, g.colour, g.count)}", f"No. {_there(new, g.colour, g.count)}")
+    elif edit == "count":
+        free = _free_cells(scene)
+        options = [n for n in NUMBER_WORDS if n != g.count and (n < g.count or len(free) >= n - g.count)]
+        if not options:
+            return None
+        n = rng.choice(options)
+        if n < g.count:
+            drop = set(rng.sample(g.instances, g.count - n))
+            changed = [o for o in objects if o not in drop]
+        else:
+            changed = objects + [ToyObject(g.shape, g.colour, _place(rng, c)) for c in rng.sample(free, n - g.count)]
+        question = _number_query(g.shape, g.count)
+        answers = (f"Yes. {_there(g.shape, g.colour, g.count)}", f"No. {_there(g.shape, g.colour, n)}")
+    elif edit == "position":
+        singles = [x.instances[0] for x in groups if x.count == 1]
+        free = _free_cells(scene)
+        if len(singles) < 2 or not free:
+            return None
+        a, b = rng.sample(singles, 2)
+        before = relations(a, b)
+        for cell in rng.sample(free, len(free)):
+            moved = ToyObject(a.shape, a.colour, _place(rng, cell))
+            after = relations(moved, b)
+            if after and after[0] not in before:
+                break
+        else:
+            return None
+        changed = [moved if o == a else o for o in objects]
+        question = _relation_query(a.shape, before[0], b.shape)
+        answers = ("Yes. " + _relation_sentence(a, b, before[0]), "No. " + _relation_sentence(moved, b, after[0]))
+    else:
+        raise ValueError(f"unknown edit {edit!r}; expected one of {', '.join(CONTRAST_TYPES)}")
+    return Scene(scene.id, scene.image, tuple(changed)), question, answers[0], answers[1]
+
+
+def generate_toy_preferences(out_dir: str | Path, n_pairs: int = 64, seed: int = 0) -> Path:
+    """Toy contrast pairs in the trainers' canonical preference format: ``out_dir/preferences.jsonl`` and images.
+
+    Pair ``i`` is a scene of the training world (seeded apart from the evaluation world) and the same scene changed
+    in one respect (colour, presence, count or position). Even pairs are detailed descriptions ("Describe this
+    image.", the two captions), odd pairs contrastive questions about the change; each response is grounded in its
+    own image. Deterministic; returns the JSONL path.
+    """
+    import json
+
+    out = Path(out_dir)
+    (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"{GENERATOR}/preferences/{seed}")
+    lines = []
+    index = 0
+    edits = list(CONTRAST_TYPES)
+    while len(lines) < n_pairs:
+        scene = make_scene(10_000 + seed, index)
+        edit = edits[len(lines) % len(edits)]
+        made = contrast_scene(scene, edit, rng)
+        index += 1
+        if made is None:
+            continue
+        changed, question, y_w, y_l = made
+        k = len(lines)
+        w_name, l_name = f"PREF_{k}_w.png", f"PREF_{k}_l.png"
+        render(scene).save(out / IMAGE_DIR / w_name)
+        render(changed).save(out / IMAGE_DIR / l_name)
+        if k % 2 == 0:
+            question, y_w, y_l = GENERATIVE_QUERY, caption(scene), caption(changed)
+        lines.append(json.dumps({
+            "id": f"toy-{k}", "question": question, "image_w": f"{IMAGE_DIR}/{w_name}",
+            "image_l": f"{IMAGE_DIR}/{l_name}", "y_w": y_w, "y_l": y_l,
+            "contrast_type": CONTRAST_TYPES[edit], "source": "toy"}, sort_keys=True))
+    path = out / PREFERENCE_FILE
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def generate_toy_sft(out_dir: str | Path, n: int = 64, seed: int = 0) -> Path:
+    """Toy captions for supervised fine-tuning: ``out_dir/sft.jsonl`` with ``{id, image, question, answer}``
+    records ("Describe this image." and its correct caption) and their images. Deterministic."""
+    import json
+
+    out = Path(out_dir)
+    (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k in range(n):
+        scene = make_scene(20_000 + seed, k)
+        name = f"SFT_{k}.png"
+        render(scene).save(out / IMAGE_DIR / name)
+        lines.append(json.dumps({"id": f"sft-{k}", "image": f"{IMAGE_DIR}/{name}", "question": GENERATIVE_QUERY,
+                                 "answer": caption(scene)}, sort_keys=True))
+    path = out / SFT_FILE
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 # --- the task --------------------------------------------------------------------------------------------------------
 
 @register_task

@@ -140,11 +140,12 @@ def test_ensure_embedded_model_builds_once(tmp_path, monkeypatch, shapes_corpus)
     from harness.models import tiny
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    target = tiny.embedded_model_dir()
-    assert target == tmp_path / "cache" / "models" / "tiny-llava-v1"
+    target = tiny.embedded_model_dir(shapes_corpus)
+    assert target.parent == tmp_path / "cache" / "models" and target.name.startswith("tiny-llava-v1-")
+    assert tiny.embedded_model_dir(shapes_corpus + ["another sentence"]) != target  # a new corpus, a new build
     path = tiny.ensure_embedded_model(shapes_corpus)
     assert path == target and (path / "config.json").is_file()
-    assert [p.name for p in target.parent.iterdir()] == ["tiny-llava-v1"]  # no temporary folder left
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary folder left
 
     def fail(*args, **kwargs):
         raise AssertionError("rebuilt")

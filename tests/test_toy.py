@@ -311,3 +311,41 @@ def test_corpus_covers_the_toy_world(root: Path) -> None:
     used += [toy.LLAVA_SYSTEM, "USER: Describe this image. ASSISTANT: Yes", "No"]
     used += list(_load(root, "relation.json")) + [w for ws in _load(root, "relation.json").values() for w in ws]
     assert _words(used) <= vocab, _words(used) - vocab
+
+
+# --- training data ---------------------------------------------------------------------------------------------------
+
+def test_toy_preferences_are_contrast_pairs(tmp_path: Path) -> None:
+    import json as _json
+    import random as _random
+
+    path = toy.generate_toy_preferences(tmp_path / "a", n_pairs=16, seed=0)
+    again = toy.generate_toy_preferences(tmp_path / "b", n_pairs=16, seed=0)
+    assert path.read_bytes() == again.read_bytes()
+    records = [_json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 16 and len({r["id"] for r in records}) == 16
+    assert {r["contrast_type"] for r in records} == set(toy.CONTRAST_TYPES.values())
+    vocab = _words(toy.corpus())
+    for r in records:
+        assert r["y_w"] != r["y_l"]
+        assert (tmp_path / "a" / r["image_w"]).read_bytes() != (tmp_path / "a" / r["image_l"]).read_bytes()
+        assert (tmp_path / "a" / r["image_w"]).read_bytes() == (tmp_path / "b" / r["image_w"]).read_bytes()
+        assert _words([r["question"], r["y_w"], r["y_l"]]) <= vocab  # the tiny model's tokenizer knows them
+        if r["question"] != toy.GENERATIVE_QUERY:
+            assert r["y_w"].startswith("Yes. ") and r["y_l"].startswith("No. ")
+    # each edit changes exactly what it says
+    scene = toy.make_scene(10_000, 3)
+    changed, question, y_w, y_l = toy.contrast_scene(scene, "colour", _random.Random(0))
+    assert [o.box for o in changed.objects] == [o.box for o in scene.objects]
+    assert sum(a.colour != b.colour for a, b in zip(scene.objects, changed.objects)) >= 1
+    assert {o.shape for o in changed.objects} == {o.shape for o in scene.objects}
+
+
+def test_toy_sft_captions(tmp_path: Path) -> None:
+    import json as _json
+
+    path = toy.generate_toy_sft(tmp_path, n=3)
+    records = [_json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["id"] for r in records] == ["sft-0", "sft-1", "sft-2"]
+    assert records[0]["answer"] == toy.caption(toy.make_scene(20_000, 0))
+    assert all((tmp_path / r["image"]).is_file() for r in records)

@@ -13,6 +13,8 @@ The LLaVA checkpoint is written with the key names of the ``llava-hf`` checkpoin
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -378,9 +380,11 @@ def build_tiny_qwen2vl(out_dir: str | Path, corpus: Iterable[str], seed: int = 0
     return out
 
 
-def embedded_model_dir() -> Path:
-    """Where :func:`ensure_embedded_model` keeps the tiny LLaVA checkpoint."""
-    return cache_dir() / "models" / EMBEDDED_MODEL_NAME
+def embedded_model_dir(corpus: Iterable[str], seed: int = 0) -> Path:
+    """Where :func:`ensure_embedded_model` keeps the tiny LLaVA checkpoint built from ``corpus`` and ``seed``:
+    ``<cache>/models/tiny-llava-v1-<hash>``, so a changed corpus (a new tokenizer) never reuses an old build."""
+    digest = hashlib.sha256(json.dumps([list(corpus), seed]).encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{EMBEDDED_MODEL_NAME}-{digest}"
 
 
 def ensure_embedded_model(corpus: Iterable[str], seed: int = 0) -> Path:
@@ -390,7 +394,8 @@ def ensure_embedded_model(corpus: Iterable[str], seed: int = 0) -> Path:
     callers and interrupted builds never leave a partial checkpoint. A checkpoint already there is reused
     as is, whatever corpus built it.
     """
-    target = embedded_model_dir()
+    corpus = list(corpus)
+    target = embedded_model_dir(corpus, seed)
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
