@@ -115,9 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", parents=[common], help="list the registered tasks and the data files each needs")
 
-    toy = sub.add_parser("toy-data", parents=[common], help="write the toy benchmark (AMBER file formats) to a folder")
+    toy = sub.add_parser("toy-data", parents=[common],
+                         help="write the toy benchmark (AMBER file formats), toy contrast pairs or toy captions")
     toy.add_argument("output", help="folder to create")
-    toy.add_argument("--n-images", type=_positive_int, default=None)
+    toy.add_argument("--kind", choices=["amber", "preferences", "sft"], default="amber",
+                     help="amber: the toy benchmark (default); preferences: toy contrast pairs in the trainers' "
+                          "preference format; sft: toy captions for supervised fine-tuning")
+    toy.add_argument("--n", "--n-images", dest="n", type=_positive_int, default=None,
+                     help="images (amber), pairs (preferences) or captions (sft)")
     toy.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -261,13 +266,11 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_toy_data(args) -> int:
-    from tasks.toy import generate_toy_amber
+    from tasks import toy
 
-    kwargs = {"seed": args.seed}
-    if args.n_images:
-        kwargs["n_images"] = args.n_images
-    path = generate_toy_amber(args.output, **kwargs)
-    print(path)
+    make = {"amber": toy.generate_toy_amber, "preferences": toy.generate_toy_preferences,
+            "sft": toy.generate_toy_sft}[args.kind]
+    print(make(args.output, *([args.n] if args.n else []), seed=args.seed))
     return 0
 
 
