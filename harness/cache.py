@@ -24,13 +24,15 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "halluc-harness"
 
 
-def _checkpoint_files(root: Path) -> list[tuple[str, Path]]:
+def _checkpoint_files(root: Path, recursive: bool = True) -> list[tuple[str, Path]]:
     """(relative POSIX path, path) of the regular files under ``root``, sorted; hidden files and folders
     (``.git``, ``.cache``) are left out. Symbolic links are followed (hub snapshots link to blobs)."""
     if root.is_file():
         return [(root.name, root)]
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        if not recursive:
+            dirnames[:] = []
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if name.startswith("."):
@@ -102,9 +104,11 @@ def _write_hash_cache(key: str, entry: dict[str, Any]) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def content_hash(path: str | Path) -> str:
-    """Hex sha256 over the files of ``path`` (a folder, or one file): for each file in sorted relative-path order, its path, its
-    size and its bytes. Hidden files and folders are not part of it.
+def content_hash(path: str | Path, recursive: bool = True) -> str:
+    """Hex sha256 over the files of ``path`` (a folder, or one file): for each file in sorted relative-path
+    order, its path, its size and its bytes. Hidden files and folders are not part of it; with
+    ``recursive=False`` neither are subfolders (a checkpoint's loadable files are its top-level ones, while
+    ``checkpoints/`` or ``adapter/`` below it may hold much more).
 
     The result is cached in ``<cache>/hashes.json`` (see :func:`cache_dir`) under the absolute path, with
     the files' sizes and modification times: the files are read again only when one of them changed.
@@ -112,13 +116,13 @@ def content_hash(path: str | Path) -> str:
     root = Path(path).resolve()
     if not root.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
-    files = _checkpoint_files(root)
+    files = _checkpoint_files(root, recursive)
     listing = []
     for rel, full in files:
         st = full.stat()
         listing.append([rel, st.st_size, st.st_mtime_ns])
     stamp = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-    key = str(root)
+    key = str(root) if recursive else f"{root} (top level)"
     entry = _read_hash_cache().get(key)
     if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
         return entry["sha256"]

@@ -1,4 +1,4 @@
-"""Command line: ``harness run | score | tasks | toy-data``.
+"""Command line: ``harness run | score | tasks | toy-data | train``.
 
 User errors (:class:`harness.errors.HarnessError`) print one clear message and exit with status 2;
 finished predictions are always kept.
@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--records", help="also write the per-sample scoring records to this JSONL file")
 
     sub.add_parser("tasks", parents=[common], help="list the registered tasks and the data files each needs")
+
+    train = sub.add_parser("train", parents=[common], help="train a model: SFT, or JoMPO / DPO / MPO / ablations",
+                           description="Train with a paper recipe (--config configs/*.yaml) and/or flags; flags "
+                                       "override the recipe. Several GPUs: accelerate launch --config_file "
+                                       "configs/accelerate/zero2.yaml -m harness train ...")
+    from trainers.cli import add_train_arguments
+
+    add_train_arguments(train)
 
     toy = sub.add_parser("toy-data", parents=[common],
                          help="write the toy benchmark (AMBER file formats), toy contrast pairs or toy captions")
@@ -362,7 +370,13 @@ def print_summary(results, engine_name: str, run_name: str, seconds: float) -> N
         print(f"{result.task}: {store.dir}")
 
 
-COMMANDS = {"run": cmd_run, "score": cmd_score, "tasks": cmd_tasks, "toy-data": cmd_toy_data}
+def cmd_train(args) -> int:
+    from trainers.cli import run_train
+
+    return run_train(args)
+
+
+COMMANDS = {"run": cmd_run, "score": cmd_score, "tasks": cmd_tasks, "toy-data": cmd_toy_data, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

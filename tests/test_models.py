@@ -194,14 +194,14 @@ def test_content_hash_is_stable_and_cached(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     ckpt = tmp_path / "ckpt"
-    (ckpt / "sub").mkdir(parents=True)
+    (ckpt / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (ckpt / "config.json").write_text("{}")
-    (ckpt / "sub" / "weights.bin").write_bytes(b"\x00" * 1000)
+    (ckpt / "weights.bin").write_bytes(b"\x00" * 1000)
     first = content_hash(ckpt)
     assert len(first) == 64 and int(first, 16) >= 0
 
     cache = json.loads((tmp_path / "cache" / "hashes.json").read_text())
-    assert cache[str(ckpt.resolve())]["sha256"] == first
+    assert cache[f"{ckpt.resolve()} (top level)"]["sha256"] == first
 
     def no_hashing(*args):
         raise AssertionError("hashed again")
@@ -210,18 +210,19 @@ def test_content_hash_is_stable_and_cached(tmp_path, monkeypatch) -> None:
         m.setattr(cache_module, "_hash_files", no_hashing)
         assert content_hash(ckpt) == first  # served from the cache
         (ckpt / ".hidden").write_text("not part of the checkpoint")
+        (ckpt / "checkpoints" / "checkpoint-2" / "optimizer.pt").write_bytes(b"\x02" * 5000)  # training state
         assert content_hash(ckpt) == first
 
-    (ckpt / "sub" / "weights.bin").write_bytes(b"\x01" * 1000)  # same size, new mtime
-    os.utime(ckpt / "sub" / "weights.bin", ns=(1, 1))
+    (ckpt / "weights.bin").write_bytes(b"\x01" * 1000)  # same size, new mtime
+    os.utime(ckpt / "weights.bin", ns=(1, 1))
     second = content_hash(ckpt)
     assert second != first
 
     # the hash depends on the contents only, not on where the checkpoint lives or on the cache
     copy = tmp_path / "copy"
-    (copy / "sub").mkdir(parents=True)
+    copy.mkdir()
     (copy / "config.json").write_text("{}")
-    (copy / "sub" / "weights.bin").write_bytes(b"\x01" * 1000)
+    (copy / "weights.bin").write_bytes(b"\x01" * 1000)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "other-cache"))
     assert content_hash(copy) == second
 

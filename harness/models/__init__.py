@@ -53,10 +53,11 @@ def resolve_model(path: str | Path, template: str | None = None) -> tuple[ModelI
 
 
 def content_hash(path: str | Path) -> str:
-    """Hex sha256 over the checkpoint's files (see :func:`harness.cache.content_hash`), cached."""
+    """Hex sha256 over the checkpoint's top-level files, those ``from_pretrained`` reads (see
+    :func:`harness.cache.content_hash`), cached. Training checkpoints or adapters in subfolders are not part of it."""
     if not Path(path).exists():
         raise ModelError(f"model path does not exist: {path}")
-    return _cached_hash(path)
+    return _cached_hash(path, recursive=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

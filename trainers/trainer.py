@@ -1,0 +1,763 @@
+"""Preference training (JoMPO, DPO, MPO and the paper's ablations) with ``transformers.Trainer``.
+
+One training step, per micro-batch of preference examples (:class:`trainers.data.PreferenceExample`):
+
+1. :class:`PreferenceCollator` builds the rows the method needs (:func:`trainers.losses.required_rows`): for each
+   example and each ``(condition, response)`` pair a :class:`trainers.logprobs.Row` whose image is ``m_w``
+   (``"w"``), ``m_l`` (``"l"``), nothing (``"none"``: no placeholder, no pixels) or the rejected image of the
+   ``--rejected-image`` strategy (``"rej"``), and tokenizes them into one :class:`~trainers.logprobs.RowBatch`
+   with the model family's prompt template (the one evaluation uses).
+2. :meth:`PreferenceTrainer.compute_loss` runs ONE policy forward over all rows (:func:`trainers.logprobs.row_logps`:
+   every unique image encoded once, LM head only at response positions), gets the reference log-probs (the LoRA
+   adapter disabled, a frozen copy, or a precomputed cache), and calls :func:`trainers.losses.compute_loss`.
+3. Per logging step it reports the loss and each term, rewards per (condition, response), margins and accuracy of
+   each ordering, and tokens/s.
+
+Distributed training
+--------------------
+``accelerate launch --config_file configs/accelerate/zero2.yaml -m harness train ...`` is the documented way to run on
+several GPUs (``zero3.yaml`` and ``fsdp.yaml`` are shipped too). Every rank runs exactly one vision-tower call per
+forward: :func:`trainers.logprobs.row_logps` encodes all the micro-batch's unique images in one call, and a rank
+whose micro-batch has no image at all (a DPO batch of text-only records, say) still calls the vision tower once on
+a blank input whose output is multiplied by zero. Uneven numbers of calls across ranks would hang the collective
+parameter gathering of ZeRO-3 and FSDP. The same holds for the reference forward.
+
+The model given to ``transformers.Trainer`` is the plain transformers model (or its peft wrapper): its ``forward``
+is extended by :func:`enable_row_forward` so that ``model(rows=batch)`` returns per-row log-probs, which lets
+DDP/DeepSpeed/FSDP wrappers run their hooks on the root forward while saving, loading and resuming stay the
+Trainer's own.
+
+Checkpoints
+-----------
+``OUT/checkpoints/checkpoint-N`` are the Trainer's (``--resume`` continues from the last one). At the end, ``OUT``
+holds a model that ``harness run --model OUT`` loads: with full fine-tuning the trained model; with LoRA the
+adapter in ``OUT/adapter`` and, with ``--merge-lora`` (the default), the merged model in ``OUT``. The processor
+(tokenizer, image processor, chat template) is saved with it, and LLaVA checkpoints keep the ``llava-hf`` key names
+(``vision_tower.vision_model.*``) that vLLM loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import types
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import transformers
+from torch import nn
+
+from harness.errors import ConfigError, DataError
+from trainers.config import TrainConfig, save_config
+from trainers.logprobs import Row, RowBatch, row_logps, tokenize_rows, unwrap_model
+
+if TYPE_CHECKING:
+    from harness.models.base import ModelFamily
+
+log = logging.getLogger("harness.train")
+
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+
+
+# =====================================================================================================================
+# model: loading, trainable parameters, the row forward
+# =====================================================================================================================
+
+
+def module_group(name: str) -> str | None:
+    """The part of a LLaVA / Qwen2-VL model that parameter or module ``name`` belongs to: ``language_model``,
+    ``vision_tower`` or ``projector`` (None for anything else)."""
+    parts = name.split(".")
+    if "multi_modal_projector" in parts or ("visual" in parts and "merger" in parts):
+        return "projector"
+    if "vision_tower" in parts or "visual" in parts:
+        return "vision_tower"
+    if "language_model" in parts or "lm_head" in parts:
+        return "language_model"
+    return None
+
+
+def unused_vision_prefixes(model: nn.Module) -> list[str]:
+    """Name fragments of vision-tower modules whose output the model never uses, so that they never receive a
+    gradient: LLaVA takes the features of ``vision_feature_layer`` (-2 for LLaVA-1.5), so the CLIP layers after it
+    and the ``post_layernorm`` are dead weight. They are left out of LoRA and frozen in full fine-tuning (DDP
+    without ``find_unused_parameters`` would fail on parameters that get no gradient)."""
+    hf = unwrap_model(model)
+    config = getattr(hf, "config", None)
+    if getattr(config, "model_type", None) != "llava":
+        return []
+    n_layers = int(config.vision_config.num_hidden_layers)
+    feature_layers = config.vision_feature_layer
+    feature_layers = feature_layers if isinstance(feature_layers, (list, tuple)) else [feature_layers]
+    # hidden_states[k]: k = 0 is the embeddings, k = i + 1 the output of layer i; negative k counts from the end
+    last_used = max(int(k) if int(k) >= 0 else n_layers + 1 + int(k) for k in feature_layers) - 1
+    return ["vision_tower.post_layernorm"] + [f"vision_tower.encoder.layers.{i}." for i in
+                                              range(last_used + 1, n_layers)]
+
+
+def _is_unused(name: str, prefixes: Sequence[str]) -> bool:
+    return any(p in name + "." for p in prefixes)
+
+
+def lora_target_modules(model: nn.Module, groups: Sequence[str]) -> list[str]:
+    """Full names of the ``nn.Linear`` modules of ``groups`` that LoRA adapts (the LM head never: its weight is
+    read directly when log-probs are computed at response positions only)."""
+    names = []
+    unused = unused_vision_prefixes(model)
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.Linear) and "lm_head" not in name.split(".") and module_group(name) in groups
+                and not _is_unused(name, unused)):
+            names.append(name)
+    if not names:
+        raise ConfigError(f"no linear layers found in {', '.join(groups)} of {type(model).__name__}")
+    return names
+
+
+def freeze_except(model: nn.Module, groups: Sequence[str]) -> tuple[int, int]:
+    """Full fine-tuning: parameters of ``groups`` trainable (except :func:`unused_vision_prefixes`), the others
+    frozen. Returns (trainable, total)."""
+    trainable = total = 0
+    unused = unused_vision_prefixes(model)
+    for name, param in model.named_parameters():
+        keep = module_group(name) in groups and not _is_unused(name, unused)
+        param.requires_grad_(keep)
+        total += param.numel()
+        trainable += param.numel() if keep else 0
+    return trainable, total
+
+
+def enable_row_forward(model: nn.Module, family: ModelFamily | str) -> nn.Module:
+    """Extend ``model.forward`` (a transformers VLM) so that ``model(rows=batch)`` returns the per-row summed
+    response log-probs of :func:`trainers.logprobs.row_logps`; any other call is the model's own forward.
+
+    Calling through the model (and so through peft, DDP, DeepSpeed or FSDP wrappers around it) keeps the wrappers'
+    hooks on the root forward. Returns ``model``."""
+    hf = unwrap_model(model)
+    if getattr(hf, "_row_forward_family", None) is not None:
+        return model
+    original = hf.forward
+    hf._row_forward_family = family if isinstance(family, str) else family.name
+
+    def forward(self: nn.Module, *args: Any, rows: RowBatch | None = None, **kwargs: Any) -> Any:
+        if rows is None:
+            return original(*args, **kwargs)
+        return row_logps(self, self._row_forward_family, rows)
+
+    hf.forward = types.MethodType(forward, hf)
+    return model
+
+
+def load_model(path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A transformers VLM from ``path``; a checkpoint transformers cannot load is a :class:`ModelError`."""
+    from harness.errors import ModelError
+
+    try:
+        return transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: transformers cannot load the checkpoint: {exc}") from exc
+
+
+def load_processor(path: str) -> Any:
+    from harness.errors import ModelError
+
+    try:
+        return transformers.AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot load the processor: {exc}") from exc
+
+
+def build_policy(config: TrainConfig) -> tuple[nn.Module, Any, ModelFamily]:
+    """(policy model, processor, family adapter) for ``config``: LoRA adapters on ``config.modules`` or full
+    fine-tuning of those modules (the rest frozen), with the row forward enabled. Weights stay float32 (the
+    master copy); ``--bf16`` is mixed precision."""
+    from harness.models import resolve_model
+
+    _, family = resolve_model(config.model, config.template)
+    processor = load_processor(config.model)
+    model = load_model(config.model)
+    enable_row_forward(model, family)
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=lora_target_modules(model, config.modules),
+            bias="none",
+        )
+        model = get_peft_model(model, lora)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+    else:
+        trainable, total = freeze_except(model, config.modules)
+    log.info("%s: %s trainable parameters of %s (%s on %s)", Path(config.model).name, f"{trainable:,}",
+             f"{total:,}", "LoRA" if config.lora else "full fine-tuning", ", ".join(config.modules))
+    return model, processor, family
+
+
+# =====================================================================================================================
+# training arguments, checkpoints
+# =====================================================================================================================
+
+
+def _report_to(config: TrainConfig) -> list[str]:
+    if config.report_to != ["auto"]:
+        return [r for r in config.report_to if r != "none"]
+    import os
+
+    from transformers.integrations import is_tensorboard_available, is_wandb_available
+
+    out = []
+    if is_tensorboard_available():
+        out.append("tensorboard")
+    if is_wandb_available() and (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")):
+        out.append("wandb")
+    return out
+
+
+def use_bf16(config: TrainConfig) -> bool:
+    """bf16 mixed precision as asked, on CUDA; CPU runs (tests, tiny models) stay float32."""
+    if config.bf16 and not torch.cuda.is_available():
+        log.warning("--bf16 ignored: no CUDA device; training in float32")
+        return False
+    return config.bf16
+
+
+def training_arguments(config: TrainConfig) -> transformers.TrainingArguments:
+    """``transformers.TrainingArguments`` for ``config`` (checkpoints under ``OUT/checkpoints``)."""
+    return transformers.TrainingArguments(
+        output_dir=str(Path(config.output) / CHECKPOINTS_DIR),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.lr,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # < 1: a ratio of the training steps
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        bf16=use_bf16(config),
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=_report_to(config),
+        remove_unused_columns=False,
+        dataloader_num_workers=config.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=None,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def resume_checkpoint(config: TrainConfig) -> str | None:
+    """The checkpoint ``--resume`` continues from; without ``--resume``, refuses an output folder that already
+    holds checkpoints (so a finished or crashed run is never overwritten by accident)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = Path(config.output) / CHECKPOINTS_DIR
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if config.resume:
+        if last is None:
+            raise ConfigError(f"--resume: no checkpoint-N folder in {ckpt_dir}")
+        log.info("resuming from %s", last)
+        return last
+    if last is not None:
+        raise ConfigError(
+            f"{config.output} already holds checkpoints ({Path(last).name}); pass --resume to continue that run "
+            "or choose another --output"
+        )
+    return None
+
+
+def rewrite_llava_keys(out_dir: str | Path) -> None:
+    """Give a saved LLaVA checkpoint the ``llava-hf`` key names that vLLM loads (``vision_tower.vision_model.*``);
+    a no-op when they are already so (transformers keeps a loaded checkpoint's names when it saves)."""
+    from safetensors import safe_open
+
+    from harness.models.tiny import _rewrite_safetensors
+
+    out = Path(out_dir)
+    rename = {"vision_tower.": "vision_tower.vision_model."}
+    changed = False
+    for shard in sorted(out.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as f:
+            keys = list(f.keys())
+        if any(k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") for k in keys):
+            _rewrite_safetensors(shard, rename)
+            changed = True
+    index = out / "model.safetensors.index.json"
+    if changed and index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {
+            ("vision_tower.vision_model." + k[len("vision_tower."):]
+             if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") else k): v
+            for k, v in data["weight_map"].items()
+        }
+        index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def merge_lora(base_path: str, adapter_dir: str | Path, out_dir: str | Path, processor: Any) -> None:
+    """Merge the LoRA adapter into a fresh copy of the base model (on CPU, in the base checkpoint's dtype) and save
+    the full model with the processor to ``out_dir``."""
+    from peft import PeftModel
+
+    base = transformers.AutoModelForImageTextToText.from_pretrained(base_path, dtype="auto")
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(out_dir))
+    processor.save_pretrained(str(out_dir))
+
+
+def write_train_manifest(trainer: transformers.Trainer, config: TrainConfig, family: ModelFamily,
+                         path: Path) -> None:
+    """What the run was: resolved settings, loss weights, reference, starting model and its content hash, template,
+    steps, package versions, git revision and command line (``harness.manifest.environment``)."""
+    from harness.io import atomic_write_json
+    from harness.manifest import environment
+    from harness.models import content_hash
+
+    loss = getattr(trainer, "loss_config", None)
+    reference = getattr(trainer, "reference", None)
+    atomic_write_json(path, {
+        "config": config.to_dict(),
+        "loss": loss.to_dict() if loss is not None else None,
+        "reference": reference.describe() if hasattr(reference, "describe") else None,
+        "model": {"path": str(Path(config.model).resolve()), "content_hash": content_hash(config.model),
+                  "family": family.name, "template": family.template},
+        "global_step": trainer.state.global_step,
+        **environment(),
+    })
+
+
+def save_final_model(trainer: transformers.Trainer, config: TrainConfig, family: ModelFamily, processor: Any) -> Path:
+    """Write the loadable model to ``config.output`` (see the module docstring); every rank calls this."""
+    out = Path(config.output)
+    if config.lora:
+        trainer.save_model(str(out / ADAPTER_DIR))
+        trainer.accelerator.wait_for_everyone()
+        if config.merge_lora and trainer.is_world_process_zero():
+            merge_lora(config.model, out / ADAPTER_DIR, out, processor)
+    else:
+        trainer.save_model(str(out))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        if family.name == "llava" and (out / "config.json").is_file():
+            rewrite_llava_keys(out)
+        save_config(config, out / "train_config.json")
+        write_train_manifest(trainer, config, family, out / "train_manifest.json")
+        (out / "train_log.jsonl").write_text(
+            "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in trainer.state.log_history),
+            encoding="utf-8",
+        )
+    return out
+
+
+# =====================================================================================================================
+# the shared trainer: row batches, metrics, tokens/s
+# =====================================================================================================================
+
+
+class RowsTrainer(transformers.Trainer):
+    """A ``transformers.Trainer`` over :class:`~trainers.logprobs.RowBatch` micro-batches (``{"rows": batch}``),
+    whose ``compute_loss`` subclasses define; it averages their metrics over each logging interval (across ranks)
+    and logs tokens/s."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._tokens: torch.Tensor | int = 0
+        self._last_log_time = time.perf_counter()
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self._metrics.clear()
+        self._tokens = 0
+        self._last_log_time = time.perf_counter()
+        return super().train(*args, **kwargs)
+
+    def _record(self, metrics: dict[str, torch.Tensor], batch: RowBatch) -> None:
+        """Keep a micro-batch's metrics and token count (as tensors: no device sync until the next log)."""
+        if not self.model.training:
+            return
+        for key, value in metrics.items():
+            self._metrics[key].append(value.detach().float())
+        self._tokens = self._tokens + batch.attention_mask.sum().detach()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metrics and "loss" in logs:  # a training log (not the final train summary)
+            keys = sorted(self._metrics)
+            local = torch.stack([torch.stack(self._metrics[k]).mean() for k in keys])
+            local = local.to(self.accelerator.device)
+            means = self.accelerator.reduce(local, reduction="mean") if self.accelerator.num_processes > 1 else local
+            logs.update({k: round(float(v), 6) for k, v in zip(keys, means.tolist())})
+            now = time.perf_counter()
+            tokens = torch.as_tensor(self._tokens, dtype=torch.float32).reshape(1).to(self.accelerator.device)
+            if self.accelerator.num_processes > 1:
+                tokens = self.accelerator.reduce(tokens, reduction="sum")
+            logs["tokens_per_second"] = round(float(tokens.item()) / max(now - self._last_log_time, 1e-9), 2)
+            self._metrics.clear()
+            self._tokens = 0
+            self._last_log_time = now
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):  # type: ignore[override]
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+# =====================================================================================================================
+# preference training
+# =====================================================================================================================
+
+
+class PreferenceDataset(torch.utils.data.Dataset):
+    """The preference examples, indexable (the Trainer's sampler shuffles indices)."""
+
+    def __init__(self, examples: Sequence[Any]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.examples[i]
+
+
+def check_examples(examples: Sequence[Any], rows_needed: Sequence[tuple[str, str]], strategy: str,
+                   path: str | None = None) -> None:
+    """Fail before training when the records cannot give the rows a method needs (``m_l`` for JoMPO, an image
+    to corrupt for MPO...); the message names the first records at fault."""
+    conditions = {c for c, _ in rows_needed}
+    needs_l = "l" in conditions or ("rej" in conditions and strategy == "contrast")
+    needs_w = "rej" in conditions and strategy != "contrast"
+    missing_l = [ex.id for ex in examples if needs_l and ex.image_l is None]
+    missing_w = [ex.id for ex in examples if needs_w and ex.image_w is None]
+    for ids, what, why in ((missing_l, "image_l", "the paired image m_l"),
+                           (missing_w, "image_w", f"an image for the rejected-image strategy {strategy!r}")):
+        if ids:
+            shown = ", ".join(map(repr, ids[:3])) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+            raise DataError(f"{len(ids)} record(s) have no {what} ({shown}), but this method needs {why}",
+                            path=path)
+
+
+class PreferenceCollator:
+    """Preference examples -> ``{"rows": RowBatch, "n_examples": B}`` with the rows of ``rows_needed`` for each
+    example, example-major: row ``i * R + j`` is example ``i`` under ``rows_needed[j]``.
+
+    Row keys are ``(example id, condition, response)`` (the keys of a precomputed reference cache). The rejected
+    image (condition ``"rej"``) comes from :func:`trainers.data.rejected_image` with the run's strategy and seed,
+    so an example gets the same one every time it is drawn, on every rank. A record without ``image_w`` gives
+    ``"w"`` rows without an image (a mixed image/no-image batch is fine)."""
+
+    def __init__(
+        self,
+        family: ModelFamily,
+        processor: Any,
+        rows_needed: Sequence[tuple[str, str]],
+        *,
+        strategy: str = "crop",
+        seed: int = 0,
+        pool: Sequence[Any] | None = None,
+        image_root: str | None = None,
+        max_length: int | None = None,
+    ):
+        self.family = family
+        self.processor = processor
+        self.rows_needed = tuple(rows_needed)
+        self.strategy = strategy
+        self.seed = seed
+        self.pool = pool
+        self.image_root = image_root
+        self.max_length = max_length
+
+    def images(self, example: Any) -> dict[str, tuple[Any, str | None]]:
+        """``condition -> (PIL image or None, image id)`` for the conditions this collator needs."""
+        from harness.types import ImageRef
+        from trainers.data import rejected_image
+
+        def load(path: str | None) -> tuple[Any, str | None]:
+            return (None, None) if path is None else (ImageRef(path=path).load(example.id), path)
+
+        conditions = {c for c, _ in self.rows_needed}
+        out: dict[str, tuple[Any, str | None]] = {"none": (None, None)}
+        if "w" in conditions:
+            out["w"] = load(example.image_w)
+        if "l" in conditions:
+            if example.image_l is None:
+                raise DataError(f"record {example.id!r}: this method needs the paired image m_l (image_l is null)")
+            out["l"] = load(example.image_l)
+        if "rej" in conditions:
+            image = rejected_image(example, self.strategy, seed=self.seed, pool=self.pool,
+                                   image_root=self.image_root)
+            out["rej"] = (image, f"rej:{self.strategy}:{self.seed}:{example.id}")
+        return out
+
+    def rows(self, examples: Sequence[Any]) -> list[Row]:
+        rows = []
+        for ex in examples:
+            images = self.images(ex)
+            for cond, resp in self.rows_needed:
+                image, image_id = images[cond]
+                rows.append(Row(question=ex.question, response=ex.y_w if resp == "w" else ex.y_l, image=image,
+                                key=(ex.id, cond, resp), image_id=image_id))
+        return rows
+
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+        batch = tokenize_rows(self.family, self.processor, self.rows(examples), max_length=self.max_length)
+        return {"rows": batch, "n_examples": len(examples)}
+
+
+class ModelReference:
+    """Reference log-probs from a model called through its root forward (``module(rows=batch)``, no gradient):
+    the policy itself with its LoRA adapter disabled (``adapter_off``), or a frozen reference copy prepared like the
+    policy. Going through the root module, not its submodules, is what FSDP needs (its root pre-forward gathers
+    the parameters that no wrapped layer owns); :class:`trainers.reference.ReferenceFromAdapter` and
+    :class:`~trainers.reference.ReferenceFromCopy` give the same values for unwrapped models."""
+
+    def __init__(self, module: nn.Module, *, adapter_off: bool = False, describe: str = ""):
+        self.module = module
+        self.adapter_off = adapter_off
+        self._describe = describe or ("adapter_disabled" if adapter_off else "frozen_copy")
+
+    def logps(self, batch: RowBatch) -> torch.Tensor:
+        import contextlib
+
+        peft_model = unwrap_peft(self.module) if self.adapter_off else None
+        was_training = self.module.training
+        self.module.eval()  # no dropout in the reference
+        try:
+            with torch.no_grad(), (peft_model.disable_adapter() if peft_model is not None
+                                   else contextlib.nullcontext()):
+                return self.module(rows=batch)
+        finally:
+            self.module.train(was_training)
+
+    def describe(self) -> dict[str, Any]:
+        return {"reference": self._describe}
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The peft model inside ``model`` (through DDP / DeepSpeed ``.module``); ConfigError if there is none."""
+    current: Any = model
+    for _ in range(8):
+        if hasattr(current, "disable_adapter") and hasattr(current, "get_base_model"):
+            return current
+        if isinstance(getattr(current, "module", None), nn.Module):
+            current = current.module
+        else:
+            break
+    raise ConfigError("--reference adapter needs a LoRA policy (--lora); use --reference copy or cache:FILE")
+
+
+class PreferenceTrainer(RowsTrainer):
+    """``transformers.Trainer`` for JoMPO / DPO / MPO and the ablations (see the module docstring).
+
+    ``reference`` is ``"adapter"`` (the policy with its LoRA adapter disabled), a frozen reference model
+    (``nn.Module``, row forward enabled; prepared like the policy: DeepSpeed inference engine, FSDP shards or the
+    device), or an object with ``logps(batch)`` such as :class:`trainers.reference.ReferenceFromCache`."""
+
+    def __init__(self, *args: Any, loss_config: Any, rows_needed: Sequence[tuple[str, str]], reference: Any,
+                 family: ModelFamily, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.loss_config = loss_config
+        self.rows_needed = tuple(rows_needed)
+        self.family = family
+        if isinstance(reference, str) and reference == "adapter":
+            unwrap_peft(self.model)
+            reference = ModelReference(self.model, adapter_off=True)
+        elif isinstance(reference, nn.Module):
+            reference = ModelReference(self._prepare_reference_model(reference))
+        self.reference = reference
+
+    def _prepare_reference_model(self, ref: nn.Module) -> nn.Module:
+        ref.eval().requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            from trl.models import prepare_deepspeed
+
+            return prepare_deepspeed(ref, self.accelerator)
+        if self.is_fsdp_enabled:
+            from trl.models import prepare_fsdp
+
+            return prepare_fsdp(ref, self.accelerator)
+        return self.accelerator.prepare_model(ref, evaluation_mode=True)
+
+    def split_rows(self, values: torch.Tensor, n_examples: int) -> dict[tuple[str, str], torch.Tensor]:
+        """``[B * R]`` row values (example-major) -> ``{(condition, response): [B]}``."""
+        per = values.view(n_examples, len(self.rows_needed))
+        return {row: per[:, j] for j, row in enumerate(self.rows_needed)}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
+        from trainers.losses import compute_loss
+
+        batch: RowBatch = inputs["rows"]
+        n = int(inputs["n_examples"])
+        policy_logps = model(rows=batch)  # one forward over all rows, through the distributed wrappers
+        with torch.no_grad():
+            reference_logps = self.reference.logps(batch)
+        policy = self.split_rows(policy_logps, n)
+        reference = self.split_rows(reference_logps.to(policy_logps.device), n)
+        counts = self.split_rows(batch.token_counts.to(policy_logps.device), n)
+        loss, metrics = compute_loss(self.loss_config, policy, reference, n_tokens=counts)
+        metrics.pop("loss", None)  # the Trainer logs the running loss itself
+        self._record(metrics, batch)
+        return (loss, {"metrics": metrics, "policy": policy, "reference": reference}) if return_outputs else loss
+
+
+# =====================================================================================================================
+# entry point
+# =====================================================================================================================
+
+
+def loss_config_for(config: TrainConfig) -> Any:
+    """The :class:`trainers.losses.LossConfig` of ``config.method`` with ``config.beta``."""
+    from trainers.losses import METHODS, get_method
+
+    if config.method not in METHODS:
+        raise ConfigError(unknown_method_message(config.method))
+    return get_method(config.method, beta=config.beta)
+
+
+def unknown_method_message(name: str) -> str:
+    import difflib
+
+    from trainers.losses import METHODS
+
+    names = ["sft", *METHODS]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown method {name!r}{hint} (methods: {', '.join(names)})"
+
+
+def _uses_generated_image(rows_needed: Sequence[tuple[str, str]]) -> bool:
+    return any(c == "rej" for c, _ in rows_needed)
+
+
+def reference_meta(config: TrainConfig, family: ModelFamily, rows_needed: Sequence[tuple[str, str]]) -> Any:
+    """What a precomputed reference cache of this run must have been made under."""
+    from trainers.reference import ReferenceMeta
+
+    rej = _uses_generated_image(rows_needed)
+    return ReferenceMeta.for_model(config.reference_model or config.model, family,
+                                   strategy=config.rejected_image if rej else None,
+                                   seed=config.corruption_seed if rej else None)
+
+
+def precompute_reference_cache(config: TrainConfig, family: ModelFamily, processor: Any,
+                               collator: PreferenceCollator, examples: Sequence[Any], path: Path) -> None:
+    """The offline pass of ``--reference cache:FILE`` when FILE does not exist yet: the reference model scores every
+    row of every example once (on the main process; the others wait), then is freed."""
+    from accelerate import PartialState
+
+    from trainers.reference import precompute_reference
+
+    state = PartialState()
+    if state.is_main_process:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if use_bf16(config) else torch.float32
+        ref = load_model(config.reference_model or config.model, dtype=dtype).to(device)
+        rows = [row for ex in examples for row in collator.rows([ex])]
+        log.info("reference cache %s: scoring %d rows once", path, len(rows))
+        precompute_reference(ref, family, processor, rows, path, reference_meta(config, family, collator.rows_needed),
+                             batch_size=max(config.batch_size * len(collator.rows_needed), 1),
+                             max_length=config.max_length)
+        del ref
+    state.wait_for_everyone()
+
+
+def build_reference(config: TrainConfig, family: ModelFamily, processor: Any, collator: PreferenceCollator,
+                    examples: Sequence[Any]) -> Any:
+    """The reference of ``config.reference`` as :class:`PreferenceTrainer` takes it: ``"adapter"``, a frozen copy (a
+    model the trainer prepares), or a precomputed cache (computed first when its file does not exist)."""
+    from trainers.reference import ReferenceFromCache
+
+    mode = config.reference_mode
+    if mode == "adapter":
+        return "adapter"
+    if mode == "copy":
+        dtype = torch.bfloat16 if use_bf16(config) else torch.float32
+        return enable_row_forward(load_model(config.reference_model or config.model, dtype=dtype), family)
+    path = Path(config.reference_cache or "")
+    if not path.is_file():
+        precompute_reference_cache(config, family, processor, collator, examples, path)
+    return ReferenceFromCache(path, reference_meta(config, family, collator.rows_needed))
+
+
+def build_preference_trainer(config: TrainConfig, examples: Sequence[Any] | None = None) -> PreferenceTrainer:
+    """The :class:`PreferenceTrainer` of ``config`` (policy, reference, collator, data), ready to ``train()``.
+    ``examples`` default to the records of ``config.data``."""
+    from trainers.data import read_preferences
+    from trainers.losses import required_rows
+
+    config.validate()
+    loss_config = loss_config_for(config)
+    rows_needed = required_rows(loss_config)
+    if examples is None:
+        examples = read_preferences(config.data, image_root=config.image_root, fmt=config.data_format)
+    if not examples:
+        raise DataError("no preference records", path=config.data)
+    check_examples(examples, rows_needed, config.rejected_image, path=config.data)
+    transformers.set_seed(config.seed)
+    model, processor, family = build_policy(config)
+    collator = PreferenceCollator(family, processor, rows_needed, strategy=config.rejected_image,
+                                  seed=config.corruption_seed,
+                                  pool=examples if config.rejected_image == "random" else None,
+                                  image_root=config.image_root, max_length=config.max_length)
+    reference = build_reference(config, family, processor, collator, examples)
+    trainer = PreferenceTrainer(
+        model=model,
+        args=training_arguments(config),
+        train_dataset=PreferenceDataset(examples),
+        data_collator=collator,
+        processing_class=processor,
+        loss_config=loss_config,
+        rows_needed=rows_needed,
+        reference=reference,
+        family=family,
+    )
+    log.info("%s: %d examples, %d rows each (%s); reference: %s", config.method, len(examples), len(rows_needed),
+             ", ".join(f"m_{c}/y_{r}" for c, r in rows_needed), config.reference_mode)
+    return trainer
+
+
+def train_preference(config: TrainConfig) -> Path:
+    """Train ``config.method`` on ``config.data``; returns the folder of the final model."""
+    config.validate()
+    resume_from = resume_checkpoint(config)
+    trainer = build_preference_trainer(config)
+    trainer.train(resume_from_checkpoint=resume_from)
+    return save_final_model(trainer, config, trainer.family, trainer.processing_class)
+
+
+__all__ = [
+    "ModelReference",
+    "PreferenceCollator",
+    "PreferenceDataset",
+    "PreferenceTrainer",
+    "RowsTrainer",
+    "build_policy",
+    "build_preference_trainer",
+    "check_examples",
+    "enable_row_forward",
+    "freeze_except",
+    "lora_target_modules",
+    "loss_config_for",
+    "merge_lora",
+    "module_group",
+    "reference_meta",
+    "resume_checkpoint",
+    "rewrite_llava_keys",
+    "save_final_model",
+    "train_preference",
+    "training_arguments",
+]
