@@ -122,6 +122,11 @@ def run_train(args: argparse.Namespace) -> int:
     """``harness train``: resolve the configuration, check it, train; prints the final model's folder."""
     config = config_from_args(args)
     check_method(config.method)
+    if not config.model:  # as `harness run`: the embedded tiny LLaVA (built and cached on first use)
+        from harness.models.tiny import ensure_embedded_model
+        from tasks.toy import corpus
+
+        config.model = str(ensure_embedded_model(corpus()))
     config.validate()
     if config.method == "sft":
         from trainers.sft import train_sft
