@@ -1,4 +1,4 @@
-"""Command line: ``harness run | score | tasks | toy-data | train``.
+"""Command line: ``harness run | score | train | report | tasks | toy-data``.
 
 User errors (:class:`harness.errors.HarnessError`) print one clear message and exit with status 2;
 finished predictions are always kept.
@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     from trainers.cli import add_train_arguments
 
     add_train_arguments(train)
+
+    from reports.cli import add_report_parser
+
+    add_report_parser(sub, parents=[common])
 
     toy = sub.add_parser("toy-data", parents=[common],
                          help="write the toy benchmark (AMBER file formats), toy contrast pairs or toy captions")
@@ -376,7 +380,14 @@ def cmd_train(args) -> int:
     return run_train(args)
 
 
-COMMANDS = {"run": cmd_run, "score": cmd_score, "tasks": cmd_tasks, "toy-data": cmd_toy_data, "train": cmd_train}
+def cmd_report(args) -> int:
+    from reports.cli import cmd_report as report
+
+    return report(args)
+
+
+COMMANDS = {"run": cmd_run, "score": cmd_score, "tasks": cmd_tasks, "toy-data": cmd_toy_data, "train": cmd_train,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
