@@ -24,14 +24,24 @@ _NON_SEMANTIC = {"batch_size", "concurrency", "timeout_s", "max_retries"}
 
 
 # --------------------------------------------------------------------------- parsing
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``, with a clear message otherwise."""
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = "positive_int" if minimum == 1 else f"int_at_least_{minimum}"
+    return parse
+
+
+_positive_int = int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,8 +298,8 @@ def cmd_toy_data(args) -> int:
 
 def cmd_run(args) -> int:
     from harness import engines
-    from harness.engines import EngineOptions, create_engine
     from harness.cache import content_hash
+    from harness.engines import EngineOptions, create_engine
     from harness.io import atomic_write_json
     from harness.manifest import environment
     from harness.runner import evaluate

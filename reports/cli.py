@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.cli import int_at_least
 from harness.errors import ConfigError, HarnessError
 
 log = logging.getLogger("harness.report")
@@ -21,24 +22,8 @@ log = logging.getLogger("harness.report")
 FORMAT_ALIASES = {"html": "html", "latex": "latex", "tex": "latex"}
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive = int_at_least(1)
+_non_negative = int_at_least(0)
 
 
 def add_report_parser(subparsers: argparse._SubParsersAction,

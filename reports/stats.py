@@ -17,7 +17,6 @@ These are statistics *about* a metric, never the metric itself: the value a repo
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from harness.errors import DataError
+from harness.io import iter_jsonl
 
 Columns = Mapping[str, np.ndarray]
 #: A statistic over resampled columns: every array has shape (resamples, n); the result has shape (resamples,).
@@ -296,19 +298,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     """The records of a ``scores.jsonl``; :class:`RecordsError` names the file (and line) when it cannot be read."""
     if not path.is_file():
         raise RecordsError(f"{path}: no per-sample records", missing=True)
-    out: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordsError(f"{path}, line {lineno}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(rec, dict):
-                raise RecordsError(f"{path}, line {lineno}: not a JSON object")
-            out.append(rec)
-    return out
+    try:
+        return [rec for _, rec in iter_jsonl(path)]
+    except DataError as exc:
+        raise RecordsError(str(exc)) from exc
 
 
 def task_cis(task: str, records: Sequence[Mapping[str, Any]], *, n_resamples: int = DEFAULT_RESAMPLES,
