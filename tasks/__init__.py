@@ -1,3 +1,3 @@
 """Benchmarks, one module each. Importing this package registers every task."""
 
-from tasks import amber, mmhal, object_halbench, pope, toy  # noqa: F401
+from tasks import amber, cvbench, mmhal, mmvp, object_halbench, pope, toy  # noqa: F401
