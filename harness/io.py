@@ -75,3 +75,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def iter_parquet_rows(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The rows of a parquet file as dicts (Hugging Face datasets saved to disk); a bad file names itself."""
+    path = Path(path)
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # pragma: no cover - pyarrow comes with pandas and datasets
+        from harness.errors import ConfigError
+
+        raise ConfigError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from exc
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"not a readable parquet file: {exc}", path=path) from exc
+    yield from table.to_pylist()

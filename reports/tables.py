@@ -173,7 +173,7 @@ CATEGORY_METRICS: dict[str, tuple[tuple[str, str | None], ...]] = {
     "pope": (("Accuracy", UP), ("F1", UP)),
 }
 #: Breakdown entries that are not categories (the scorers' other numbers) and per-category counts.
-NOT_CATEGORIES = frozenset({"unrounded", "overall_metrics", "eval_script", "summary"})
+NOT_CATEGORIES = frozenset({"unrounded", "overall_metrics", "eval_script", "summary", "capability_integrations"})
 COUNT_METRICS = frozenset({"n", "TP", "FP", "TN", "FN", "count", "questions", "samples"})
 
 

@@ -1,3 +1,15 @@
 """Benchmarks, one module each. Importing this package registers every task."""
 
-from tasks import amber, cvbench, mmhal, mmvp, object_halbench, pope, toy  # noqa: F401
+from tasks import (  # noqa: F401
+    amber,
+    cvbench,
+    llava_bench,
+    mmhal,
+    mmvet,
+    mmvp,
+    object_halbench,
+    pope,
+    scienceqa,
+    textvqa,
+    toy,
+)

@@ -69,13 +69,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError, DataError, MissingDataFile
-from harness.io import iter_jsonl
+from harness.io import iter_jsonl, iter_parquet_rows
 from harness.task import DataFile, Task, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
 
@@ -296,24 +296,13 @@ def read_jsonl(path: str | Path) -> list[CVBenchRecord]:
     return out
 
 
-def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover - pyarrow comes with pandas here
-        raise ConfigError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or use the JSONL files "
-                          f"with the img/ folder") from exc
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"not a readable parquet file: {exc}", path=path) from exc
-    yield from table.to_pylist()
 
 
 def read_parquet(path: str | Path) -> list[CVBenchRecord]:
     """A CV-Bench parquet file (``test.parquet``, ``test_2d.parquet``, ``test_3d.parquet``); images embedded."""
     path = Path(path)
     out: list[CVBenchRecord] = []
-    for row in _parquet_rows(path):
+    for row in iter_parquet_rows(path):
         out.append(parse_record(row, path, f"row {len(out)}", embedded=True))
     if not out:
         raise DataError("holds no CV-Bench records", path=path)
