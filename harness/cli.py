@@ -1,4 +1,4 @@
-"""Command line: ``harness run | score | train | report | tasks | toy-data``.
+"""Command line: ``harness run | score | train | report | sweep | tasks | toy-data``.
 
 User errors (:class:`harness.errors.HarnessError`) print one clear message and exit with status 2;
 finished predictions are always kept.
@@ -136,6 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
     from reports.cli import add_report_parser
 
     add_report_parser(sub, parents=[common])
+
+    sweep = sub.add_parser("sweep", parents=[common], help="a grid of trainings, each evaluated, then a report",
+                           description="Expand a grid (methods x data sizes x betas x epochs x seeds x rejected "
+                                       "images) into train -> evaluate jobs plus one evaluation of the base model, "
+                                       "run them here or on Slurm, and write the report. Rerunning skips finished "
+                                       "jobs and resumes the others. Quick start: harness sweep --preset toy")
+    from harness.sweep import add_sweep_arguments
+
+    add_sweep_arguments(sweep)
+
+    build_vtc = sub.add_parser(
+        "build-vtc", parents=[common], help="build VTC contrast data from an image pool (CLIP-blind pairs + LLM)",
+        description="Embed an image pool with CLIP and DINOv2, mine CLIP-blind pairs, label their contrast type and "
+                    "write prompt / response pairs with an LLM, into preference records for `harness train`; each "
+                    "stage resumes. Several GPUs for the embedding: accelerate launch -m harness build-vtc --stage "
+                    "embed ...")
+    from trainers.vtc.pipeline import add_build_vtc_arguments
+
+    add_build_vtc_arguments(build_vtc)
 
     toy = sub.add_parser("toy-data", parents=[common],
                          help="write the toy benchmark (AMBER file formats), toy contrast pairs or toy captions")
@@ -396,8 +415,20 @@ def cmd_report(args) -> int:
     return report(args)
 
 
+def cmd_sweep(args) -> int:
+    from harness.sweep import cmd_sweep as sweep
+
+    return sweep(args)
+
+
+def cmd_build_vtc(args) -> int:
+    from trainers.vtc.pipeline import run_build_vtc
+
+    return run_build_vtc(args)
+
+
 COMMANDS = {"run": cmd_run, "score": cmd_score, "tasks": cmd_tasks, "toy-data": cmd_toy_data, "train": cmd_train,
-            "report": cmd_report}
+            "report": cmd_report, "sweep": cmd_sweep, "build-vtc": cmd_build_vtc}
 
 
 def main(argv: list[str] | None = None) -> int:
