@@ -631,19 +631,26 @@ def generate_toy_preferences(out_dir: str | Path, n_pairs: int = 64, seed: int =
 
 
 def generate_toy_sft(out_dir: str | Path, n: int = 64, seed: int = 0) -> Path:
-    """Toy captions for supervised fine-tuning: ``out_dir/sft.jsonl`` with ``{id, image, question, answer}``
-    records ("Describe this image." and its correct caption) and their images. Deterministic."""
+    """Toy supervised fine-tuning data: ``out_dir/sft.jsonl`` with ``{id, image, question, answer}`` records and
+    their images. Each of the ``n`` scenes (of the training world) gives two records: "Describe this image." with its
+    correct caption, and one yes/no question (existence, attribute or relation, in turn) answered "Yes" or "No", as
+    AMBER's discriminative half expects. Deterministic."""
     import json
 
     out = Path(out_dir)
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     lines = []
+    kinds = ("existence", "attribute", "relation")
     for k in range(n):
         scene = make_scene(20_000 + seed, k)
         name = f"SFT_{k}.png"
         render(scene).save(out / IMAGE_DIR / name)
-        lines.append(json.dumps({"id": f"sft-{k}", "image": f"{IMAGE_DIR}/{name}", "question": GENERATIVE_QUERY,
+        image = f"{IMAGE_DIR}/{name}"
+        lines.append(json.dumps({"id": f"sft-{k}", "image": image, "question": GENERATIVE_QUERY,
                                  "answer": caption(scene)}, sort_keys=True))
+        q = questions(scene, k, 20_000 + seed)[kinds[k % len(kinds)]]
+        lines.append(json.dumps({"id": f"sft-{k}-qa", "image": image, "question": q.query,
+                                 "answer": q.truth.capitalize()}, sort_keys=True))
     path = out / SFT_FILE
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -346,6 +346,10 @@ def test_toy_sft_captions(tmp_path: Path) -> None:
 
     path = toy.generate_toy_sft(tmp_path, n=3)
     records = [_json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["id"] for r in records] == ["sft-0", "sft-1", "sft-2"]
+    assert [r["id"] for r in records] == ["sft-0", "sft-0-qa", "sft-1", "sft-1-qa", "sft-2", "sft-2-qa"]
     assert records[0]["answer"] == toy.caption(toy.make_scene(20_000, 0))
+    scene = toy.make_scene(20_000, 1)
+    q = toy.questions(scene, 1, 20_000)["attribute"]
+    assert (records[3]["question"], records[3]["answer"]) == (q.query, q.truth.capitalize())
+    assert {r["answer"] for r in records[1::2]} <= {"Yes", "No"}
     assert all((tmp_path / r["image"]).is_file() for r in records)
