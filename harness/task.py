@@ -146,6 +146,11 @@ def all_tasks() -> dict[str, type[Task]]:
 
 
 def get_task(name: str) -> type[Task]:
+    """The task class named ``name``; ``lmms:<task>`` is a task of lmms-eval's registry (:mod:`tasks.lmms`)."""
+    if name.startswith("lmms:"):
+        from tasks.lmms import lmms_task_class
+
+        return lmms_task_class(name)
     registry = all_tasks()
     if name in registry:
         return registry[name]
