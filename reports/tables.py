@@ -446,8 +446,12 @@ def table3(frame: pd.DataFrame) -> Table | None:
         have = set(frame.loc[(frame["task"] == task) & (frame["category"] == ""), "metric"])
         metric = next((m for m in metrics if m in have), None) or next(iter(sorted(have)), None)
         if metric is not None:
+            values = frame.loc[(frame["task"] == task) & (frame["category"] == "") & (frame["metric"] == metric),
+                               "value"]
+            # CV-Bench and MMVP's grader print fractions, as their official scripts do: show them to 4 decimals
+            decimals = 4 if len(values) and values.abs().max() <= 1.0 else 1
             specs.append(MetricSpec(f"t3_{task}", "", f"{label} ({metric})" if metric not in metrics[:1] else label,
-                                    tasks, metric, UP))
+                                    tasks, metric, UP, decimals))
     if not specs:
         return None
     rows = sorted(_only_defaults([r for r in group_rows(run_meta(frame)) if r.get("method") not in ABLATIONS]),

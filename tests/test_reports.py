@@ -480,3 +480,30 @@ def test_html_screenshot_in_headless_chromium(sweep: Path, tmp_path: Path) -> No
     dark = sum(hist[:128]) / (img.size[0] * img.size[1])
     assert 0.005 < dark < 0.5, f"page looks blank or broken: {dark:.4f} of pixels are dark"
     assert len([h for h in hist if h]) > 20  # text, rules and shading, not one flat colour
+
+
+def test_table3_fills_from_the_general_tasks_metrics(tmp_path, capsys):
+    """metrics.json files as `harness score` writes them for MMVP and CV-Bench (golden cases) fill Table 3."""
+    from harness.cli import main
+    from reports.frame import load_runs
+    from reports.tables import table3
+
+    golden = Path(__file__).resolve().parents[2] / "shared" / "golden"
+    cases = {
+        "mmvp": ["--responses", golden / "mmvp" / "mmvp_answers_tsb0601_format.jsonl",
+                 "--reviews", golden / "mmvp" / "fake_gpt_grades.json"],
+        "cvbench": ["--responses", golden / "cv_bench"],
+    }
+    for task, args in cases.items():
+        assert main(["--log-level", "WARNING", "score", task, *map(str, args)]) == 0
+        metrics = json.loads(capsys.readouterr().out)
+        run_dir = tmp_path / "runs" / "base" / task
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({k: metrics[k] for k in
+                                                          ("task", "headline", "breakdown", "counts", "notes")}))
+    table = table3(load_runs([tmp_path / "runs"]).frame)
+    assert table is not None
+    texts = {c.group or c.label: row[i].text for row in table.rows for i, c in enumerate(table.columns)}
+    assert any("MMVP" in k for k in texts) and any("CV-Bench" in k for k in texts)
+    values = " ".join(cell.text for row in table.rows for cell in row)
+    assert "0.6000" in values and "0.6143" in values  # fractions as the official scripts print them
