@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +91,35 @@ def iter_parquet_rows(path: str | Path) -> Iterator[dict[str, Any]]:
     except (OSError, ValueError) as exc:
         raise DataError(f"not a readable parquet file: {exc}", path=path) from exc
     yield from table.to_pylist()
+
+
+def first_glob(root: str | Path, patterns: Sequence[str]) -> list[Path]:
+    """The sorted matches of the first of ``patterns`` (relative to ``root``) that matches anything; [] if none."""
+    for pattern in patterns:
+        found = sorted(Path(root).glob(pattern))
+        if found:
+            return found
+    return []
+
+
+def read_yaml_mapping(path: str | Path, what: str = "configuration") -> dict[str, Any]:
+    """A YAML file holding a mapping (``{}`` when empty); a missing file, bad YAML (with its line) or another
+    top-level type is a :class:`ConfigError` naming the file."""
+    import yaml
+
+    from harness.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a {what} is a mapping of settings, got {type(raw).__name__}")
+    return raw

@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.errors import ConfigError, DataError, HarnessError
-from harness.io import atomic_write_json, atomic_write_text
+from harness.io import atomic_write_json, atomic_write_text, read_yaml_mapping
 
 if TYPE_CHECKING:
     import argparse
@@ -262,21 +262,7 @@ def coerce_setting(key: str, value: Any, source: str) -> Any:
 
 def read_sweep_config(path: str | Path) -> dict[str, Any]:
     """The checked settings of a sweep YAML file; errors name the file (and key)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config {path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a sweep configuration is a mapping of settings, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "sweep configuration")
     return {str(k): coerce_setting(str(k), v, str(path)) for k, v in raw.items()}
 
 

@@ -71,7 +71,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from harness.errors import ConfigError, DataError, MissingDataFile
-from harness.io import iter_jsonl, iter_parquet_rows, read_json
+from harness.io import first_glob, iter_jsonl, iter_parquet_rows, read_json
 from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
 from harness.task import DataFile, Task, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
@@ -433,11 +433,7 @@ class LLaVABench(Task):
                           f"images/ ({DATA_SOURCE})")
 
     def _parquet_files(self) -> list[Path]:
-        for base in (self.data_root, self.data_root / "data"):
-            found = sorted(base.glob("*.parquet"))
-            if found:
-                return found
-        return []
+        return first_glob(self.data_root, ("*.parquet", "data/*.parquet"))
 
     def check_files(self) -> list[Path]:
         jsonl = [self.data_root / name for name in JSONL_FILES]

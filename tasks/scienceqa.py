@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError, DataError, MissingDataFile
-from harness.io import iter_jsonl, iter_parquet_rows, read_json
+from harness.io import first_glob, iter_jsonl, iter_parquet_rows, read_json
 from harness.task import DataFile, Task, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
 
@@ -287,12 +287,8 @@ class ScienceQAImg(Task):
                           f"{SPLITS_FILE} (with test/<pid>/image.png) or test-*.parquet ({DATA_SOURCE})")
 
     def _parquet_files(self) -> list[Path]:
-        for folder in PARQUET_DIRS:
-            base = self.data_root / folder if folder else self.data_root
-            found = sorted(base.glob(f"{self.split}-*.parquet")) or sorted(base.glob(f"{self.split}.parquet"))
-            if found:
-                return found
-        return []
+        return first_glob(self.data_root, [f"{d}/{self.split}{s}.parquet".lstrip("/") for d in PARQUET_DIRS
+                                           for s in ("-*", "")])
 
     def check_files(self) -> list[Path]:
         release = [self.data_root / PROBLEMS_FILE, self.data_root / SPLITS_FILE]

@@ -81,7 +81,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError, DataError, MissingDataFile
-from harness.io import iter_jsonl, iter_parquet_rows, read_json
+from harness.io import first_glob, iter_jsonl, iter_parquet_rows, read_json
 from harness.task import DataFile, Task, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
 
@@ -402,11 +402,7 @@ class TextVQA(Task):
                           f"train_images/) or validation-*.parquet ({DATA_SOURCE})")
 
     def _parquet_files(self) -> list[Path]:
-        for pattern in PARQUET_GLOBS:
-            found = sorted(self.data_root.glob(pattern))
-            if found:
-                return found
-        return []
+        return first_glob(self.data_root, PARQUET_GLOBS)
 
     def check_files(self) -> list[Path]:
         json_file = self.data_root / ANNOTATION_FILE

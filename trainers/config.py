@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from harness.errors import ConfigError
+from harness.io import read_yaml_mapping
 
 #: Parts of a vision-language model that LoRA adapts (or that full fine-tuning unfreezes).
 MODULE_GROUPS = ("language_model", "vision_tower", "projector")
@@ -213,21 +214,7 @@ def _did_you_mean(key: str) -> str:
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """The checked key/value pairs of a YAML recipe. Errors name the file (and key)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config {path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of settings, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "recipe")
     out: dict[str, Any] = {}
     for key, value in raw.items():
         key = str(key)
