@@ -1,4 +1,4 @@
-"""Command line: ``harness run | score | train | report | sweep | tasks | toy-data``.
+"""Command line: ``harness run | score | train | report | sweep | build-vtc | tasks | toy-data``.
 
 User errors (:class:`harness.errors.HarnessError`) print one clear message and exit with status 2;
 finished predictions are always kept.
@@ -45,7 +45,10 @@ _positive_int = int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Measure and reduce hallucination in vision-language models: evaluate (run, score), train, "
+                    "sweep, report, build VTC data.")
     levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
     parser.add_argument("--log-level", default="INFO", choices=levels)
     common = argparse.ArgumentParser(add_help=False)  # --log-level after the command too
