@@ -125,7 +125,6 @@ def evaluate(
                         finished[rec["id"]] = rec
                     n_generated += len(ready)
                     bar.update(len(ready))
-            store.sync()
             if next_i != len(order):
                 missing = [sid for sid in order if sid not in done]
                 raise EngineError(f"engine {engine.name} returned no response for {len(missing)} samples "

@@ -5,8 +5,8 @@
   line) and never holds a secret. Its ``fingerprint`` covers every setting that changes a prediction; a rerun
   with a different fingerprint is refused instead of mixing predictions of two settings.
 - ``predictions.jsonl`` gets one record per finished sample, appended and flushed as results arrive (a killed
-  process loses nothing written), and fsynced at least once a second and at the end of every engine batch (a
-  machine crash loses at most that).
+  process loses nothing written), and fsynced when the last fsync is a second old and when the run ends (a machine
+  crash loses at most the last second).
   No timing fields: two runs of the same setting write byte-identical files. A rerun skips finished ids; a
   line cut short by a crash or ``kill -9`` is dropped (that sample is generated again).
 - ``failures.jsonl`` lists the samples that could not be run (e.g. an unreadable image) in the last run.

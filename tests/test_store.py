@@ -121,3 +121,18 @@ def test_content_hash_file_and_dir_cached(tmp_path, monkeypatch):
     (d / "x").write_text("22")
     assert cache.content_hash(d) != h1  # size/mtime changed: hashed again
     assert cache.content_hash(d / "x") == hashlib.sha256(b"x\0" + b"2\0" + b"22").hexdigest()
+
+
+def test_appends_are_flushed_at_once_and_fsynced_at_most_once_a_second(tmp_path, monkeypatch):
+    import harness.store as store_module
+
+    calls = []
+    store = _store(tmp_path)
+    monkeypatch.setattr(store_module.os, "fsync", lambda fd: calls.append(fd))
+    for i in range(20):
+        store.append([{"id": str(i)}])
+        # another reader sees every record as soon as append returns (a killed process loses nothing)
+        assert store.predictions_path.read_text().count("\n") == i + 1
+    assert len(calls) == 1  # the first append; the rest fall within the same second
+    store.close()
+    assert len(calls) == 2  # closing makes the tail durable
