@@ -60,6 +60,13 @@ class Task(ABC):
             self._image_root = self.default_image_root()
         return self._image_root
 
+    def choice_option(self, key: str, default: str, allowed: Sequence[str]) -> str:
+        """Task option ``key`` (case-insensitive) among ``allowed``; :class:`ConfigError` naming them otherwise."""
+        value = str(self.options.get(key, default)).strip().lower()
+        if value not in allowed:
+            raise ConfigError(f"unknown {key} {value!r}; expected one of {', '.join(allowed)}")
+        return value
+
     def default_data_root(self) -> Path:
         raise ConfigError(f"task {self.name} needs --data-root (the folder holding {self._file_list()})")
 

@@ -444,9 +444,7 @@ class CVBench(Task):
                  options: Mapping[str, Any] | None = None):
         super().__init__(data_root, image_root, options)
         self.suffix = _suffix_option(self.options)
-        self.format = str(self.options.get("cvbench_format", "auto")).strip().lower()
-        if self.format not in FORMATS:
-            raise ConfigError(f"unknown cvbench_format {self.format!r}; expected one of {', '.join(FORMATS)}")
+        self.format = self.choice_option("cvbench_format", "auto", FORMATS)
         self._records: list[CVBenchRecord] | None = None
 
     def default_data_root(self) -> Path:

@@ -393,13 +393,6 @@ def _no_judge() -> ConfigError:
                        f"{DEFAULT_JUDGE_MODEL}) or --reviews FILE with saved judge replies")
 
 
-def _choice(options: Mapping[str, Any], key: str, default: str, allowed: Sequence[str]) -> str:
-    value = str(options.get(key, default)).strip().lower()
-    if value not in allowed:
-        raise ConfigError(f"unknown {key} {value!r}; expected one of {', '.join(allowed)}")
-    return value
-
-
 # --------------------------------------------------------------------------------------------------- task
 @register_task
 class LLaVABench(Task):
@@ -421,8 +414,8 @@ class LLaVABench(Task):
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
         super().__init__(data_root, image_root, options)
-        self.caption_mode = _choice(self.options, "llava_bench_caption", "join", CAPTION_MODES)
-        self.format = _choice(self.options, "llava_bench_format", "auto", FORMATS)
+        self.caption_mode = self.choice_option("llava_bench_caption", "join", CAPTION_MODES)
+        self.format = self.choice_option("llava_bench_format", "auto", FORMATS)
         self._questions: list[BenchQuestion] | None = None
 
     def needs_judge(self) -> bool:

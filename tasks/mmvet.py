@@ -413,9 +413,7 @@ class MMVet(Task):
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
         super().__init__(data_root, image_root, options)
-        self.format = str(self.options.get("mmvet_format", "auto")).strip().lower()
-        if self.format not in FORMATS:
-            raise ConfigError(f"unknown mmvet_format {self.format!r}; expected one of {', '.join(FORMATS)}")
+        self.format = self.choice_option("mmvet_format", "auto", FORMATS)
         self._questions: list[MMVetQuestion] | None = None
 
     def needs_judge(self) -> bool:

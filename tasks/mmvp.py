@@ -636,9 +636,7 @@ class MMVP(Task):
         super().__init__(data_root, image_root, options)
         self.method = str(self.options.get("mmvp_method", DEFAULT_METHOD)).strip().lower()
         _check_method(self.method)
-        self.prompt_style = str(self.options.get("mmvp_prompt", DEFAULT_PROMPT)).strip().lower()
-        if self.prompt_style not in PROMPTS:
-            raise ConfigError(f"unknown mmvp_prompt {self.prompt_style!r}; expected one of {', '.join(PROMPTS)}")
+        self.prompt_style = self.choice_option("mmvp_prompt", DEFAULT_PROMPT, PROMPTS)
 
     def default_data_root(self) -> Path:
         raise ConfigError(f"task {self.name} needs --data-root: the folder holding {QUESTIONS_FILE} and "

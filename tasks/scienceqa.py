@@ -246,13 +246,6 @@ def _suffix_option(options: Mapping[str, Any]) -> str:
     return value.replace("\\n", "\n")
 
 
-def _choice(options: Mapping[str, Any], key: str, default: str, allowed: Sequence[str]) -> str:
-    value = str(options.get(key, default)).strip().lower()
-    if value not in allowed:
-        raise ConfigError(f"unknown {key} {value!r}; expected one of {', '.join(allowed)}")
-    return value
-
-
 # --------------------------------------------------------------------------------------------------- task
 @register_task
 class ScienceQAImg(Task):
@@ -274,8 +267,8 @@ class ScienceQAImg(Task):
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
         super().__init__(data_root, image_root, options)
-        self.subset = _choice(self.options, "scienceqa_subset", "img", SUBSETS)
-        self.format = _choice(self.options, "scienceqa_format", "auto", FORMATS)
+        self.subset = self.choice_option("scienceqa_subset", "img", SUBSETS)
+        self.format = self.choice_option("scienceqa_format", "auto", FORMATS)
         self.split = str(self.options.get("scienceqa_split", "test")).strip()
         if not self.split:
             raise ConfigError("scienceqa_split is empty; expected a split of pid_splits.json, e.g. test")

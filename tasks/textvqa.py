@@ -392,9 +392,7 @@ class TextVQA(Task):
         super().__init__(data_root, image_root, options)
         self.ocr = _bool_option(self.options, "textvqa_ocr")
         self.suffix = _suffix_option(self.options)
-        self.format = str(self.options.get("textvqa_format", "auto")).strip().lower()
-        if self.format not in FORMATS:
-            raise ConfigError(f"unknown textvqa_format {self.format!r}; expected one of {', '.join(FORMATS)}")
+        self.format = self.choice_option("textvqa_format", "auto", FORMATS)
         self._questions: list[TextVQAQuestion] | None = None
 
     def default_data_root(self) -> Path:
