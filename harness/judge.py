@@ -15,6 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.errors import DataError
@@ -111,6 +112,19 @@ class ReplayJudge(Judge):
         self.model = model
         self.strict = strict
         self._ledger = Ledger(model=model, notes=[f"replayed from {source}"])
+
+    @classmethod
+    def from_replies(cls, replies: Mapping[str, Any], *, source: str | Path, what: str = "grader",
+                     strict: bool = True) -> ReplayJudge:
+        """A judge over saved replies by id, each the reply text or null (a failed judgment); any other value,
+        or no reply at all, is a :class:`DataError` naming ``source``."""
+        bad = [k for k, v in replies.items() if v is not None and not isinstance(v, str)]
+        if bad:
+            raise DataError(f"reply for {bad[0]} is a {type(replies[bad[0]]).__name__}; expected the {what}'s reply "
+                            "text or null", path=source)
+        if not replies:
+            raise DataError(f"holds no {what} replies", path=source)
+        return cls(dict(replies), source=str(source), strict=strict)
 
     def judge(self, requests: Sequence[JudgeRequest]) -> dict[str, JudgeResult]:
         if not isinstance(self.replies, Mapping) and len(self.replies) != len(requests):

@@ -237,14 +237,9 @@ def read_reviews(path: str | Path, question_ids: Sequence[str]) -> ReplayJudge:
     else:
         raise DataError(f"expected the official grade file, {{id: reply}} or a list of replies, got "
                         f"{type(data).__name__}", path=path)
-    bad = [k for k, v in replies.items() if v is not None and not isinstance(v, str)]
-    if bad:
-        raise DataError(f"reply for {bad[0]} is a {type(replies[bad[0]]).__name__}; expected the grader's reply text "
-                        f"or null", path=path)
-    if not replies:
-        raise DataError("holds no grader replies", path=path)
-    expanded = {rid: text for sid, text in replies.items() for rid in request_ids(sid)}
-    return ReplayJudge(expanded, source=str(path), strict=True)
+    # each saved reply answers the question's first grading call and its retries (the first id is the question's)
+    return ReplayJudge.from_replies({rid: text for sid, text in replies.items() for rid in request_ids(sid)},
+                                    source=path)
 
 
 # --------------------------------------------------------------------------------------------------- scoring

@@ -438,13 +438,7 @@ def read_reviews(path: str | Path) -> ReplayJudge:
     else:
         raise DataError(f"expected a JSON list of grader replies in question order, or an object "
                         f"{{position: reply}}, got {type(data).__name__}", path=path)
-    bad = [k for k, v in replies.items() if v is not None and not isinstance(v, str)]
-    if bad:
-        raise DataError(f"reply {bad[0]} is a {type(replies[bad[0]]).__name__}; expected the grader's reply text "
-                        f"or null", path=path)
-    if not replies:
-        raise DataError("holds no grader replies", path=path)
-    return ReplayJudge(replies, source=str(path), strict=True)
+    return ReplayJudge.from_replies(replies, source=path)
 
 
 # --------------------------------------------------------------------------------------------------- scoring
