@@ -10,23 +10,20 @@ The default similarity backend, ``hash``, stands in for spaCy: each call derives
 of the word and returns their cosine (identical words give 1.0), so every call does a bit of work. Any
 :func:`tasks.amber.parse_similarity` spec can be given instead (e.g. ``spacy:en_core_web_lg`` where installed).
 
-    python bench/score_speed.py [--data-root ../shared/data/amber] [--similarity hash|none|spacy:<model>|table:<f>]
+    python bench/score_speed.py [--data-root tests/fixtures/data/amber] [--similarity hash|none|spacy:<model>|table:<f>]
 
-NLTK data is found through ``NLTK_DATA``; when it is unset, ``../shared/nltk_data`` is used if present.
+NLTK data is found as the scorers find it: ``NLTK_DATA`` and NLTK's folders first, the project's copy last.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if "NLTK_DATA" not in os.environ and (SHARED / "nltk_data").is_dir():
-    os.environ["NLTK_DATA"] = str(SHARED / "nltk_data")
+AMBER_DATA = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "data" / "amber"
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -119,7 +116,7 @@ def run(data_root: Path, similarity: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=SHARED / "data" / "amber",
+    parser.add_argument("--data-root", type=Path, default=AMBER_DATA,
                         help="AMBER data/ folder (annotations.json, relation.json, safe_words.txt, metrics.txt)")
     parser.add_argument("--similarity", default="hash",
                         help="hash (default, built-in stand-in), none, spacy:<model> or table:<file.json>")

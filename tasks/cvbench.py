@@ -23,7 +23,7 @@ The card leaves the 0/1 ``result`` to the user; it is computed as Cambrian's per
 (cambrian-mllm/cambrian @ 539ffc3254bba004e5d012b65c0ad6cb308897c5, :data:`SCORER_SOURCE`):
 
 - ADE20K and COCO (``eval/eval/coco/coco_test.py``, and ``eval/eval/ade/ade_test.py`` which extracts the same way,
-  per ``shared/METRICS.md`` section 5; :func:`extract_answer_2d`):
+  per ``docs/metrics.md`` section 5; :func:`extract_answer_2d`):
   lower-case and strip; for each of "answer is", "answer is:", "answer:" in turn, if present keep the text after its
   last occurrence; ``strip().rstrip('.').lstrip('(').rstrip(')')``; **keep only the first character** if longer.
   Right iff that equals the ground-truth letter ``gt_answer.lower()[1]`` ("(B)" -> "b"). So "B", "(B)", "B.",

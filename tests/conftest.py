@@ -12,10 +12,8 @@ from pathlib import Path
 import harness  # noqa: F401  (import hook, before anything imports transformers)
 import pytest
 
-SHARED_NLTK_DATA = Path(__file__).resolve().parents[2] / "shared" / "nltk_data"
-if "NLTK_DATA" not in os.environ and SHARED_NLTK_DATA.is_dir():
-    # the scorers find NLTK data the normal way; scripts/install.sh links it into the venv, this covers other setups
-    os.environ["NLTK_DATA"] = str(SHARED_NLTK_DATA)
+#: Benchmark files and golden cases (responses with the numbers the official scorers printed); see its README.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 SHAPES_CORPUS = [
     "there is a red circle on the left .",
@@ -79,3 +77,23 @@ def shape_image() -> Callable[..., object]:
         return img
 
     return draw
+
+
+def _forbid_reads_under(root: str) -> None:
+    """Fail any file open under ``root`` (CI sets ``HARNESS_FORBIDDEN_ROOT`` to a folder beside the checkout that
+    users do not have, so that its presence cannot hide a dependency on it)."""
+    import sys
+
+    prefixes = tuple({os.path.join(os.path.abspath(root), ""), os.path.join(os.path.realpath(root), "")})
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            path = os.fsdecode(args[0])
+            if os.path.join(os.path.abspath(path), "").startswith(prefixes):
+                raise RuntimeError(f"the test suite read {path}, outside the repository ({root} is not a user's)")
+
+    sys.addaudithook(hook)
+
+
+if os.environ.get("HARNESS_FORBIDDEN_ROOT"):
+    _forbid_reads_under(os.environ["HARNESS_FORBIDDEN_ROOT"])

@@ -34,9 +34,9 @@ from tasks.mmhal import (
     score_response_file,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DATA = SHARED / "data" / "mmhal_bench"
-GOLDEN = SHARED / "golden" / "mmhal_bench"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DATA = FIXTURES / "data" / "mmhal_bench"
+GOLDEN = FIXTURES / "golden" / "mmhal_bench"
 RESPONSES = GOLDEN / "mmhal_responses_synthetic.json"
 FAKE_REPLIES = GOLDEN / "fake_judge_outputs.json"
 SAVED_EVALUATION = GOLDEN / "mmhal_eval_fakejudge.json"

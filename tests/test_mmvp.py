@@ -34,13 +34,13 @@ from tasks.mmvp import (
     score_answer_file,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GOLDEN = SHARED / "golden" / "mmvp"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+GOLDEN = FIXTURES / "golden" / "mmvp"
 TSB = GOLDEN / "mmvp_answers_tsb0601_format.jsonl"
 CAMBRIAN = GOLDEN / "mmvp_answers_cambrian_format.jsonl"
 GRADES = GOLDEN / "fake_gpt_grades.json"
 PROMPTS = GOLDEN / "grader_prompts.json"
-DATA = SHARED / "data" / "mmvp" / "gpt_grader_prompt.json"
+DATA = FIXTURES / "data" / "mmvp" / "gpt_grader_prompt.json"
 
 
 class RecordingJudge(Judge):

@@ -39,9 +39,9 @@ from tasks.object_halbench import (
     trim_coh,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"  # NLTK data: see conftest.py
-DATA = SHARED / "data" / "object_halbench"
-GOLDEN = SHARED / "golden" / "object_halbench"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DATA = FIXTURES / "data" / "object_halbench"
+GOLDEN = FIXTURES / "golden" / "object_halbench"
 QUESTION = "Provide a thorough description of the given image."
 IMAGE_IDS = list(range(900001, 900013))
 

@@ -488,7 +488,7 @@ def test_table3_fills_from_the_general_tasks_metrics(tmp_path, capsys):
     from reports.frame import load_runs
     from reports.tables import table3
 
-    golden = Path(__file__).resolve().parents[2] / "shared" / "golden"
+    golden = Path(__file__).resolve().parent / "fixtures" / "golden"
     cases = {
         "mmvp": ["--responses", golden / "mmvp" / "mmvp_answers_tsb0601_format.jsonl",
                  "--reviews", golden / "mmvp" / "fake_gpt_grades.json"],

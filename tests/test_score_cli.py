@@ -7,9 +7,9 @@ import pytest
 
 from harness.cli import main
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-AMBER = SHARED / "data" / "amber"
-GOLDEN = SHARED / "golden" / "amber"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+AMBER = FIXTURES / "data" / "amber"
+GOLDEN = FIXTURES / "golden" / "amber"
 
 
 def score(capsys, *args):
@@ -82,7 +82,7 @@ def test_default_spacy_similarity_says_how_to_install(capsys):
     assert code == 2 and "en_core_web_lg" in out.err and "pip install" in out.err
 
 
-MMHAL_GOLDEN = SHARED / "golden" / "mmhal_bench"
+MMHAL_GOLDEN = FIXTURES / "golden" / "mmhal_bench"
 
 
 def test_mmhal_saved_reviews_reproduce_the_official_numbers(capsys):
@@ -102,11 +102,11 @@ def test_mmhal_unreachable_judge_is_a_clear_error(capsys, tmp_path, monkeypatch)
 
 
 def test_object_halbench_answer_file(capsys, tmp_path):
-    gold = SHARED / "golden" / "object_halbench"
+    gold = FIXTURES / "golden" / "object_halbench"
     root = tmp_path / "objhal"
     root.mkdir()
     (root / "coco_annotations").symlink_to(gold / "coco_annotations")
-    (root / "synonyms_refine.txt").symlink_to(SHARED / "data" / "object_halbench" / "synonyms_refine.txt")
+    (root / "synonyms_refine.txt").symlink_to(FIXTURES / "data" / "object_halbench" / "synonyms_refine.txt")
     questions = [json.loads(line) for line in (gold / "obj_halbench_answer.jsonl").read_text().splitlines()]
     (root / "obj_halbench_300_with_image.jsonl").write_text("".join(
         json.dumps({"image_id": q["image_id"], "question": q["question"], "image": ""}) + "\n" for q in questions))
