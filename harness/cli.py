@@ -286,6 +286,8 @@ def cmd_score(args) -> int:
     metrics, coverage = task.score_file(args.responses, judge)
     out = metrics.to_dict()
     out["coverage"] = coverage
+    if provenance := task.provenance():
+        out["scorer"] = provenance
     if judge is not None:
         out["judge"] = {**judge.describe(), "ledger": judge.ledger().to_dict()}
     if args.records:
@@ -367,6 +369,7 @@ def cmd_run(args) -> int:
                 "model": model_entry, "engine": described, "task": {"name": task.name, "version": task.version,
                                                                     "data_root": str(task.data_root),
                                                                     "data_files": data_hashes},
+                "scorer": task.provenance(),
                 "decoding": decoding.to_dict(), "max_new_tokens_override": args.max_new_tokens,
                 **env,
             }

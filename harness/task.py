@@ -100,6 +100,11 @@ class Task(ABC):
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
         """Score ``responses`` (by sample id) with the official metric. Samples without a response are failures."""
 
+    def provenance(self) -> dict[str, Any]:
+        """What the scorer depends on beyond the data files (e.g. which NLTK data it tokenizes with), recorded in
+        the run's manifest so that a number can be traced to it. Empty unless a task says more."""
+        return {}
+
     def needs_judge(self) -> bool:
         """True when scoring (with the task's current options) calls an LLM judge."""
         return False

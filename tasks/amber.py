@@ -57,6 +57,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -64,12 +65,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.errors import ConfigError, DataError, HarnessError
+from harness.errors import ConfigError, DataError, HarnessError, install_command
 from harness.io import read_json
 from harness.task import DataFile, Task, register_task
 from harness.types import Metrics, Response, Sample
 from tasks import _amber_format as fmt
-from tasks.text import extract_nouns, require_nltk_resources
+from tasks.text import extract_nouns, nltk_provenance, require_nltk_resources
 
 OFFICIAL_SOURCE = ("AMBER inference.py, https://github.com/junyangwang0410/AMBER, "
                    "commit 534babf6bbfcce2e735c26289dedfb21cef3c939")
@@ -169,7 +170,8 @@ class TableSimilarity(WordSimilarity):
 
 
 def _spacy_hint(model: str) -> str:
-    return f"install it with `pip install spacy && python -m spacy download {model}`"
+    return (f"install it with {install_command('spacy')} and `{sys.executable} -m spacy download {model}` "
+            f"(online), or `{sys.executable} -m pip install {model}-<version>.whl` from a downloaded model wheel")
 
 
 def _import_spacy(model: str):
@@ -760,6 +762,9 @@ class _AmberTask(Task):
 
     def default_image_root(self) -> Path:
         return self.data_root / "image"
+
+    def provenance(self) -> dict[str, Any]:
+        return {"nltk_data": nltk_provenance()} if self.generative else {}
 
     def load_samples(self) -> list[Sample]:
         return fmt.load_samples(self.data_root, self.image_root, query_file=self.query_file,

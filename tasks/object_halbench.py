@@ -81,6 +81,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,12 +89,21 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.cache import cache_dir
-from harness.errors import ConfigError, DataError, HarnessError, ImageError, MissingDataFile
+from harness.errors import ConfigError, DataError, HarnessError, ImageError, MissingDataFile, install_command
 from harness.io import atomic_write_text, iter_jsonl, read_json
 from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
 from harness.task import DataFile, Task, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
-from tasks.text import PUNKT_TAB, TAGGER_ENG, WORDNET, lemmatize, pos_tag, require_nltk_resources, word_tokenize
+from tasks.text import (
+    PUNKT_TAB,
+    TAGGER_ENG,
+    WORDNET,
+    lemmatize,
+    nltk_provenance,
+    pos_tag,
+    require_nltk_resources,
+    word_tokenize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -624,7 +634,8 @@ class PhraseAnalyzer(ABC):
 
 
 def _spacy_install_hint(model: str) -> str:
-    return (f"install it with `pip install spacy==3.7.2 && python -m spacy download {model}` (RLAIF-V pins "
+    return (f"install it with {install_command('spacy==3.7.2')} and `{sys.executable} -m spacy download {model}` "
+            f"(online; RLAIF-V pins "
             f"spacy==3.7.2), or choose the non-official NLTK approximation with objhal_lemmatizer=nltk "
             f"(`--option objhal_lemmatizer=nltk`)")
 
@@ -1069,6 +1080,10 @@ class ObjectHalBench(Task):
         return self._questions
 
     # ----------------------------------------------------------------------------------------- scoring
+    def provenance(self) -> dict[str, Any]:
+        used = (PUNKT_TAB, TAGGER_ENG, WORDNET) if self.method == "gpt" else (PUNKT_TAB, WORDNET)
+        return {"nltk_data": nltk_provenance(used)}
+
     def needs_judge(self) -> bool:
         return self.method == "gpt"
 

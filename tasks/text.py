@@ -6,7 +6,10 @@ perceptron tagger) and ``WordNetLemmatizer().lemmatize`` (WordNet, part of speec
 wraps them so that
 
 - the NLTK data is found through NLTK's normal mechanism (the ``NLTK_DATA`` environment variable and
-  ``nltk.data.path``), never through a path of this project's choosing;
+  ``nltk.data.path``) first; the project ships genuine copies of the three resources (``tasks/nltk_data/``, zipped
+  as NLTK distributes them; provenance and licences in its ``NOTICE.md``), searched last, so the scorers work on a
+  fresh offline machine and a user's own NLTK data still takes precedence;
+- :func:`nltk_provenance` says which copy of each resource was used (path and sha256), for run manifests;
 - a missing resource is a :class:`~harness.errors.HarnessError` that names the resource and says how to provide it,
   instead of NLTK's long ``LookupError``;
 - repeated work is not repeated: the tokenizer and tagger are NLTK's cached instances, and lemmas are memoised
@@ -18,8 +21,11 @@ The functions return exactly what the NLTK calls return; caching changes speed, 
 from __future__ import annotations
 
 import functools
+import hashlib
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.errors import HarnessError
 
@@ -36,17 +42,24 @@ class NltkResource:
 PUNKT_TAB = NltkResource("punkt_tab", "tokenizers/punkt_tab/english/", "nltk.word_tokenize")
 TAGGER_ENG = NltkResource("averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger_eng/",
                           "nltk.pos_tag")
-WORDNET = NltkResource("wordnet", "corpora/wordnet", "WordNetLemmatizer")
+WORDNET = NltkResource("wordnet", "corpora/wordnet/", "WordNetLemmatizer")
 
 #: What :func:`extract_nouns` (AMBER) needs.
 NOUN_RESOURCES: tuple[NltkResource, ...] = (PUNKT_TAB, TAGGER_ENG, WORDNET)
+
+
+#: The project's copy of the resources (zipped, as NLTK distributes them), searched after every other folder.
+PROJECT_NLTK_DATA = Path(__file__).resolve().parent / "nltk_data"
 
 
 def _nltk():
     try:
         import nltk
     except ImportError as exc:  # pragma: no cover - nltk is a dependency of the project
-        raise HarnessError("NLTK is not installed; install it with `pip install nltk`") from exc
+        raise HarnessError(f"NLTK is not installed; install it with `{sys.executable} -m pip install nltk`") from exc
+    project = str(PROJECT_NLTK_DATA)
+    if PROJECT_NLTK_DATA.is_dir() and project not in nltk.data.path:
+        nltk.data.path.append(project)
     return nltk
 
 
@@ -66,9 +79,10 @@ def _missing_message(missing: Sequence[NltkResource]) -> str:
     nltk = _nltk()
     names = ", ".join(f"{r.name} (for {r.used_by})" for r in missing)
     searched = ", ".join(str(p) for p in nltk.data.path) or "(nltk.data.path is empty)"
-    return (f"NLTK data missing: {names}. Provide it by setting the environment variable NLTK_DATA to a folder "
-            f"that holds it (e.g. a folder with tokenizers/punkt_tab, taggers/averaged_perceptron_tagger_eng and "
-            f"corpora/wordnet), or download it with `python -m nltk.downloader {' '.join(r.name for r in missing)}`. "
+    return (f"NLTK data missing: {names}. The project's copy in {PROJECT_NLTK_DATA} is missing or unreadable "
+            f"(reinstall halluc-harness); or set the environment variable NLTK_DATA to a folder that holds "
+            f"tokenizers/punkt_tab, taggers/averaged_perceptron_tagger_eng and corpora/wordnet; or, online, "
+            f"`{sys.executable} -m nltk.downloader -d ~/nltk_data {' '.join(r.name for r in missing)}`. "
             f"Searched: {searched}")
 
 
@@ -77,6 +91,44 @@ def require_nltk_resources(resources: Iterable[NltkResource] = NOUN_RESOURCES) -
     missing = missing_nltk_resources(resources)
     if missing:
         raise HarnessError(_missing_message(missing))
+
+
+def _sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative path and bytes of each, in sorted order)."""
+    digest = hashlib.sha256()
+    if path.is_file():
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(bytes.fromhex(_sha256_of(file)))
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _hashed(path: str) -> str:
+    return _sha256_of(Path(path))
+
+
+def nltk_provenance(resources: Iterable[NltkResource] = NOUN_RESOURCES) -> dict[str, dict[str, str]]:
+    """Which copy of each resource NLTK uses: ``{name: {"path", "sha256"}}``.
+
+    ``path`` is the zip file or folder that ``nltk.data.find`` resolved (a zipped resource's archive is hashed
+    whole, a folder by its files), so a score can be traced to the tokenizer, tagger and WordNet behind it.
+    A missing resource raises :class:`HarnessError`, as :func:`require_nltk_resources`.
+    """
+    resources = tuple(resources)
+    require_nltk_resources(resources)
+    nltk = _nltk()
+    out = {}
+    for res in resources:
+        found = str(nltk.data.find(res.find_path))
+        if ".zip" in found:
+            found = found[: found.index(".zip") + len(".zip")]
+        out[res.name] = {"path": found, "sha256": _hashed(found)}
+    return out
 
 
 def _translate_lookup(resources: Sequence[NltkResource]) -> HarnessError:
@@ -104,6 +156,7 @@ def pos_tag(tokens: Sequence[str]) -> list[tuple[str, str]]:
 
 @functools.lru_cache(maxsize=None)
 def _lemmatize(word: str, pos: str) -> str:
+    _nltk()
     from nltk.stem import WordNetLemmatizer
 
     return WordNetLemmatizer().lemmatize(word, pos)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"  # NLTK data: see conftest.py
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 from harness.errors import ConfigError, DataError, HarnessError  # noqa: E402
 from harness.task import _TASKS  # noqa: E402
@@ -31,8 +31,8 @@ from tasks.amber import (  # noqa: E402
     parse_similarity,
 )
 
-DATA = SHARED / "data" / "amber"
-GOLDEN = SHARED / "golden" / "amber"
+DATA = FIXTURES / "data" / "amber"
+GOLDEN = FIXTURES / "golden" / "amber"
 
 
 def md_calls() -> list[dict]:
@@ -338,7 +338,7 @@ def test_missing_spacy_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "spacy", None)  # `import spacy` raises ImportError
     backend = SpacySimilarity("en_core_web_lg")
     for call in (backend.check, lambda: backend.similarity("dog", "cat")):
-        with pytest.raises(HarnessError, match=r"pip install spacy && python -m spacy download en_core_web_lg"):
+        with pytest.raises(HarnessError, match=r"python3?\S* -m pip install spacy` and `\S+ -m spacy download en_core_web_lg`"):
             call()
     with pytest.raises(HarnessError, match="needs spaCy"):
         AmberGenerative(data_root=DATA)  # default similarity spacy:en_core_web_lg
@@ -364,11 +364,13 @@ def test_missing_nltk_data_is_a_clear_error(monkeypatch, tmp_path, tiny):
     import nltk
 
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    monkeypatch.setattr(text, "PROJECT_NLTK_DATA", tmp_path / "not-shipped")
     with pytest.raises(HarnessError) as err:
         text.require_nltk_resources()
     msg = str(err.value)
-    for needle in ("punkt_tab", "averaged_perceptron_tagger_eng", "wordnet", "NLTK_DATA",
-                   "python -m nltk.downloader punkt_tab averaged_perceptron_tagger_eng wordnet", str(tmp_path)):
+    for needle in ("punkt_tab", "averaged_perceptron_tagger_eng", "wordnet", "NLTK_DATA", "not-shipped",
+                   f"`{sys.executable} -m nltk.downloader -d ~/nltk_data punkt_tab averaged_perceptron_tagger_eng "
+                   "wordnet`", str(tmp_path)):
         assert needle in msg
     with pytest.raises(HarnessError, match="NLTK data missing"):
         AmberScorer(tiny, "none").score_generative([{"id": 1, "response": "A dog."}])

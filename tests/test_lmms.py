@@ -4,6 +4,7 @@ scored end to end through ``evaluate()`` with a fake engine (skipped unless lmms
 from __future__ import annotations
 
 import importlib.util
+import sys
 import json
 import textwrap
 from collections.abc import Iterator, Sequence
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from harness.engines.base import Engine, EngineOptions
-from harness.errors import ConfigError
+from harness.errors import ConfigError, install_command
 from harness.runner import evaluate
 from harness.store import RunStore
 from harness.task import get_task
@@ -27,7 +28,9 @@ def test_missing_extra_names_the_extra(monkeypatch):
     monkeypatch.setattr(bridge, "lmms_eval_installed", lambda: False)
     with pytest.raises(ConfigError) as err:
         get_task("lmms:mme")
-    assert str(err.value) == "lmms:mme needs lmms-eval: pip install 'halluc-harness[lmms]'"
+    assert str(err.value) == ("lmms:mme needs the package lmms-eval, which is not installed; install it with "
+                              f"{install_command('extra:lmms')}")
+    assert f"`{sys.executable} -m pip install " in str(err.value) and "[lmms]" in str(err.value)
 
 
 def test_empty_lmms_name_is_a_config_error():
@@ -42,7 +45,7 @@ def test_cli_reports_missing_extra_without_traceback(monkeypatch, capsys):
     monkeypatch.setattr(bridge, "lmms_eval_installed", lambda: False)
     assert main(["run", "--tasks", "lmms:mme"]) == 2
     err = capsys.readouterr().err
-    assert "pip install 'halluc-harness[lmms]'" in err
+    assert install_command("extra:lmms") in err
     assert "Traceback" not in err
 
 

@@ -8,6 +8,7 @@ import os
 import stat
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -312,7 +313,27 @@ def test_slurm_without_submitit_says_how_to_install_it(tmp_path, text_prefs, cap
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
     code, _, err = cli(*_slurm_args(tmp_path, text_prefs), capsys=capsys)
-    assert code == 2 and "--executor slurm needs submitit: pip install submitit" in err and "Traceback" not in err
+    assert code == 2 and "--executor slurm needs the package submitit" in err and "Traceback" not in err
+    assert f"{sys.executable} -m pip install" in err and "[slurm]" in err
+
+
+def test_submitit_missing_a_module_names_it_not_slurm(tmp_path, text_prefs, capsys, monkeypatch):
+    """An old submitit imports pkg_resources (gone from setuptools >= 81) when it builds an executor: the error
+    names the missing module and the install command, instead of blaming Slurm."""
+    _fake_bin(tmp_path / "bin", "sbatch", "exit 1\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    fake = types.ModuleType("submitit")
+    fake.__version__ = "1.5.3"
+
+    def executor(**kwargs):
+        raise ModuleNotFoundError("No module named 'pkg_resources'", name="pkg_resources")
+
+    fake.AutoExecutor = executor
+    monkeypatch.setitem(sys.modules, "submitit", fake)
+    code, _, err = cli(*_slurm_args(tmp_path, text_prefs), capsys=capsys)
+    assert code == 2 and "Traceback" not in err and "Slurm is unreachable" not in err
+    assert "needs the package pkg_resources" in err and "submitit 1.5.3" in err and "[slurm]" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_slurm_resources_map_to_submitit_parameters():
