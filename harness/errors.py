@@ -56,3 +56,38 @@ class ModelError(HarnessError):
 
 class EngineError(HarnessError):
     """An inference engine that cannot serve the request (unreachable endpoint, auth failure...)."""
+
+
+def install_command(*specs: str) -> str:
+    """A pip command that installs ``specs`` into the running interpreter's environment, in backticks.
+
+    ``extra:NAME`` stands for the project's optional extra NAME: from a source checkout it is installed from the
+    checkout at the lock file's versions, otherwise from the package index.
+    """
+    import shlex
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    checkout = (root / "pyproject.toml").is_file()
+    args: list[str] = []
+    for spec in specs:
+        if spec.startswith("extra:"):
+            extra = spec.split(":", 1)[1]
+            if checkout:
+                lock = root / "requirements" / "lock.txt"
+                args += [*(["-c", str(lock)] if lock.is_file() else []), "-e", f"{root}[{extra}]"]
+            else:
+                args.append(f"halluc-harness[{extra}]")
+        else:
+            args.append(spec)
+    return "`" + " ".join(shlex.quote(a) for a in [sys.executable, "-m", "pip", "install", *args]) + "`"
+
+
+class MissingPackage(ConfigError):
+    """An optional package a feature needs is not installed (or cannot be imported)."""
+
+    def __init__(self, package: str, needed_for: str, *specs: str, detail: str = ""):
+        why = f" ({detail})" if detail else ""
+        super().__init__(f"{needed_for} needs the package {package}, which is not installed{why}; install it with "
+                         f"{install_command(*(specs or (package,)))}")
+        self.package = package

@@ -79,7 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from harness.errors import ConfigError, DataError, HarnessError
+from harness.errors import ConfigError, DataError, HarnessError, MissingPackage
 from harness.io import atomic_write_json, atomic_write_text, read_yaml_mapping
 
 if TYPE_CHECKING:
@@ -1207,10 +1207,14 @@ def slurm_executor(folder: Path) -> Any:
                            "use --executor local)")
     try:
         import submitit
-    except ImportError:
-        raise ConfigError("--executor slurm needs submitit: pip install submitit") from None
+    except ImportError as exc:
+        raise MissingPackage("submitit", "--executor slurm", "extra:slurm", detail=str(exc)) from None
     try:
         return submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")
+    except ImportError as exc:  # a module submitit imports lazily (old submitit: pkg_resources of setuptools < 81)
+        missing = getattr(exc, "name", None) or str(exc)
+        raise MissingPackage(str(missing), f"submitit {getattr(submitit, '__version__', '')} (--executor slurm)",
+                             "extra:slurm", detail=str(exc)) from None
     except Exception as exc:  # submitit raises RuntimeError when srun is missing
         raise HarnessError(f"Slurm is unreachable: {exc}") from exc
 

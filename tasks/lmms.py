@@ -44,7 +44,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
-from harness.errors import ConfigError, DataError
+from harness.errors import ConfigError, DataError, MissingPackage, install_command
 from harness.task import Task
 from harness.types import ImageRef, Metrics, Response, Sample
 
@@ -57,7 +57,7 @@ SUPPORTED_OUTPUT_TYPES = ("generate_until",)
 
 def missing_extra_error(task_name: str) -> ConfigError:
     """The error for an ``lmms:`` task when lmms-eval is not installed: it names the extra to install."""
-    return ConfigError(f"{PREFIX}{task_name} needs lmms-eval: pip install 'halluc-harness[{EXTRA}]'")
+    return MissingPackage("lmms-eval", f"{PREFIX}{task_name}", f"extra:{EXTRA}")
 
 
 def lmms_eval_installed() -> bool:
@@ -73,7 +73,7 @@ def _import_lmms_tasks(task_name: str) -> Any:
         import lmms_eval.tasks as lmms_tasks
     except ImportError as exc:
         raise ConfigError(f"{PREFIX}{task_name}: lmms-eval is installed but cannot be imported ({exc}); "
-                          f"reinstall it with pip install 'halluc-harness[{EXTRA}]'") from exc
+                          f"reinstall it with {install_command(f'extra:{EXTRA}')}") from exc
     return lmms_tasks
 
 

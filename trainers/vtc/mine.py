@@ -68,7 +68,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, MissingPackage
 from harness.io import (
     atomic_write_json,
     atomic_write_text,
@@ -229,8 +229,8 @@ def import_faiss() -> Any:
     try:
         import faiss
     except ImportError as exc:
-        raise ConfigError(f"--mining faiss needs faiss: pip install {FAISS_PIN} (or faiss-gpu on a CUDA machine); "
-                          "--mining batch needs nothing extra") from exc
+        raise MissingPackage("faiss", "--mining faiss (--mining batch needs nothing extra; faiss-gpu on a CUDA "
+                             "machine)", FAISS_PIN, detail=str(exc)) from None
     return faiss
 
 
