@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib import rc_context
@@ -26,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from reports.frame import STRATEGIES, format_size
+from reports.stats import seed_interval
 from reports.tables import (
     DOWN,
     TABLE1_SPECS,
@@ -95,23 +97,33 @@ def figure_data_size(frame: pd.DataFrame, specs: Sequence[MetricSpec] = TABLE1_S
              if len({r.get("data_size") for r in v}) > 1}
     if not lines:
         return None
-    bases = {r.get("model_size"): r for r in rows if r.get("method") == "base"}
+    # the dashed reference per model size: the SFT model the methods started from, else the untrained base
+    bases: dict[Any, RowKey] = {}
+    for method in ("base", "sft"):
+        bases.update({r.get("model_size"): r for r in rows if r.get("method") == method})
     panels = [s for s in specs if any(values.spec_value(r, s) is not None for rs in lines.values() for r in rs)]
     panels = panels[:MAX_PANELS]
     if not panels:
         return None
     fig, axes = _new_figure(len(panels))
+    drawn: set[str] = set()
     sizes = sorted({r.get("data_size") for rs in lines.values() for r in rs})
     for ax, spec in zip(axes, panels):
         for rs in lines.values():
-            pts = [(r.get("data_size"), values.spec_value(r, spec)) for r in rs]
-            pts = [(x, y) for x, y in pts if y is not None]
+            pts = [(r.get("data_size"), values.spec_value(r, spec), _seed_error(values, r, spec)) for r in rs]
+            pts = [(x, y, e) for x, y, e in pts if y is not None]
             if pts:
-                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=_line_label(rs[0]))
+                xs, ys, errors = [x for x, _, _ in pts], [y for _, y, _ in pts], [e for _, _, e in pts]
+                (line,) = ax.plot(xs, ys, marker="o", label=_line_label(rs[0]))
+                if any(e > 0 for e in errors):
+                    ax.errorbar(xs, ys, yerr=errors, fmt="none", capsize=3, color=line.get_color())
         for size, base in bases.items():
             v = values.spec_value(base, spec)
             if v is not None and any(k[0] == size for k in lines):
-                ax.axhline(v, linestyle="--", linewidth=1, color="0.5", label=mpl_text(f"base · {size}" if size else "base"))
+                name = _REFERENCE_NAMES[base.get("method")]
+                ax.axhline(v, linestyle="--", linewidth=1, color="0.5",
+                           label=mpl_text(f"{name} · {size}" if size else name))
+                drawn.add(name)
         ax.set_xscale("log")
         ax.set_xticks(sizes, [format_size(s) for s in sizes])
         ax.minorticks_off()
@@ -126,7 +138,31 @@ def figure_data_size(frame: pd.DataFrame, specs: Sequence[MetricSpec] = TABLE1_S
             seen.setdefault(lab, h)
     fig.legend(list(seen.values()), list(seen.keys()), loc="outside lower center", ncols=min(4, len(seen)),
                fontsize=8, frameon=False)
+    fig.references = sorted(drawn)  # what the dashed lines show, for the caption
+    fig.has_error_bars = any(len(r.runs) > 1 for rs in lines.values() for r in rs)
     return fig
+
+
+_REFERENCE_NAMES = {"base": "base", "sft": "SFT"}
+
+
+def _seed_error(values: Values, row: RowKey, spec: MetricSpec) -> float:
+    """Half-width of the 95% t-interval over the row's seeds (0 for a single run)."""
+    per_seed = [v for run in row.runs
+                if (v := values.spec_value(RowKey((run,), row.meta), spec)) is not None]
+    interval = seed_interval(per_seed)
+    return 0.0 if interval is None else interval[1]
+
+
+def figure3_caption(fig: Figure) -> str:
+    """Figure 3's caption: says what the dashed lines and error bars are only when they are drawn."""
+    parts = ["One line per model size and method."]
+    refs = getattr(fig, "references", [])
+    if refs:
+        parts.append(f"Dashed: {' / '.join(refs)}, the model the methods started from.")
+    if getattr(fig, "has_error_bars", False):
+        parts.append("Points: mean over seeds; bars: 95% t-interval over seeds.")
+    return " ".join(parts)
 
 
 def figure_rejected(frame: pd.DataFrame, specs: Sequence[MetricSpec] = TABLE1_SPECS) -> Figure | None:
@@ -190,7 +226,7 @@ def all_figures(frame: pd.DataFrame, out_dir: Path) -> list[FigureFiles]:
         fig4 = figure_rejected(frame)
     if fig3 is not None:
         out.append(save_figure(fig3, out_dir, "figure3", "Figure 3: metrics vs preference data size",
-                               "One line per model size and method; dashed: the untrained base model."))
+                               figure3_caption(fig3)))
     if fig4 is not None:
         out.append(save_figure(fig4, out_dir, "figure4", "Figure 4: rejected-image strategies",
                                "Metrics of models trained with each rejected-image strategy."))

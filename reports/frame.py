@@ -45,6 +45,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.errors import DataError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -67,7 +69,8 @@ META_COLUMNS: tuple[str, ...] = (
     "source", "run", "run_dir", "model", "model_size", "method", "data_size", "beta", "epochs", "seed",
     "rejected_image", "engine",
 )
-COLUMNS: tuple[str, ...] = (*META_COLUMNS, "task", "category", "metric", "value")
+#: ``text``: the number as its source printed it (published rows; empty for runs), shown as is in tables.
+COLUMNS: tuple[str, ...] = (*META_COLUMNS, "task", "category", "metric", "value", "text")
 
 _JOB_KEYS = ("method", "data_size", "beta", "epochs", "seed", "model", "model_size", "rejected_image", "name")
 
@@ -492,8 +495,8 @@ def frame_of(task_runs: Iterable[TaskRun]) -> pd.DataFrame:
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.astype({"data_size": "Int64", "seed": "Int64", "beta": "float64", "epochs": "float64",
                           "value": "float64"})
-    for col in ("source", "run", "run_dir", "model", "model_size", "engine", "task", "category", "metric"):
-        frame[col] = frame[col].fillna("").astype(str)
+    for col in ("source", "run", "run_dir", "model", "model_size", "engine", "task", "category", "metric", "text"):
+        frame[col] = frame[col].astype(object).fillna("").astype(str)
     for col in ("method", "rejected_image"):
         frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
     return frame
@@ -501,6 +504,17 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------------- baselines
 PAPER_BASELINES = Path(__file__).with_name("data") / "jompo_table1.csv"
+PAPER_PREFIX = "paper \u00b7 "
+
+
+def paper_run_id(model: str, label: str) -> str:
+    """The run name of a published row: unique per (model, label), never equal to a run directory's name."""
+    return f"{PAPER_PREFIX}{model} \u00b7 {label}"
+
+
+def paper_label(run: str) -> str:
+    """The label a published row was given in its file (the inverse of :func:`paper_run_id`)."""
+    return run.rsplit(" \u00b7 ", 1)[-1] if run.startswith(PAPER_PREFIX) else run
 
 
 def load_baselines(spec: str | Path) -> tuple[pd.DataFrame, list[str]]:
@@ -521,9 +535,17 @@ def load_baselines(spec: str | Path) -> tuple[pd.DataFrame, list[str]]:
         return frame_of([]), [f"{path}: unreadable baselines file ({exc}); no published rows"]
     metric_cols = [c for c in table.columns if ":" in c]
     rows: list[dict[str, Any]] = []
+    first_row: dict[str, int] = {}
     for i, rec in enumerate(table.to_dict("records"), start=1):
         label = rec.get("label") or rec.get("method") or f"row {i}"
-        info = RunInfo(run=f"{label}", path=str(path), model=rec.get("model", ""),
+        # one published row per (model, label): "+DPO" of LLaVA-1.5-7B and of -13B are two rows, never merged
+        run = paper_run_id(rec.get("model") or rec.get("model_size") or "", label)
+        if run in first_row:
+            raise DataError(f"row {i} repeats the model and label of row {first_row[run]} ({label!r}, "
+                            f"{rec.get('model') or rec.get('model_size')!r}); each published row needs its own",
+                            path=path)
+        first_row[run] = i
+        info = RunInfo(run=run, path=str(path), model=rec.get("model", ""),
                        model_size=rec.get("model_size", "") or model_size_of(rec.get("model")),
                        method=rec.get("method") or None, data_size=parse_size(rec.get("data_size")), source="paper")
         for col in metric_cols:
@@ -535,7 +557,8 @@ def load_baselines(spec: str | Path) -> tuple[pd.DataFrame, list[str]]:
                 warnings.append(f"{path}, row {i}, column {col}: {text!r} is not a number; ignored")
                 continue
             task, metric = col.split(":", 1)
-            rows.append({**info.meta(), "task": task, "category": "", "metric": metric, "value": value})
+            rows.append({**info.meta(), "task": task, "category": "", "metric": metric, "value": value,
+                         "text": text})
     if not rows:
         warnings.append(f"{path}: holds no published numbers (see its header); no published rows shown")
     for w in warnings:

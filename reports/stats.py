@@ -120,6 +120,23 @@ def bootstrap_ci(data: Columns | Sequence[float] | np.ndarray, statistic: Statis
               level=level, seed=seed)
 
 
+# --------------------------------------------------------------------------------------------------- seeds
+#: Student's t quantile 0.975 for 1..30 degrees of freedom (two-sided 95%); 1.96 beyond.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def seed_interval(values: Sequence[float]) -> tuple[float, float] | None:
+    """Mean and half-width of the 95% t-interval of ``values`` (one per seed); None for fewer than two."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+    return mean, t * sd / math.sqrt(n)
+
+
 # --------------------------------------------------------------------------------------------------- McNemar
 @dataclass(frozen=True)
 class McNemar:

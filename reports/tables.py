@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from reports.frame import format_size
+from reports.frame import format_size, paper_label
 
 UP, DOWN = "up", "down"
 
@@ -218,7 +218,9 @@ def group_rows(metas: Iterable[Mapping[str, Any]]) -> list[RowKey]:
     """Rows of runs that share a configuration (all but seed): seeds are averaged."""
     buckets: dict[tuple, list[Mapping[str, Any]]] = {}
     for m in metas:
-        key = tuple(m.get(k) for k in _CONFIG) + ((m["run"],) if m.get("method") is None else ())
+        # published rows are each their own row; runs that share a configuration differ only by seed
+        separate = m.get("method") is None or m.get("source") == "paper"
+        key = tuple(m.get(k) for k in _CONFIG) + ((m["run"],) if separate else ())
         buckets.setdefault(key, []).append(m)
     return [RowKey(tuple(m["run"] for m in ms), ms[0]) for ms in buckets.values()]
 
@@ -239,11 +241,15 @@ def _size_key(size: str | None) -> tuple[float, str]:
         return (math.inf, size)
 
 
+#: Methods that have no beta: supervised fine-tuning and the untrained model.
+NO_BETA = frozenset({"base", "sft"})
+
+
 def method_label(row: RowKey, varying: Iterable[str] = ()) -> str:
     """The method column: display name, the settings that vary among the table's rows, seeds, a dagger for paper."""
     method = row.get("method")
     if method is None:
-        label = row.runs[0]
+        label = paper_label(row.runs[0]) if row.get("source") == "paper" else row.runs[0]
     else:
         label = METHOD_NAMES.get(method, method)
     extras = []
@@ -252,7 +258,8 @@ def method_label(row: RowKey, varying: Iterable[str] = ()) -> str:
         if value is None:
             continue
         if key == "beta":
-            extras.append(f"beta={value:g}")
+            if method not in NO_BETA:  # beta is a setting of the preference objectives only
+                extras.append(f"beta={value:g}")
         elif key == "epochs":
             extras.append(f"{value:g} ep")
         elif key == "rejected_image":
@@ -272,9 +279,17 @@ class Values:
     """Headline (or category) values of the frame by (run, task, category, metric)."""
 
     def __init__(self, frame: pd.DataFrame):
-        self._v: dict[tuple[str, str, str, str], float] = {
-            (r, t, c, m): v for r, t, c, m, v in
-            zip(frame["run"], frame["task"], frame["category"], frame["metric"], frame["value"])}
+        keys = list(zip(frame["run"], frame["task"], frame["category"], frame["metric"]))
+        self._v: dict[tuple[str, str, str, str], float] = dict(zip(keys, frame["value"]))
+        self._text: dict[tuple[str, str, str, str], str] = {
+            k: t for k, t in zip(keys, frame["text"] if "text" in frame else [""] * len(keys)) if t}
+
+    def spec_text(self, row: RowKey, spec: MetricSpec) -> str | None:
+        """The number as its source printed it, for a one-run row of published numbers; None otherwise."""
+        if len(row.runs) != 1:
+            return None
+        return next((t for task in spec.tasks if (t := self._text.get((row.runs[0], task, spec.category,
+                                                                          spec.metric)))), None)
 
     def get(self, run: str, task: str, metric: str, category: str = "") -> float | None:
         return self._v.get((run, task, category, metric))
@@ -333,7 +348,7 @@ def _metric_table(tid: str, title: str, caption: str, rows: Sequence[RowKey], sp
         cells = [make(r) for _, make in lead]
         for j, s in enumerate(specs):
             v = grid[i][j]
-            cells.append(Cell(fmt(v, s.decimals), v, *marks[i][j]))
+            cells.append(Cell(values.spec_text(r, s) or fmt(v, s.decimals), v, *marks[i][j]))
         body.append(cells)
     notes = []
     if any(r.get("source") == "paper" for r in rows):
@@ -383,7 +398,7 @@ def _only_defaults(rows: Sequence[RowKey]) -> list[RowKey]:
     buckets: dict[tuple, list[RowKey]] = {}
     for r in rows:
         buckets.setdefault(tuple(r.get(k) for k in ("source", "model_size", "method", "data_size")) + (
-            () if r.get("method") is not None else r.runs), []).append(r)
+            () if r.get("method") is not None and r.get("source") != "paper" else r.runs), []).append(r)
     out = []
     for rs in buckets.values():
         defaults = [r for r in rs if _is_default(r)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, DataError, HarnessError
 from reports import stats
 from reports.cli import add_report_parser, cmd_report, parse_formats
 from reports.frame import (
@@ -267,11 +268,64 @@ def test_published_rows(tmp_path: Path) -> None:
     chair = next(i for i, c in enumerate(t1.columns) if c.label == "CHAIR" and c.group == "AMBER")
     assert row[chair].text == "5.0" and row[chair].bold  # the published row wins CHAIR and is marked
     assert any("JoMPO paper" in n for n in t1.notes)
-    # the shipped file names its source and holds no invented numbers
+    # the shipped file names its source and holds the paper's Table 1 (both model sizes)
     shipped, shipped_warnings = load_baselines("paper")
     header = (Path(__file__).resolve().parents[1] / "reports" / "data" / "jompo_table1.csv").read_text()
     assert "Source:" in header and "JoMPO" in header
-    assert shipped.empty and shipped_warnings
+    assert shipped_warnings == [] and set(shipped["model_size"]) == {"7B", "13B"}
+
+
+PAPER_TABLE1 = Path(__file__).resolve().parents[1] / "reports" / "data" / "jompo_table1.csv"
+TABLE1_COLUMNS = ["object_halbench:CHAIRs", "object_halbench:CHAIRi", "amber:Accuracy", "amber:F1", "amber:CHAIR",
+                  "amber:Cover", "amber:Hal", "amber:Cog", "mmhal:Score", "mmhal:HalRate"]
+
+
+def _published_rows() -> list[dict[str, str]]:
+    import csv
+
+    lines = [ln for ln in PAPER_TABLE1.read_text().splitlines() if ln and not ln.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+def _strip_cell(text: str) -> str:
+    return re.sub(r"<[^>]+>|\\(textbf|underline)\{|[{}^$]|\\dag(ger)?|\s+|\u2020", "", text)
+
+
+def test_paper_table1_every_published_cell_is_rendered_as_published(tmp_path: Path) -> None:
+    """The paper's Table 1 holds "+DPO", "+MPO", ... for both LLaVA-1.5-7B and -13B: each row of the file is one
+    row of the rendered HTML and LaTeX, in its model-size block, with every cell as the file prints it."""
+    from reports.render import render_latex
+
+    published = _published_rows()
+    assert len(published) == 18
+    base, warnings = load_baselines(PAPER_TABLE1)
+    assert warnings == []
+    report = build_report(load_runs([]), baselines=base, ci=False, examples=0)
+    t1 = report.tables[0]
+    assert len(t1.rows) == len(published)
+    html = render_html(report)
+    tex = render_latex(report)
+    section = html[html.index('<section id="table1">'):]
+    section = section[:section.index("</section>")]
+    html_rows = [[_strip_cell(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", tr)]
+                 for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", section.split("<tbody>")[1])]
+    tex_rows = [[_strip_cell(c) for c in line.rstrip("\\ ").split(" & ")]
+                for line in tex.splitlines() if " & " in line and ("\\dag" in line or "\u2020" in line)]
+    for rendered in (html_rows, tex_rows):
+        assert len(rendered) == len(published), rendered
+        for rec in published:
+            wanted = [rec[c] for c in TABLE1_COLUMNS]
+            size = rec["model_size"]
+            hits = [r for r in rendered if r[0] == size and r[-len(wanted):] == wanted]
+            assert len(hits) == 1, (rec["label"], size, wanted, rendered)
+
+
+def test_published_rows_with_one_model_and_label_twice_are_an_error(tmp_path: Path) -> None:
+    csv = tmp_path / "dup.csv"
+    csv.write_text("label,model,model_size,method,data_size,amber:CHAIR\n"
+                   "+DPO,llava-7b,7B,dpo,5k,5.0\n+DPO,llava-13b,13B,dpo,5k,6.0\n+DPO,llava-7b,7B,dpo,5k,7.0\n")
+    with pytest.raises(DataError, match=r"dup.csv: row 3 repeats the model and label of row 1"):
+        load_baselines(csv)
 
 
 # ------------------------------------------------------------------------------------------------ escaping
@@ -507,3 +561,66 @@ def test_table3_fills_from_the_general_tasks_metrics(tmp_path, capsys):
     assert any("MMVP" in k for k in texts) and any("CV-Bench" in k for k in texts)
     values = " ".join(cell.text for row in table.rows for cell in row)
     assert "0.6000" in values and "0.6143" in values  # fractions as the official scripts print them
+
+
+# ------------------------------------------------------------------------------------------------ issue checks
+def _seeded_sweep(root: Path) -> Path:
+    """SFT, then DPO at 1k and 2k with two seeds each (the toy sweep's shape)."""
+    write_task(root, "sft", "amber", amber_headline(70.0, 75.0, 10.0, 50.0, 40.0, 4.0),
+               job={"method": "sft", "model": "llava-7b", "model_size": "7B", "beta": 0.05})
+    for size, chair in (("1k", 9.0), ("2k", 8.0)):
+        for seed, delta in ((1, -0.5), (2, 0.5)):
+            write_task(root, f"dpo-{size}-s{seed}", "amber", amber_headline(71.0, 76.0, chair + delta, 50.0, 39.0, 4.0),
+                       job={"method": "dpo", "model": "llava-7b", "data_size": size, "model_size": "7B", "seed": seed,
+                            "beta": 0.05})
+    return root
+
+
+def test_sft_row_shows_no_beta_and_figure3_draws_what_its_caption_says(tmp_path: Path) -> None:
+    from reports.figures import figure3_caption, figure_data_size
+
+    rs = load_runs([_seeded_sweep(tmp_path / "runs")])
+    frame = rs.frame
+    t1 = build_report(rs, ci=False, examples=0).tables[0]
+    labels = [r[1].text for r in t1.rows]
+    assert any(lab.startswith("SFT") for lab in labels) and not any("beta" in lab for lab in labels if "SFT" in lab)
+    fig = figure_data_size(frame)
+    caption = figure3_caption(fig)
+    assert "Dashed: SFT" in caption and "95% t-interval over seeds" in caption
+    chair_ax = next(ax for ax in fig.axes if ax.get_visible() and "CHAIR" in ax.get_title())
+    dashed = [ln for ln in chair_ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(10.0)
+    # two seeds per point: error bars of the 95% t-interval (t = 12.706 for one degree of freedom)
+    bars = [c for c in chair_ax.containers if getattr(c, "has_yerr", False)]
+    assert bars
+    segments = bars[0].lines[2][0].get_segments()
+    half = (segments[0][1][1] - segments[0][0][1]) / 2
+    assert half == pytest.approx(12.706 * (2 ** 0.5 / 2) / 2 ** 0.5)
+    # no reference run and one seed: the caption promises neither
+    (tmp_path / "runs" / "sft").rename(tmp_path / "sft-aside")
+    for d in (tmp_path / "runs").glob("dpo-*-s2"):
+        shutil.rmtree(d)
+    fig = figure_data_size(load_runs([tmp_path / "runs"]).frame)
+    assert figure3_caption(fig) == "One line per model size and method."
+
+
+def test_seed_interval_hand_computed() -> None:
+    assert stats.seed_interval([1.0]) is None
+    mean, half = stats.seed_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / 3 ** 0.5)
+
+
+def test_latex_numbers_tables_and_figures_as_the_paper(sweep: Path, tmp_path: Path) -> None:
+    """Table N and Figure N carry the paper's numbers, never LaTeX's counter; other tables carry no number."""
+    from reports.render import render_latex
+
+    report = build_report(load_runs([sweep]), figures_dir=tmp_path / "figures", ci=False, examples=0)
+    tex = render_latex(report)
+    for table in report.tables:
+        if table.number:
+            assert re.search(r"\\renewcommand\{\\thetable\}\{%d\}\n?(\\centering|\\begin\{longtable\}[^\n]*)\n"
+                             r"\\caption\{%s\}" % (table.number, re.escape(table.title)), tex), table.title
+        else:
+            assert f"\\caption*{{{latex_escape(table.title)}}}" in tex
+    assert "\\renewcommand{\\thefigure}{3}" in tex and "Figure 3:" not in tex.split("\\begin{figure}")[1]
+    assert "\\usepackage{caption}" in tex
