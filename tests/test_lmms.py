@@ -134,7 +134,7 @@ def yaml_dir(tmp_path, monkeypatch):
     return folder
 
 
-@pytest.mark.skipif(not HAVE_LMMS, reason="needs lmms-eval (pip install 'halluc-harness[lmms]')")
+@pytest.mark.skipif(not HAVE_LMMS, reason="needs lmms-eval (.venv/bin/pip install -c requirements/lock.txt -e '.[lmms]')")
 def test_user_yaml_task_scored_end_to_end(tmp_path, yaml_dir):
     cls = get_task("lmms:tiny_yesno")
     assert cls.name == "lmms:tiny_yesno"
@@ -165,7 +165,7 @@ def test_user_yaml_task_scored_end_to_end(tmp_path, yaml_dir):
     assert partial.headline["acc"] == 1.0 and partial.counts["no_response"] == 1
 
 
-@pytest.mark.skipif(not HAVE_LMMS, reason="needs lmms-eval (pip install 'halluc-harness[lmms]')")
+@pytest.mark.skipif(not HAVE_LMMS, reason="needs lmms-eval (.venv/bin/pip install -c requirements/lock.txt -e '.[lmms]')")
 def test_unknown_lmms_task_is_a_config_error(yaml_dir):
     task = get_task("lmms:tiny_yesnoo")(options={"lmms_include_path": str(yaml_dir)})
     with pytest.raises(ConfigError, match="did you mean lmms:tiny_yesno"):
