@@ -202,16 +202,39 @@ def confidence_intervals(runset: RunSet, *, n_resamples: int = stats.DEFAULT_RES
 
 
 def default_pairs(runset: RunSet) -> list[tuple[str, str]]:
-    """Each trained run against the base run of its model size; two runs and no base: those two."""
+    """The paired tests a report shows by default:
+
+    - each preference-trained run against the model it started from: the SFT run of its model size (a sweep's
+      methods start from it), else the base run; the SFT run against the base run when both exist;
+    - each JoMPO run against the DPO and MPO runs of the same model size, data size, seed, beta and epochs;
+    - with no such pairs and exactly two runs: those two.
+    """
     runs = runset.runs
-    bases = {}
+    start: dict[str, dict[str, str]] = {"base": {}, "sft": {}}
+    for info in runs:
+        if info.method in start:
+            start[info.method].setdefault(info.model_size, info.run)
+    pairs: list[tuple[str, str]] = []
     for info in runs:
         if info.method == "base":
-            bases.setdefault(info.model_size, info.run)
-    pairs = [(bases[i.model_size], i.run) for i in runs if i.method != "base" and i.model_size in bases]
+            continue
+        if info.method == "sft":
+            ref = start["base"].get(info.model_size)
+        else:
+            ref = start["sft"].get(info.model_size) or start["base"].get(info.model_size)
+        if ref is not None and ref != info.run:
+            pairs.append((ref, info.run))
+
+    def setting(i: Any) -> tuple:
+        return (i.model_size, i.data_size, i.seed, i.beta, i.epochs)
+
+    for info in runs:
+        if info.method == "jompo":
+            pairs += [(other.run, info.run) for other in runs
+                      if other.method in ("dpo", "mpo") and setting(other) == setting(info)]
     if not pairs and len(runs) == 2:
         pairs = [(runs[0].run, runs[1].run)]
-    return pairs
+    return list(dict.fromkeys(pairs))
 
 
 def paired_tests(runset: RunSet, pairs: Iterable[tuple[str, str]], warnings: list[str]) -> list[dict[str, Any]]:

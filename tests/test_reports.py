@@ -624,3 +624,25 @@ def test_latex_numbers_tables_and_figures_as_the_paper(sweep: Path, tmp_path: Pa
             assert f"\\caption*{{{latex_escape(table.title)}}}" in tex
     assert "\\renewcommand{\\thefigure}{3}" in tex and "Figure 3:" not in tex.split("\\begin{figure}")[1]
     assert "\\usepackage{caption}" in tex
+
+
+def test_default_pairs_start_from_sft_and_set_jompo_against_each_baseline(tmp_path: Path) -> None:
+    """A sweep without a base run still gets paired tests: each method against the SFT run it started from, and
+    JoMPO against DPO and MPO at the same data size and seed."""
+    from reports.render import default_pairs
+
+    root = tmp_path / "runs"
+    write_task(root, "sft", "amber", amber_headline(70.0, 75.0, 10.0, 50.0, 40.0, 4.0),
+               job={"method": "sft", "model": "m", "model_size": "7B"})
+    for seed in (1, 2):
+        for method in ("dpo", "mpo", "jompo"):
+            write_task(root, f"{method}-1k-s{seed}", "amber", amber_headline(71.0, 76.0, 9.0, 50.0, 39.0, 4.0),
+                       job={"method": method, "model": "m", "data_size": "1k", "model_size": "7B", "seed": seed})
+    pairs = set(default_pairs(load_runs([root])))
+    expected = {("sft", f"{m}-1k-s{s}") for m in ("dpo", "mpo", "jompo") for s in (1, 2)}
+    expected |= {(f"{b}-1k-s{s}", f"jompo-1k-s{s}") for b in ("dpo", "mpo") for s in (1, 2)}
+    assert pairs == expected
+    # with a base run too: SFT is paired with base, the methods still with SFT
+    write_task(root, "base", "amber", amber_headline(60.0, 65.0, 12.0, 50.0, 45.0, 5.0),
+               job={"method": "base", "model": "m", "model_size": "7B"})
+    assert set(default_pairs(load_runs([root]))) == expected | {("base", "sft")}
