@@ -92,10 +92,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--output {out_dir} is a file, not a folder")
-    runset = load_runs(args.run_dirs)
-    if not runset.task_runs:
+    runset = load_runs(args.run_dirs, log_warnings=False)
+    if not runset.task_runs:  # the error lists the warnings; they are not logged as well
         raise HarnessError("no run could be read from " + ", ".join(map(str, args.run_dirs)) + ":\n  "
                            + "\n  ".join(runset.warnings or ["no metrics.json found"]))
+    for w in runset.warnings:
+        log.warning("%s", w)
     baselines, extra = None, []
     if args.baselines:
         baselines, extra = load_baselines(args.baselines)

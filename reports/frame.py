@@ -390,8 +390,9 @@ def _unique_names(infos: Sequence[RunInfo]) -> list[RunInfo]:
     return out
 
 
-def load_runs(paths: Iterable[str | Path]) -> RunSet:
-    """Read every run under ``paths`` into a :class:`RunSet` (see the module docstring); never raises on bad runs."""
+def load_runs(paths: Iterable[str | Path], *, log_warnings: bool = True) -> RunSet:
+    """Read every run under ``paths`` into a :class:`RunSet` (see the module docstring); never raises on bad runs.
+    The warnings are logged unless ``log_warnings`` is false (the caller reports them itself)."""
     warnings: list[str] = []
     task_dirs: list[Path] = []
     seen: set[Path] = set()
@@ -422,7 +423,7 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
 
     task_runs = _drop_mismatched(task_runs, warnings)
     _warn_coverage(task_runs, warnings)
-    for w in warnings:
+    for w in warnings if log_warnings else ():
         log.warning("%s", w)
     return RunSet(frame=frame_of(task_runs), task_runs=task_runs, warnings=warnings)
 

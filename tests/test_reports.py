@@ -646,3 +646,12 @@ def test_default_pairs_start_from_sft_and_set_jompo_against_each_baseline(tmp_pa
     write_task(root, "base", "amber", amber_headline(60.0, 65.0, 12.0, 50.0, 45.0, 5.0),
                job={"method": "base", "model": "m", "model_size": "7B"})
     assert set(default_pairs(load_runs([root]))) == expected | {("base", "sft")}
+
+
+def test_report_of_an_empty_folder_says_so_once(tmp_path: Path, capsys) -> None:
+    from harness.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("holds no run directory") == 1 and "Traceback" not in err
