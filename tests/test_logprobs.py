@@ -381,3 +381,36 @@ def test_cache_refuses_mismatched_meta_and_names_missing_rows(
         ReferenceFromCache(tmp_path / "absent.jsonl", meta)
     with pytest.raises(HarnessError, match="peft"):
         ReferenceFromAdapter(policy.get_base_model(), family)
+
+
+def test_each_unique_image_is_preprocessed_once_and_inputs_equal_the_processors(vlm, rows, monkeypatch):
+    """Collation runs the image processor once per unique image of the micro-batch (not once per row and prompt),
+    and every row's tokens, mask and image-token types equal what the processor gives for that row alone."""
+    family, processor = vlm["family"], vlm["processor"]
+    image_processor = processor.image_processor
+    calls: list[int] = []
+    real = type(image_processor).__call__
+
+    def counting(self, images, *args, **kwargs):
+        calls.append(1)
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(type(image_processor), "__call__", counting)
+    batch = tokenize_rows(family, processor, rows)
+    assert len(calls) == 2 == batch.num_unique_images  # two unique images, six rows
+    monkeypatch.undo()
+    for i, row in enumerate(rows):
+        text = family.render_prompt(row.question, 0 if row.image is None else 1, response=row.response)
+        own = family.processor_inputs(processor, [text], [[row.image]] if row.image is not None else [[]])
+        n = own["input_ids"].shape[1]
+        assert batch.input_ids[i, :n].tolist() == own["input_ids"][0].tolist()
+        assert batch.attention_mask[i, :n].tolist() == own["attention_mask"][0].tolist()
+        assert int(batch.attention_mask[i].sum()) == n
+        if "mm_token_type_ids" in own:
+            assert batch.mm_token_type_ids[i, :n].tolist() == own["mm_token_type_ids"][0].tolist()
+        if row.image is not None:
+            slot = int(batch.image_index[i])
+            pixels = own["pixel_values"]
+            start = sum(int(g.prod()) for g in batch.image_grid_thw[:slot]) if batch.image_grid_thw is not None else slot
+            got = batch.pixel_values[start:start + pixels.shape[0]]
+            torch.testing.assert_close(got, pixels)

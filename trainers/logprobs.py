@@ -183,6 +183,42 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+class _PlaceholderExpander:
+    """Tokenizes a row's text without preprocessing its image again.
+
+    A processor expands a prompt's image placeholder (LLaVA's ``<image>``, Qwen2-VL's ``<|image_pad|>``) into as many
+    image tokens as the image's features, at the string level, then tokenizes. :meth:`image_inputs` runs the
+    processor once per unique image on a one-placeholder prompt and counts those tokens; :meth:`text_inputs`
+    tokenizes a text alone (placeholder unexpanded, one image token) and repeats that token as many times. The
+    result equals the processor's own output (tested); a text with other than one image token, or a processor
+    without an ``image_token_id``, goes through the processor with its image as before.
+    """
+
+    def __init__(self, family: ModelFamily, processor: Any):
+        self.family = family
+        self.processor = processor
+        self.token_id = getattr(processor, "image_token_id", None)
+
+    def image_inputs(self, image: Any) -> dict[str, Any]:
+        out = self.family.processor_inputs(self.processor, [self.family.render_prompt("", 1)], [[image]])
+        n = int((out["input_ids"][0] == self.token_id).sum()) if self.token_id is not None else 0
+        return {**out, "n_image_tokens": n}
+
+    def text_inputs(self, text: str, n_tokens: int, image: Any) -> dict[str, torch.Tensor]:
+        if self.token_id is not None and n_tokens > 0:
+            plain = self.family.processor_inputs(self.processor, [text], [[]])
+            ids = plain["input_ids"][0]
+            where = (ids == self.token_id).nonzero().flatten()
+            if len(where) == 1:
+                at = int(where[0])
+                ids = torch.cat([ids[:at], ids.new_full((n_tokens,), self.token_id), ids[at + 1:]])
+                out = {"input_ids": ids[None], "attention_mask": torch.ones_like(ids)[None]}
+                if "mm_token_type_ids" in plain:
+                    out["mm_token_type_ids"] = (ids == self.token_id).to(plain["mm_token_type_ids"].dtype)[None]
+                return out
+        return self.family.processor_inputs(self.processor, [text], [[image]])
+
+
 def tokenize_rows(
     family: ModelFamily,
     processor: Any,
@@ -213,28 +249,41 @@ def tokenize_rows(
     unique_pixels: list[torch.Tensor] = []
     unique_grids: list[torch.Tensor] = []
     image_slot: dict[Hashable, int] = {}
+    image_tokens: dict[Hashable, int] = {}  # unique image -> the number of tokens its placeholder expands to
     prompt_cache: dict[tuple[str, Hashable | None], list[int]] = {}
+    expander = _PlaceholderExpander(family, processor)
+
+    def inputs(text: str, image: Any | None, img_key: Hashable | None) -> dict[str, torch.Tensor]:
+        """The processor's inputs for one row's text; each unique image is preprocessed once per batch."""
+        if image is None:
+            return family.processor_inputs(processor, [text], [[]])
+        if img_key not in image_slot:
+            first = expander.image_inputs(image)
+            image_slot[img_key] = len(unique_pixels)
+            unique_pixels.append(first["pixel_values"])
+            if "image_grid_thw" in first:
+                unique_grids.append(first["image_grid_thw"])
+            image_tokens[img_key] = first["n_image_tokens"]
+        return expander.text_inputs(text, image_tokens[img_key], image)
 
     seqs: list[dict[str, torch.Tensor]] = []
     prompt_lens: list[int] = []
     image_index: list[int] = []
     for n, row in enumerate(rows):
         has_image = row.image is not None
-        images: list[list[Any]] = [[row.image]] if has_image else [[]]
         num_images = 1 if has_image else 0
         img_key = _image_key(row) if has_image else None
 
         full_text = family.render_prompt(
             row.question, num_images, response=row.response
         )
-        full = family.processor_inputs(processor, [full_text], images)
+        full = inputs(full_text, row.image, img_key)
         ids = full["input_ids"][0]
 
         pkey = (row.question, img_key)
         if pkey not in prompt_cache:
             prompt_text = family.render_prompt(row.question, num_images)
-            prompt = family.processor_inputs(processor, [prompt_text], images)
-            prompt_cache[pkey] = prompt["input_ids"][0].tolist()
+            prompt_cache[pkey] = inputs(prompt_text, row.image, img_key)["input_ids"][0].tolist()
         prompt_ids = prompt_cache[pkey]
         prompt_len = min(len(prompt_ids), _common_prefix(prompt_ids, ids.tolist()))
         if prompt_len >= len(ids):
@@ -242,15 +291,7 @@ def tokenize_rows(
                 f"row {row.key or n}: the response {row.response!r} renders to no tokens"
             )
 
-        if has_image:
-            if img_key not in image_slot:
-                image_slot[img_key] = len(unique_pixels)
-                unique_pixels.append(full["pixel_values"])
-                if "image_grid_thw" in full:
-                    unique_grids.append(full["image_grid_thw"])
-            image_index.append(image_slot[img_key])
-        else:
-            image_index.append(-1)
+        image_index.append(image_slot[img_key] if has_image else -1)
 
         seq = {"input_ids": ids, "attention_mask": full["attention_mask"][0]}
         if "mm_token_type_ids" in full:
