@@ -83,8 +83,9 @@ import logging
 import re
 import sys
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -92,7 +93,7 @@ from harness.cache import cache_dir
 from harness.errors import ConfigError, DataError, HarnessError, ImageError, MissingDataFile, install_command
 from harness.io import atomic_write_text, iter_jsonl, read_json
 from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
-from harness.task import DataFile, Task, register_task
+from harness.task import DataFile, Task, check_response_text, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
 from tasks.text import (
     PUNKT_TAB,
@@ -501,13 +502,17 @@ def read_answer_file(path: str | Path, questions: Sequence[QuestionEntry] | None
     Each line: ``image_id`` (else the image of the question file's line with the same position), ``prompt`` (else
     ``question``), ``text`` (else ``answer``). ``"Assistant:"`` is removed and the text stripped; if the path
     contains "coh", ``preprocess_coh_results`` is applied. With ``questions``, an image id not in the question file
-    is an error; an image answered twice is an error. Errors name the file and line.
+    is an error. An image may be answered several times, for different questions (the paper protocol asks eight
+    prompts per image): every line is a response, as in the official scorer; such answers get the ids
+    ``IMAGE_ID#k`` (k-th answer of that image, from 1), an image answered once keeps its image id. The same image
+    and question answered twice is an error (stricter than the official scorer, which would count both). Errors
+    name the file and line.
     """
     path = Path(path)
     by_image = {q.image_id: q for q in questions} if questions is not None else None
     coh = "coh" in str(path)
     answers: list[Answer] = []
-    first_line: dict[int, int] = {}
+    first_line: dict[tuple[int, str], int] = {}
     for index, (lineno, rec) in enumerate(iter_jsonl(path)):
         if "image_id" in rec:
             image_id = _as_image_id(rec["image_id"], path=path, line=lineno)
@@ -521,13 +526,13 @@ def read_answer_file(path: str | Path, questions: Sequence[QuestionEntry] | None
             image_id = questions[index].image_id
         if by_image is not None and image_id not in by_image:
             raise DataError(f"image_id {image_id} is not in the question file {QUESTION_FILE}", path=path, line=lineno)
-        if image_id in first_line:
-            raise DataError(f"image_id {image_id} is answered twice (first on line {first_line[image_id]})",
-                            path=path, line=lineno)
-        first_line[image_id] = lineno
         q_field = "prompt" if "prompt" in rec else "question" if "question" in rec else None
         if q_field is None:
             raise DataError("missing field 'question' (or 'prompt')", path=path, line=lineno)
+        if (image_id, str(rec[q_field])) in first_line:
+            raise DataError(f"image_id {image_id} is answered twice with the same question (first on line "
+                            f"{first_line[image_id, str(rec[q_field])]})", path=path, line=lineno)
+        first_line[image_id, str(rec[q_field])] = lineno
         a_field = "text" if "text" in rec else "answer" if "answer" in rec else None
         if a_field is None:
             raise DataError("missing field 'text' (or 'answer')", path=path, line=lineno)
@@ -543,7 +548,19 @@ def read_answer_file(path: str | Path, questions: Sequence[QuestionEntry] | None
         answers.append(Answer(id=str(image_id), image_id=image_id, question=question, caption=caption, line=lineno))
     if not answers:
         raise DataError("no answers in the file", path=path)
-    return answers
+    ids = _occurrence_ids([a.image_id for a in answers])
+    return [replace(a, id=i) for a, i in zip(answers, ids)]
+
+
+def _occurrence_ids(image_ids: Sequence[int]) -> list[str]:
+    """Sample ids for items keyed by image: the image id where an image occurs once, else ``IMAGE_ID#k``."""
+    counts = Counter(image_ids)
+    seen: Counter[int] = Counter()
+    out = []
+    for image_id in image_ids:
+        seen[image_id] += 1
+        out.append(str(image_id) if counts[image_id] == 1 else f"{image_id}#{seen[image_id]}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- GPT path
@@ -969,13 +986,23 @@ class ObjectHalBench(Task):
     - ``objhal_gpt_parser`` (gpt only): ``rlhf-v`` (default) or ``rlaif-v`` (:data:`GPT_PARSERS`);
     - ``objhal_gt_cache``: cache the derived ground truth in the harness cache (default true).
 
-    Sample ids are the image ids (``str(image_id)``; the question file must not repeat an image).
+    Sample ids are the image ids (``str(image_id)``); a question file that asks several prompts per image (the
+    JoMPO protocol: eight per image) gives one sample per line with ids ``IMAGE_ID#k``. ``harness score`` scores
+    every line of an answer file, as the official scorer (CHAIRs over responses, CHAIRi over all mentions); the
+    question file is needed only for answers without an ``image_id``.
+
+    Where the harness is stricter than the official scorer: the same image with the same question twice (in the
+    question file or an answer file) is an error, where the official code would count it twice; an answer's image
+    id missing from the COCO annotations is an error naming it, where the official code raises a ``KeyError``; a
+    response longer than :data:`harness.task.MAX_RESPONSE_CHARS` (100,000) characters is refused with its sample
+    id, not truncated.
     """
 
     name = "object_halbench"
     version = "1"
     description = ("Object HalBench (300 COCO image descriptions): CHAIRs, CHAIRi, Response/Object Hall "
                    "(RLHF-V eval_gpt_obj_halbench.py; judge-free CHAIR or --objhal-method gpt)")
+    option_names = ("objhal_gpt_parser", "objhal_gt_cache", "objhal_lemmatizer", "objhal_method")
     data_files = (
         DataFile(QUESTION_FILE, QUESTION_SOURCE),
         DataFile(SYNONYMS_FILE, SYNONYMS_SOURCE),
@@ -1044,18 +1071,18 @@ class ObjectHalBench(Task):
         path = self.data_root / QUESTION_FILE
         samples: list[Sample] = []
         questions: list[QuestionEntry] = []
-        first_line: dict[int, int] = {}
+        first_line: dict[tuple[int, str], int] = {}
         for lineno, rec in iter_jsonl(path):
             if "image_id" not in rec:
                 raise DataError("missing field 'image_id'", path=path, line=lineno)
             image_id = _as_image_id(rec["image_id"], path=path, line=lineno)
-            if image_id in first_line:
-                raise DataError(f"image_id {image_id} appears twice (first on line {first_line[image_id]}); "
-                                f"sample ids are image ids", path=path, line=lineno)
-            first_line[image_id] = lineno
             question = rec.get("question")
             if not isinstance(question, str):
                 raise DataError("missing or non-string field 'question'", path=path, line=lineno)
+            if (image_id, question) in first_line:
+                raise DataError(f"image_id {image_id} appears twice with the same question (first on line "
+                                f"{first_line[image_id, question]})", path=path, line=lineno)
+            first_line[image_id, question] = lineno
             image = rec.get("image")
             if not isinstance(image, str):
                 raise DataError("missing or non-string field 'image' (the base64-encoded image)", path=path,
@@ -1070,7 +1097,10 @@ class ObjectHalBench(Task):
             questions.append(QuestionEntry(sid, image_id, question, lineno))
         if not samples:
             raise DataError("no questions in the file", path=path)
-        self._questions = questions
+        # several prompts per image (RLAIF-V's eight-prompt file): ids IMAGE_ID#k, one sample per line
+        ids = _occurrence_ids([q.image_id for q in questions])
+        samples = [replace(s, id=i) for s, i in zip(samples, ids)]
+        self._questions = [replace(q, sample_id=i) for q, i in zip(questions, ids)]
         return samples
 
     def questions(self) -> list[QuestionEntry] | None:
@@ -1123,15 +1153,36 @@ class ObjectHalBench(Task):
         The question file, when present under the data root, gives missing image ids (by line order) and the ids
         allowed; without it every line needs an ``image_id``.
         """
+        return self._score_answer_file(path, judge)[0]
+
+    def _score_answer_file(self, path: str | Path, judge: Judge | None) -> tuple[Metrics, list[Answer]]:
         path = Path(path)
         self.check_files(need_questions=False)
         answers = read_answer_file(path, self.questions())
+        for a in answers:
+            check_response_text(a.id, a.caption, source=path)
         notes = []
         if "coh" in str(path):
             notes.append("answer file path contains 'coh': official preprocess_coh_results trimming applied")
+        repeated = len(answers) - len({a.image_id for a in answers})
+        if repeated:
+            notes.append(f"{len(answers)} answers for {len(answers) - repeated} images: every answer is a response "
+                         "(CHAIRs over responses, CHAIRi over all mentions), as the official scorer counts them")
         metrics = self.score_answers(answers, judge, source=str(path), extra_notes=notes)
         metrics.counts.update(samples=len(answers), scored=len(answers), failed=0)
-        return metrics
+        return metrics, answers
+
+    def score_file(self, path: str | Path, judge: Any = None) -> tuple[Metrics, dict[str, int]]:
+        """``harness score``: every line of the answer file scored (:meth:`score_answer_file`); the question file is
+        needed only when an answer has no ``image_id``. Coverage counts the question file's (image, question) pairs
+        that have no answer, when the file is present."""
+        metrics, answers = self._score_answer_file(path, judge)
+        questions = self.questions()
+        if questions is None:
+            return metrics, {"samples": len(answers), "responses": len(answers), "missing": 0}
+        answered = {(a.image_id, a.question) for a in answers}
+        missing = sum(1 for q in questions if (q.image_id, q.question) not in answered)
+        return metrics, {"samples": len(questions), "responses": len(answers), "missing": missing}
 
     def read_responses(self, path: str | Path) -> dict[str, Response]:
         """An official answer file as responses by sample id (image id); see :func:`read_answer_file`.

@@ -570,3 +570,51 @@ def test_cli_score(root, tmp_path, capsys, golden_metrics):
     out = json.loads(capsys.readouterr().out)
     assert out["headline"]["CHAIRs"] == 50.0 and out["counts"]["judge_failed"] == 2
     assert out["judge"]["ledger"]["calls"] == 5
+
+
+# --------------------------------------------------------------------------------------------------- several prompts
+def test_several_answers_per_image_are_each_a_response(root, tmp_path):
+    """The paper's protocol: several prompts per image. Every line is a response (RLHF-V scores every line):
+    CHAIRs over the responses, CHAIRi over all their mentions; ids IMAGE_ID#k keep the answers apart."""
+    golden = [json.loads(line) for line in (GOLDEN / "obj_halbench_answer.jsonl").read_text().splitlines()]
+    first, second = golden[0], golden[1]
+    again = {**second, "image_id": first["image_id"], "question": "Describe the image in detail."}
+    path = tmp_path / "eight.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (first, again, second)))
+    m = score_answer_file(path, root)
+    assert [r["id"] for r in m.records] == [f"{first['image_id']}#1", f"{first['image_id']}#2",
+                                             str(second["image_id"])]
+    assert m.counts["scored"] == 3
+    # hand-computed from the per-response records: CHAIRs = hallucinating responses / responses,
+    # CHAIRi = hallucinated mentions / mentions, over the three responses
+    hallucinating = sum(1 for r in m.records if r["hallucinated"])
+    mentions = sum(len(r["mentioned"]) for r in m.records)
+    hallucinated = sum(len(r["hallucinated"]) for r in m.records)
+    assert m.headline["CHAIRs"] == round(100 * hallucinating / 3, 1)
+    assert m.headline["CHAIRi"] == round(100 * hallucinated / mentions, 1)
+    # the repeated answer is scored against its own image's ground truth, the same text as line 2 of the golden
+    alone = {r["id"]: r for r in score_answer_file(GOLDEN / "obj_halbench_answer.jsonl", root).records}
+    assert m.records[2]["hallucinated"] == alone[str(second["image_id"])]["hallucinated"]
+    assert any("every answer is a response" in n for n in m.notes)
+
+
+def test_score_cli_needs_no_question_file_when_answers_carry_image_ids(tmp_path, capsys):
+    from harness.cli import main
+
+    bare = make_root(tmp_path / "bare", questions=False)
+    code = main(["--log-level", "WARNING", "score", "object_halbench", "--responses",
+                 str(GOLDEN / "obj_halbench_answer.jsonl"), "--data-root", str(bare)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["headline"]["CHAIRs"] == 66.7 and out["headline"]["CHAIRi"] == 23.4
+    assert out["coverage"] == {"samples": 12, "responses": 12, "missing": 0}
+
+
+def test_question_file_with_several_prompts_per_image(tmp_path):
+    root = make_root(tmp_path / "d", questions=False)
+    path = root / "obj_halbench_300_with_image.jsonl"
+    lines = [json.dumps({"image_id": i, "question": f"{QUESTION} ({k})", "image": png_b64((9, 9, 9))})
+             for i in (900001, 900002) for k in range(8)]
+    path.write_text("\n".join(lines) + "\n")
+    samples = ObjectHalBench(data_root=root).samples()
+    assert [s.id for s in samples[:2]] == ["900001#1", "900001#2"] and len({s.id for s in samples}) == 16
+    assert {s.reference for s in samples} == {900001, 900002}
