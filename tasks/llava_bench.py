@@ -8,19 +8,21 @@ sees the description, the question, the reference ("Assistant 1") and the model'
 both from 1 to 10; the score is the model's mean rating relative to the reference's.
 
 This module follows LLaVA's ``llava/eval/eval_gpt_review_bench.py``, ``llava/eval/summarize_gpt_review.py`` and
-``llava/eval/table/rule.json`` (haotian-liu/LLaVA @ 181a2f811f1eb0b794c25e87204491d812c05f8d, :data:`JUDGE_SOURCE`;
-run by ``scripts/v1_5/eval/llavabench.sh`` @ 4241f08), quirks included:
+``llava/eval/table/rule.json`` (haotian-liu/LLaVA @ 181a2f811f1eb0b794c25e87204491d812c05f8d, :data:`JUDGE_SOURCE`,
+with the caption fix of 237165b that LLaVA-1.5's ``scripts/v1_5/eval/llavabench.sh`` @ 4241f08 runs), quirks
+included:
 
 - Judge request (:func:`judge_request`): system :data:`JUDGE_SYSTEM`, user
   ``f"[Context]\\n{cap_str}\\n\\n[Question]\\n{question}\\n\\n[Assistant 1]\\n{reference}\\n\\n[End of Assistant 1]\\n\\n"
   f"[Assistant 2]\\n{answer}\\n\\n[End of Assistant 2]\\n\\n[System]\\n{prompt}\\n\\n"`` where ``prompt`` is
   ``rule.json``'s ``llava_bench_<category>`` prompt (:data:`RULES`; an unknown category is an error, as the
-  official ``assert``), ``cap_str = '\\n'.join(context['caption'])`` of the image's ``context.jsonl`` entry; model
+  official ``assert``), ``cap_str`` the image's ``context.jsonl`` caption (see Caption below); model
   ``gpt-4-0314``, ``temperature=0.2``, ``max_tokens=1024``.
-- Caption: ``'\\n'.join`` of a list joins its lines; of a string it puts a newline between every character. The
-  official code does that to whatever ``caption`` holds, and so does the default (option ``llava_bench_caption=join``);
-  ``llava_bench_caption=text`` uses a string caption as it is (lmms-eval's ``llava-in-the-wild`` does), which
-  changes the judge prompt, hence the numbers (a note says which ran).
+- Caption: a list caption is joined with ``'\\n'``; a string caption (15 of the 60 questions) is used as it is, as
+  in the fixed script (LLaVA commit 237165b, "Fix"), which LLaVA-1.5's own ``scripts/v1_5/eval/llavabench.sh``
+  (@ 4241f08) runs, and lmms-eval's ``llava-in-the-wild`` (option ``llava_bench_caption=text``, the default).
+  ``llava_bench_caption=join`` reproduces v1.0.0's script (181a2f8), whose ``'\\n'.join`` of a string puts a
+  newline between every character of the judge's context; the notes say which ran.
 - Rating (:func:`parse_score`): the reply's first line (``split('\\n')[0]``), commas replaced by spaces, split on
   single spaces; exactly two parts, both ``float()``-able -> ``[ref, model]``; anything else -> ``[-1, -1]``, and
   that pair **is averaged in** (the official code stores it in the ``tuple`` it sums). So "8 9" and "8,9" parse,
@@ -122,8 +124,8 @@ UNPARSED: tuple[float, float] = (-1.0, -1.0)
 
 # --------------------------------------------------------------------------------------------------- official rules
 def caption_text(caption: Any, mode: str = "join") -> str:
-    """``cap_str``: ``'\\n'.join(caption)`` (``join``, official: a string is split into characters), or with
-    ``text`` a string as it is."""
+    """``cap_str``: ``'\\n'.join(caption)`` (``join``, LLaVA v1.0.0: a string is split into characters), or with
+    ``text`` (the task's default, LLaVA's fixed script) a string as it is."""
     if mode == "text" and isinstance(caption, str):
         return caption
     return "\n".join(caption)
@@ -399,14 +401,16 @@ class LLaVABench(Task):
     """LLaVA-Bench (In-the-Wild): 60 questions judged against GPT-4's reference answers; relative scores overall and
     per category (``eval_gpt_review_bench.py`` + ``summarize_gpt_review.py``).
 
-    Options: ``llava_bench_caption`` (``join``, default: ``'\\n'.join(caption)`` as the official code;
-    ``text``: a string caption as it is), ``llava_bench_format`` (``auto``, ``jsonl``, ``parquet``).
+    Options: ``llava_bench_caption`` (``text``, default: a string caption as it is, a list joined with newlines, as
+    LLaVA's fixed script 237165b; ``join``: ``'\\n'.join(caption)`` of v1.0.0, a string split into characters),
+    ``llava_bench_format`` (``auto``, ``jsonl``, ``parquet``).
     """
 
     name = "llava_bench"
     version = "1"
     description = ("LLaVA-Bench (In-the-Wild) (60 questions, GPT-4 judge vs GPT-4 reference answers): relative score "
                    "overall and per category (LLaVA eval_gpt_review_bench.py + summarize_gpt_review.py)")
+    option_names = ("llava_bench_caption", "llava_bench_format")
     data_files = tuple(DataFile(name, DATA_SOURCE) for name in JSONL_FILES)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
     default_judge_model: ClassVar[str] = DEFAULT_JUDGE_MODEL
@@ -414,7 +418,7 @@ class LLaVABench(Task):
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
         super().__init__(data_root, image_root, options)
-        self.caption_mode = self.choice_option("llava_bench_caption", "join", CAPTION_MODES)
+        self.caption_mode = self.choice_option("llava_bench_caption", "text", CAPTION_MODES)
         self.format = self.choice_option("llava_bench_format", "auto", FORMATS)
         self._questions: list[BenchQuestion] | None = None
 
@@ -487,7 +491,8 @@ class LLaVABench(Task):
         notes = [f"generation: {GENERATION_SOURCE}", f"caption: {self.caption_mode}"]
         if split_captions:
             notes.append(f"{split_captions} judge prompts hold a string caption joined character by character "
-                         f"('\\n'.join(caption), as the official code does); llava_bench_caption=text keeps it whole")
+                         f"('\\n'.join(caption), as LLaVA v1.0.0's script did); the default llava_bench_caption=text "
+                         f"keeps it whole, as the fixed script")
         if missing:
             notes.append(f"{missing} questions have no response (failed generation) and are not judged")
         return score_items(items, judge, task=self.name,

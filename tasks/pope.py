@@ -28,6 +28,11 @@ official scripts zip the answer and label files by position); a question without
 (``counts["no_response"]``) and left out (the official script would misalign or crash); a precision, recall or F1
 whose denominator is 0 is reported as 0.0 with a note (the official script raises ``ZeroDivisionError``).
 
+``harness score pope_<split>|pope --responses FILE`` reads the official answer files (:meth:`_PopeTask.read_responses`).
+Where the harness is stricter than the official scorer: an answer file without question ids must hold exactly as
+many answers as there are questions (the official ``zip`` truncates to the shorter), and a question answered twice
+is an error.
+
 Not followed: lmms-eval's ``pope`` task (EvolvingLMMs-Lab/lmms-eval ``lmms_eval/tasks/pope/utils.py`` @ 2c03baf and
 9cd42ee) compares the lower-cased, stripped response exactly with "yes"/"no" (so "Yes." is wrong and counts neither
 as yes nor as no), and its ``pope_yes_ratio`` is the share of **ground-truth** labels that are "yes" (always 0.5 on
@@ -235,6 +240,7 @@ class _PopeTask(Task):
     version: ClassVar[str] = "1"
     splits: ClassVar[tuple[str, ...]]
     default_max_new_tokens: ClassVar[int] = DEFAULT_MAX_NEW_TOKENS
+    option_names: ClassVar[tuple[str, ...]] = ("pope_suffix",)
 
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
@@ -271,6 +277,52 @@ class _PopeTask(Task):
             out.append(Sample(id=q.sample_id, prompt=q.text + self.suffix, images=(ref,), reference=q.label,
                               meta={"split": q.split, "question_id": q.question_id, "question": q.text,
                                     "image": q.image}))
+        return out
+
+    def read_responses(self, path: str | Path) -> dict[str, Response]:
+        """An answer file in the official layouts (``harness score``), scored by the same code as ``harness run``.
+
+        JSON lines with the response under ``text`` (LLaVA's ``model_vqa_loader.py`` answers) or ``answer`` (POPE's).
+        With a ``question_id`` on every line, answers are matched to questions by id, within the split named by the
+        line's ``category`` (or ``split``) field, which task ``pope`` needs; a single-split task takes its own split.
+        Without ids, answers are paired with the task's questions by position, as ``evaluate.py`` pairs them, and
+        their count must equal the questions' (the official ``zip`` would silently drop the surplus). A repeated
+        question is an error.
+        """
+        questions = self.questions()
+        known = {q.sample_id for q in questions}
+        rows = list(iter_jsonl(path))
+        if not rows:
+            raise DataError("holds no answers", path=path)
+        by_id = all("question_id" in rec for _, rec in rows)
+        if not by_id and len(rows) != len(questions):
+            raise DataError(f"holds {len(rows)} answers without question ids for the {len(questions)} questions of "
+                            f"{self.name} (answers are then paired with questions by position)", path=path)
+        out: dict[str, Response] = {}
+        first: dict[str, int] = {}
+        for index, (lineno, rec) in enumerate(rows):
+            text = rec.get("text", rec.get("answer"))
+            if not isinstance(text, str):
+                raise DataError("missing or non-string field 'text' (or 'answer')", path=path, line=lineno)
+            if by_id:
+                split = rec.get("category", rec.get("split"))
+                if split is None:
+                    if len(self.splits) > 1:
+                        raise DataError(f"no 'category' field: task {self.name} holds the splits "
+                                        f"{', '.join(self.splits)}, so each answer must name its split (or score "
+                                        f"each split with pope_<split>)", path=path, line=lineno)
+                    split = self.splits[0]
+                sid = f"{split}-{rec['question_id']}"
+                if sid not in known:
+                    raise DataError(f"question_id {rec['question_id']!r} is not a question of split {split!r} of "
+                                    f"{self.name}", path=path, line=lineno)
+            else:
+                sid = questions[index].sample_id
+            if sid in first:
+                raise DataError(f"question {sid} is answered twice (first on line {first[sid]})", path=path,
+                                line=lineno)
+            first[sid] = lineno
+            out[sid] = Response(sid, text, "stop")
         return out
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:

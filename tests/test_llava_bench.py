@@ -128,14 +128,15 @@ def test_judge_prompt_is_the_official_one(tmp_path):
         f"[System]\n{prompt}\n\n")}
     assert prompt.startswith("We would like to request your feedback on the performance of two AI assistants")
     assert "represented with a few sentences describing the image. \nPlease rate" in prompt
-    assert judge.requests[2].messages[1]["content"].startswith("[Context]\nA\n \nc\na\nt\n.\n\n[Question]\nWhy")
+    # default: the fixed script (LLaVA 237165b, run by LLaVA-1.5's llavabench.sh): a string caption as it is
+    assert judge.requests[2].messages[1]["content"].startswith("[Context]\nA cat.\n\n[Question]\nWhy")
     assert RULES["llava_bench_detail"] == RULES["llava_bench_complex"] == RULES["llava_bench_conv"]
     assert LLaVABench.default_judge_model == DEFAULT_JUDGE_MODEL == "gpt-4-0314"
     judge2 = RecordingJudge(REPLIES)
-    task2 = LLaVABench(data_root=root, options={"llava_bench_caption": "text"})
+    task2 = LLaVABench(data_root=root, options={"llava_bench_caption": "join"})  # v1.0.0's quirk, on request
     m = task2.score(task2.samples(), responses(), judge2)
-    assert judge2.requests[2].messages[1]["content"].startswith("[Context]\nA cat.\n\n[Question]")
-    assert any("caption: text" in n for n in m.notes)
+    assert judge2.requests[2].messages[1]["content"].startswith("[Context]\nA\n \nc\na\nt\n.\n\n[Question]")
+    assert any("caption: join" in n for n in m.notes)
     with pytest.raises(ValueError, match="llava_bench_other"):
         judge_content("c", "q", "r", "a", "other")
 

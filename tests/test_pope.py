@@ -315,3 +315,74 @@ def test_evaluate_with_a_fake_engine_writes_the_run(tmp_path):
     written = json.loads((store.dir / "metrics.json").read_text())
     assert written["breakdown"]["adversarial"]["TP"] == 3
     assert len((store.dir / "scores.jsonl").read_text().splitlines()) == 24
+
+
+# ------------------------------------------------------------------------------------------ harness score
+def _official_layout_answers(split: str, path: Path, *, ids: bool = True, category: bool = False) -> list[str]:
+    """Answers to the shipped questions of ``split``: "Yes" or "No, there is not." by a fixed pattern."""
+    texts = []
+    lines = []
+    for q in read_questions(DATA / f"coco_pope_{split}.json", split):
+        text = "Yes" if (q.question_id * 7) % 3 else "No, there is not."
+        texts.append(text)
+        rec: dict[str, object] = {"text": text} if ids else {"question": q.text, "answer": text}
+        if ids:
+            rec["question_id"] = q.question_id
+        if category:
+            rec["category"] = split
+        lines.append(json.dumps(rec))
+    path.write_text("\n".join(lines) + "\n")
+    return texts
+
+
+@pytest.mark.parametrize("ids", [True, False])
+def test_harness_score_reads_the_official_answer_files(tmp_path, capsys, ids):
+    """`harness score pope_random --responses FILE` (LLaVA's answers with question ids, or POPE's by position)
+    gives the numbers of the official position-paired scorer on the same answers."""
+    from harness.cli import main
+
+    answers = tmp_path / "answers.jsonl"
+    _official_layout_answers("random", answers, ids=ids)
+    official = score_answer_file(answers, DATA / "coco_pope_random.json")
+    assert main(["--log-level", "WARNING", "score", "pope_random", "--responses", str(answers),
+                 "--data-root", str(DATA)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("Accuracy", "Precision", "Recall", "F1"):
+        assert out["headline"][key] == getattr(official, key), key
+    assert out["headline"]["Yes Ratio"] == official.yes_ratio
+    assert out["coverage"] == {"samples": 3000, "responses": 3000, "missing": 0}
+
+
+def test_harness_score_pope_all_splits_needs_each_answers_split(tmp_path, capsys):
+    from harness.cli import main
+
+    combined = tmp_path / "all.jsonl"
+    parts = []
+    for split in SPLITS:
+        _official_layout_answers(split, tmp_path / f"{split}.jsonl", category=True)
+        parts.append((tmp_path / f"{split}.jsonl").read_text())
+    combined.write_text("".join(parts))
+    assert main(["--log-level", "WARNING", "score", "pope", "--responses", str(combined),
+                 "--data-root", str(DATA)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    means = [score_answer_file(tmp_path / f"{split}.jsonl", DATA / f"coco_pope_{split}.json").F1 for split in SPLITS]
+    assert out["headline"]["F1"] == pytest.approx(sum(means) / 3, abs=1e-12)
+    _official_layout_answers("random", combined)  # ids but no category: which split?
+    assert main(["score", "pope", "--responses", str(combined), "--data-root", str(DATA)]) == 2
+    err = capsys.readouterr().err
+    assert "no 'category' field" in err and "line 1" in err and "Traceback" not in err
+
+
+def test_harness_score_pope_refuses_short_and_repeated_answer_files(tmp_path):
+    from tasks.pope import PopeRandom
+
+    task = PopeRandom(data_root=DATA)
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"question": "q", "answer": "yes"}) + "\n")
+    with pytest.raises(DataError, match="holds 1 answers without question ids for the 3000 questions"):
+        task.score_file(short)
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(json.dumps({"question_id": 1, "text": "yes"}) + "\n" + json.dumps({"question_id": 1, "text": "no"})
+                     + "\n")
+    with pytest.raises(DataError, match=r"twice.jsonl, line 2: question random-1 is answered twice"):
+        task.score_file(twice)
