@@ -22,7 +22,7 @@ Columns appear only when some row has a value for them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -328,9 +328,9 @@ def mark_best(values: Sequence[float | None], better: str | None, decimals: int)
 
 def _metric_table(tid: str, title: str, caption: str, rows: Sequence[RowKey], specs: Sequence[MetricSpec],
                   values: Values, lead: Sequence[tuple[Column, Callable[[RowKey], Cell]]],
-                  group_of: Callable[[RowKey], str]) -> Table | None:
-    """Rows x metric columns (those with a value), marks per group of rows."""
-    specs = [s for s in specs if any(values.spec_value(r, s) is not None for r in rows)]
+                  group_of: Callable[[RowKey], str], keep: Collection[str] = ()) -> Table | None:
+    """Rows x metric columns (those with a value, and those whose key is in ``keep``), marks per group of rows."""
+    specs = [s for s in specs if s.key in keep or any(values.spec_value(r, s) is not None for r in rows)]
     rows = [r for r in rows if any(values.spec_value(r, s) is not None for s in specs)]
     if not rows or not specs:
         return None
@@ -518,10 +518,15 @@ def breakdown_tables(frame: pd.DataFrame) -> list[Table]:
         categories = [c for c in order if c in found] + [c for c in found if c not in order]
         metrics = CATEGORY_METRICS.get(fam) or tuple((m, None) for m in dict.fromkeys(t["metric"]))
         rows = sorted(group_rows(run_meta(t)), key=_sort_key)
-        values = Values(t)
+        # a category without a question (the scorer's n = 0) has no number: its cells are empty, not 0.0
+        empty = frame[(frame["task"] == task) & (frame["metric"] == "n") & (frame["value"] == 0)]
+        zero = set(zip(empty["run"], empty["category"]))
+        values = Values(t[[(r, c) not in zero for r, c in zip(t["run"], t["category"])]])
+        unasked = [c for c in categories if all((run, c) in zero for r in rows for run in r.runs)]
         varying = _varying(rows, ("data_size", "beta", "epochs", "rejected_image"))
         for metric, better in metrics:
-            specs = [MetricSpec(f"{task}:{c}", "", c, (task,), metric, better, 2 if fam == "mmhal" else 1, c)
+            specs = [MetricSpec(f"{task}:{c}", "", f"{c} (n = 0)" if c in unasked else c, (task,), metric, better,
+                                2 if fam == "mmhal" else 1, c)
                      for c in categories]
             table = _metric_table(
                 f"breakdown-{task}-{metric}".replace(" ", "_"), f"{task}: {metric} per category", "",
@@ -529,10 +534,13 @@ def breakdown_tables(frame: pd.DataFrame) -> list[Table]:
                 [(Column("model", "Model", numeric=False), _model_cell),
                  (Column("method", "Run", numeric=False),
                   lambda r, v=varying: Cell(_run_label(r, v), _run_label(r, v)))],
-                _group_of)
+                _group_of, keep={f"{task}:{c}" for c in categories if any(
+                    (run, c) in zero for r in rows for run in r.runs)})
             if table is not None:
                 arrow = {UP: " (higher is better)", DOWN: " (lower is better)"}.get(better or "", "")
                 table.caption = f"{metric}{arrow} per category, from the scorer's breakdown in metrics.json."
+                if zero:
+                    table.caption += " Empty: no question of that category (n = 0)."
                 tables.append(table)
     return tables
 

@@ -60,7 +60,7 @@ import re
 import sys
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -292,6 +292,21 @@ COUNTER_NAMES: tuple[str, ...] = (
 #: Counter prefix per discriminative type, as in ``inference.py`` (any other type is a relation question).
 _TYPE_PREFIX = {fmt.ATTRIBUTE_STATE: "as", fmt.ATTRIBUTE_NUMBER: "an", fmt.ATTRIBUTE_ACTION: "aa",
                 fmt.EXISTENCE: "ha"}
+
+
+_PREFIX_DIMENSION = {"ha": "Existence", "as": "State", "an": "Number", "aa": "Action", "asso": "Relation"}
+
+
+def dimension_counts(records: Iterable[DiscriminativeRecord]) -> dict[str, int]:
+    """Questions per dimension of :data:`DISCRIMINATIVE_DIMENSIONS` (``Attribute`` = State + Number + Action). The
+    official scorer prints a dimension without questions as 0 (its counters start at 0.001); ``n`` tells them apart."""
+    n = dict.fromkeys(DISCRIMINATIVE_DIMENSIONS, 0)
+    for r in records:
+        dim = _PREFIX_DIMENSION[_TYPE_PREFIX.get(r.type, "asso")]
+        n[dim] += 1
+        if dim in ("State", "Number", "Action"):
+            n["Attribute"] += 1
+    return n
 
 
 def read_counters(path: str | Path) -> dict[str, float]:
@@ -735,13 +750,17 @@ class AmberScorer:
 # --------------------------------------------------------------------------------------------------- tasks
 class _AmberTask(Task):
     """Shared by the three AMBER tasks. Options: ``amber_similarity`` (a :func:`parse_similarity` spec, default
-    ``spacy:en_core_web_lg``) and ``amber_answer`` (a key of :data:`ANSWER_MODES`, default ``official``)."""
+    ``spacy:en_core_web_lg``) and ``amber_answer`` (a key of :data:`ANSWER_MODES`, default ``official``).
+
+    A response longer than :data:`harness.task.MAX_RESPONSE_CHARS` (100,000) characters is refused with its sample
+    id, not truncated (NLTK's tokenizer would take hours on megabytes; see :class:`harness.task.Task`)."""
 
     version: ClassVar[str] = "1"
     query_file: ClassVar[str]
     generative: ClassVar[bool]
     discriminative: ClassVar[bool]
     default_max_new_tokens: ClassVar[int] = GENERATIVE_MAX_NEW_TOKENS
+    option_names: ClassVar[tuple[str, ...]] = ("amber_answer", "amber_similarity")
 
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
@@ -811,7 +830,10 @@ class _AmberTask(Task):
             d = result.discriminative
             if d is not None:
                 headline.update(d.overall.as_dict())
-                breakdown.update({name: prf.as_dict() for name, prf in d.dimensions.items()})
+                asked = dimension_counts(r for r in result.records if isinstance(r, DiscriminativeRecord))
+                # the official numbers of every dimension; "n": 0 marks one without a question (printed as 0)
+                breakdown.update({name: {**prf.as_dict(), **({"n": 0} if not asked[name] else {})}
+                                  for name, prf in d.dimensions.items()})
                 counts.update(discriminative=d.questions, answered_yes=d.answered_yes, answered_no=d.answered_no,
                               answered_other=d.answered_other)
             else:

@@ -657,3 +657,26 @@ def test_report_of_an_empty_folder_says_so_once(tmp_path: Path, capsys, caplog) 
     err = capsys.readouterr().err
     assert err.count("holds no run directory") + caplog.text.count("holds no run directory") == 1
     assert "Traceback" not in err
+
+
+def test_category_without_questions_is_empty_with_n_zero(tmp_path: Path) -> None:
+    """AMBER prints a dimension without questions as 0.0; the report shows it empty, labelled n = 0."""
+    from tasks.amber import DiscriminativeRecord, dimension_counts
+
+    asked = dimension_counts([DiscriminativeRecord(1, "discriminative-hallucination", "Existence", "no", "No", "No",
+                                                   True),
+                              DiscriminativeRecord(2, "discriminative-attribute-state", "Attribute", "yes", "Yes",
+                                                   "Yes", True)])
+    assert asked == {"Existence": 1, "Attribute": 1, "State": 1, "Number": 0, "Action": 0, "Relation": 0}
+    write_task(tmp_path, "sft", "toy_amber", amber_headline(70.0, 75.0, 10.0, 50.0, 40.0, 4.0),
+               breakdown={"Existence": {"Accuracy": 90.0, "F1": 91.0},
+                          "Action": {"Accuracy": 0.0, "F1": 0.0, "n": 0},
+                          "Relation": {"Accuracy": 0.0, "F1": 0.0, "n": 0}},
+               job={"method": "sft", "model": "m", "model_size": "7B"})
+    tables = build_report(load_runs([tmp_path]), ci=False, examples=0).tables
+    acc = next(t for t in tables if t.id == "breakdown-toy_amber-Accuracy")
+    labels = [c.label for c in acc.columns]
+    assert "Action (n = 0)" in labels and "Relation (n = 0)" in labels and "Existence" in labels
+    row = acc.rows[0]
+    assert row[labels.index("Action (n = 0)")].text == "" and row[labels.index("Existence")].text == "90.0"
+    assert "n = 0" in acc.caption
