@@ -504,13 +504,21 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------------- baselines
-PAPER_BASELINES = Path(__file__).with_name("data") / "jompo_table1.csv"
+PAPER_DIR = Path(__file__).with_name("data")
+PAPER_BASELINES = PAPER_DIR / "jompo_table1.csv"
 PAPER_PREFIX = "paper \u00b7 "
+#: The JoMPO paper's Table 2 variant names -> the method names of this project (docs/methods.md).
+TABLE2_VARIANTS: dict[str, str] = {
+    "JoMPO": "jompo", "w/o ranking": "jompo_no_ranking", "w/o sym": "jompo_no_symmetry",
+    "w/o ranking, sym": "jompo_no_both", "w/o ranking, text": "jompo_no_ranking_text",
+    "w/o ranking, no-image": "jompo_no_ranking_noimage",
+}
+_PAPER_7B = {"model": "LLaVA-1.5-7B", "model_size": "7B"}
 
 
-def paper_run_id(model: str, label: str) -> str:
-    """The run name of a published row: unique per (model, label), never equal to a run directory's name."""
-    return f"{PAPER_PREFIX}{model} \u00b7 {label}"
+def paper_run_id(model: str, label: str, table: int = 1) -> str:
+    """The run name of a published row: unique per (table, model, label), never equal to a run directory's name."""
+    return f"{PAPER_PREFIX}Table {table} \u00b7 {model} \u00b7 {label}"
 
 
 def paper_label(run: str) -> str:
@@ -518,29 +526,84 @@ def paper_label(run: str) -> str:
     return run.rsplit(" \u00b7 ", 1)[-1] if run.startswith(PAPER_PREFIX) else run
 
 
+def paper_table(run: str) -> int | None:
+    """The number of the paper's table a published row comes from; None for a run."""
+    if not run.startswith(PAPER_PREFIX):
+        return None
+    return int(run[len(PAPER_PREFIX):].split(" \u00b7 ", 1)[0].removeprefix("Table "))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, comment="#", dtype=str, keep_default_na=False, skip_blank_lines=True)
+
+
+def _paper_records(table: int, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of the paper's Table 2-5 files in Table 1's layout (label, model, model_size, method, data_size,
+    beta, epochs and TASK:METRIC cells)."""
+    out = []
+    for rec in frame.to_dict("records"):
+        metrics = {k: v for k, v in rec.items() if ":" in k}
+        if table == 2:
+            out.append({"label": rec["variant"], **_PAPER_7B, "method": TABLE2_VARIANTS[rec["variant"]],
+                        "data_size": "5k", **metrics})
+        elif table == 3:
+            base = not rec["model"].startswith("+")
+            out.append({"label": rec["model"], **_PAPER_7B, "method": "base" if base else "jompo",
+                        "data_size": "" if base else "5k", **metrics})
+        elif table == 4:
+            base = not rec["model"].startswith("+")
+            out.append({"label": rec["model"], "model": "Qwen2-VL-7B-Instruct", "model_size": "Qwen2-VL-7B",
+                        "method": "base" if base else "jompo", "data_size": "" if base else "5k", **metrics})
+        elif table == 5:
+            out.append({"label": f"beta={rec['beta']}, {rec['epochs']} ep", **_PAPER_7B, "method": "jompo",
+                        "data_size": "5k", "beta": rec["beta"], "epochs": rec["epochs"], **metrics})
+    return out
+
+
+#: The shipped files of the paper's tables 2-5 (Table 6, the VTC contrast types, is read by the VTC report).
+PAPER_TABLE_FILES: dict[int, str] = {2: "jompo_table2_ablations.csv", 3: "jompo_table3_general.csv",
+                                     4: "jompo_table4_qwen2vl.csv", 5: "jompo_table5_beta_epochs.csv"}
+
+
 def load_baselines(spec: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """Published rows as tidy-frame rows (``source == "paper"``): ``spec`` is ``"paper"`` (the JoMPO paper's
-    Table 1 as shipped in ``reports/data/jompo_table1.csv``) or a CSV file of the same layout.
+    Tables 1-5 as shipped in ``reports/data/``, see its README) or a CSV file in Table 1's layout.
 
-    The layout: ``#`` comment lines (the source), then a header ``label,model,model_size,method,data_size,`` and
-    one column per metric named ``TASK:METRIC`` (``object_halbench:CHAIRs``, ``amber:Accuracy``, ``mmhal:Score``,
-    ...); empty cells are numbers the source does not give.
+    The layout: ``#`` comment lines (the source), then a header ``label,model,model_size,method,data_size,``
+    (optionally ``beta,epochs``) and one column per metric named ``TASK:METRIC`` (``object_halbench:CHAIRs``,
+    ``amber:Accuracy``, ``mmhal:Score``, ...); empty cells are numbers the source does not give. Each row is its
+    own published row, named by its table, model and label (:func:`paper_run_id`): two rows of one model and label
+    in one table are an error, never merged. The report shows each row in the table it comes from.
     """
     warnings: list[str] = []
     path = PAPER_BASELINES if str(spec) == "paper" else Path(spec)
     try:
-        table = pd.read_csv(path, comment="#", dtype=str, keep_default_na=False, skip_blank_lines=True)
+        sources: list[tuple[int, Path, list[dict[str, Any]]]] = [(1, path, _read_csv(path).to_dict("records"))]
+        if str(spec) == "paper":
+            for number, name in PAPER_TABLE_FILES.items():
+                sources.append((number, PAPER_DIR / name, _paper_records(number, _read_csv(PAPER_DIR / name))))
     except FileNotFoundError:
         return frame_of([]), [f"{path}: baselines file not found; no published rows"]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         return frame_of([]), [f"{path}: unreadable baselines file ({exc}); no published rows"]
-    metric_cols = [c for c in table.columns if ":" in c]
+    rows: list[dict[str, Any]] = []
+    for number, source, records in sources:
+        rows += _published_rows(number, source, records, warnings)
+    if not rows:
+        warnings.append(f"{path}: holds no published numbers (see its header); no published rows shown")
+    for w in warnings:
+        log.warning("%s", w)
+    return _typed(pd.DataFrame(rows, columns=list(COLUMNS))), warnings
+
+
+def _published_rows(table: int, path: Path, records: Sequence[Mapping[str, Any]],
+                    warnings: list[str]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     first_row: dict[str, int] = {}
-    for i, rec in enumerate(table.to_dict("records"), start=1):
+    for i, rec in enumerate(records, start=1):
         label = rec.get("label") or rec.get("method") or f"row {i}"
-        # one published row per (model, label): "+DPO" of LLaVA-1.5-7B and of -13B are two rows, never merged
-        run = paper_run_id(rec.get("model") or rec.get("model_size") or "", label)
+        # one published row per (table, model, label): "+DPO" of LLaVA-1.5-7B and of -13B are two rows
+        run = paper_run_id(rec.get("model") or rec.get("model_size") or "", label, table)
         if run in first_row:
             raise DataError(f"row {i} repeats the model and label of row {first_row[run]} ({label!r}, "
                             f"{rec.get('model') or rec.get('model_size')!r}); each published row needs its own",
@@ -548,9 +611,11 @@ def load_baselines(spec: str | Path) -> tuple[pd.DataFrame, list[str]]:
         first_row[run] = i
         info = RunInfo(run=run, path=str(path), model=rec.get("model", ""),
                        model_size=rec.get("model_size", "") or model_size_of(rec.get("model")),
-                       method=rec.get("method") or None, data_size=parse_size(rec.get("data_size")), source="paper")
-        for col in metric_cols:
-            text = (rec.get(col) or "").strip()
+                       method=rec.get("method") or None, data_size=parse_size(rec.get("data_size")),
+                       beta=_float_or_none(str(rec.get("beta") or "")), epochs=_float_or_none(str(rec.get("epochs") or "")),
+                       source="paper")
+        for col in (c for c in rec if ":" in c):
+            text = str(rec.get(col) or "").strip()
             if not text:
                 continue
             value = _float_or_none(text)
@@ -560,8 +625,4 @@ def load_baselines(spec: str | Path) -> tuple[pd.DataFrame, list[str]]:
             task, metric = col.split(":", 1)
             rows.append({**info.meta(), "task": task, "category": "", "metric": metric, "value": value,
                          "text": text})
-    if not rows:
-        warnings.append(f"{path}: holds no published numbers (see its header); no published rows shown")
-    for w in warnings:
-        log.warning("%s", w)
-    return _typed(pd.DataFrame(rows, columns=list(COLUMNS))), warnings
+    return rows

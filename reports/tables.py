@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from reports.frame import format_size, paper_label
+from reports.frame import format_size, paper_label, paper_table
 
 UP, DOWN = "up", "down"
 
@@ -352,7 +352,9 @@ def _metric_table(tid: str, title: str, caption: str, rows: Sequence[RowKey], sp
         body.append(cells)
     notes = []
     if any(r.get("source") == "paper" for r in rows):
-        notes.append("\u2020 published in the JoMPO paper (Table 1), not produced from a run here.")
+        numbers = sorted({paper_table(r.runs[0]) or 1 for r in rows if r.get("source") == "paper"})
+        names = " and ".join(f"Table {n}" for n in numbers)
+        notes.append(f"\u2020 published in the JoMPO paper ({names}), not produced from a run here.")
     if any(len(r.runs) > 1 for r in rows):
         notes.append("Rows of runs that differ only by seed show the mean over the seeds.")
     return Table(tid, title, caption, columns, body, groups, notes)
@@ -416,9 +418,16 @@ def _numbered(number: int, table: Table | None) -> Table | None:
     return table
 
 
+def _rows(frame: pd.DataFrame, tables: Collection[int]) -> list[RowKey]:
+    """The rows of the runs, and of the published rows that come from the paper's ``tables``."""
+    return [r for r in group_rows(run_meta(frame))
+            if r.get("source") != "paper" or (paper_table(r.runs[0]) or 1) in tables]
+
+
 def table1(frame: pd.DataFrame) -> Table | None:
-    """Table 1: main results, methods x hallucination benchmarks (see the module docstring)."""
-    rows = [r for r in group_rows(run_meta(frame)) if r.get("method") not in ABLATIONS]
+    """Table 1: main results, methods x hallucination benchmarks (see the module docstring); published rows of the
+    paper's Tables 1 and 4 (Qwen2-VL, its own block)."""
+    rows = [r for r in _rows(frame, (1, 4)) if r.get("method") not in ABLATIONS]
     rows = sorted(_only_defaults(rows), key=_sort_key)
     varying = _varying(rows, ("beta", "epochs", "rejected_image"))
     if len({r.get("model") for r in rows if not r.get("model_size")}) > 1:
@@ -432,12 +441,13 @@ def table1(frame: pd.DataFrame) -> Table | None:
 
 
 def table2(frame: pd.DataFrame) -> Table | None:
-    """Table 2: JoMPO and its ablations (only when an ablation was run)."""
-    all_rows = group_rows(run_meta(frame))
-    if not any(r.get("method") in ABLATIONS for r in all_rows):
+    """Table 2: JoMPO and its ablations (only when an ablation was run), beside the paper's Table 2."""
+    all_rows = _rows(frame, (2,))
+    ran = [r for r in all_rows if r.get("source") != "paper"]
+    if not any(r.get("method") in ABLATIONS for r in ran):
         return None
-    settings = {(r.get("model_size"), r.get("data_size")) for r in all_rows if r.get("method") in ABLATIONS}
-    rows = [r for r in all_rows if r.get("method") in ABLATIONS
+    settings = {(r.get("model_size"), r.get("data_size")) for r in ran if r.get("method") in ABLATIONS}
+    rows = [r for r in all_rows if r.get("source") == "paper" or r.get("method") in ABLATIONS
             or (r.get("method") == "jompo" and (r.get("model_size"), r.get("data_size")) in settings)]
     rows = sorted(_only_defaults(rows), key=_sort_key)
     varying = _varying(rows, ("beta", "epochs"))
@@ -451,8 +461,9 @@ def table2(frame: pd.DataFrame) -> Table | None:
 
 
 def table3(frame: pd.DataFrame) -> Table | None:
-    """Table 3: general and vision-centric benchmarks; one column per benchmark present."""
-    present = set(frame["task"])
+    """Table 3: general and vision-centric benchmarks; one column per benchmark a run has, beside the paper's
+    Table 3."""
+    present = set(frame.loc[frame["source"] != "paper", "task"])
     specs = []
     for label, tasks, metrics in TABLE3_TASKS:
         task = next((t for t in tasks if t in present), None)
@@ -469,7 +480,7 @@ def table3(frame: pd.DataFrame) -> Table | None:
                                     tasks, metric, UP, decimals))
     if not specs:
         return None
-    rows = sorted(_only_defaults([r for r in group_rows(run_meta(frame)) if r.get("method") not in ABLATIONS]),
+    rows = sorted(_only_defaults([r for r in _rows(frame, (3,)) if r.get("method") not in ABLATIONS]),
                   key=_sort_key)
     varying = _varying(rows, ("beta", "epochs", "rejected_image"))
     lead = [(Column("model", "Model", numeric=False), _model_cell),
@@ -481,15 +492,16 @@ def table3(frame: pd.DataFrame) -> Table | None:
 
 
 def table5(frame: pd.DataFrame) -> Table | None:
-    """Table 5: beta x epochs for each (model size, method, data size) run at more than one setting."""
-    rows = [r for r in group_rows(run_meta(frame)) if r.get("source") != "paper"]
+    """Table 5: beta x epochs for each (model size, method, data size) run at more than one setting, beside the
+    paper's Table 5."""
+    rows = _rows(frame, (5,))
     blocks: dict[tuple, list[RowKey]] = {}
     for r in rows:
         blocks.setdefault((r.get("model_size"), r.get("method"), r.get("data_size"), setting(r, "rejected_image")),
                           []).append(r)
     chosen = [r for rs in blocks.values() if len({(r.get("beta"), r.get("epochs")) for r in rs}) > 1
               and all(r.get("beta") is not None or r.get("epochs") is not None for r in rs) for r in rs]
-    if not chosen:
+    if not any(r.get("source") != "paper" for r in chosen):
         return None
     chosen.sort(key=_sort_key)
     lead = [(Column("model", "Model", numeric=False), _model_cell),

@@ -272,7 +272,7 @@ def test_published_rows(tmp_path: Path) -> None:
     shipped, shipped_warnings = load_baselines("paper")
     header = (Path(__file__).resolve().parents[1] / "reports" / "data" / "jompo_table1.csv").read_text()
     assert "Source:" in header and "JoMPO" in header
-    assert shipped_warnings == [] and set(shipped["model_size"]) == {"7B", "13B"}
+    assert shipped_warnings == [] and set(shipped["model_size"]) == {"7B", "13B", "Qwen2-VL-7B"}
 
 
 PAPER_TABLE1 = Path(__file__).resolve().parents[1] / "reports" / "data" / "jompo_table1.csv"
@@ -680,3 +680,38 @@ def test_category_without_questions_is_empty_with_n_zero(tmp_path: Path) -> None
     row = acc.rows[0]
     assert row[labels.index("Action (n = 0)")].text == "" and row[labels.index("Existence")].text == "90.0"
     assert "n = 0" in acc.caption
+
+
+def test_paper_tables_2_3_5_stand_beside_the_runs_they_belong_to(sweep: Path) -> None:
+    """--baselines paper: the paper's Table 2 rows beside the ablation runs, Table 3 beside the general benchmarks,
+    Table 5 beside the beta x epochs runs, Table 4 (Qwen2-VL) as its own block of Table 1; each cell as published."""
+    import csv
+
+    base, warnings = load_baselines("paper")
+    assert warnings == []
+    report = build_report(load_runs([sweep]), baselines=base, ci=False, examples=0)
+    by_number = {t.number: t for t in report.tables if t.number}
+    data = Path(__file__).resolve().parents[1] / "reports" / "data"
+
+    def published(name: str) -> list[dict[str, str]]:
+        lines = [ln for ln in (data / name).read_text().splitlines() if ln and not ln.startswith("#")]
+        return list(csv.DictReader(lines))
+
+    def paper_rows(table) -> list[dict[str, str]]:
+        return [{c.label: cell.text for c, cell in zip(table.columns, row)} for row in table.rows
+                if row[1].text.endswith("\u2020")]
+
+    t2 = paper_rows(by_number[2])
+    assert len(t2) == 6
+    for rec, row in zip(published("jompo_table2_ablations.csv"), t2):
+        assert (row["CHAIR"], row["Hal"], row["Score"], row["HalRate"]) == (
+            rec["amber:CHAIR"], rec["amber:Hal"], rec["mmhal:Score"], rec["mmhal:HalRate"])
+    t3 = paper_rows(by_number[3])
+    assert [r["TextVQA"] for r in t3] == [r["textvqa:Accuracy"] for r in published("jompo_table3_general.csv")]
+    t5 = paper_rows(by_number[5])
+    assert sorted((r["beta"], r["Epochs"], r["CHAIR"]) for r in t5) == sorted(
+        (f"{float(r['beta']):g}", r["epochs"], r["amber:CHAIR"]) for r in published("jompo_table5_beta_epochs.csv"))
+    qwen = [r for r in paper_rows(by_number[1]) if r["Model"] == "Qwen2-VL-7B"]
+    assert [(r["CHAIR"], r["Score"]) for r in qwen] == [
+        (r["amber:CHAIR"], r["mmhal:Score"]) for r in published("jompo_table4_qwen2vl.csv")]
+    assert any("Table 1 and Table 4" in n for n in by_number[1].notes)
