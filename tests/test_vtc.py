@@ -742,3 +742,18 @@ def test_build_vtc_user_errors(tmp_path, capsys):
     assert main(["--log-level", "ERROR", "build-vtc", "--output", str(tmp_path / "x"), "--images",
                  str(tmp_path / "nowhere")]) == 2
     assert "image source not found" in capsys.readouterr().err
+
+
+def test_vtc_report_sets_the_papers_table6_beside_the_written_pairs():
+    from trainers.vtc.pipeline import contrast_type_table, format_report, paper_table6, with_paper_table6
+
+    paper = paper_table6()
+    assert sum(paper.values()) == 5025 and paper["color and appearance"] == 1745
+    assert paper["text and symbols"] == 131 and set(paper) == {t.name for t in contrast_types()}
+    rows = with_paper_table6(contrast_type_table({"color and appearance": 3, "text and symbols": 1}))
+    colour = next(r for r in rows if r["contrast_type"] == "color and appearance")
+    assert (colour["count"], colour["share"], colour["paper_count"], colour["paper_share"]) == (3, 75.0, 1745, 34.7)
+    assert rows[-1]["contrast_type"] == "Total" and rows[-1]["paper_count"] == 5025
+    text = format_report({"contrast_types": rows, "contrast_types_vs_paper": rows, "per_source": [
+        {"source": "Total", "mined": 0, "labelled": 0, "accepted": 0, "written_pairs": 0, "records": 0}]})
+    assert "paper %" in text and "1745" in text

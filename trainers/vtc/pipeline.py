@@ -34,6 +34,7 @@ import logging
 import os
 import sys
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,35 @@ def contrast_type_table(types: dict[str, int]) -> list[dict[str, Any]]:
     return rows
 
 
+PAPER_TABLE6 = Path(__file__).with_name("data") / "jompo_table6_vtc_types.csv"
+
+
+def paper_table6() -> dict[str, int]:
+    """The JoMPO paper's Table 6 (contrast types of the 5,025 VTC examples) by this project's type names."""
+    from trainers.vtc import contrast_types
+
+    names = [t.name for t in contrast_types()]
+    out: dict[str, int] = {}
+    for line in PAPER_TABLE6.read_text(encoding="utf-8").splitlines()[1:]:
+        if not line or line.startswith("#") or line.startswith("contrast_type,"):
+            continue
+        label, count = line.rsplit(",", 1)
+        name = next(n for n in names if n == label.lower() or n.startswith(label.lower() + " "))
+        out[name] = int(count)
+    return out
+
+
+def with_paper_table6(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of :func:`contrast_type_table` with the paper's count and share of each type beside them."""
+    paper = paper_table6()
+    total = sum(paper.values())
+    out = []
+    for row in table:
+        count = total if row["contrast_type"] == "Total" else paper.get(row["contrast_type"], 0)
+        out.append({**row, "paper_count": count, "paper_share": round(100 * count / total, 1)})
+    return out
+
+
 def build_report(out_dir: str | os.PathLike[str], *, echo: bool = False) -> dict[str, Any]:
     """The distribution of contrast types among written pairs and per-source counts, from the stages' outputs;
     written to ``DIR/report/`` (``contrast_types.csv``, ``per_source.csv``, ``report.json``) and, with ``echo``,
@@ -261,12 +291,14 @@ def build_report(out_dir: str | os.PathLike[str], *, echo: bool = False) -> dict
     table = contrast_type_table(dict(Counter(written_type.values())))
     labelled_table = contrast_type_table(dict(Counter(lab.contrast_type for lab in labels
                                                       if lab.labelled and lab.contrast_type)))
-    report = {"contrast_types": table, "contrast_types_labelled": labelled_table, "per_source": per_source,
+    report = {"contrast_types": table, "contrast_types_labelled": labelled_table,
+              "contrast_types_vs_paper": with_paper_table6(table), "per_source": per_source,
               "statuses": {"label": dict(Counter(lab.status for lab in labels)),
                            "write": dict(Counter(o["status"] for o in outputs))}}
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(report_dir / "contrast_types.csv", _csv(table))
+    atomic_write_text(report_dir / "contrast_types_vs_paper.csv", _csv(report["contrast_types_vs_paper"]))
     atomic_write_text(report_dir / "per_source.csv", _csv(per_source))
     atomic_write_json(report_dir / "report.json", report)
     if echo:
@@ -276,11 +308,13 @@ def build_report(out_dir: str | os.PathLike[str], *, echo: bool = False) -> dict
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as two plain-text tables."""
-    lines = ["Contrast types of the written pairs (Table 6 layout)"]
-    width = max(len(r["contrast_type"]) for r in report["contrast_types"])
-    lines.append(f"{'contrast type':<{width}}  {'count':>7}  {'share %':>7}")
-    for r in report["contrast_types"]:
-        lines.append(f"{r['contrast_type']:<{width}}  {r['count']:>7}  {r['share']:>7.1f}")
+    lines = ["Contrast types of the written pairs (Table 6 layout; the paper's VTC beside them)"]
+    rows = report.get("contrast_types_vs_paper") or report["contrast_types"]
+    width = max(len(r["contrast_type"]) for r in rows)
+    lines.append(f"{'contrast type':<{width}}  {'count':>7}  {'share %':>7}  {'paper':>7}  {'paper %':>7}")
+    for r in rows:
+        lines.append(f"{r['contrast_type']:<{width}}  {r['count']:>7}  {r['share']:>7.1f}  "
+                     f"{r.get('paper_count', ''):>7}  {r.get('paper_share', ''):>7}")
     lines.append("")
     lines.append("Pairs per source")
     keys = ["mined", "labelled", "accepted", "written_pairs", "records"]
