@@ -21,10 +21,15 @@ Jobs
 
 ``NAME`` spells every grid value, e.g. ``jompo-1k-b0.05-e2-s1234`` (``mpo-1k-b0.05-e2-s1234-crop``), so a job keeps
 its id when the grid grows. Each job's fingerprint hashes every setting that changes its result; a finished job is
-one whose ``done.json`` marker carries the current fingerprint and whose outputs exist. A rerun skips finished jobs,
-resumes unfinished ones (training with ``--resume`` when checkpoints exist; evaluation resumes itself), runs again
-the jobs downstream of one that runs again, and refuses to reuse a training folder made with other settings (it
-names what changed). An evaluation's run folder belongs to the sweep: ``harness run --overwrite`` discards its
+one whose ``done.json`` marker carries the current fingerprint and whose outputs exist (for a training job, the
+weight files verified when it was marked done). A job is marked done only once its outputs are complete and
+verified (:func:`verify_outputs`): a training job's final model must be whole (``train_manifest.json``, written last
+by ``harness train``, and the weight hashes it records), trained with the job's settings from its starting model,
+and not identical to that starting model. A rerun skips finished jobs, marks done without training again a
+training job whose final model is complete and verified (a sweep stopped after the training ended), resumes
+unfinished ones (training with ``--resume`` when checkpoints exist, from the last complete one; evaluation resumes
+itself), runs again the jobs downstream of one that runs again, and refuses to reuse a training folder made with
+other settings (it names what changed). An evaluation's run folder belongs to the sweep: ``harness run --overwrite`` discards its
 predictions when they were made with other settings (a retrained model, another engine), and resumes them otherwise.
 
 Settings come from the code defaults (:class:`SweepSettings`), a preset (``--preset NAME``:
@@ -39,7 +44,7 @@ Layout of ``OUTPUT``::
 
     index.json                 the run index (below), rewritten atomically
     data/preferences-1k.jsonl  the nested subsets (toy data: data/toy/, data/toy-sft/)
-    jobs/ID/                   spec.json (the job as planned), train.yaml (training jobs), log.txt, done.json
+    jobs/ID/                   spec.json (the job as planned), train.yaml (training jobs), log.txt, done.json, lock
     models/NAME/               training outputs (checkpoints/, the final model)
     runs/NAME/                 evaluation runs (one folder per task) and job.json
     report/                    report.html, report.tex, ... (``harness report``)
@@ -49,6 +54,13 @@ The run index ``index.json``: ``{"version": 1, "output", "settings", "data", "up
 is ``{"id", "kind", "name", "params", "deps", "state", "fingerprint", "command", "outputs", "log", "attempts",
 "submitted", "started", "finished", "seconds", "error", "slurm_job_id", "host", "in_plan"}`` with ``state`` one of
 ``pending``, ``running``, ``done``, ``failed``; paths are relative to ``OUTPUT``; times are ISO 8601 (UTC).
+
+Processes and locks: one sweep at a time writes a sweep folder (an exclusive ``flock`` on ``OUTPUT/sweep.lock``; a
+second sweep is refused with one line naming the holder: pid, host, start time), and one process at a time runs a
+job (``jobs/ID/lock``, held by the job's own processes until the last of them exits, so a job that outlived its
+sweep is never started again beside itself). Each local job runs in its own process group under a supervisor
+(:func:`supervise_main`): SIGINT, SIGTERM or SIGHUP of the sweep stops the group, then the sweep exits with one line
+(status 128 + the signal); if the sweep is killed outright (SIGKILL), the supervisor notices and stops the group.
 
 Executors: ``local`` runs the jobs in dependency order, each as a subprocess (a crash fails that job, not the
 sweep; jobs that depend on it stay pending); ``slurm`` submits each unfinished job through submitit
@@ -69,6 +81,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -105,6 +118,15 @@ SPEC_FILE = "spec.json"
 LOG_FILE = "log.txt"
 TRAIN_YAML = "train.yaml"
 JOB_JSON = "job.json"
+JOB_LOCK = "lock"
+SWEEP_LOCK = "sweep.lock"
+MANIFEST_FILE = "train_manifest.json"  # written last by `harness train` (trainers.trainer.save_final_model)
+TRAIN_KINDS: tuple[str, ...] = ("sft", "train")
+#: How long a job whose lock is held is waited for before the sweep gives up (the processes of a job whose sweep was
+#: just killed take a moment to exit).
+JOB_LOCK_WAIT_S = 10.0
+#: How long a stopped job's processes get between SIGTERM and SIGKILL.
+STOP_GRACE_S = 5.0
 
 # Training settings that do not change the trained model (left out of a training job's fingerprint).
 _NON_SEMANTIC_TRAIN = ("model", "data", "output", "image_root", "resume", "report_to", "logging_steps", "save_steps",
@@ -725,7 +747,8 @@ def _train_job(job_id: str, kind: str, name: str, deps: tuple[str, ...], params:
                config: TrainConfig, fp: str, output: Path, settings: SweepSettings) -> Job:
     return Job(id=job_id, kind=kind, name=name, deps=deps, params=params, fingerprint=fp,
                argv=["train", "--config", str(output / "jobs" / job_id / TRAIN_YAML)],
-               outputs={"model": f"models/{name}"}, expect=[f"models/{name}/config.json"],
+               outputs={"model": f"models/{name}"},
+               expect=[f"models/{name}/config.json", f"models/{name}/{MANIFEST_FILE}"],
                launcher=settings.train_launcher, train_config=config.to_dict())
 
 
@@ -765,26 +788,261 @@ def job_dir(output: Path, job_id: str) -> Path:
     return output / "jobs" / job_id
 
 
-def is_done(job: Job, output: Path) -> bool:
-    """Finished: ``jobs/ID/done.json`` carries the job's current fingerprint and every expected output exists."""
-    marker = job_dir(output, job.id) / DONE_FILE
+def _read_json(path: Path) -> Any:
     try:
-        done = json.loads(marker.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+
+
+def is_done(job: Job, output: Path) -> bool:
+    """Finished: ``jobs/ID/done.json`` carries the job's current fingerprint and every expected output exists; for a
+    training job, the model's weight files are still those verified when it was marked done (names, sizes and the
+    hashes its manifest records)."""
+    done = _read_json(job_dir(output, job.id) / DONE_FILE)
+    if not (isinstance(done, dict) and done.get("fingerprint") == job.fingerprint
+            and all((output / p).exists() for p in job.expect)):
         return False
-    return (isinstance(done, dict) and done.get("fingerprint") == job.fingerprint
-            and all((output / p).exists() for p in job.expect))
+    if job.kind not in TRAIN_KINDS:
+        return True
+    weights = done.get("weights")
+    model_dir = output / job.outputs["model"]
+    manifest = _read_json(model_dir / MANIFEST_FILE)
+    if not isinstance(weights, dict) or not weights or not isinstance(manifest, dict):
+        return False
+    if isinstance(manifest.get("weights"), dict) and manifest["weights"] != weights:
+        return False
+    try:
+        return (sorted(p.name for p in weight_files(model_dir)) == sorted(weights)
+                and all((model_dir / n).stat().st_size == w.get("size") for n, w in weights.items()))
+    except (OSError, AttributeError):
+        return False
 
 
 def has_checkpoint(folder: Path) -> bool:
-    """Whether ``folder`` holds a ``checkpoint-N`` that ``harness train --resume`` continues from."""
+    """Whether ``folder`` holds a ``checkpoint-N`` that ``harness train --resume`` continues from (an incomplete
+    one is skipped by it, in favour of the last complete one)."""
     if not folder.is_dir():
         return False
+    return any(p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name) for p in folder.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- verifying outputs
+
+def weight_files(folder: Path) -> list[Path]:
+    """A saved model's top-level weight files (``*.safetensors``, ``*.bin`` but the Trainer's ``training_args.bin``,
+    and their indexes), sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name != "training_args.bin" and (
+        p.suffix in (".safetensors", ".bin") or p.name.endswith((".safetensors.index.json", ".bin.index.json"))))
+
+
+def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """(tensor name -> {dtype, shape, data_offsets}, offset of the data) of a safetensors file; ValueError when the
+    file is not a whole one."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError("truncated")
+        n = int.from_bytes(head, "little")
+        size = path.stat().st_size
+        if n <= 0 or 8 + n > size:
+            raise ValueError("truncated")
+        header = json.loads(fh.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors header")  # noqa: TRY004 - a malformed file, as the other cases
+    header.pop("__metadata__", None)
+    for value in header.values():
+        begin, end = value["data_offsets"]
+        if not 0 <= begin <= end or 8 + n + end > size:
+            raise ValueError("truncated")
+    return header, 8 + n
+
+
+def _tensors(folder: Path) -> dict[str, tuple[Path, dict[str, Any], int]]:
+    out: dict[str, tuple[Path, dict[str, Any], int]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        header, start = safetensors_header(path)
+        for name, info in header.items():
+            out[name] = (path, info, start)
+    return out
+
+
+def _read_tensor_bytes(entry: tuple[Path, dict[str, Any], int]) -> bytes:
+    path, info, start = entry
+    begin, end = info["data_offsets"]
+    with open(path, "rb") as fh:
+        fh.seek(start + begin)
+        return fh.read(end - begin)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether the safetensors weights of model folders ``a`` and ``b`` are the same tensors (same names and
+    values; a dtype that differs is compared after conversion), reading one tensor at a time."""
+    ta, tb = _tensors(a), _tensors(b)
+    if not ta or set(ta) != set(tb):
+        return False
+    for name in sorted(ta):
+        ea, eb = ta[name], tb[name]
+        if ea[1]["shape"] != eb[1]["shape"]:
+            return False
+        if ea[1]["dtype"] == eb[1]["dtype"]:
+            if _read_tensor_bytes(ea) != _read_tensor_bytes(eb):
+                return False
+            continue
+        from safetensors import safe_open
+
+        with safe_open(str(ea[0]), "pt") as fa, safe_open(str(eb[0]), "pt") as fb:
+            x, y = fa.get_tensor(name), fb.get_tensor(name)
+        if not bool((x.double() == y.double()).all()):
+            return False
+    return True
+
+
+def verify_trained_model(job: Job, output: Path) -> tuple[str | None, dict[str, Any]]:
+    """Check the final model of training job ``job``: ``(problem, weights)``, ``problem`` None when it is complete
+    and verified, ``weights`` its weight files ``{name: {"size", "sha256"}}``.
+
+    Complete: ``train_manifest.json`` (written last by ``harness train``) and ``config.json`` parse, every weight
+    file is whole (safetensors headers, every shard of an index) and matches the hashes the manifest recorded.
+    Verified: trained with the job's settings, from the job's starting model as it is now (its content hash), and
+    not identical to that starting model (a run that trained nothing, or resumed from nothing)."""
+    from harness.cache import content_hash
+
+    model_dir = output / job.outputs["model"]
+    manifest = _read_json(model_dir / MANIFEST_FILE)
+    if not isinstance(manifest, dict):
+        return f"{model_dir}: no {MANIFEST_FILE} (the final save did not finish)", {}
+    if not isinstance(_read_json(model_dir / "config.json"), dict):
+        return f"{model_dir}: unreadable config.json", {}
+    files = weight_files(model_dir)
+    if not files:
+        return f"{model_dir}: no model weights", {}
+    for path in files:
+        if path.name.endswith(".index.json"):
+            index = _read_json(path)
+            shards = set(index.get("weight_map", {}).values()) if isinstance(index, dict) else None
+            if not shards or any(not (model_dir / s).is_file() for s in shards):
+                return f"{path}: a shard it lists is missing", {}
+        elif path.suffix == ".safetensors":
+            try:
+                safetensors_header(path)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                return f"{path}: not a whole safetensors file ({exc})", {}
+    weights = {p.name: {"size": p.stat().st_size, "sha256": content_hash(p)} for p in files}
+    recorded = manifest.get("weights")
+    if isinstance(recorded, dict) and recorded != weights:
+        return f"{model_dir}: the weight files differ from those {MANIFEST_FILE} records", {}
+    if job.train_config is not None and isinstance(manifest.get("config"), dict):
+        ignore = set(_NON_SEMANTIC_TRAIN)
+        changes = _diff({k: v for k, v in manifest["config"].items() if k in job.train_config and k not in ignore},
+                        {k: v for k, v in job.train_config.items() if k in manifest["config"] and k not in ignore})
+        if changes:
+            return f"{model_dir}: trained with other settings ({'; '.join(changes)})", {}
+    start = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    start_path = Path(str(start.get("path") or ""))
+    wanted = (job.train_config or {}).get("model")
+    if wanted is not None and start_path.resolve() != Path(wanted).resolve():
+        return f"{model_dir}: trained from {start_path}, not {wanted}", {}
+    if not start_path.is_dir():
+        return f"{model_dir}: its starting model {start_path} is gone; cannot verify it", {}
+    from harness.models import content_hash as model_hash
+
+    if start.get("content_hash") and model_hash(start_path) != start["content_hash"]:
+        return f"{model_dir}: its starting model {start_path} changed since it was trained", {}
     try:
-        from transformers.trainer_utils import get_last_checkpoint
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return any(p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name) for p in folder.iterdir())
-    return get_last_checkpoint(str(folder)) is not None
+        if same_weights(model_dir, start_path):
+            return (f"{model_dir}: the weights are identical to its starting model {start_path} "
+                    "(nothing was trained)"), {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{model_dir}: cannot compare the weights with {start_path} ({exc})", {}
+    return None, weights
+
+
+def verify_outputs(job: Job, output: Path) -> tuple[str | None, dict[str, Any]]:
+    """``(problem, weights)`` of a job that ran: the expected outputs exist; a training job's model is verified
+    (:func:`verify_trained_model`); an evaluation's ``metrics.json`` files are JSON objects."""
+    missing = [p for p in job.expect if not (output / p).exists()]
+    if missing:
+        return f"finished without writing {', '.join(missing)}", {}
+    if job.kind in TRAIN_KINDS:
+        return verify_trained_model(job, output)
+    bad = [p for p in job.expect if p.endswith(".json") and not isinstance(_read_json(output / p), dict)]
+    if bad:
+        return f"unreadable {', '.join(bad)}", {}
+    return None, {}
+
+
+# ---------------------------------------------------------------------------------------------- locks
+
+def _lock_info(**extra: Any) -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), **extra}
+
+
+def _write_lock_info(fd: int, info: Mapping[str, Any]) -> None:
+    data = (json.dumps(dict(info), sort_keys=True) + "\n").encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError:  # pragma: no cover - the lock matters, not the note
+        pass
+
+
+def lock_holder(path: Path) -> str:
+    """Who holds the lock ``path``, from the note its holder wrote in it: ``pid P on HOST (since T)``."""
+    info = _read_json(path)
+    if not isinstance(info, dict) or "pid" not in info:
+        return "another process"
+    return f"pid {info.get('pid')} on {info.get('host', '?')} (since {info.get('started', '?')})"
+
+
+def try_lock(path: Path, info: Mapping[str, Any], *, inheritable: bool = False) -> int | None:
+    """Take an exclusive ``flock`` on ``path`` (created) without waiting and write ``info`` (who holds it) in it:
+    the open file descriptor, or None when another process holds it. The OS releases the lock when every process
+    holding the descriptor has exited, however it ended."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.set_inheritable(fd, inheritable)
+    _write_lock_info(fd, info)
+    return fd
+
+
+#: job id -> the descriptor of its held lock (passed to the job's processes, which keep it while they run)
+_job_lock_fds: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def job_lock(output: Path, job: Job, wait: float | None = None) -> Iterator[int]:
+    """Hold ``jobs/ID/lock`` while job ``job`` runs: one process at a time runs a job. A job still run by another
+    process (a sweep killed a moment ago whose job is stopping, a second sweep, a Slurm job) is waited for up to
+    ``wait`` seconds (:data:`JOB_LOCK_WAIT_S`), then a HarnessError names the holder."""
+    path = job_dir(output, job.id) / JOB_LOCK
+    deadline = time.monotonic() + (JOB_LOCK_WAIT_S if wait is None else wait)
+    while True:
+        fd = try_lock(path, _lock_info(job=job.id))
+        if fd is not None:
+            break
+        if time.monotonic() >= deadline:
+            raise HarnessError(f"job {job.id} is being run by another process: {lock_holder(path)}; wait for it "
+                               "to finish or stop it, then rerun")
+        time.sleep(0.1)
+    _job_lock_fds[job.id] = fd
+    try:
+        yield fd
+    finally:
+        _job_lock_fds.pop(job.id, None)
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -979,59 +1237,180 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def job_arguments(job: Job, output: Path) -> list[str]:
+    """The job's command line: :meth:`Job.command`, with ``--resume`` for a training job whose folder holds
+    checkpoints."""
+    cmd = job.command()
+    if job.kind in TRAIN_KINDS and has_checkpoint(output / job.outputs["model"] / "checkpoints"):
+        cmd.append("--resume")
+    return cmd
+
+
 class SubprocessRunner:
     """Runs a job as ``python -m harness ...`` (training: the ``train_launcher`` if set), output appended to its
-    log; training continues from the last checkpoint (``--resume``) when there is one."""
+    log; training continues from the last checkpoint (``--resume``) when there is one.
+
+    The job runs in its own process group under a small supervisor (:func:`supervise_main`): when the sweep is
+    interrupted (SIGINT, SIGTERM) the whole group is stopped (SIGTERM, then SIGKILL after :data:`STOP_GRACE_S`);
+    when the sweep dies without a chance to do so (SIGKILL), the supervisor sees it (``PR_SET_PDEATHSIG`` on Linux,
+    its parent pid changing elsewhere) and stops the group itself. The job's processes hold the job's lock
+    (:func:`job_lock`) until the last of them exits."""
+
+    def command(self, job: Job, output: Path) -> list[str]:
+        return job_arguments(job, output)
 
     def __call__(self, job: Job, output: Path, log_path: Path) -> None:
-        cmd = job.command()
-        if job.kind in ("sft", "train") and has_checkpoint(output / job.outputs["model"] / "checkpoints"):
-            cmd.append("--resume")
+        cmd = self.command(job, output)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        lock_fd = _job_lock_fds.get(job.id)
+        supervised = [sys.executable, "-c", "from harness.sweep import supervise_main; supervise_main()",
+                      str(os.getpid()), str(-1 if lock_fd is None else lock_fd), job.id, "--", *cmd]
         with open(log_path, "a", encoding="utf-8") as fh:
             fh.write(f"\n===== {_now()} {shlex.join(cmd)}\n")
             fh.flush()
             try:
-                proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+                proc = subprocess.Popen(supervised, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True,
+                                        pass_fds=() if lock_fd is None else (lock_fd,))
             except OSError as exc:
-                raise JobFailed(f"cannot start {cmd[0]}: {exc.strerror}") from exc
-        if proc.returncode != 0:
+                raise JobFailed(f"cannot start {sys.executable}: {exc.strerror}") from exc
+            try:
+                returncode = proc.wait()
+            except BaseException:  # interrupted (SIGINT, SIGTERM): the job must not outlive the sweep
+                stop_process_group(proc)
+                raise
+            stop_process_group(proc, grace=0)  # anything the job left behind in its group
+        if returncode != 0:
             tail = _tail(log_path)
-            raise JobFailed(f"exit status {proc.returncode}" + (f"; last lines of {log_path}:\n{tail}" if tail else ""))
+            raise JobFailed(f"exit status {returncode}" + (f"; last lines of {log_path}:\n{tail}" if tail else ""))
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float | None = None) -> None:
+    """Stop every process of ``proc``'s process group (``proc`` leads it): SIGTERM, then SIGKILL to what is left
+    after ``grace`` seconds (:data:`STOP_GRACE_S`)."""
+    grace = STOP_GRACE_S if grace is None else grace
+    if proc.poll() is None or grace == 0:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM if grace else signal.SIGKILL)
+        if grace:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+
+
+def supervise_main(argv: Sequence[str] | None = None) -> None:
+    """The supervisor of one job (``python -c "from harness.sweep import supervise_main; supervise_main()" PARENT
+    LOCK_FD JOB_ID -- COMMAND...``), started by :class:`SubprocessRunner` as the leader of a new process group.
+
+    It runs COMMAND in its group, holding the job's lock descriptor, and exits with its status. When the sweep
+    (PARENT) goes away, or it is sent SIGTERM / SIGINT / SIGHUP, it stops the whole group: SIGTERM, then SIGKILL
+    after :data:`STOP_GRACE_S`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    parent, lock_fd, job_id, cmd = int(args[0]), int(args[1]), args[2], args[4:]
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    _die_with_parent()
+    if os.getppid() != parent:  # the sweep died before the line above
+        os._exit(1)
+    if lock_fd >= 0:
+        _write_lock_info(lock_fd, _lock_info(job=job_id, sweep_pid=parent))
+    try:
+        proc = subprocess.Popen(cmd, pass_fds=(lock_fd,) if lock_fd >= 0 else ())
+    except OSError as exc:
+        print(f"harness sweep: cannot start {cmd[0]}: {exc.strerror}", file=sys.stderr)
+        os._exit(127)
+    while True:
+        try:
+            code = proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if stopping or os.getppid() != parent:
+                break
+            continue
+        os._exit(code if code >= 0 else 128 - code)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    print(f"harness sweep: job {job_id}: stopping it ("
+          + (signal.Signals(stopping[0]).name if stopping else "the sweep is gone") + ")", file=sys.stderr, flush=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(0, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_GRACE_S)
+    os.killpg(0, signal.SIGKILL)  # the rest of the group, this process included
 
 
 def execute_job(job: Job, output: Path, runner: JobRunner | None = None) -> bool:
     """Run one job and record it: the index says ``running``, then ``done`` (with ``done.json`` written) or
-    ``failed`` (with the error). Returns whether it finished. An interrupt leaves it ``pending`` and propagates."""
+    ``failed`` (with the error). Returns whether it finished. An interrupt leaves it ``pending`` and propagates.
+
+    The job's lock (:func:`job_lock`) is held throughout. A job is marked done only once its outputs are complete
+    and verified (:func:`verify_outputs`); a training job whose final model is already complete and verified (a
+    sweep stopped after the training ended, before marking it done) is marked done without training again."""
     runner = runner or SubprocessRunner()
     index = RunIndex(output)
     folder = job_dir(output, job.id)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / DONE_FILE).unlink(missing_ok=True)
-    started = time.time()
-    index.update(job.id, increment=("attempts",), state="running", started=_now(), finished=None, seconds=None,
-                 error=None, host=socket.gethostname())
-    if job.job_json is not None:
-        run_dir = output / job.outputs["run"]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / JOB_JSON, job.job_json)
-    try:
-        runner(job, output, folder / LOG_FILE)
-        missing = [p for p in job.expect if not (output / p).exists()]
-        if missing:
-            raise JobFailed(f"finished without writing {', '.join(missing)}")
-    except JobFailed as exc:
-        index.update(job.id, state="failed", finished=_now(), seconds=round(time.time() - started, 3),
-                     error=str(exc))
-        return False
-    except KeyboardInterrupt:
-        index.update(job.id, state="pending", error="interrupted", seconds=round(time.time() - started, 3))
-        raise
+    with job_lock(output, job):
+        (folder / DONE_FILE).unlink(missing_ok=True)
+        started = time.time()
+        index.update(job.id, increment=("attempts",), state="running", started=_now(), finished=None,
+                     seconds=None, error=None, host=socket.gethostname())
+        if job.kind in TRAIN_KINDS and (output / job.outputs["model"] / MANIFEST_FILE).is_file():
+            problem, weights = verify_trained_model(job, output)
+            if problem is None:
+                log.info("%s: its final model is complete and verified; not trained again", job.id)
+                _mark_done(job, output, index, started, weights, adopted=True)
+                return True
+            log.info("%s: %s; training (again)", job.id, problem)
+        if job.job_json is not None:
+            run_dir = output / job.outputs["run"]
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / JOB_JSON, job.job_json)
+        try:
+            runner(job, output, folder / LOG_FILE)
+            problem, weights = verify_outputs(job, output)
+            if problem:
+                raise JobFailed(problem)
+        except JobFailed as exc:
+            index.update(job.id, state="failed", finished=_now(), seconds=round(time.time() - started, 3),
+                         error=str(exc))
+            return False
+        except KeyboardInterrupt as exc:
+            index.update(job.id, state="pending", error="interrupted", seconds=round(time.time() - started, 3))
+            with contextlib.suppress(AttributeError):
+                exc.sweep_job = job.id  # type: ignore[attr-defined]
+            raise
+        _mark_done(job, output, index, started, weights)
+        return True
+
+
+def _mark_done(job: Job, output: Path, index: RunIndex, started: float, weights: Mapping[str, Any],
+               adopted: bool = False) -> None:
     seconds = round(time.time() - started, 3)
-    atomic_write_json(folder / DONE_FILE, {"fingerprint": job.fingerprint, "finished": _now(), "seconds": seconds})
+    marker: dict[str, Any] = {"fingerprint": job.fingerprint, "finished": _now(), "seconds": seconds}
+    if job.kind in TRAIN_KINDS:
+        marker["weights"] = dict(weights)
+    if adopted:
+        marker["verified_existing"] = True
+    atomic_write_json(job_dir(output, job.id) / DONE_FILE, marker)
     index.update(job.id, state="done", finished=_now(), seconds=seconds, error=None)
-    return True
 
 
 # =====================================================================================================================
@@ -1423,9 +1802,7 @@ def run_sweep(settings: SweepSettings, *, dry_run: bool = False, runner: JobRunn
         echo("dry run: nothing was written or run")
         return SweepResult()
     plan.output.mkdir(parents=True, exist_ok=True)
-    with _locked(plan.output / "sweep.lock", blocking=False) as got:
-        if not got:
-            raise HarnessError(f"another `harness sweep` is running on {plan.output}; wait for it to finish")
+    with sweep_lock(plan.output):
         entries = prepare(plan)
         echo(format_plan(plan, plan_states(plan, entries)))
         if settings.executor == "slurm":
@@ -1448,17 +1825,112 @@ def run_sweep(settings: SweepSettings, *, dry_run: bool = False, runner: JobRunn
     return result
 
 
+@contextlib.contextmanager
+def sweep_lock(output: Path) -> Iterator[int]:
+    """One writer per sweep folder: an exclusive ``flock`` on ``OUTPUT/sweep.lock`` (released by the OS however the
+    sweep ends); a second sweep on the folder is a HarnessError naming the holder (pid, host, start time)."""
+    path = output / SWEEP_LOCK
+    fd = try_lock(path, _lock_info(command=shlex.join(sys.argv)))
+    if fd is None:
+        raise HarnessError(f"another `harness sweep` is running on {output}: {lock_holder(path)}; wait for it to "
+                           "finish or stop it")
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep was sent SIGTERM or SIGHUP (SIGINT is a plain KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """While the sweep runs, SIGTERM and SIGHUP interrupt it as SIGINT does (:class:`SweepInterrupted`), so that
+    the running job's process group is stopped before the sweep exits."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise SweepInterrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """``harness sweep``: 0 when every job finished (or was submitted), 1 when some failed or could not run."""
-    result = run_sweep(settings_from_args(args), dry_run=bool(getattr(args, "dry_run", False)))
+    """``harness sweep``: 0 when every job finished (or was submitted), 1 when some failed or could not run; an
+    interrupt (SIGINT, SIGTERM, SIGHUP) stops the running job and exits with 128 + the signal number."""
+    settings = settings_from_args(args)
+    try:
+        with interrupt_on_signals():
+            result = run_sweep(settings, dry_run=bool(getattr(args, "dry_run", False)))
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        job = getattr(exc, "sweep_job", None)
+        print(f"harness: sweep interrupted ({signal.Signals(signum).name})"
+              + (f": job {job} was stopped" if job else "") + "; rerun the same command to resume",
+              file=sys.stderr, flush=True)
+        return 128 + int(signum)
     return 0 if result.ok else 1
 
 
 __all__ = [
-    "DataPlan", "Job", "JobFailed", "JobRunner", "Plan", "Point", "RunIndex", "SubprocessRunner", "SweepResult",
-    "SweepSettings", "add_sweep_arguments", "build_plan", "check_methods", "cmd_sweep", "coerce_setting",
-    "execute_job", "format_plan", "has_checkpoint", "is_done", "merge_settings", "nested_subsets",
-    "parse_data_sizes", "plan_states", "prepare", "preset_path", "read_sweep_config", "run_local", "run_slurm",
-    "run_slurm_job", "run_sweep", "settings_from_args", "slurm_executor", "slurm_parameters",
-    "uses_rejected_image", "write_report",
+    "DataPlan",
+    "Job",
+    "JobFailed",
+    "JobRunner",
+    "Plan",
+    "Point",
+    "RunIndex",
+    "SubprocessRunner",
+    "SweepResult",
+    "SweepSettings",
+    "add_sweep_arguments",
+    "build_plan",
+    "check_methods",
+    "cmd_sweep",
+    "coerce_setting",
+    "execute_job",
+    "format_plan",
+    "has_checkpoint",
+    "interrupt_on_signals",
+    "is_done",
+    "job_arguments",
+    "job_lock",
+    "lock_holder",
+    "merge_settings",
+    "nested_subsets",
+    "parse_data_sizes",
+    "plan_states",
+    "prepare",
+    "preset_path",
+    "read_sweep_config",
+    "run_local",
+    "run_slurm",
+    "run_slurm_job",
+    "run_sweep",
+    "same_weights",
+    "settings_from_args",
+    "slurm_executor",
+    "slurm_parameters",
+    "stop_process_group",
+    "supervise_main",
+    "sweep_lock",
+    "try_lock",
+    "uses_rejected_image",
+    "verify_outputs",
+    "verify_trained_model",
+    "write_report",
 ]

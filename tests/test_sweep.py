@@ -147,9 +147,37 @@ class FakeRunner:
             raise KeyboardInterrupt
         if job.id in self.fail:
             raise JobFailed("exit status 1; simulated crash")
+        write_fake_outputs(job, output)
+
+
+def write_fake_outputs(job: Job, output: Path) -> None:
+    """What a job that finished writes: a training job, a small model (weights that depend on the job) with the
+    manifest `harness train` writes last, trained from the job's starting model (a fake base model when the sweep
+    starts from the embedded one); an evaluation, its metrics files."""
+    if job.kind not in ("sft", "train"):
         for rel in job.expect:
             (output / rel).parent.mkdir(parents=True, exist_ok=True)
             (output / rel).write_text("{}", encoding="utf-8")
+        return
+    import torch
+    from safetensors.torch import save_file
+
+    from harness.models import content_hash
+    from trainers.trainer import weights_record
+
+    start = Path(job.train_config["model"]) if job.train_config.get("model") else output / "fake-base"
+    if not start.is_dir():
+        start.mkdir(parents=True)
+        (start / "config.json").write_text("{}")
+        save_file({"w": torch.zeros(4)}, str(start / "model.safetensors"))
+    model_dir = output / job.outputs["model"]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.json").write_text("{}")
+    seed = sum(map(ord, job.id))
+    save_file({"w": torch.arange(4, dtype=torch.float32) + seed}, str(model_dir / "model.safetensors"))
+    (model_dir / "train_manifest.json").write_text(json.dumps({
+        "config": job.train_config, "model": {"path": str(start.resolve()), "content_hash": content_hash(start)},
+        "global_step": 1, "weights": weights_record(model_dir)}))
 
 
 def _small(tmp_path: Path, text_prefs: Path) -> SweepSettings:
@@ -204,9 +232,69 @@ def test_a_retrained_model_is_evaluated_again(tmp_path, text_prefs):
     s = _small(tmp_path, text_prefs)
     run_sweep(s, runner=FakeRunner(), echo=lambda _: None)
     (Path(s.output) / "jobs/train-jompo-2k-b0.05-e2-s1234/done.json").unlink()
+    # the final save did not finish (no manifest): the model is trained again
+    (Path(s.output) / "models/jompo-2k-b0.05-e2-s1234/train_manifest.json").unlink()
     runner = FakeRunner()
     assert run_sweep(s, runner=runner, echo=lambda _: None).ok
     assert runner.calls == ["train-jompo-2k-b0.05-e2-s1234", "eval-jompo-2k-b0.05-e2-s1234"]
+
+
+def test_a_complete_verified_model_is_not_trained_again(tmp_path, text_prefs):
+    """Stopped after the training ended but before done.json was written: the model is verified, marked done,
+    not retrained (its evaluation runs again: `harness run` resumes it)."""
+    s = _small(tmp_path, text_prefs)
+    run_sweep(s, runner=FakeRunner(), echo=lambda _: None)
+    out = Path(s.output)
+    model = (out / "models/jompo-2k-b0.05-e2-s1234/model.safetensors").read_bytes()
+    (out / "jobs/train-jompo-2k-b0.05-e2-s1234/done.json").unlink()
+    runner = FakeRunner()
+    assert run_sweep(s, runner=runner, echo=lambda _: None).ok
+    assert runner.calls == ["eval-jompo-2k-b0.05-e2-s1234"]
+    assert (out / "models/jompo-2k-b0.05-e2-s1234/model.safetensors").read_bytes() == model
+    done = json.loads((out / "jobs/train-jompo-2k-b0.05-e2-s1234/done.json").read_text())
+    assert done["verified_existing"] is True and set(done["weights"]) == {"model.safetensors"}
+    assert {e["state"] for e in RunIndex(out).entries().values()} == {"done"}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "identical_to_start", "replaced", "no_manifest"])
+def test_a_training_job_is_done_only_with_a_verified_model(damage, tmp_path, text_prefs):
+    """A job whose model is cut short, equal to its starting model (a resume that loaded nothing), or changed
+    after it was saved is not marked done: it fails with the reason, its evaluation is not run."""
+    s = _small(tmp_path, text_prefs)
+    name = "jompo-2k-b0.05-e2-s1234"
+
+    class Damaging(FakeRunner):
+        def __call__(self, job, output, log_path):
+            super().__call__(job, output, log_path)
+            if job.id != f"train-{name}":
+                return
+            model = output / job.outputs["model"] / "model.safetensors"
+            if damage == "truncated":
+                model.write_bytes(model.read_bytes()[:-8])
+            elif damage == "identical_to_start":
+                import shutil
+
+                shutil.copy(output / "fake-base" / "model.safetensors", model)
+                manifest = json.loads((model.parent / "train_manifest.json").read_text())
+                from trainers.trainer import weights_record
+
+                manifest["weights"] = weights_record(model.parent)
+                (model.parent / "train_manifest.json").write_text(json.dumps(manifest))
+            elif damage == "replaced":
+                import torch
+                from safetensors.torch import save_file
+
+                save_file({"w": torch.ones(4)}, str(model))
+            else:
+                (model.parent / "train_manifest.json").unlink()
+
+    result = run_sweep(s, runner=Damaging(), echo=lambda _: None)
+    assert result.failed == [f"train-{name}"] and result.blocked == [f"eval-{name}"]
+    error = RunIndex(Path(s.output)).entries()[f"train-{name}"]["error"]
+    expected = {"truncated": "not a whole safetensors file", "identical_to_start": "identical to its starting model",
+                "replaced": "differ from those train_manifest.json records", "no_manifest": "train_manifest.json"}
+    assert expected[damage] in error, error
+    assert not (Path(s.output) / f"jobs/train-{name}/done.json").exists()
 
 
 def test_job_json_and_index_have_the_documented_shape(tmp_path, text_prefs):

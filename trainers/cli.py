@@ -91,7 +91,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
     run = p.add_argument_group("run")
     run.add_argument("--resume", action="store_const", const=True,
-                     help="continue from the last checkpoint in OUTPUT/checkpoints")
+                     help="continue from the last complete checkpoint in OUTPUT/checkpoints (weights, optimizer, "
+                          "scheduler, RNG state); incomplete ones are skipped with a warning")
     run.add_argument("--logging-steps", type=int)
     run.add_argument("--save-steps", type=int)
     run.add_argument("--save-total-limit", type=int)

@@ -28,7 +28,14 @@ import transformers
 from harness.errors import DataError
 from trainers.config import TrainConfig
 from trainers.logprobs import Row, RowBatch, tokenize_rows
-from trainers.trainer import RowsTrainer, build_policy, resume_checkpoint, save_final_model, training_arguments
+from trainers.trainer import (
+    RowsTrainer,
+    build_policy,
+    discard_final_manifest,
+    resume_checkpoint,
+    save_final_model,
+    training_arguments,
+)
 
 if TYPE_CHECKING:
     from harness.models.base import ModelFamily
@@ -169,6 +176,7 @@ def train_sft(config: TrainConfig) -> Path:
     records = read_sft_records(config.data, config.image_root)  # bad data fails before a model loads
     resume_from = resume_checkpoint(config)
     trainer = build_sft_trainer(config, records)
+    discard_final_manifest(config)
     trainer.train(resume_from_checkpoint=resume_from)
     return save_final_model(trainer, config, trainer.family, trainer.processing_class)
 

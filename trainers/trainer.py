@@ -29,17 +29,33 @@ Trainer's own.
 
 Checkpoints
 -----------
-``OUT/checkpoints/checkpoint-N`` are the Trainer's (``--resume`` continues from the last one). At the end, ``OUT``
-holds a model that ``harness run --model OUT`` loads: with full fine-tuning the trained model; with LoRA the
-adapter in ``OUT/adapter`` and, with ``--merge-lora`` (the default), the merged model in ``OUT``. The processor
-(tokenizer, image processor, chat template) is saved with it, and LLaVA checkpoints keep the ``llava-hf`` key names
-(``vision_tower.vision_model.*``) that vLLM loads.
+``OUT/checkpoints/checkpoint-N`` are the Trainer's: model weights, optimizer, scheduler, RNG state(s) and
+``trainer_state.json``. Each is written under ``OUT/checkpoints/.staging/`` and renamed into place once every rank has
+written its part, so a ``checkpoint-N`` folder is always complete; its weights keep the model's own parameter names,
+the names the Trainer's resume loads by. ``--resume`` continues from the newest complete checkpoint
+(:func:`resume_checkpoint`; incomplete ones are skipped with a warning and moved to ``checkpoints/.incomplete/``)
+with its weights, optimizer, scheduler and RNG state: on CPU with the same settings, the resumed run's losses and
+final weights are those of an uninterrupted run, bit for bit. A checkpoint whose weights do not all match the model
+(missing or unexpected keys, an adapter not loaded) is a :class:`CheckpointKeysError`, never a run that trains on
+from the starting weights; checkpoints saved under the original (hub) names, as earlier versions did, load through
+transformers' name conversion.
+
+At the end, ``OUT`` holds a model that ``harness run --model OUT`` loads: with full fine-tuning the trained model;
+with LoRA the adapter in ``OUT/adapter`` and, with ``--merge-lora`` (the default), the merged model in ``OUT``. The
+processor (tokenizer, image processor, chat template) is saved with it, and LLaVA models keep the ``llava-hf`` key
+names (``vision_tower.vision_model.*``) that vLLM loads. ``OUT/train_manifest.json`` is written last, with the size
+and sha256 of each weight file: its presence marks a complete final model (it is removed when a run starts).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
+import os
+import re
+import shutil
 import time
 import types
 from collections import defaultdict
@@ -261,24 +277,137 @@ def training_arguments(config: TrainConfig) -> transformers.TrainingArguments:
     )
 
 
-def resume_checkpoint(config: TrainConfig) -> str | None:
-    """The checkpoint ``--resume`` continues from; without ``--resume``, refuses an output folder that already
-    holds checkpoints (so a finished or crashed run is never overwritten by accident)."""
-    from transformers.trainer_utils import get_last_checkpoint
+STAGING_DIR = ".staging"  # OUT/checkpoints/.staging/checkpoint-N: a checkpoint being written
+INCOMPLETE_DIR = ".incomplete"  # OUT/checkpoints/.incomplete/: incomplete checkpoints moved aside by --resume
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
+_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
-    ckpt_dir = Path(config.output) / CHECKPOINTS_DIR
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    if config.resume:
-        if last is None:
-            raise ConfigError(f"--resume: no checkpoint-N folder in {ckpt_dir}")
-        log.info("resuming from %s", last)
-        return last
-    if last is not None:
-        raise ConfigError(
-            f"{config.output} already holds checkpoints ({Path(last).name}); pass --resume to continue that run "
-            "or choose another --output"
-        )
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``ckpt_dir``, newest (largest N) first."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (its header must parse and its tensors fit in the file)."""
+    from harness.sweep import safetensors_header
+
+    try:
+        safetensors_header(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{path.name} is truncated or unreadable ({exc})"
     return None
+
+
+def _archive_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole ``torch.save`` archive (a zip file: its central directory is at the end)."""
+    import zipfile
+
+    return None if zipfile.is_zipfile(path) else f"{path.name} is truncated or not a torch archive"
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why the Trainer checkpoint ``folder`` (``checkpoint-N``) cannot be resumed from, or None when it is complete:
+    ``trainer_state.json`` at step N, the model weights (whole files; every shard of an index), the optimizer and
+    scheduler states and the RNG state. DeepSpeed (``global_stepN/``) and FSDP (``pytorch_model_fsdp_*``,
+    ``optimizer_*``) layouts count as weights and optimizer state."""
+    folder = Path(folder)
+    m = _CHECKPOINT_RE.match(folder.name)
+    if not folder.is_dir():
+        return "not a folder"
+    names = {p.name for p in folder.iterdir()}
+    if not names:
+        return "empty"
+    if "trainer_state.json" not in names:
+        return "no trainer_state.json"
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        step = int(state["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable trainer_state.json"
+    if m is not None and step != int(m.group(1)):
+        return f"trainer_state.json is at step {step}"
+    deepspeed = any(n.startswith("global_step") and (folder / n).is_dir() for n in names)
+    fsdp = any(n.startswith("pytorch_model_fsdp") for n in names)
+    weights = [n for n in _WEIGHT_FILES if n in names]
+    for index_name in _WEIGHT_INDEXES:
+        if index_name in names:
+            try:
+                shards = sorted(set(json.loads((folder / index_name).read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return f"unreadable {index_name}"
+            missing = [s for s in shards if s not in names]
+            if missing:
+                return f"{index_name} lists missing shard {missing[0]}"
+            weights += shards
+    if not weights and not deepspeed and not fsdp:
+        return "no model weights"
+    for name in weights:
+        problem = (_safetensors_problem if name.endswith(".safetensors") else _archive_problem)(folder / name)
+        if problem:
+            return problem
+    optimizer = [n for n in ("optimizer.pt", "optimizer.bin") if n in names]
+    if not optimizer and not deepspeed and not any(n.startswith("optimizer") and (folder / n).is_dir() for n in names):
+        return "no optimizer state"
+    if "scheduler.pt" not in names and not deepspeed:
+        return "no scheduler state"
+    rng = sorted(n for n in names if re.fullmatch(r"rng_state(_\d+)?\.pth", n))
+    if not rng:
+        return "no RNG state"
+    for name in optimizer + (["scheduler.pt"] if "scheduler.pt" in names else []) + rng:
+        problem = _archive_problem(folder / name)
+        if problem:
+            return problem
+    return None
+
+
+def resume_checkpoint(config: TrainConfig) -> str | None:
+    """The checkpoint ``--resume`` continues from: the newest complete one (:func:`checkpoint_problem`).
+    Incomplete ones (a run killed while writing one, a folder emptied by hand) are skipped with a warning naming
+    them and moved to ``checkpoints/.incomplete/`` (by the main process), so that they are neither resumed nor
+    counted by ``--save-total-limit``; no complete checkpoint at all is a ConfigError. Without ``--resume``,
+    refuses an output folder that already holds checkpoints (so a finished or crashed run is never overwritten by
+    accident)."""
+    ckpt_dir = Path(config.output) / CHECKPOINTS_DIR
+    found = list_checkpoints(ckpt_dir)
+    if not config.resume:
+        if found:
+            raise ConfigError(
+                f"{config.output} already holds checkpoints ({found[0].name}); pass --resume to continue that run "
+                "or choose another --output"
+            )
+        return None
+    if not found:
+        raise ConfigError(f"--resume: no checkpoint-N folder in {ckpt_dir}")
+    problems = {p: checkpoint_problem(p) for p in found}
+    complete = [p for p in found if problems[p] is None]
+    if not complete:
+        listed = ", ".join(f"{p.name}: {problems[p]}" for p in found)
+        raise ConfigError(f"--resume: no complete checkpoint in {ckpt_dir} ({listed}); remove them to train from "
+                          "the start")
+    chosen = complete[0]
+    incomplete = [p for p in found if problems[p] is not None]
+    for p in incomplete:
+        log.warning("skipping incomplete checkpoint %s (%s): resuming from %s; it is moved to %s", p, problems[p],
+                    chosen.name, ckpt_dir / INCOMPLETE_DIR)
+    if incomplete:
+        from accelerate import PartialState
+
+        state = PartialState()
+        if state.is_main_process:
+            aside = ckpt_dir / INCOMPLETE_DIR
+            aside.mkdir(exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for p in incomplete:
+                p.rename(aside / f"{p.name}-{stamp}")
+        state.wait_for_everyone()
+    log.info("resuming from %s", chosen)
+    return str(chosen)
 
 
 def rewrite_llava_keys(out_dir: str | Path) -> None:
@@ -319,10 +448,24 @@ def merge_lora(base_path: str, adapter_dir: str | Path, out_dir: str | Path, pro
     processor.save_pretrained(str(out_dir))
 
 
+MANIFEST_FILE = "train_manifest.json"
+
+
+def weights_record(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """``{file: {"size", "sha256"}}`` of the model's top-level weight files: what the manifest records
+    so that a sweep can tell a whole saved model from one cut short or replaced."""
+    from harness.cache import content_hash
+    from harness.sweep import weight_files
+
+    return {p.name: {"size": p.stat().st_size, "sha256": content_hash(p)} for p in weight_files(Path(folder))}
+
+
 def write_train_manifest(trainer: transformers.Trainer, config: TrainConfig, family: ModelFamily,
                          path: Path) -> None:
     """What the run was: resolved settings, loss weights, reference, starting model and its content hash, template,
-    steps, package versions, git revision and command line (``harness.manifest.environment``)."""
+    steps, the saved weight files (size, sha256), package versions, git revision and command line
+    (``harness.manifest.environment``). Written last by :func:`save_final_model`: its presence marks a complete
+    final model."""
     from harness.io import atomic_write_json
     from harness.manifest import environment
     from harness.models import content_hash
@@ -336,12 +479,25 @@ def write_train_manifest(trainer: transformers.Trainer, config: TrainConfig, fam
         "model": {"path": str(Path(config.model).resolve()), "content_hash": content_hash(config.model),
                   "family": family.name, "template": family.template},
         "global_step": trainer.state.global_step,
+        "weights": weights_record(path.parent),
         **environment(),
     })
 
 
+def discard_final_manifest(config: TrainConfig) -> None:
+    """Remove the final model's manifest before training (main process), so that a run killed before its final
+    save ends never leaves a folder that looks complete."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        (Path(config.output) / MANIFEST_FILE).unlink(missing_ok=True)
+    state.wait_for_everyone()
+
+
 def save_final_model(trainer: transformers.Trainer, config: TrainConfig, family: ModelFamily, processor: Any) -> Path:
-    """Write the loadable model to ``config.output`` (see the module docstring); every rank calls this."""
+    """Write the loadable model to ``config.output`` (see the module docstring); every rank calls this. The
+    manifest (``train_manifest.json``, with the weight files' hashes) is written last."""
     out = Path(config.output)
     if config.lora:
         trainer.save_model(str(out / ADAPTER_DIR))
@@ -355,11 +511,12 @@ def save_final_model(trainer: transformers.Trainer, config: TrainConfig, family:
         if family.name == "llava" and (out / "config.json").is_file():
             rewrite_llava_keys(out)
         save_config(config, out / "train_config.json")
-        write_train_manifest(trainer, config, family, out / "train_manifest.json")
         (out / "train_log.jsonl").write_text(
             "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in trainer.state.log_history),
             encoding="utf-8",
         )
+        write_train_manifest(trainer, config, family, out / MANIFEST_FILE)
+    trainer.accelerator.wait_for_everyone()
     return out
 
 
@@ -414,6 +571,184 @@ class RowsTrainer(transformers.Trainer):
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    # ---- checkpoints: atomic saves, strict loads -------------------------------------------------------------------
+    #
+    # A checkpoint is written by the Trainer's own ``_save_checkpoint`` into ``checkpoints/.staging/checkpoint-N``,
+    # then renamed into place once every rank has written its part: a ``checkpoint-N`` folder is always complete.
+    # Its weights keep the model's own parameter names (``save_original_format=False``), the names the Trainer's
+    # ``_load_from_checkpoint`` loads by; the final model (``save_model`` outside a checkpoint) keeps the
+    # checkpoint's original names (llava-hf's for LLaVA, the ones vLLM loads). Loading a checkpoint whose keys do
+    # not all match the model is an error.
+
+    _staging_dir: str | None = None
+    _loading_from: str | None = None
+
+    def _get_output_dir(self, trial: Any) -> str:
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / STAGING_DIR
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed save left
+            staging.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()  # every rank has written its shards, RNG state...
+        if self.args.should_save:
+            publish_checkpoint(staging / name, run_dir / name)
+            with contextlib.suppress(OSError):
+                staging.rmdir()
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self._staging_dir is None:
+            return super()._save(output_dir, state_dict)
+        target = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        import inspect
+
+        if (not isinstance(target, transformers.PreTrainedModel)
+                or "save_original_format" not in inspect.signature(target.save_pretrained).parameters):
+            return super()._save(output_dir, state_dict)  # a peft model saves its adapter under its own names
+        target.save_pretrained = functools.partial(target.save_pretrained, save_original_format=False)
+        try:
+            return super()._save(output_dir, state_dict)
+        finally:
+            del target.save_pretrained  # the class's method again
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        self._loading_from = resume_from_checkpoint
+        try:
+            try:
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+            except CheckpointKeysError:
+                if not self._load_original_names(resume_from_checkpoint, model):
+                    raise
+        finally:
+            self._loading_from = None
+        self._check_adapter_loaded(resume_from_checkpoint, model)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Missing or unexpected keys are an error (the Trainer only warns and trains on from what was there)."""
+        hf = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        tied = set(getattr(hf, "all_tied_weights_keys", None) or ()) | set(getattr(hf, "_keys_to_ignore_on_save",
+                                                                                      None) or ())
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        unexpected = list(load_result.unexpected_keys)
+        if missing or unexpected:
+            raise CheckpointKeysError(self._loading_from or "the checkpoint", missing, unexpected)
+        if load_result.missing_keys and hasattr(hf, "tie_weights"):
+            hf.tie_weights()
+
+    def _load_original_names(self, checkpoint: str, model: nn.Module | None) -> bool:
+        """Load a full-model checkpoint saved under the original (hub) names, as checkpoints of earlier versions
+        were, through transformers' own name conversion (``from_pretrained``); False when that does not apply."""
+        model = model if model is not None else self.model
+        hf = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        if (self.is_deepspeed_enabled or self.is_fsdp_enabled or not isinstance(hf, transformers.PreTrainedModel)
+                or not (Path(checkpoint) / "config.json").is_file()):
+            return False
+        dtype = next(hf.parameters()).dtype
+        loaded, info = type(hf).from_pretrained(checkpoint, dtype=dtype, output_loading_info=True)
+        bad = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+               and v}
+        if bad:
+            raise CheckpointKeysError(checkpoint, bad.get("missing_keys", []),
+                                      bad.get("unexpected_keys", []) + bad.get("mismatched_keys", []))
+        result = hf.load_state_dict(loaded.state_dict(), strict=False)
+        del loaded
+        self._loading_from = checkpoint
+        self._issue_warnings_after_load(result)
+        log.info("%s: weights loaded under their original names", checkpoint)
+        return True
+
+    def _check_adapter_loaded(self, checkpoint: str, model: nn.Module | None) -> None:
+        """A LoRA checkpoint is loaded by peft's ``load_adapter``, which does not fail on keys it could not place:
+        the adapter weights now in the model must be exactly those of the checkpoint."""
+        model = model if model is not None else self.model
+        path = Path(checkpoint) / "adapter_model.safetensors"
+        try:
+            from peft import PeftModel
+            from peft.utils import get_peft_model_state_dict
+        except ImportError:  # pragma: no cover - peft is a dependency
+            return
+        if not isinstance(model, PeftModel) or not path.is_file():
+            return
+        from safetensors.torch import load_file
+
+        saved = load_file(str(path))
+        current = get_peft_model_state_dict(model)
+        missing = sorted(set(current) - set(saved))
+        unexpected = sorted(set(saved) - set(current))
+        if missing or unexpected:
+            raise CheckpointKeysError(checkpoint, missing, unexpected)
+        differ = [k for k in current if not torch.equal(current[k].detach().cpu(), saved[k].to(current[k].dtype))]
+        if differ:
+            raise CheckpointKeysError(checkpoint, [], [], differ)
+
+
+class CheckpointKeysError(ConfigError):
+    """A checkpoint whose weights do not match the model being trained (names missing, unexpected or not loaded)."""
+
+    def __init__(self, checkpoint: str, missing: Sequence[str], unexpected: Sequence[str],
+                 not_loaded: Sequence[str] = ()):
+        def some(keys: Sequence[str]) -> str:
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+        parts = [f"{len(k)} {what} ({some(list(k))})" for k, what in ((missing, "missing"), (unexpected, "unexpected"),
+                                                                      (not_loaded, "not loaded")) if k]
+        super().__init__(f"{checkpoint}: the checkpoint's weights do not match the model: {'; '.join(parts)} "
+                         "keys; nothing was resumed")
+        self.missing, self.unexpected, self.not_loaded = list(missing), list(unexpected), list(not_loaded)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not POSIX
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish_checkpoint(staging: Path, final: Path) -> None:
+    """Move the fully written checkpoint ``staging`` to ``final`` (one rename, after its files reached the disk),
+    replacing an incomplete folder of that name."""
+    _fsync_tree(staging)
+    old = None
+    if final.exists():
+        old = staging.parent / f"{final.name}.replaced"
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    os.replace(staging, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # =====================================================================================================================
@@ -735,11 +1070,13 @@ def train_preference(config: TrainConfig) -> Path:
     config.validate()
     resume_from = resume_checkpoint(config)
     trainer = build_preference_trainer(config)
+    discard_final_manifest(config)
     trainer.train(resume_from_checkpoint=resume_from)
     return save_final_model(trainer, config, trainer.family, trainer.processing_class)
 
 
 __all__ = [
+    "CheckpointKeysError",
     "ModelReference",
     "PreferenceCollator",
     "PreferenceDataset",
@@ -748,12 +1085,15 @@ __all__ = [
     "build_policy",
     "build_preference_trainer",
     "check_examples",
+    "checkpoint_problem",
     "enable_row_forward",
     "freeze_except",
+    "list_checkpoints",
     "lora_target_modules",
     "loss_config_for",
     "merge_lora",
     "module_group",
+    "publish_checkpoint",
     "reference_meta",
     "resume_checkpoint",
     "rewrite_llava_keys",
