@@ -8,6 +8,10 @@ as the server sent it (the task parses it).
 Reliability
 -----------
 - At most ``concurrency`` requests are in flight.
+- Each attempt waits at most ``timeout_s`` for a reply (``--judge-timeout``), and a request is tried at most
+  ``max_retries + 1`` times (``--judge-max-retries``): a judge that hangs holds one request for about
+  ``timeout_s * (max_retries + 1)`` seconds plus the backoff. Each retry is logged as a warning with its cause
+  (HTTP status or exception class) and attempt number.
 - Retries follow the policy the ``openai`` engine uses (:mod:`harness.openai_client`): 408/409/429/5xx,
   timeouts, connection errors and malformed replies (including a reply without text) are retried with
   exponential backoff and jitter, up to ``max_retries`` times.
@@ -31,7 +35,9 @@ never written. Identical requests in one batch share one API request, so a rerun
 the first run exactly (also for judges that sample, such as MMVP's at temperature 0.2).
 
 The API key is read from the environment variable ``api_key_env`` only; it is never logged, never part of an
-error, of :meth:`OpenAIJudge.describe`, of the ledger or of a cache file.
+error, of :meth:`OpenAIJudge.describe`, of the ledger or of a cache file. Reply texts are passed through
+:func:`harness.redact.redact` before they are cached or returned, so a server that echoes the request's
+``Authorization`` header (or the key) back cannot put a credential into the cache or the run's score records.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from harness.openai_client import (
     RetryPolicy,
     parse_chat_completion,
 )
+from harness.redact import redact, redact_obj
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +149,8 @@ class JudgeCache:
         if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("text"), str):
             log.warning("judge cache entry %s is malformed; asking the judge again", path)
             return None
-        return CachedReply(entry["text"], _int(entry.get("prompt_tokens")), _int(entry.get("completion_tokens")))
+        return CachedReply(redact(entry["text"]), _int(entry.get("prompt_tokens")),
+                           _int(entry.get("completion_tokens")))
 
     def put(self, key: str, model: str, request: JudgeRequest, reply: ChatReply) -> None:
         assert reply.text is not None
@@ -150,8 +158,8 @@ class JudgeCache:
             "format": CACHE_FORMAT,
             "key": key,
             "model": model,
-            "request": request_payload(request),
-            "text": reply.text,
+            "request": redact_obj(request_payload(request)),
+            "text": redact(reply.text),
             "finish_reason": reply.finish_reason,
             "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": reply.completion_tokens,
@@ -194,6 +202,9 @@ class OpenAIJudge(Judge):
             raise ConfigError("the judge needs a model name (--judge-model)")
         if concurrency < 1:
             raise ConfigError(f"judge concurrency must be at least 1, got {concurrency}")
+        if not timeout_s > 0:
+            raise ConfigError(f"the judge's timeout (--judge-timeout) must be a positive number of seconds, "
+                              f"got {timeout_s:g}")
         if not _ENV_NAME.fullmatch(api_key_env):
             # the value is not echoed: a key passed here by mistake must not reach a log
             raise ConfigError("api_key_env must be the name of an environment variable (letters, digits, _)")
@@ -259,7 +270,7 @@ class OpenAIJudge(Judge):
         return {req.id: results[req.id] for req in requests}
 
     def describe(self) -> dict[str, Any]:
-        return {
+        return redact_obj({
             "judge": "openai",
             "model": self.model,
             "base_url": self.base_url,
@@ -270,7 +281,7 @@ class OpenAIJudge(Judge):
             "concurrency": self.concurrency,
             "timeout_s": self._endpoint.timeout_s,
             "max_retries": self._endpoint.policy.max_retries,
-        }
+        })
 
     def ledger(self) -> Ledger:
         """A snapshot of the calls, tokens and estimated cost so far."""
@@ -344,7 +355,7 @@ class OpenAIJudge(Judge):
             reply = parse_chat_completion(completion)
             if reply.text is None:
                 raise Retryable(f"malformed response: the reply has no text (finish_reason {reply.finish_reason})")
-            return reply
+            return replace(reply, text=self._endpoint.redact(reply.text))
 
         try:
             return self._endpoint.call(attempt, f"judge request {request.id}", stop, on_retry=self._count_retry)

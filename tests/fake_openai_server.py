@@ -94,13 +94,17 @@ class FakeOpenAIServer:
 
     ``api_key``: when set, requests whose ``Authorization`` header is not ``Bearer <api_key>`` get a 401.
     ``models``: names listed by ``/v1/models``; ``models_route=False`` makes that route answer 404, like
-    servers that do not implement it.
+    servers that do not implement it. ``echo_auth=True`` makes the server echo the request's ``Authorization``
+    header back, as a careless proxy or debugging server does: appended to every chat reply's text
+    (``... [Authorization: Basic dXNlcjpwdw==]``) and to every error message.
     """
 
     def __init__(
-        self, models: tuple[str, ...] = ("fake-model",), api_key: str | None = None, models_route: bool = True
+        self, models: tuple[str, ...] = ("fake-model",), api_key: str | None = None, models_route: bool = True,
+        echo_auth: bool = False,
     ):
         self.models = list(models)
+        self.echo_auth = echo_auth
         self._models_enabled = models_route
         self.api_key = api_key
         self.requests: list[RecordedRequest] = []
@@ -248,12 +252,18 @@ class FakeOpenAIServer:
                     with server._lock:
                         server._in_flight -= 1
 
+            def _echo(self) -> str:
+                if not server.echo_auth:
+                    return ""
+                return f" [Authorization: {self.headers.get('Authorization')}]"
+
             def _chat(self, body: dict[str, Any], behaviour: Behaviour) -> None:
                 if isinstance(behaviour, Fail):
                     headers = {}
                     if behaviour.retry_after is not None:
                         headers["Retry-After"] = str(behaviour.retry_after)
-                    error = {"message": behaviour.message, "type": "server_error", "code": behaviour.status}
+                    error = {"message": behaviour.message + self._echo(), "type": "server_error",
+                             "code": behaviour.status}
                     self._send_json(behaviour.status, {"error": error}, headers)
                     return
                 if isinstance(behaviour, Malformed):
@@ -263,6 +273,8 @@ class FakeOpenAIServer:
                 if delay and server._closing.wait(delay):
                     return
                 completion = self._completion(body)
+                if server.echo_auth:
+                    completion["choices"][0]["message"]["content"] += self._echo()
                 if not getattr(behaviour, "usage", True):
                     del completion["usage"]
                 self._send_json(200, completion)

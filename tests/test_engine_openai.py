@@ -354,3 +354,44 @@ def test_server_that_dies_reports_its_log(tmp_path) -> None:
     missing.mkdir()
     with pytest.raises(EngineError, match=r"exited with status \d+ before it answered; last lines of"):
         start_vllm_server(missing, timeout_s=300, log_file=tmp_path / "server.log")
+
+
+# -- retry logs and credentials --------------------------------------------------------------------------------
+
+
+def test_each_retry_is_logged_with_attempt_and_cause(server: FakeOpenAIServer, caplog) -> None:
+    server.script(Fail(500), Slow(2.0), Malformed(body='{"id": "x"}'))
+    caplog.set_level(logging.WARNING, logger="harness.engines.openai")
+    with engine_for(server, timeout_s=0.3, max_retries=3) as engine:
+        (resp,) = engine.generate([request(0)])
+    assert resp.text.startswith("echo[1]")
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert [r.levelno for r in retries] == [logging.WARNING] * 3
+    messages = [r.getMessage() for r in retries]
+    assert "sample s0: attempt 1/4 failed (HTTP 500)" in messages[0]
+    assert "sample s0: attempt 2/4 failed (APITimeoutError)" in messages[1]
+    assert "sample s0: attempt 3/4 failed (malformed response)" in messages[2]
+
+
+def test_echoed_credentials_never_reach_responses_or_describe(caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAIServer(models=("fake-model",), echo_auth=True) as srv:
+        url = f"http://evaluser:{SECRET}@127.0.0.1:{srv.port}/v1"
+        srv.script(Fail(503, "busy"))
+        with OpenAIEngine("fake-model", Decoding(), options(url), **FAST) as engine:
+            (resp,) = engine.generate([request(0)])
+            info = engine.describe()
+        sent = srv.chat_requests[-1].headers["authorization"]
+    assert sent.startswith("Basic ") and resp.text.endswith("[Authorization: Basic ***]")
+    assert sent.split()[1] not in resp.text
+    assert info["base_url"] == srv.base_url
+    assert "busy [Authorization: Basic ***]" in caplog.text
+    assert SECRET not in caplog.text and sent.split()[1] not in caplog.text
+    assert SECRET not in repr(info) + resp.text
+
+
+def test_describe_hides_secret_query_parameters(server: FakeOpenAIServer) -> None:
+    url = f"{server.base_url}?key={SECRET}"
+    engine = OpenAIEngine("fake-model", Decoding(), options(url), preflight=False, **FAST)
+    with engine:
+        assert engine.describe()["base_url"] == f"{server.base_url}?key=***"

@@ -446,3 +446,128 @@ def test_replay_wrong_length_names_the_source() -> None:
 def test_replay_rejects_non_text_replies() -> None:
     with pytest.raises(DataError, match=r"reply 1 \(q1\) is a int"):
         ReplayJudge([5], source="r.json").judge([req(1)])  # type: ignore[list-item]
+
+
+# -- secrets in replies, hung judges -------------------------------------------------------------------------
+
+
+def test_echoed_authorization_never_reaches_results_cache_or_logs(tmp_path: Path, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with FakeOpenAIServer(models=(MODEL,), echo_auth=True) as server:
+        server.script(Fail(500, "overloaded"))
+        with make_judge(server, tmp_path, concurrency=1) as judge:
+            out = judge.judge([req(0), req(1)])
+        assert server.chat_requests[0].headers["authorization"] == f"Bearer {SECRET}"
+    assert all(r.text.endswith("[Authorization: Bearer ***]") for r in out.values())
+    assert "overloaded [Authorization: Bearer ***]" in caplog.text  # the retried error body, redacted
+    assert SECRET not in caplog.text + repr(out)
+    assert len(cache_files(tmp_path)) == 2
+    assert all(SECRET not in p.read_text() and "Bearer ***" in p.read_text() for p in cache_files(tmp_path))
+
+
+def test_cached_reply_with_a_credential_comes_back_redacted(server: FakeOpenAIServer, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with make_judge(server, tmp_path) as judge:
+        judge.judge([req(0)])
+    (path,) = cache_files(tmp_path)
+    entry = json.loads(path.read_text())
+    entry["text"] += f" Authorization: Bearer {SECRET}"  # an entry written before replies were redacted
+    path.write_text(json.dumps(entry))
+    with make_judge(server, tmp_path) as judge:
+        (result,) = judge.judge([req(0)]).values()
+    assert result.cached and result.text.endswith("Authorization: Bearer ***") and SECRET not in result.text
+
+
+def test_describe_hides_url_credentials_and_secret_query_parameters(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    url = f"http://judge:{SECRET}@127.0.0.1:{server.port}/v1?api_key=Q{SECRET}"
+    judge = OpenAIJudge(MODEL, base_url=url, cache_dir=tmp_path, preflight=False, **FAST)
+    info = judge.describe()
+    judge.close()
+    assert info["base_url"] == f"http://127.0.0.1:{server.port}/v1?api_key=***"
+    assert SECRET not in json.dumps(info)
+
+
+def test_hung_judge_is_bounded_by_timeout_and_retries(server: FakeOpenAIServer, tmp_path: Path, caplog) -> None:
+    server.always("", Slow(30.0))  # every judge request hangs
+    caplog.set_level(logging.WARNING, logger="harness.judge_openai")
+    start = time.monotonic()
+    with make_judge(server, tmp_path, timeout_s=0.3, max_retries=1) as judge:
+        (result,) = judge.judge([req(0)]).values()
+        info, ledger = judge.describe(), judge.ledger()
+    elapsed = time.monotonic() - start
+    assert elapsed < 3, elapsed  # 2 attempts of 0.3 s, not 7 of 120 s
+    assert result.failed and "giving up after 2 attempt(s)" in result.error and "no reply within 0.3s" in result.error
+    assert len(server.chat_requests) == 2
+    assert (info["timeout_s"], info["max_retries"]) == (0.3, 1)
+    assert (ledger.failed, ledger.retries) == (1, 1)
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 1 and retries[0].levelno == logging.WARNING
+    message = retries[0].getMessage()
+    assert "judge request q0: attempt 1/2 failed (APITimeoutError)" in message
+
+
+def test_each_retry_is_logged_with_its_cause_and_attempt(server: FakeOpenAIServer, tmp_path: Path, caplog) -> None:
+    server.script(Fail(503, "overloaded"), Slow(2.0), Malformed())
+    caplog.set_level(logging.WARNING, logger="harness.judge_openai")
+    with make_judge(server, tmp_path, timeout_s=0.3, max_retries=3) as judge:
+        (result,) = judge.judge([req(0)]).values()
+    assert result.text == expected_text(req(0))
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 3
+    assert "attempt 1/4 failed (HTTP 503): HTTP 503: overloaded" in retries[0]
+    assert "attempt 2/4 failed (APITimeoutError)" in retries[1]
+    assert "attempt 3/4 failed (JSONDecodeError): malformed response" in retries[2]
+
+
+def _mmhal_images(root: Path, n: int) -> Path:
+    from PIL import Image
+
+    data = Path(__file__).resolve().parent / "fixtures" / "data" / "mmhal_bench"
+    records = json.loads((data / "mmhal-bench_answer_template.json").read_text())
+    root.mkdir()
+    for rec in records[:n]:
+        Image.new("RGB", (8, 8), (0, 0, 0)).save(root / rec["image_src"].rsplit("/", 1)[1], format="JPEG")
+    return root
+
+
+def test_judge_timeout_flags_bound_a_hung_judge_in_harness_run(tmp_path: Path, capsys, caplog) -> None:
+    from harness.cli import main
+
+    data = Path(__file__).resolve().parent / "fixtures" / "data" / "mmhal_bench"
+    images = _mmhal_images(tmp_path / "images", 2)
+    caplog.set_level(logging.WARNING)
+    with FakeOpenAIServer(models=("fake-model",)) as engine, FakeOpenAIServer(models=(MODEL,)) as judge_server:
+        judge_server.always("", Slow(30.0))
+        start = time.monotonic()
+        code = main(["run", "--tasks", "mmhal", "--data-root", str(data), "--image-root", str(images), "--limit", "2",
+                     "--engine", "openai", "--model", "fake-model", "--base-url", engine.base_url,
+                     "--judge-model", MODEL, "--judge-base-url", judge_server.base_url, "--judge-timeout", "0.3",
+                     "--judge-max-retries", "1", "--no-judge-cache", "--output-path", str(tmp_path / "out"),
+                     "--no-progress"])
+        elapsed = time.monotonic() - start
+        n_judge_requests = len(judge_server.chat_requests)
+    assert code == 0, capsys.readouterr().err
+    assert elapsed < 20, elapsed
+    assert n_judge_requests == 4  # 2 judgments x 2 attempts
+    info = json.loads((tmp_path / "out" / "fake-model" / "mmhal" / "judge.json").read_text())
+    assert (info["timeout_s"], info["max_retries"]) == (0.3, 1)
+    assert (info["ledger"]["failed"], info["ledger"]["retries"]) == (2, 2)
+    retries = [r.getMessage() for r in caplog.records if "failed (APITimeoutError)" in r.getMessage()]
+    assert len(retries) == 2 and all("attempt 1/2" in m for m in retries)
+
+
+@pytest.mark.parametrize("flags", [["--judge-max-retries", "-1"], ["--judge-timeout", "soon"]])
+def test_bad_judge_timeout_flags_are_usage_errors(flags: list[str], capsys) -> None:
+    from harness.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["run", "--tasks", "mmhal", *flags])
+    assert info.value.code == 2
+    assert flags[0] in capsys.readouterr().err
+
+
+def test_non_positive_judge_timeout_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"--judge-timeout.*got 0"):
+        OpenAIJudge(MODEL, base_url="http://127.0.0.1:9/v1", timeout_s=0, preflight=False)

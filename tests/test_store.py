@@ -136,3 +136,29 @@ def test_appends_are_flushed_at_once_and_fsynced_at_most_once_a_second(tmp_path,
     assert len(calls) == 1  # the first append; the rest fall within the same second
     store.close()
     assert len(calls) == 2  # closing makes the tail durable
+
+
+def test_run_files_hold_no_credentials(tmp_path):
+    from harness import redact
+
+    secret = "sk-store-planted-0123456789"
+    redact.add_secret("known-run-secret-42")
+    try:
+        store = RunStore(tmp_path / "run")
+        settings = {**SETTINGS, "engine": {"engine": "openai", "base_url": f"http://u:{secret}@h/v1?key={secret}"}}
+        store.open({"engine": {"base_url": f"http://u:{secret}@h/v1"}, "command": ["--x", "known-run-secret-42"]},
+                   settings)
+        store.write_metrics({"notes": [f"Authorization: Bearer {secret}"]},
+                            [{"id": "1", "review": f"echo [Authorization: Bearer {secret}] known-run-secret-42"}])
+        store.write_failures([{"id": "2", "error": f"GET http://u:{secret}@h failed"}])
+        store.log_run({"note": "known-run-secret-42"})
+        texts = {p.name: p.read_text() for p in store.dir.iterdir() if p.is_file()}
+        assert {"manifest.json", "metrics.json", "scores.jsonl", "failures.jsonl", "runs.jsonl"} <= set(texts)
+        assert [name for name, text in texts.items() if secret in text or "known-run-secret-42" in text] == []
+        manifest = json.loads(texts["manifest.json"])
+        assert manifest["settings"]["engine"]["base_url"] == "http://***@h/v1?key=***"
+        assert manifest["fingerprint"] == fingerprint(manifest["settings"])
+        assert "Bearer ***" in texts["scores.jsonl"]
+    finally:
+        redact.forget_secrets()
+        store.release()

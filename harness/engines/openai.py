@@ -21,7 +21,9 @@ Reliability policy (shared with the LLM judge: :mod:`harness.openai_client`)
   accepted and that the served model exists; servers without ``/models`` (404) skip the model check.
 
 The API key is sent in the ``Authorization`` header only: it is never logged, never part of an error
-message and never part of :meth:`OpenAIEngine.describe`.
+message and never part of :meth:`OpenAIEngine.describe` (credentials in the base URL are hidden there too).
+Reply texts pass through :func:`harness.redact.redact` before they become predictions, so a server that
+echoes the ``Authorization`` header or the key back cannot put a credential into the run directory.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from harness.openai_client import (
     parse_chat_completion,
     public_url,
 )
+from harness.redact import redact, redact_obj
 from harness.types import Decoding, Request, Response
 
 __all__ = ["DEFAULT_BASE_URL", "NO_KEY", "OpenAIEngine", "build_messages", "encode_png_data_url", "public_url"]
@@ -148,7 +151,7 @@ class OpenAIEngine(Engine):
         return params
 
     def describe(self) -> dict[str, Any]:
-        return {
+        return redact_obj({
             "engine": self.name,
             "engine_version": openai.__version__,
             "model": self.model,
@@ -159,7 +162,7 @@ class OpenAIEngine(Engine):
             "concurrency": self.concurrency,
             "timeout_s": self.timeout_s,
             "max_retries": self.max_retries,
-        }
+        })
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Response]:
         """Send ``requests`` with at most ``concurrency`` in flight; yield responses as they complete."""
@@ -222,7 +225,8 @@ class OpenAIEngine(Engine):
         reply = parse_chat_completion(completion)
         return Response(
             sample_id=sample_id,
-            text=(reply.text or "").strip(),  # as the hf and vllm engines: LLaVA's eval scripts strip outputs
+            # stripped as the hf and vllm engines do (LLaVA's eval scripts strip outputs); no credential kept
+            text=redact((reply.text or "").strip()),
             finish_reason=reply.finish_reason,
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
