@@ -7,6 +7,7 @@ finished predictions are always kept.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -44,6 +45,47 @@ def int_at_least(minimum: int):
 _positive_int = int_at_least(1)
 
 
+def _limit(text: str) -> int | float:
+    """``--limit``: N >= 1 samples per task, or a fraction in (0, 1) of each task's samples (lm-eval's habit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of samples or a fraction below 1, got {text!r}") from None
+    if 0 < value < 1:
+        return value
+    if value >= 1 and value == int(value):
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1 or a fraction in (0, 1), got {text!r}")
+
+
+def limited_samples(task: Any, limit: int | float | None) -> list:
+    """The task's samples, the first ``limit`` of them (a fraction: ceil(fraction x samples), at least 1); a
+    warning when an integer limit exceeds the task's samples."""
+    import math
+
+    if limit is None:
+        return task.samples()
+    if isinstance(limit, float):
+        every = task.samples()
+        return every[:max(1, math.ceil(len(every) * limit))]
+    samples = task.samples(limit)
+    if len(samples) < limit:
+        log.warning("%s: --limit %d is more than its %d samples; running all %d", task.name, limit, len(samples),
+                    len(samples))
+    return samples
+
+
+class _SamplesAlwaysLogged(argparse.Action):
+    """``--log-samples`` (lm-eval's flag): accepted; every sample is always written to the run directory."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        log.info("%s: samples are always logged (predictions.jsonl and scores.jsonl of each run directory)",
+                 option_string)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -69,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--judge-base-url", help="OpenAI-compatible endpoint of the judge (default: $OPENAI_BASE_URL)")
     j.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable with the judge's key")
     j.add_argument("--judge-concurrency", type=_positive_int, default=4)
+    j.add_argument("--judge-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="seconds to wait for each judge reply (default: 120)")
+    j.add_argument("--judge-max-retries", type=int_at_least(0), default=6, metavar="N",
+                   help="retries of a failed or timed-out judge request (default: 6); a hung judge holds a "
+                        "request about SECONDS x (N + 1)")
     j.add_argument("--no-judge-cache", action="store_true", help="do not read or write the judge's disk cache")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -79,9 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", required=True, help="comma-separated task names (`harness tasks` lists them)")
     run.add_argument("--engine", choices=["hf", "vllm", "openai"],
                      help="inference engine (default: vllm on a CUDA machine with vLLM, else hf)")
-    run.add_argument("--limit", type=_positive_int, help="only the first N samples of each task")
+    run.add_argument("--limit", type=_limit,
+                     help="only the first N samples of each task, or a fraction below 1 of each task's samples")
+    run.add_argument("--log-samples", "--log_samples", action=_SamplesAlwaysLogged, default=argparse.SUPPRESS,
+                     help="accepted for lm-eval's habit: samples are always logged in the run directory")
     run.add_argument("--batch-size", type=_positive_int, help="requests per engine call")
-    run.add_argument("--output-path", default="runs", help="root of the run directories (default: ./runs)")
+    run.add_argument("--output-path", "--output", "--output_path", "-o", dest="output_path", default="runs",
+                     help="root of the run directories (default: ./runs)")
     run.add_argument("--run-name", help="name of the model's folder under --output-path (default: from --model)")
     run.add_argument("--data-root", action="append", default=[], metavar="[TASK=]DIR",
                      help="benchmark files in their original layout; repeat as TASK=DIR for several tasks")
@@ -192,16 +243,29 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_") or "model"
 
 
-def _task_options(args) -> dict[str, Any]:
+#: Task options that have their own flag (``--amber-similarity`` sets ``amber_similarity``).
+_OPTION_FLAGS = {"amber_similarity": "--amber-similarity", "amber_answer": "--amber-answer",
+                 "objhal_method": "--objhal-method"}
+
+
+def _task_options(args, classes: list | None = None) -> dict[str, Any]:
+    """The task options of ``--option KEY=VALUE`` and the dedicated flags. With ``classes`` (the requested task
+    classes), a key that none of them reads is a :class:`ConfigError` naming the closest known keys."""
+    from harness.task import check_option_keys
+
     options: dict[str, Any] = {}
     for item in args.option:
         key, eq, value = item.partition("=")
-        if not eq or not key:
+        if not eq or not key.strip():
             raise ConfigError(f"--option {item!r}: expected KEY=VALUE")
         options[key.strip()] = value
-    for key in ("amber_similarity", "amber_answer", "objhal_method"):
+    flagged = {}
+    for key, flag in _OPTION_FLAGS.items():
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
+            flagged[key] = flag
+    if classes is not None:
+        check_option_keys(classes, options, flagged)
     return options
 
 
@@ -217,7 +281,9 @@ def _make_judge(args, task, reviews: str | None = None):
     if model is None:
         raise ConfigError(f"task {task.name} needs a judge: pass --judge-model")
     return OpenAIJudge(model, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
-                       concurrency=args.judge_concurrency, use_cache=not args.no_judge_cache)
+                       concurrency=args.judge_concurrency, use_cache=not args.no_judge_cache,
+                       timeout_s=getattr(args, "judge_timeout", 120.0),
+                       max_retries=getattr(args, "judge_max_retries", 6))
 
 
 def _embedded_model() -> str:
@@ -238,7 +304,7 @@ def _resolve_tasks(args) -> list:
     classes = [get_task(n) for n in names]  # unknown names fail here, before any model loads
     data_roots = _per_task(args.data_root, names, "--data-root")
     image_roots = _per_task(args.image_root, names, "--image-root")
-    options = _task_options(args)
+    options = _task_options(args, classes)
     tasks = []
     for cls in classes:
         data_root = data_roots.get(cls.name, data_roots.get(""))
@@ -253,6 +319,7 @@ def _resolve_tasks(args) -> list:
 
 def _describe_model(args, engine_name: str) -> tuple[str, dict[str, Any], str, Any]:
     """(model string handed to the engine, manifest entry, default run name, model family adapter or None)."""
+    from harness import engines
     from harness.models import resolve_model
 
     model = args.model
@@ -265,6 +332,9 @@ def _describe_model(args, engine_name: str) -> tuple[str, dict[str, Any], str, A
         default_name = _slug(args.served_model or model)
     if engine_name == "openai" and not Path(model).exists():
         return model, {"name": model, "path": None, "content_hash": None}, default_name, None
+    if model in engines.ENGINES and not Path(model).exists():
+        raise ConfigError(f"--model {model}: no such checkpoint; {model!r} is an engine: choose it with --engine "
+                          f"{model} (--model is a checkpoint directory or, with --engine openai, a served model)")
     info, family = resolve_model(model, args.template)
     entry = {"name": default_name, "path": str(Path(model).resolve()), "content_hash": info.content_hash,
              "architecture": info.architecture, "family": info.family}
@@ -281,7 +351,11 @@ def cmd_score(args) -> int:
     cls = get_task(args.task)
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise ConfigError(f"--data-root {args.data_root} is not a directory")
-    task = cls(data_root=args.data_root, image_root=args.image_root, options=_task_options(args))
+    options = _task_options(args, [cls])
+    _check_responses_path(cls, args.responses)
+    if args.records:
+        _check_writable_file(args.records, "--records")  # before scoring, which can take long
+    task = cls(data_root=args.data_root, image_root=args.image_root, options=options)
     judge = _make_judge(args, task, args.reviews)
     metrics, coverage = task.score_file(args.responses, judge)
     out = metrics.to_dict()
@@ -291,9 +365,46 @@ def cmd_score(args) -> int:
     if judge is not None:
         out["judge"] = {**judge.describe(), "ledger": judge.ledger().to_dict()}
     if args.records:
-        Path(args.records).write_text("".join(dumps_record(r) + "\n" for r in metrics.records), encoding="utf-8")
+        try:
+            Path(args.records).write_text("".join(dumps_record(r) + "\n" for r in metrics.records), encoding="utf-8")
+        except OSError as exc:
+            raise HarnessError(f"--records {args.records}: cannot write it: {exc.strerror or exc}") from exc
     print(json.dumps(out, indent=2, ensure_ascii=False))
     return 0
+
+
+def _check_responses_path(cls, responses: str) -> None:
+    """``--responses`` names an existing file (or, for tasks that read folders and answer specs, anything the task
+    itself checks); one-line errors instead of ``IsADirectoryError`` / ``FileNotFoundError`` tracebacks."""
+    from harness.errors import DataError
+    from harness.task import Task
+
+    if cls.responses_accept_directory:
+        return
+    if cls.read_responses is Task.read_responses and cls.score_file is Task.score_file:
+        return  # no response format: read_responses says so
+    path = Path(responses)
+    if path.is_dir():
+        raise ConfigError(f"--responses {responses} is a directory; task {cls.name} expects one responses file in "
+                          f"its official format")
+    if not path.exists():
+        raise DataError("responses file not found", path=path)
+    if not path.is_file():
+        raise ConfigError(f"--responses {responses} is not a regular file")
+
+
+def _check_writable_file(value: str, flag: str) -> None:
+    """:class:`ConfigError` unless ``value`` can be created or overwritten (its folder exists and is writable)."""
+    path = Path(value)
+    parent = path.parent
+    if path.is_dir():
+        raise ConfigError(f"{flag} {value} is a directory; expected a file path")
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {value}: folder {parent} does not exist")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{flag} {value}: the file is not writable")
+    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {value}: folder {parent} is not writable")
 
 
 def cmd_tasks(args) -> int:
@@ -321,12 +432,56 @@ def cmd_toy_data(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """``harness run``. SIGTERM is handled as Ctrl-C (exit 143 instead of 130); a full disk, quota, read-only file
+    system or permission error while writing the run is a one-line error; finished predictions are kept."""
+    from harness.runner import disk_errors
+
+    with _sigterm_as_interrupt(), disk_errors(Path(args.output_path)):
+        return _run_tasks(args)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While inside, SIGTERM raises :class:`harness.runner.Terminated` (a KeyboardInterrupt) in the main thread."""
+    import signal
+    import threading
+
+    from harness.runner import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM does not cut the clean-up short
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _log_interrupted(store, started: float, exc: KeyboardInterrupt, limit: int | None) -> None:
+    """Record an interrupted invocation in ``runs.jsonl`` with its counts so far (best effort)."""
+    counts = getattr(exc, "run_counts", {})
+    info = {"started": started, **counts, "limit": limit, "interrupted": getattr(exc, "signal_name", "SIGINT")}
+    if counts.get("seconds"):
+        info["samples_per_s"] = round(counts.get("generated", 0) / counts["seconds"], 3)
+    try:
+        store.log_run(info)
+    except OSError as err:
+        log.warning("%s: could not record the interrupted run: %s", store.dir, err.strerror or err)
+
+
+def _run_tasks(args) -> int:
     from harness import engines
     from harness.cache import content_hash
     from harness.engines import EngineOptions, create_engine
     from harness.io import atomic_write_json
     from harness.manifest import environment
-    from harness.runner import evaluate
+    from harness.runner import disk_errors, evaluate
     from harness.store import RunStore
     from harness.types import Decoding
 
@@ -351,13 +506,13 @@ def cmd_run(args) -> int:
     )
     judges = {t.name: _make_judge(args, t) for t in tasks}  # judge settings fail before any model loads
     decoding = Decoding(seed=args.seed)
-    env = environment()
+    env = environment(getattr(args, "argv", None))  # the command as given, secrets redacted
     results = []
     started = time.time()
     with create_engine(engine_name, model, decoding, options) as engine:
         described = engine.describe()
         for task in tasks:
-            samples = task.samples(args.limit)
+            samples = limited_samples(task, args.limit)
             data_hashes = {str(p.relative_to(task.data_root)): content_hash(p) for p in task.check_files()}
             settings = {
                 "model": {k: model_entry.get(k) for k in ("path", "content_hash")} | {"name": model_entry["name"]},
@@ -374,30 +529,58 @@ def cmd_run(args) -> int:
                 **env,
             }
             store = stores[task.name]
-            store.open(manifest, settings, overwrite=args.overwrite)
+            with disk_errors(store.dir / "manifest.json"):
+                store.open(manifest, settings, overwrite=args.overwrite)
             log.info("%s: %d samples -> %s", task.name, len(samples), store.dir)
             t0 = time.time()
             judge = judges[task.name]
-            result = evaluate(task, engine, store, samples, max_new_tokens=args.max_new_tokens,
-                              on_image_error=args.on_image_error, progress=not args.no_progress, judge=judge)
-            if judge is not None:
-                atomic_write_json(store.dir / "judge.json", {**judge.describe(), "ledger": judge.ledger().to_dict()})
-            store.log_run({"started": t0, "seconds": round(result.seconds, 3), "generated": result.n_generated,
-                           "resumed": result.n_resumed, "failed": result.n_failed,
-                           "samples_per_s": round(result.samples_per_s, 3), "limit": args.limit})
+            try:
+                result = evaluate(task, engine, store, samples, max_new_tokens=args.max_new_tokens,
+                                  on_image_error=args.on_image_error, progress=not args.no_progress, judge=judge)
+            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: still logged in runs.jsonl
+                _log_interrupted(store, t0, exc, args.limit)
+                raise
+            with disk_errors(store.dir / "judge.json"):
+                if judge is not None:
+                    atomic_write_json(store.dir / "judge.json",
+                                      {**judge.describe(), "ledger": judge.ledger().to_dict()})
+            with disk_errors(store.dir / "runs.jsonl"):
+                store.log_run({"started": t0, "seconds": round(result.seconds, 3), "generated": result.n_generated,
+                               "resumed": result.n_resumed, "failed": result.n_failed,
+                               "samples_per_s": round(result.samples_per_s, 3), "limit": args.limit})
             results.append((result, store))
     print_summary(results, engine_name, run_name, time.time() - started)
     return 0
 
 
+def parse_counts(counts: dict[str, Any]) -> tuple[int, int] | None:
+    """(parsed, unparsed) answers of a task whose scorer parses responses or judge replies, from its counts:
+    AMBER's yes/no answers (``answered_other``: neither "Yes" nor "No"), ScienceQA's option letters
+    (``failed_parse``), judged tasks' ratings (``unparsed`` of ``judged`` / ``graded``); None for other tasks."""
+    if "answered_other" in counts and "discriminative" in counts:
+        return counts["discriminative"] - counts["answered_other"], counts["answered_other"]
+    if "failed_parse" in counts and "scored" in counts:
+        return counts["scored"] - counts["failed_parse"], counts["failed_parse"]
+    total = counts.get("judged", counts.get("graded"))
+    if "unparsed" in counts and total is not None:
+        return total - counts["unparsed"], counts["unparsed"]
+    return None
+
+
 def print_summary(results, engine_name: str, run_name: str, seconds: float) -> None:
-    """A one-screen table of the headline metrics (stdout)."""
+    """A one-screen table of the headline metrics (stdout), with how many answers the task's parser could read."""
     rows = []
+    warnings = []
     for result, store in results:
         metrics = " ".join(f"{k}={v}" for k, v in result.metrics.headline.items())
+        parsed = parse_counts(result.metrics.counts)
+        read = "" if parsed is None else f"{parsed[0]}/{parsed[0] + parsed[1]}"
+        if parsed is not None and parsed[1]:
+            warnings.append(f"{result.task}: {parsed[1]} of {parsed[0] + parsed[1]} answers could not be parsed "
+                            f"(scored as the official scorer scores them: wrong, or not counted)")
         rows.append((result.task, str(result.n_samples), str(result.n_resumed), str(result.n_failed),
-                     f"{result.samples_per_s:.2f}", metrics))
-    header = ("task", "samples", "resumed", "failed", "samples/s", "metrics")
+                     f"{result.samples_per_s:.2f}", read, metrics))
+    header = ("task", "samples", "resumed", "failed", "samples/s", "parsed", "metrics")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
     print(f"\n{run_name} · engine {engine_name} · {seconds:.1f}s")
@@ -405,6 +588,8 @@ def print_summary(results, engine_name: str, run_name: str, seconds: float) -> N
     print("-" * len(line))
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    for w in warnings:
+        print(w)
     for result, store in results:
         print(f"{result.task}: {store.dir}")
 
@@ -438,19 +623,29 @@ COMMANDS = {"run": cmd_run, "score": cmd_score, "tasks": cmd_tasks, "toy-data": 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.redact import install_log_redaction, redact, register_run_secrets
+    from harness.store import release_locks
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv) if argv is None else ["harness", *map(str, argv)]
+    register_run_secrets(vars(args))  # the keys this run reads, the credentials in its endpoint URLs
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    install_log_redaction()  # no credential in any log line, the httpx and openai loggers' included
     try:
         return COMMANDS[args.command](args)
     except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
+        print(f"harness: error: {redact(str(exc))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("harness: interrupted; finished predictions are kept, rerun the same command to resume",
+    except KeyboardInterrupt as exc:
+        name = getattr(exc, "signal_name", "SIGINT")
+        what = "terminated (SIGTERM)" if name == "SIGTERM" else "interrupted"
+        print(f"harness: {what}; finished predictions are kept, rerun the same command to resume",
               file=sys.stderr)
-        return 130
+        return 143 if name == "SIGTERM" else 130
+    finally:
+        release_locks()  # the run directories this command wrote
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ def read_json(path: str | Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise DataError("file not found", path=path) from exc
+    except IsADirectoryError as exc:
+        raise DataError("is a directory; expected a JSON file", path=path) from exc
+    except PermissionError as exc:
+        raise DataError("cannot be read: permission denied", path=path) from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from exc
     try:
@@ -37,6 +41,10 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         fh = path.open("r", encoding="utf-8")
     except FileNotFoundError as exc:
         raise DataError("file not found", path=path) from exc
+    except IsADirectoryError as exc:
+        raise DataError("is a directory; expected a JSONL file", path=path) from exc
+    except PermissionError as exc:
+        raise DataError("cannot be read: permission denied", path=path) from exc
     with fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():

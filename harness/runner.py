@@ -2,15 +2,22 @@
 
 Resumable: finished ids in the run store are skipped. Responses are written in sample order as soon as the
 ordered prefix is complete, so a crash loses at most the requests in flight.
+
+A full disk (or quota, read-only file system, permission denied) while writing the run is a
+:class:`DiskWriteError` naming the file; an interrupt (Ctrl-C, or SIGTERM as :class:`Terminated`) carries the
+invocation's counts so far in ``exc.run_counts``. Either way every finished prediction is kept.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from harness.engines.base import Engine
@@ -22,6 +29,39 @@ from harness.types import Metrics, Request, Response, Sample
 log = logging.getLogger(__name__)
 
 MAX_LOGGED_FAILURES = 5  # failures beyond these are summarised in one line (all are in failures.jsonl)
+
+#: OSError numbers that mean "the run directory cannot be written" (a user error, not a bug).
+DISK_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES") if hasattr(errno, name))
+
+
+class DiskWriteError(HarnessError):
+    """A write of the run failed for lack of space, quota or permission; names the file."""
+
+    def __init__(self, exc: OSError, path: str | Path):
+        self.path = str(exc.filename or path)
+        self.errno = exc.errno
+        verb = "cannot access" if exc.errno == errno.EACCES else "cannot write"
+        fix = "fix the permissions" if exc.errno in (errno.EACCES, errno.EROFS) else "free some space"
+        super().__init__(f"{verb} {self.path}: {exc.strerror or exc} (errno {exc.errno}); finished predictions are "
+                         f"kept; {fix} and rerun the same command to resume")
+
+
+@contextmanager
+def disk_errors(path: str | Path) -> Iterator[None]:
+    """Turn an :data:`DISK_ERRNOS` OSError into a :class:`DiskWriteError` naming the file (``path`` when the
+    error does not say which)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_ERRNOS:
+            raise DiskWriteError(exc, path) from exc
+        raise
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C (``harness run`` exits 143 instead of 130)."""
+
+    signal_name = "SIGTERM"
 
 
 @dataclass
@@ -72,10 +112,22 @@ def evaluate(
     ``max_new_tokens`` overrides the per-sample budget (else ``sample.max_new_tokens`` or the task default).
     ``on_image_error``: ``"skip"`` records the sample as failed and goes on; ``"stop"`` raises.
     """
+    started = time.perf_counter()
+    state = {"resumed": 0, "generated": 0, "failures": []}
+    try:
+        return _evaluate(task, engine, store, samples, max_new_tokens, on_image_error, progress, judge, started, state)
+    except KeyboardInterrupt as exc:
+        exc.run_counts = {"seconds": round(time.perf_counter() - started, 3), "generated": state["generated"],
+                          "resumed": state["resumed"], "failed": len(state["failures"])}
+        raise
+
+
+def _evaluate(task, engine, store, samples, max_new_tokens, on_image_error, progress, judge, started,
+              state) -> RunResult:
     from tqdm import tqdm
 
-    started = time.perf_counter()
-    finished = store.load_finished()
+    with disk_errors(store.predictions_path):
+        finished = store.load_finished()
     for s in samples:
         rec = finished.get(s.id)
         if rec is not None and rec.get("prompt") != s.prompt:
@@ -83,11 +135,35 @@ def evaluate(
                 f"{store.predictions_path}: sample {s.id} was answered for another prompt ({rec.get('prompt')!r}, now "
                 f"{s.prompt!r}); a task option changed the prompts. Use another --output-path, or --overwrite")
     pending = [s for s in samples if s.id not in finished]
-    failures: list[dict[str, Any]] = []
-    n_generated = 0
+    failures: list[dict[str, Any]] = state["failures"]
+    state["resumed"] = len(samples) - len(pending)
 
     bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=task.name, unit="sample",
                disable=not progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    with disk_errors(store.predictions_path):
+        n_generated = _generate(task, engine, store, pending, finished, failures, bar, max_new_tokens,
+                                on_image_error, state)
+    gen_seconds = time.perf_counter() - started
+
+    responses = {sid: response_from_record(rec) for sid, rec in finished.items()}
+    task.check_response_lengths({s.id: responses[s.id] for s in samples if s.id in responses},
+                                source=store.predictions_path)
+    metrics = task.score(samples, responses, judge)
+    metrics.counts.setdefault("samples", len(samples))
+    metrics.counts["failed"] = sum(1 for s in samples if s.id not in responses)
+    with disk_errors(store.dir):
+        store.write_failures(failures)
+        store.write_metrics(metrics.to_dict(), metrics.records)
+    return RunResult(
+        task=task.name, metrics=metrics, n_samples=len(samples), n_resumed=len(samples) - len(pending),
+        n_generated=n_generated, n_failed=len(failures), seconds=gen_seconds, failures=failures,
+    )
+
+
+def _generate(task, engine, store, pending, finished, failures, bar, max_new_tokens, on_image_error,
+              state) -> int:
+    """Run ``pending`` through the engine, appending finished records in order; the number generated."""
+    n_generated = 0
     try:
         batch = max(1, engine.batch_size)
         for start in range(0, len(pending), batch):
@@ -124,6 +200,7 @@ def evaluate(
                     for rec in ready:
                         finished[rec["id"]] = rec
                     n_generated += len(ready)
+                    state["generated"] = n_generated
                     bar.update(len(ready))
             if next_i != len(order):
                 missing = [sid for sid in order if sid not in done]
@@ -135,15 +212,4 @@ def evaluate(
         if len(failures) > MAX_LOGGED_FAILURES:
             log.warning("%d more samples skipped for unreadable images; all are listed in %s",
                         len(failures) - MAX_LOGGED_FAILURES, store.dir / "failures.jsonl")
-    gen_seconds = time.perf_counter() - started
-
-    responses = {sid: response_from_record(rec) for sid, rec in finished.items()}
-    metrics = task.score(samples, responses, judge)
-    metrics.counts.setdefault("samples", len(samples))
-    metrics.counts["failed"] = sum(1 for s in samples if s.id not in responses)
-    store.write_failures(failures)
-    store.write_metrics(metrics.to_dict(), metrics.records)
-    return RunResult(
-        task=task.name, metrics=metrics, n_samples=len(samples), n_resumed=len(samples) - len(pending),
-        n_generated=n_generated, n_failed=len(failures), seconds=gen_seconds, failures=failures,
-    )
+    return n_generated

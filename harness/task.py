@@ -27,6 +27,15 @@ class Task(ABC):
 
     Subclasses set ``name``, ``version``, ``description`` and ``data_files``, and implement
     :meth:`load_samples` and :meth:`score`.
+
+    ``option_names`` lists every task option (``--option KEY=VALUE``) the task reads; the CLI refuses a key that
+    none of the requested tasks declares, naming the closest known keys, so a typo is never silently ignored.
+
+    Overlong responses are refused, not truncated: scoring (``harness score`` and ``harness run``) raises
+    :class:`~harness.errors.DataError` naming the sample id and the length when a response holds more than
+    :attr:`max_response_chars` characters (:data:`MAX_RESPONSE_CHARS`, 100,000). No benchmark answer comes near
+    that, and the NLTK tokenizers of the AMBER and CHAIR scorers would take hours on a response of megabytes;
+    truncating would change the official number silently.
     """
 
     name: ClassVar[str]
@@ -35,6 +44,9 @@ class Task(ABC):
     data_files: ClassVar[tuple[DataFile, ...]] = ()
     default_max_new_tokens: ClassVar[int] = 128
     default_judge_model: ClassVar[str | None] = None  # the judge the official scorer used, if any
+    option_names: ClassVar[tuple[str, ...]] = ()  # every key of ``self.options`` the task reads
+    max_response_chars: ClassVar[int] = 100_000  # longer responses are refused by scoring (see above)
+    responses_accept_directory: ClassVar[bool] = False  # ``harness score --responses`` may name a folder
 
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
@@ -114,6 +126,7 @@ class Task(ABC):
         coverage (samples, responses, missing). Unknown ids are an error; missing ones are reported as coverage."""
         samples = self.samples()
         responses = self.read_responses(path)
+        self.check_response_lengths(responses, source=path)
         known = {s.id for s in samples}
         unknown = [sid for sid in responses if sid not in known]
         if unknown:
@@ -122,6 +135,12 @@ class Task(ABC):
         metrics = self.score(samples, responses, judge)
         return metrics, {"samples": len(samples), "responses": len(responses),
                          "missing": len(samples) - len(responses)}
+
+    def check_response_lengths(self, responses: Mapping[str, Response], source: str | Path | None = None) -> None:
+        """:class:`DataError` (naming ``source``, the sample id and the length) for the first response longer than
+        :attr:`max_response_chars`; see the class docstring."""
+        for sid, resp in responses.items():
+            check_response_text(sid, resp.text, source=source, cap=self.max_response_chars)
 
     def read_responses(self, path: str | Path) -> dict[str, Response]:
         """Responses produced elsewhere, in the benchmark's own official format, by sample id.
@@ -139,6 +158,41 @@ class Task(ABC):
         if not isinstance(data, list) or not all(isinstance(x, str) or x is None for x in data):
             raise DataError("expected a JSON list of judge reply texts, in question order", path=path)
         return ReplayJudge(data, source=str(path))
+
+
+#: Responses longer than this many characters are refused by scoring (:attr:`Task.max_response_chars`).
+MAX_RESPONSE_CHARS = Task.max_response_chars
+
+
+def check_response_text(sample_id: str, text: str | None, *, source: str | Path | None = None,
+                        line: int | None = None, cap: int = MAX_RESPONSE_CHARS) -> None:
+    """:class:`DataError` when the response ``text`` of ``sample_id`` is longer than ``cap`` characters."""
+    if text is not None and len(text) > cap:
+        raise DataError(f"sample {sample_id}: response is {len(text):,} characters, over the {cap:,}-character "
+                        f"limit for scoring (overlong responses are refused, not truncated); shorten or remove it",
+                        path=source, line=line)
+
+
+def check_option_keys(classes: Sequence[type[Task]], options: Mapping[str, Any],
+                      flags: Mapping[str, str] | None = None) -> None:
+    """:class:`ConfigError` for the first key of ``options`` that none of the task ``classes`` reads
+    (:attr:`Task.option_names`), naming the closest known keys. ``flags`` maps option keys set by a dedicated
+    command-line flag to that flag, for the message."""
+    flags = flags or {}
+    known = sorted({k for cls in classes for k in cls.option_names})
+    names = ("task " if len(classes) == 1 else "tasks ") + ", ".join(cls.name for cls in classes)
+    for key in options:
+        if key in known:
+            continue
+        what = f"{flags[key]} (task option {key})" if key in flags else f"task option {key!r}"
+        listing = f"options of {names}: {', '.join(known)}" if known else f"{names} take{'s' if len(classes) == 1 else ''} no options"
+        owners = sorted(name for name, cls in all_tasks().items() if key in cls.option_names)
+        if owners:
+            raise ConfigError(f"{what} is not used by {names}; it is an option of {', '.join(owners)} "
+                              f"({listing})")
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown {what} for {names}{hint} ({listing})")
 
 
 _TASKS: dict[str, type[Task]] = {}
@@ -166,6 +220,8 @@ def get_task(name: str) -> type[Task]:
     registry = all_tasks()
     if name in registry:
         return registry[name]
-    close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.5)
+    by_lower = {n.lower(): n for n in registry}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.5)
+    close = [by_lower[c] for c in close]
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(f"unknown task {name!r}{hint} (`harness tasks` lists them)")

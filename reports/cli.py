@@ -39,7 +39,8 @@ def add_report_parser(subparsers: argparse._SubParsersAction,
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or folders holding them)")
     p.add_argument("--format", default="html,latex", metavar="FORMATS",
                    help="comma-separated: html, latex (default: html,latex)")
-    p.add_argument("--output", "-o", default="report", metavar="DIR", help="output folder (default: ./report)")
+    p.add_argument("--output", "--output-path", "--output_path", "-o", dest="output", default="report", metavar="DIR",
+                   help="output folder (default: ./report)")
     p.add_argument("--baselines", metavar="paper|FILE",
                    help="add published rows to Table 1: 'paper' (the JoMPO paper's Table 1, "
                         "reports/data/jompo_table1.csv) or a CSV file of the same layout")

@@ -50,6 +50,10 @@ per word pair and cached (the official code recomputes each call; :class:`Synony
 responses with an unknown or duplicate id, or without ``id``/``response``, are rejected with a
 :class:`~harness.errors.DataError` (the official code would index ``ground_truth[id-1]``, so id 0 would silently
 score against the last annotation). Responses may be any subset of ids in any order, as in the official scorer.
+
+Where the harness is stricter than the official scorer: a repeated id, or an id that is not an AMBER query, is an
+error (the official ``inference.py`` scores every record it is given); a response over 100,000 characters is refused
+with its id.
 """
 
 from __future__ import annotations
@@ -769,6 +773,8 @@ class _AmberTask(Task):
         if self.answer_mode not in ANSWER_MODES:
             raise ConfigError(f"unknown amber_answer {self.answer_mode!r}; expected one of {', '.join(ANSWER_MODES)}")
         self.similarity: WordSimilarity | None = None
+        if data_root is None and type(self).default_data_root is _AmberTask.default_data_root:
+            self.default_data_root()  # the missing data root is the first thing to say, before any backend
         if self.generative:  # fail before any generation: similarity backend and NLTK data must be usable
             self.similarity = parse_similarity(self.options.get("amber_similarity", DEFAULT_SIMILARITY))
             self.similarity.check()

@@ -63,6 +63,10 @@ Answer files (``harness score cvbench --responses SPEC``):
 - CV-Bench-indexed answers (needs ``--data-root``): JSON lines ``{"id": "2D-0"}`` or ``{"idx": 0, "type": "2D"}``
   (``type`` may be left out where ``idx`` is unique) with the output under ``response``, ``text`` or
   ``prediction``.
+
+Where the harness is stricter than the official scorer: a second answer for one question, an ``idx`` that is
+ambiguous without its ``type``, or an id that is not in the data is an error (Cambrian's per-source scripts score
+every line they read); a response over 100,000 characters is refused with its id.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ from typing import Any
 
 from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import iter_jsonl, iter_parquet_rows
-from harness.task import DataFile, Task, register_task
+from harness.task import DataFile, Task, check_response_text, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
 
 log = logging.getLogger(__name__)
@@ -408,6 +412,7 @@ def score_cambrian_files(files: Sequence[tuple[str, Path]], *, task: str = "cvbe
             raise ConfigError(f"two answer files for {source}: {seen[source]} and {path}")
         seen[source] = path
         for a in read_cambrian_answers(path, source):
+            check_response_text(f"{source}:{a.lineno}", a.answer, source=path, line=a.lineno)
             m = match_answer(source, a.answer, a.gt_answer, a.options)
             scored.append(_Scored(f"{source}:{a.lineno}", source, a.category, m))
         notes.append(f"{source}: {path}")
@@ -437,6 +442,8 @@ class CVBench(Task):
     version = "1"
     description = ("CV-Bench (2,638 questions; 2D: ADE20K, COCO count/relation; 3D: Omni3D depth/distance): "
                    "per-source accuracy (Cambrian *_test.py matching) and the card's combined accuracy")
+    option_names = ("cvbench_format", "cvbench_suffix")
+    responses_accept_directory = True  # an answer spec: files, folders of *.jsonl, SOURCE=FILE (parse_answer_spec)
     data_files = (DataFile("test_2d.jsonl", DATA_SOURCE), DataFile("test_3d.jsonl", DATA_SOURCE))
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
 
@@ -586,7 +593,9 @@ class CVBench(Task):
         samples = self.load_samples()
         responses: dict[str, Response] = {}
         for _, p in items:
-            for sid, resp in self.read_responses(p).items():
+            got = self.read_responses(p)
+            self.check_response_lengths(got, source=p)
+            for sid, resp in got.items():
                 if sid in responses:
                     raise DataError(f"a second answer for {sid}", path=p)
                 responses[sid] = resp

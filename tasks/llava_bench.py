@@ -60,6 +60,10 @@ Sample ids are the ``question_id`` values. Saved reviews (``--reviews``): the of
 (``eval_gpt_review_bench.py --output``, JSON lines with ``question_id`` and the judge's ``content``), or a JSON list
 of reply texts in question order (``null``: a failed judgment). Answer files (``harness score llava_bench
 --responses``): LLaVA's answers (``model_vqa.py``: JSON lines ``{"question_id", "text"}``).
+
+Where the harness is stricter than the official scorer: a repeated ``question_id`` is an error; questions and
+reference answers are paired by position as officially, but a count mismatch is an error instead of a silent ``zip``
+truncation; a response over 100,000 characters is refused with its id.
 """
 
 from __future__ import annotations

@@ -129,6 +129,7 @@ class LmmsTask(Task):
 
     lmms_task: ClassVar[str]
     version: ClassVar[str] = "1"
+    option_names: ClassVar[tuple[str, ...]] = ("lmms_include_path", "lmms_output_path")
 
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):

@@ -46,6 +46,11 @@ Data: the HF dataset's ``response_template.json`` (RLHF-V and RLAIF-V ship the s
 image_src, image_content, question, gt_answer, model_answer}``. Images are the HF dataset's ``images/`` folder,
 where each image is named as the last path component of its ``image_src`` URL (e.g.
 ``7206072054_c53d53b97d_o.jpg``); the image root may be that folder or the dataset folder holding it.
+
+Where the harness is stricter than the official scorer: an answer file whose record count differs from the
+benchmark's 96 questions is an error, as the official assert is, but with the file named; a record whose question
+differs from the benchmark's question at that index is an error (the official scorer pairs by index without
+checking); a response over 100,000 characters is refused with its id.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ from typing import Any, ClassVar
 from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import iter_jsonl, read_json
 from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
-from harness.task import DataFile, Task, register_task
+from harness.task import DataFile, Task, check_response_text, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
 
 log = logging.getLogger(__name__)
@@ -507,6 +512,8 @@ def score_response_file(responses_path: str | Path, data_root: str | Path | None
                     raise DataError(f"record {rec.index}: question {rec.question!r} is not the benchmark's question "
                                     f"{ref.index} ({ref.question!r}); the official scorer takes the question type "
                                     f"from the position, so the records must keep the benchmark's order", path=path)
+    for r in records:
+        check_response_text(str(r.index), r.model_answer, source=path)
     items = [_Item(str(r.index), r.index, judge_prompt(r.image_content, r.question, r.gt_answer, r.model_answer or ""))
              for r in records]
     return _score_items(items, judge, n_questions=len(records), extra_notes=[f"responses: {path}"])
@@ -531,6 +538,7 @@ class MMHalBench(Task):
     version = "1"
     description = ("MMHal-Bench (96 questions, GPT-4 judge): Score, HalRate, Informativeness and per-type scores "
                    "(official eval_gpt4.py)")
+    option_names = ("mmhal_file",)
     data_files = (DataFile(TEMPLATE_FILES[0], DATA_SOURCE),)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
     default_judge_model: ClassVar[str] = DEFAULT_JUDGE_MODEL

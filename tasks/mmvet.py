@@ -54,6 +54,10 @@ Sample ids are the MM-Vet ids ("v1_0"). Answer files (``harness score mmvet --re
 [...], "score": [...]}}``, the first run is used), a JSON object ``{"v1_0": reply}`` or a JSON list of replies in
 question order; a saved reply stands for the final reply of the grading loop (one that does not parse scores 0.0,
 as officially after the retries).
+
+Where the harness is stricter than the official scorer: a second answer for one id, or an id that is not an MM-Vet
+question, is an error (the official evaluator reads a JSON object, where a repeated key silently keeps the last); a
+response over 100,000 characters is refused with its id.
 """
 
 from __future__ import annotations
@@ -401,6 +405,7 @@ class MMVet(Task):
     version = "1"
     description = ("MM-Vet (218 questions, GPT-4 grader): total and per-capability scores (rec, ocr, know, gen, "
                    "spat, math) (official mm-vet_evaluator.py)")
+    option_names = ("mmvet_format",)
     data_files = (DataFile(DATA_FILE, DATA_SOURCE),)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
     default_judge_model: ClassVar[str] = DEFAULT_JUDGE_MODEL

@@ -75,6 +75,11 @@ Answer files (``harness score mmvp --responses FILE``), JSON lines, detected per
 A file is scored on its own as the official scripts do; with ``--data-root`` each record is also checked against the
 benchmark (its question or ground truth), and the Cambrian format needs it for the GPT path (the grader's question,
 ``Question + " " + Options``, is not in Cambrian's file).
+
+Where the harness is stricter than the official scorer: answers are matched to questions by ``question_id`` /
+``Index``, and a repeated id is an error (the official scripts pair answer rows with questions by line position); a
+record whose prompt or correct answer differs from the benchmark's question is an error; a response over 100,000
+characters is refused with its id.
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ from typing import Any, ClassVar
 from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import iter_jsonl, read_json
 from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
-from harness.task import DataFile, Task, register_task
+from harness.task import DataFile, Task, check_response_text, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
 
 log = logging.getLogger(__name__)
@@ -589,6 +594,8 @@ def score_answer_file(path: str | Path, method: str = DEFAULT_METHOD, judge: Jud
     :func:`read_answer_file`."""
     _check_method(method)
     answers = read_answer_file(path, questions)
+    for a in answers:
+        check_response_text(a.sample_id, a.response, source=path, line=a.lineno)
     rows = [_Row(a.sample_id, a.position, a.question, a.correct_answer, a.response, a.text_options) for a in answers]
     notes = [f"responses: {path} ({answers[0].format} format)"]
     if method == "gpt":
@@ -621,6 +628,7 @@ class MMVP(Task):
     version = "1"
     description = ("MMVP (150 CLIP-blind pairs, 300 questions): pair accuracy by the official GPT grader "
                    "(gpt_grader.py) or, with mmvp_method=rule, Cambrian's mmvp_test.py")
+    option_names = ("mmvp_method", "mmvp_prompt")
     data_files = (DataFile(QUESTIONS_FILE, DATA_SOURCE),)
     default_max_new_tokens = MAX_NEW_TOKENS[DEFAULT_PROMPT]
     default_judge_model: ClassVar[str] = DEFAULT_JUDGE_MODEL

@@ -50,6 +50,10 @@ Answer files (``harness score scienceqa_img --responses FILE``): LLaVA's answers
 lines ``{"question_id": pid, "prompt", "text"}``) or the harness' JSON lines with ``question_id``/``id`` and the
 answer under ``text``, ``answer`` or ``response``; answers to split questions outside the subset (text-only ones)
 are skipped and counted, ids not in the split are an error.
+
+Where the harness is stricter than the official scorer: a second answer for one question id is an error (the
+official ``eval_science_qa.py`` collects answers in a dict and keeps the last); an answer whose id is not a question
+of the split is an error; a response over 100,000 characters is refused with its id.
 """
 
 from __future__ import annotations
@@ -261,6 +265,7 @@ class ScienceQAImg(Task):
     version = "1"
     description = ("ScienceQA-IMG (2,017 test questions with an image): IMG-Accuracy with LLaVA-1.5's option-letter "
                    "parsing (eval_science_qa.py)")
+    option_names = ("scienceqa_format", "scienceqa_split", "scienceqa_subset", "scienceqa_suffix")
     data_files = (DataFile(PROBLEMS_FILE, DATA_SOURCE), DataFile(SPLITS_FILE, DATA_SOURCE))
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
 

@@ -69,6 +69,10 @@ Departures that never change a number the official code prints: a question witho
 generation) is counted (``counts["no_response"]``) and left out of the mean, as it is absent from the official
 answer file; a record whose answers are not 10 strings is a :class:`DataError` when the data is read (the official
 code asserts while scoring).
+
+Where the harness is stricter than the official scorer: a second answer for one question id, or an answer to a
+question that is not in the data, is an error (the official evaluator scores whatever list it is given); a response
+over 100,000 characters is refused with its id.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ from typing import Any
 
 from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import first_glob, iter_jsonl, iter_parquet_rows, read_json
-from harness.task import DataFile, Task, register_task
+from harness.task import DataFile, Task, check_response_text, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
 
 log = logging.getLogger(__name__)
@@ -384,6 +388,7 @@ class TextVQA(Task):
     version = "1"
     description = ("TextVQA val (5,000 questions, 10 human answers each): VQA accuracy with the EvalAI answer "
                    "normalization (LLaVA eval_textvqa.py / m4c_evaluator.py)")
+    option_names = ("textvqa_format", "textvqa_ocr", "textvqa_suffix")
     data_files = (DataFile(ANNOTATION_FILE, DATA_SOURCE),)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
 
@@ -531,6 +536,7 @@ class TextVQA(Task):
             if q is None:
                 raise DataError(f"no TextVQA question {key[1]!r} on image {image_id} in {self.data_root}",
                                 path=path, line=lineno)
+            check_response_text(q.sample_id, text, source=path, line=lineno)
             items.append(_Scored(q.sample_id, text, q.answers))
         if not items:
             raise DataError("holds no answers", path=path)

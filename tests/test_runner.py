@@ -151,3 +151,39 @@ def test_resume_refuses_predictions_made_for_other_prompts(tmp_path):
     changed = [Sample(s.id, s.prompt + " Answer with one word.", s.images) for s in samples]
     with pytest.raises(HarnessError, match="sample s0 was answered for another prompt"):
         evaluate(CountTask(changed), EchoEngine(), store, changed, progress=False)
+
+
+def test_interrupt_carries_counts_and_disk_full_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from harness.runner import DiskWriteError
+
+    class Interrupting(EchoEngine):
+        def generate(self, requests):
+            for resp in super().generate(requests):
+                if sum(map(len, self.calls)) > 3:
+                    raise KeyboardInterrupt
+                yield resp
+
+    samples = _samples(tmp_path)
+    with pytest.raises(KeyboardInterrupt) as info:
+        evaluate(CountTask(samples), Interrupting(batch_size=3), _store(tmp_path), samples, progress=False)
+    assert info.value.run_counts["generated"] == 3 and info.value.run_counts["resumed"] == 0
+
+    store = _store(tmp_path)
+    monkeypatch.setattr(RunStore, "sync", lambda self: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    with pytest.raises(DiskWriteError, match="predictions.jsonl: No space left .*finished predictions are kept"):
+        evaluate(CountTask(samples), EchoEngine(), store, samples, progress=False)
+
+
+def test_overlong_response_refused_before_scoring(tmp_path):
+    class Verbose(EchoEngine):
+        def generate(self, requests):
+            for r in requests:
+                yield Response(r.sample_id, "y" * 100_001 if r.sample_id == "s2" else "ok", "stop")
+
+    samples = _samples(tmp_path, n=4)
+    store = _store(tmp_path)
+    with pytest.raises(HarnessError, match="sample s2: response is 100,001 characters"):
+        evaluate(CountTask(samples), Verbose(), store, samples, progress=False)
+    assert len(store.predictions_path.read_text().splitlines()) == 4
