@@ -430,16 +430,14 @@ def uses_rejected_image(method: str) -> bool:
 
 def check_methods(methods: Sequence[str]) -> None:
     """An unknown method is a :class:`ConfigError` naming the closest method names."""
-    from trainers.losses import METHODS
+    from trainers.config import PREFERENCE_METHODS, unknown_method_message
 
     if not methods:
         raise ConfigError("no --methods given (e.g. --methods dpo,mpo,jompo)")
     for name in methods:
-        if name not in METHODS:
-            close = difflib.get_close_matches(name, list(METHODS), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+        if name not in PREFERENCE_METHODS:
             note = " (sft is a stage: the `sft:` section of the sweep YAML)" if name == "sft" else ""
-            raise ConfigError(f"--methods: unknown method {name!r}{hint}{note} (methods: {', '.join(METHODS)})")
+            raise ConfigError(f"--methods: {unknown_method_message(name, PREFERENCE_METHODS)}{note}")
 
 
 def parse_data_sizes(tokens: Sequence[str], n_records: int, source: str) -> list[int]:
@@ -1751,7 +1749,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--engine", choices=["hf", "vllm", "openai"], help="inference engine of the evaluations")
     t.add_argument("--limit", type=int, help="evaluate at most N samples per task")
     r = p.add_argument_group("running")
-    r.add_argument("--output", "-o", help="the sweep's folder (presets: sweeps/NAME)")
+    r.add_argument("--output", "--output-path", "--output_path", "-o", dest="output",
+                   help="the sweep's folder (presets: sweeps/NAME)")
     r.add_argument("--executor", choices=list(EXECUTORS), help="local (default): one job at a time here; slurm: "
                                                                "submit through submitit")
     r.add_argument("--dry-run", action="store_true", help="print the plan (jobs, dependencies, states); run nothing")

@@ -94,3 +94,22 @@ def test_report_and_run_accept_the_same_output_flags(tmp_path: Path):
     run = parser.parse_args(["run", "--tasks", "toy_amber", "--output", str(tmp_path)])
     report = parser.parse_args(["report", str(tmp_path), "--output-path", str(tmp_path / "rep")])
     assert run.output_path == str(tmp_path) and report.output == str(tmp_path / "rep")
+
+
+def test_method_names_are_defined_once_and_checked_before_torch_loads():
+    """`harness train --method jompoo` and `harness train` without --data fail at once: no torch import."""
+    import subprocess
+    import sys
+
+    from trainers.config import PREFERENCE_METHODS, TRAIN_METHODS
+    from trainers.losses import METHODS
+
+    assert tuple(METHODS) == PREFERENCE_METHODS and TRAIN_METHODS == ("sft", *PREFERENCE_METHODS)
+    probe = ("import sys\nfrom harness.cli import main\ncode = main(sys.argv[1:])\n"
+             "print('torch loaded' if 'torch' in sys.modules else 'no torch', code)\n")
+    for argv, message in ((["train", "--method", "jompoo", "--data", "d.jsonl", "--output", "o"],
+                           "unknown method 'jompoo'; did you mean jompo"),
+                          (["train", "--method", "jompo", "--output", "o"], "no --data given")):
+        proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+        assert proc.stdout.strip() == "no torch 2", (proc.stdout, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 from harness.errors import ConfigError
+from trainers.config import check_method
 
 log = logging.getLogger("harness.train")
 
@@ -47,7 +48,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="starting checkpoint (LLaVA-1.5 or Qwen2-VL, transformers layout)")
     p.add_argument("--data", help="training records: preference JSONL/JSON/parquet, or SFT JSONL "
                                   "{id, image, question, answer}")
-    p.add_argument("--output", help="output folder: checkpoints/, the final model (loadable by `harness run`)")
+    p.add_argument("--output", "--output-path", "--output_path", "-o", dest="output",
+                   help="output folder: checkpoints/, the final model (loadable by `harness run`)")
     p.add_argument("--image-root", help="folder that relative image paths of the data are resolved against")
     p.add_argument("--data-format", choices=["auto", "canonical", "rlaif_v", "trl", "mdpo"])
     p.add_argument("--template", help="prompt template of the model family (default: the family's own)")
@@ -108,21 +110,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return load_config(getattr(args, "config", None), overrides)
 
 
-def check_method(name: str) -> None:
-    """An unknown method is a ConfigError naming the closest methods (before any model loads)."""
-    if name == "sft":
-        return
-    from trainers.losses import METHODS
-    from trainers.trainer import unknown_method_message
-
-    if name not in METHODS:
-        raise ConfigError(unknown_method_message(name))
-
-
 def run_train(args: argparse.Namespace) -> int:
-    """``harness train``: resolve the configuration, check it, train; prints the final model's folder."""
+    """``harness train``: resolve the configuration, check it, train; prints the final model's folder.
+
+    The method, the data and the output folder are checked before torch or a model is loaded."""
     config = config_from_args(args)
     check_method(config.method)
+    for name in ("data", "output"):
+        if not getattr(config, name):
+            raise ConfigError(f"no --{name} given (neither on the command line nor in the recipe)")
     if not config.model:  # as `harness run`: the embedded tiny LLaVA (built and cached on first use)
         from harness.models.tiny import ensure_embedded_model
         from tasks.toy import corpus

@@ -24,6 +24,27 @@ from typing import Any, get_args, get_origin, get_type_hints
 from harness.errors import ConfigError
 from harness.io import read_yaml_mapping
 
+#: The preference methods and the paper's Table 2 ablations, by name (their losses: ``trainers.losses.METHODS``;
+#: definitions: docs/methods.md). Defined here, without heavy imports, so names are checked before torch loads.
+PREFERENCE_METHODS: tuple[str, ...] = ("dpo", "mpo", "jompo", "jompo_no_ranking", "jompo_no_symmetry",
+                                       "jompo_no_both", "jompo_no_ranking_text", "jompo_no_ranking_noimage")
+#: Every method ``harness train`` runs: supervised fine-tuning and the preference methods.
+TRAIN_METHODS: tuple[str, ...] = ("sft", *PREFERENCE_METHODS)
+
+
+def unknown_method_message(name: str, names: tuple[str, ...] = TRAIN_METHODS) -> str:
+    """``unknown method 'x'; did you mean ...? (methods: ...)``."""
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown method {name!r}{hint} (methods: {', '.join(names)})"
+
+
+def check_method(name: str) -> None:
+    """An unknown method is a :class:`ConfigError` naming the closest methods (no heavy import)."""
+    if name not in TRAIN_METHODS:
+        raise ConfigError(unknown_method_message(name))
+
+
 #: Parts of a vision-language model that LoRA adapts (or that full fine-tuning unfreezes).
 MODULE_GROUPS = ("language_model", "vision_tower", "projector")
 #: Reference-model modes; ``cache:FILE`` names a precomputed reference log-prob file.

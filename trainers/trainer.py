@@ -68,7 +68,7 @@ import transformers
 from torch import nn
 
 from harness.errors import ConfigError, DataError
-from trainers.config import TrainConfig, save_config
+from trainers.config import TrainConfig, save_config, unknown_method_message
 from trainers.logprobs import Row, RowBatch, row_logps, tokenize_rows, unwrap_model
 
 if TYPE_CHECKING:
@@ -961,17 +961,6 @@ def loss_config_for(config: TrainConfig) -> Any:
     if config.method not in METHODS:
         raise ConfigError(unknown_method_message(config.method))
     return get_method(config.method, beta=config.beta)
-
-
-def unknown_method_message(name: str) -> str:
-    import difflib
-
-    from trainers.losses import METHODS
-
-    names = ["sft", *METHODS]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return f"unknown method {name!r}{hint} (methods: {', '.join(names)})"
 
 
 def _uses_generated_image(rows_needed: Sequence[tuple[str, str]]) -> bool:
