@@ -1237,11 +1237,31 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def job_arguments(job: Job, output: Path) -> list[str]:
     """The job's command line: :meth:`Job.command`, with ``--resume`` for a training job whose folder holds
-    checkpoints."""
+    checkpoints made from its starting model as it is now. Checkpoints made from another version of it (an
+    upstream job trained again) are moved aside to ``checkpoints.stale-<time>`` and the job trains from the start."""
     cmd = job.command()
-    if job.kind in TRAIN_KINDS and has_checkpoint(output / job.outputs["model"] / "checkpoints"):
-        cmd.append("--resume")
+    ckpt_dir = output / job.outputs["model"] / "checkpoints" if job.kind in TRAIN_KINDS else None
+    if ckpt_dir is not None and has_checkpoint(ckpt_dir):
+        if _stale_checkpoints(job, ckpt_dir):
+            aside = ckpt_dir.with_name(f"checkpoints.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            log.warning("%s: its checkpoints were made from another version of its starting model; moved to %s, "
+                        "training from the start", job.id, aside)
+            ckpt_dir.rename(aside)
+        else:
+            cmd.append("--resume")
     return cmd
+
+
+def _stale_checkpoints(job: Job, ckpt_dir: Path) -> bool:
+    """Whether the ``start_model.json`` beside ``ckpt_dir`` names another content hash than the job's starting
+    model's."""
+    from harness.models import content_hash as model_hash
+
+    recorded = _read_json(ckpt_dir.parent / "start_model.json")
+    start = (job.train_config or {}).get("model")
+    if not isinstance(recorded, dict) or not start or not Path(start).is_dir():
+        return False
+    return recorded.get("content_hash") != model_hash(start)
 
 
 class SubprocessRunner:

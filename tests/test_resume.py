@@ -252,3 +252,25 @@ def test_sft_resume_equals_the_uninterrupted_run(tiny_llava_path, tmp_path, shap
     out = _cut_after(reference, tmp_path / "run", 2)
     _train(_config(tiny_llava_path, root / "sft.jsonl", out, method="sft", resume=True))
     _assert_same_run(out, reference, tiny_llava_path)
+
+
+def test_resume_refuses_checkpoints_made_from_another_starting_model(reference_run, tiny_llava_path, pref_data,
+                                                                      tmp_path):
+    """Checkpoints record the starting model's content hash: resuming them on a changed model (an upstream stage
+    trained again) is a one-line error, never a mix of two runs."""
+    from safetensors.torch import load_file, save_file
+
+    from harness.errors import ConfigError
+
+    start = json.loads((reference_run / "start_model.json").read_text())
+    assert start["path"] == str(Path(tiny_llava_path).resolve()) and len(start["content_hash"]) == 64
+    changed = tmp_path / "changed-start"
+    shutil.copytree(tiny_llava_path, changed)
+    weights = load_file(str(changed / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1.0
+    save_file(weights, str(changed / "model.safetensors"), metadata={"format": "pt"})
+    out = _cut_after(reference_run, tmp_path / "resumed", 2)
+    (out / "start_model.json").write_text(json.dumps({**start, "path": str(changed)}))
+    with pytest.raises(ConfigError, match="were made from .* but --model .* is now"):
+        _train(_config(str(changed), pref_data, out, resume=True))

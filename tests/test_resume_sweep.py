@@ -357,3 +357,26 @@ def test_a_job_still_run_by_another_process_is_never_run_twice(fake, tmp_path):
         holder.wait()
     code, err = _run(fake, out)  # the holder is gone: the lock with it
     assert code == 0, err
+
+
+def test_checkpoints_of_another_start_model_are_moved_aside_not_resumed(tmp_path, tiny_llava_path, monkeypatch):
+    """A downstream job whose checkpoints were made from an older version of its starting model (its upstream job
+    trained again) trains from the start; its old checkpoints are kept aside, never resumed."""
+    import types
+
+    from harness import sweep
+    from harness.models import content_hash
+
+    out = tmp_path / "sweep"
+    model_dir = out / "models" / "dpo"
+    (model_dir / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    job = types.SimpleNamespace(kind="train", outputs={"model": "models/dpo"},
+                                train_config={"model": tiny_llava_path}, command=lambda: ["train"], id="dpo")
+    monkeypatch.setattr(sweep, "has_checkpoint", lambda folder: (folder / "checkpoint-2").is_dir())
+    (model_dir / "start_model.json").write_text(json.dumps({"path": tiny_llava_path,
+                                                            "content_hash": content_hash(tiny_llava_path)}))
+    assert sweep.job_arguments(job, out) == ["train", "--resume"]  # same start model: resumed
+    (model_dir / "start_model.json").write_text(json.dumps({"path": tiny_llava_path, "content_hash": "0" * 64}))
+    assert sweep.job_arguments(job, out) == ["train"]  # another start model: from the start
+    assert not (model_dir / "checkpoints").exists()
+    assert [p.name.startswith("checkpoints.stale-") for p in model_dir.iterdir() if p.is_dir()] == [True]

@@ -68,6 +68,7 @@ import transformers
 from torch import nn
 
 from harness.errors import ConfigError, DataError
+from harness.io import atomic_write_json
 from trainers.config import TrainConfig, save_config, unknown_method_message
 from trainers.logprobs import Row, RowBatch, row_logps, tokenize_rows, unwrap_model
 
@@ -366,6 +367,44 @@ def checkpoint_problem(folder: str | Path) -> str | None:
     return None
 
 
+START_MODEL_FILE = "start_model.json"
+
+
+def start_model_entry(model: str | Path) -> dict[str, str]:
+    """The starting model of a run: its absolute path and content hash (:func:`harness.models.content_hash`)."""
+    from harness.models import content_hash
+
+    return {"path": str(Path(model).resolve()), "content_hash": content_hash(model)}
+
+
+def record_start_model(config: TrainConfig) -> None:
+    """Write ``OUT/start_model.json`` (the main process) when a run starts, so that a resume can tell that its
+    checkpoints were made from the model it is given."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process and config.model and Path(config.model).is_dir():
+        Path(config.output).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(config.output) / START_MODEL_FILE, start_model_entry(config.model))
+
+
+def check_start_model(config: TrainConfig) -> None:
+    """``--resume`` continues only checkpoints made from ``--model`` as it is now: a different or changed starting
+    model (an upstream stage retrained) is a :class:`ConfigError`, never a silent mix of two runs."""
+    marker = Path(config.output) / START_MODEL_FILE
+    if not marker.is_file() or not config.model or not Path(config.model).is_dir():
+        return
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return
+    now = start_model_entry(config.model)
+    if recorded.get("content_hash") != now["content_hash"]:
+        raise ConfigError(
+            f"--resume: the checkpoints in {marker.parent / CHECKPOINTS_DIR} were made from {recorded.get('path')} "
+            f"(content hash {str(recorded.get('content_hash'))[:12]}), but --model {now['path']} is now "
+            f"{now['content_hash'][:12]}; remove {marker.parent / CHECKPOINTS_DIR} to train from the start")
+
+
 def resume_checkpoint(config: TrainConfig) -> str | None:
     """The checkpoint ``--resume`` continues from: the newest complete one (:func:`checkpoint_problem`).
     Incomplete ones (a run killed while writing one, a folder emptied by hand) are skipped with a warning naming
@@ -381,9 +420,11 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
                 f"{config.output} already holds checkpoints ({found[0].name}); pass --resume to continue that run "
                 "or choose another --output"
             )
+        record_start_model(config)
         return None
     if not found:
         raise ConfigError(f"--resume: no checkpoint-N folder in {ckpt_dir}")
+    check_start_model(config)
     problems = {p: checkpoint_problem(p) for p in found}
     complete = [p for p in found if problems[p] is None]
     if not complete:
