@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.argtypes import int_at_least
 from harness.errors import ConfigError, HarnessError
 
 log = logging.getLogger("harness")
@@ -25,21 +26,6 @@ _NON_SEMANTIC = {"batch_size", "concurrency", "timeout_s", "max_retries"}
 
 
 # --------------------------------------------------------------------------- parsing
-def int_at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum``, with a clear message otherwise."""
-    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    parse.__name__ = "positive_int" if minimum == 1 else f"int_at_least_{minimum}"
-    return parse
 
 
 _positive_int = int_at_least(1)

@@ -205,18 +205,39 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
-def all_tasks() -> dict[str, type[Task]]:
-    import tasks  # noqa: F401  (imports every task module, which registers itself)
+#: Entry-point groups through which benchmark packages register themselves (this project's own in pyproject.toml):
+#: a module of ``TASK_GROUP`` registers its tasks when imported; a ``PREFIX_GROUP`` entry ``NAME`` is a function
+#: that makes the task class of ``NAME:<task>`` (``lmms:<task>``: lmms-eval's registry).
+TASK_GROUP = "halluc_harness.tasks"
+PREFIX_GROUP = "halluc_harness.task_prefixes"
 
+
+def _entry_points(group: str) -> list[Any]:
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group=group))
+    if not found:
+        raise ConfigError(f"no entry point in group {group}: halluc-harness is not installed in this environment "
+                          "(or its metadata is stale); install it with `bash scripts/install.sh`")
+    return found
+
+
+def all_tasks() -> dict[str, type[Task]]:
+    """Every registered task by name: the modules of the :data:`TASK_GROUP` entry points are imported first."""
+    for ep in _entry_points(TASK_GROUP):
+        ep.load()
     return dict(sorted(_TASKS.items()))
 
 
 def get_task(name: str) -> type[Task]:
-    """The task class named ``name``; ``lmms:<task>`` is a task of lmms-eval's registry (:mod:`tasks.lmms`)."""
-    if name.startswith("lmms:"):
-        from tasks.lmms import lmms_task_class
-
-        return lmms_task_class(name)
+    """The task class named ``name``; ``PREFIX:<task>`` is made by the :data:`PREFIX_GROUP` entry point ``PREFIX``
+    (``lmms:<task>``: a task of lmms-eval's registry)."""
+    prefix, sep, _ = name.partition(":")
+    if sep:
+        makers = {ep.name: ep for ep in _entry_points(PREFIX_GROUP)}
+        if prefix not in makers:
+            raise ConfigError(f"unknown task prefix {prefix!r} in {name!r}; expected one of {', '.join(makers)}")
+        return makers[prefix].load()(name)
     registry = all_tasks()
     if name in registry:
         return registry[name]

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.cli import int_at_least
+from harness.argtypes import int_at_least
 from harness.errors import ConfigError, HarnessError
 
 log = logging.getLogger("harness.report")
