@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only the first N samples of each task, or a fraction below 1 of each task's samples")
     run.add_argument("--log-samples", "--log_samples", action=_SamplesAlwaysLogged, default=argparse.SUPPRESS,
                      help="accepted for lm-eval's habit: samples are always logged in the run directory")
-    run.add_argument("--batch-size", type=_positive_int, help="requests per engine call")
+    run.add_argument("--batch-size", type=_positive_int,
+                     help="hf: requests per generate call; vllm: requests kept queued in the engine (default 1024)")
     run.add_argument("--output-path", "--output", "--output_path", "-o", dest="output_path", default="runs",
                      help="root of the run directories (default: ./runs)")
     run.add_argument("--run-name", help="name of the model's folder under --output-path (default: from --model)")
@@ -147,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="environment variable holding the API key (default: OPENAI_API_KEY); "
                           "keys are never written to logs or run files")
     api.add_argument("--served-model", help="model name sent to the server (default: --model)")
-    api.add_argument("--concurrency", type=_positive_int, default=8)
+    api.add_argument("--concurrency", type=_positive_int, default=64,
+                     help="requests kept in flight at all times (default: 64, sized for a vLLM server; at most 1000)")
     api.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     api.add_argument("--max-retries", type=int, default=5)
 

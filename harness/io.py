@@ -1,15 +1,25 @@
-"""File helpers: JSON/JSONL readers that name the file and line of a bad record, and atomic writes."""
+"""File helpers: JSON/JSONL readers that name the file and line of a bad record, atomic writes, and a bounded
+cache of decoded images (:class:`ImageCache`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from harness.errors import DataError
+from harness.errors import DataError, ImageError
+
+if TYPE_CHECKING:
+    from harness.types import ImageRef
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 def read_json(path: str | Path) -> Any:
@@ -131,3 +141,115 @@ def read_yaml_mapping(path: str | Path, what: str = "configuration") -> dict[str
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a {what} is a mapping of settings, got {type(raw).__name__}")
     return raw
+
+
+class OnceCache(Generic[K, V]):
+    """A thread-safe LRU cache that computes each key's value once while the key stays cached.
+
+    :meth:`get` returns the cached value, or computes it with ``compute()``; threads asking for a key whose
+    value is being computed wait for that computation instead of starting their own. A computation that raises
+    is not cached: its waiters get the exception and the next :meth:`get` computes again. The cache holds at
+    most ``max_items`` values and, as measured by ``size_of``, at most ``max_size`` in all; the least recently
+    used values go first (the newest value stays even when it alone is larger than ``max_size``).
+    """
+
+    def __init__(self, max_items: int, max_size: float = float("inf"), size_of: Callable[[V], float] | None = None):
+        if max_items < 1:
+            raise ValueError(f"max_items must be at least 1, got {max_items}")
+        self.max_items = max_items
+        self.max_size = max_size
+        self._size_of = size_of or (lambda _value: 0)
+        self._entries: OrderedDict[K, tuple[Future[V], list[float]]] = OrderedDict()
+        self._size = 0.0
+        self._lock = threading.Lock()
+        self.computed = 0  # computations started (misses)
+        self.hits = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    @property
+    def size(self) -> float:
+        """The total ``size_of`` of the values held now."""
+        with self._lock:
+            return self._size
+
+    def get(self, key: K, compute: Callable[[], V]) -> V:
+        with self._lock:
+            found = self._entries.get(key)
+            owner = found is None
+            if found is None:
+                entry: tuple[Future[V], list[float]] = (Future(), [0.0])
+                self._entries[key] = entry
+                self.computed += 1
+                self._evict()
+            else:
+                entry = found
+                self._entries.move_to_end(key)
+                self.hits += 1
+        future, size = entry
+        if not owner:
+            return future.result()
+        try:
+            value = compute()
+        except BaseException as exc:
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+            future.set_exception(exc)
+            raise
+        future.set_result(value)
+        with self._lock:
+            if self._entries.get(key) is entry:
+                size[0] = float(self._size_of(value))
+                self._size += size[0]
+                self._evict()
+        return value
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries beyond the bounds (the lock is held)."""
+        while len(self._entries) > 1 and (len(self._entries) > self.max_items or self._size > self.max_size):
+            _key, (_future, size) = self._entries.popitem(last=False)
+            self._size -= size[0]
+
+
+def _pixel_bytes(image: Any) -> float:
+    try:
+        return float(image.width * image.height * len(image.getbands()))
+    except (AttributeError, TypeError):
+        return 0.0
+
+
+class ImageCache:
+    """Decoded images by :class:`~harness.types.ImageRef`: each image is decoded once while it stays cached.
+
+    Thread-safe (several decoding threads may ask for the same image at once; one decodes it, the others wait).
+    Bounded by ``max_images`` images and ``max_bytes`` bytes of decoded pixels, least recently used first out.
+    An image that cannot be decoded is not cached, and the :class:`~harness.errors.ImageError` names the sample
+    that asked for it. The images returned are shared between samples: callers must not modify them.
+    """
+
+    def __init__(self, max_images: int = 1024, max_bytes: int = 1 << 30):
+        self._cache: OnceCache[ImageRef, Any] = OnceCache(max_images, max_bytes, _pixel_bytes)
+
+    @property
+    def decoded(self) -> int:
+        """How many decodes were started (one per image, unless it was evicted or failed)."""
+        return self._cache.computed
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def load(self, ref: ImageRef, sample_id: str) -> Any:
+        """``ref.load(sample_id)``, decoded at most once while cached."""
+        try:
+            return self._cache.get(ref, lambda: ref.load(sample_id))
+        except ImageError as exc:
+            if exc.sample_id == sample_id:
+                raise
+            raise ImageError(sample_id, exc.detail) from None

@@ -1,7 +1,13 @@
 """``evaluate(task, engine, store)``: run a task's pending samples through an engine and score them.
 
 Resumable: finished ids in the run store are skipped. Responses are written in sample order as soon as the
-ordered prefix is complete, so a crash loses at most the requests in flight.
+ordered prefix is complete, so a crash loses at most the requests in flight (and the answers that wait for an
+earlier one to be written).
+
+Generation streams: the pending requests go to :meth:`~harness.engines.base.Engine.generate_stream`, which draws
+them as the engine has room (a vLLM engine keeps a deep queue, the openai engine ``--concurrency`` requests in
+flight), so the engine never waits for a batch to drain. Images are decoded ahead of the engine by a small thread
+pool, each image once per run while it stays in an :class:`~harness.io.ImageCache` (least recently used out).
 
 A full disk (or quota, read-only file system, permission denied) while writing the run is a
 :class:`DiskWriteError` naming the file; an interrupt (Ctrl-C, or SIGTERM as :class:`Terminated`) carries the
@@ -12,9 +18,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +31,7 @@ from typing import Any
 
 from harness.engines.base import Engine
 from harness.errors import EngineError, HarnessError, ImageError
+from harness.io import ImageCache
 from harness.store import RunStore
 from harness.task import Task
 from harness.types import Metrics, Request, Response, Sample
@@ -29,6 +39,8 @@ from harness.types import Metrics, Request, Response, Sample
 log = logging.getLogger(__name__)
 
 MAX_LOGGED_FAILURES = 5  # failures beyond these are summarised in one line (all are in failures.jsonl)
+DECODE_WORKERS = min(4, os.cpu_count() or 1)  # threads decoding images ahead of the engine
+DECODE_AHEAD = 64  # samples whose images are decoded (or being decoded) before the engine asks for them
 
 #: OSError numbers that mean "the run directory cannot be written" (a user error, not a bug).
 DISK_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES") if hasattr(errno, name))
@@ -90,10 +102,83 @@ def response_from_record(rec: dict[str, Any]) -> Response:
     )
 
 
-def build_request(sample: Sample, max_new_tokens: int) -> Request:
-    """Decode the sample's images (raises :class:`ImageError` naming the sample)."""
-    images = tuple(ref.load(sample.id) for ref in sample.images)
-    return Request(sample_id=sample.id, prompt=sample.prompt, images=images, max_new_tokens=max_new_tokens)
+def build_request(sample: Sample, max_new_tokens: int, images: ImageCache | None = None) -> Request:
+    """Decode the sample's images, through ``images`` when given (raises :class:`ImageError` naming the sample)."""
+    if images is None:
+        decoded = tuple(ref.load(sample.id) for ref in sample.images)
+    else:
+        decoded = tuple(images.load(ref, sample.id) for ref in sample.images)
+    return Request(sample_id=sample.id, prompt=sample.prompt, images=decoded, max_new_tokens=max_new_tokens)
+
+
+class RequestFeed:
+    """The requests of ``samples``, in order, with their images decoded ahead by a thread pool.
+
+    Iterating yields one :class:`Request` per sample whose images decode, and records each yielded sample in
+    :attr:`order` (ids handed out and not yet written) and :attr:`prompts`. A sample whose image cannot be
+    read goes to ``on_image_error(exc)``; when that returns False the feed ends there and keeps the error in
+    :attr:`stopped`. ``workers=0`` decodes in the iterating thread. :meth:`close` abandons the decodes not
+    started; it is safe to call more than once.
+    """
+
+    def __init__(self, samples: Sequence[Sample], budget: Callable[[Sample], int], images: ImageCache,
+                 on_image_error: Callable[[ImageError], bool], *, workers: int = DECODE_WORKERS,
+                 ahead: int = DECODE_AHEAD):
+        self._samples = samples
+        self._budget = budget
+        self._images = images
+        self._on_image_error = on_image_error
+        self._ahead = max(1, ahead)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="harness-images") if workers > 0 else None
+        self._queue: deque[tuple[Sample, Future[Request] | None]] = deque()
+        self._next = 0
+        self._closed = False
+        self.order: deque[str] = deque()
+        self.prompts: dict[str, str] = {}
+        self.stopped: ImageError | None = None
+
+    def __iter__(self) -> RequestFeed:
+        return self
+
+    def _build(self, sample: Sample) -> Request:
+        return build_request(sample, self._budget(sample), self._images)
+
+    def _fill(self) -> None:
+        while self._next < len(self._samples) and len(self._queue) < self._ahead:
+            sample = self._samples[self._next]
+            self._next += 1
+            # text-only samples and decoding in this thread need no future
+            job = self._pool.submit(self._build, sample) if (self._pool and sample.images) else None
+            self._queue.append((sample, job))
+
+    def __next__(self) -> Request:
+        while not self._closed:
+            self._fill()
+            if not self._queue:
+                break
+            sample, job = self._queue.popleft()
+            self._fill()
+            try:
+                request = self._build(sample) if job is None else job.result()
+            except ImageError as exc:
+                if not self._on_image_error(exc):
+                    self.stopped = exc
+                    self.close()
+                    break
+                continue
+            self.order.append(request.sample_id)
+            self.prompts[request.sample_id] = request.prompt
+            return request
+        raise StopIteration
+
+    def close(self) -> None:
+        self._closed = True
+        for _sample, job in self._queue:
+            if job is not None:
+                job.cancel()
+        self._queue.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def evaluate(
@@ -162,51 +247,52 @@ def _evaluate(task, engine, store, samples, max_new_tokens, on_image_error, prog
 
 def _generate(task, engine, store, pending, finished, failures, bar, max_new_tokens, on_image_error,
               state) -> int:
-    """Run ``pending`` through the engine, appending finished records in order; the number generated."""
+    """Stream ``pending`` through the engine, appending finished records in sample order; the number generated."""
     n_generated = 0
+
+    def budget(s: Sample) -> int:
+        return max_new_tokens or s.max_new_tokens or task.default_max_new_tokens
+
+    def image_error(exc: ImageError) -> bool:
+        if on_image_error == "stop":
+            return False
+        if len(failures) < MAX_LOGGED_FAILURES:
+            log.warning("%s; skipped (counted as failed)", exc)
+        failures.append({"id": exc.sample_id, "error": exc.detail, "kind": "image"})
+        bar.update(1)
+        return True
+
+    feed = RequestFeed(pending, budget, ImageCache(), image_error)
+    order, prompts = feed.order, feed.prompts
+    done: dict[str, Response] = {}
+    stream = engine.generate_stream(feed)
     try:
-        batch = max(1, engine.batch_size)
-        for start in range(0, len(pending), batch):
-            chunk = pending[start:start + batch]
-            requests: list[Request] = []
-            for s in chunk:
-                budget = max_new_tokens or s.max_new_tokens or task.default_max_new_tokens
-                try:
-                    requests.append(build_request(s, budget))
-                except ImageError as exc:
-                    if on_image_error == "stop":
-                        raise
-                    if len(failures) < MAX_LOGGED_FAILURES:
-                        log.warning("%s; skipped (counted as failed)", exc)
-                    failures.append({"id": s.id, "error": exc.detail, "kind": "image"})
-                    bar.update(1)
-            if not requests:
-                continue
-            order = [r.sample_id for r in requests]
-            prompts = {r.sample_id: r.prompt for r in requests}
-            done: dict[str, Response] = {}
-            next_i = 0
-            for resp in engine.generate(requests):
-                if resp.sample_id not in prompts or resp.sample_id in done:
-                    raise EngineError(f"engine {engine.name} returned an unexpected response for {resp.sample_id!r}")
-                done[resp.sample_id] = resp
-                ready = []
-                while next_i < len(order) and order[next_i] in done:
-                    sid = order[next_i]
-                    ready.append(done[sid].to_record(prompts[sid]))
-                    next_i += 1
-                if ready:
-                    store.append(ready)
-                    for rec in ready:
-                        finished[rec["id"]] = rec
-                    n_generated += len(ready)
-                    state["generated"] = n_generated
-                    bar.update(len(ready))
-            if next_i != len(order):
-                missing = [sid for sid in order if sid not in done]
-                raise EngineError(f"engine {engine.name} returned no response for {len(missing)} samples "
-                                  f"(first: {missing[0]})")
+        for resp in stream:
+            if resp.sample_id not in prompts or resp.sample_id in done:
+                raise EngineError(f"engine {engine.name} returned an unexpected response for {resp.sample_id!r}")
+            done[resp.sample_id] = resp
+            ready = []
+            while order and order[0] in done:
+                sid = order.popleft()
+                ready.append(done.pop(sid).to_record(prompts.pop(sid)))
+            if ready:
+                store.append(ready)
+                for rec in ready:
+                    finished[rec["id"]] = rec
+                n_generated += len(ready)
+                state["generated"] = n_generated
+                bar.update(len(ready))
+        missing = [sid for sid in order if sid not in done]
+        if missing:
+            raise EngineError(f"engine {engine.name} returned no response for {len(missing)} samples "
+                              f"(first: {missing[0]})")
+        if feed.stopped is not None:
+            raise feed.stopped
     finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # the engine abandons what it has in flight
+        feed.close()
         bar.close()
         store.close()
         if len(failures) > MAX_LOGGED_FAILURES:

@@ -47,6 +47,25 @@ def test_batch_equals_single_requests(tiny_llava_path, requests) -> None:
     assert batched == singles
 
 
+def test_stream_draws_batches_and_matches_generate(tiny_llava_path, requests) -> None:
+    """generate_stream (what the runner calls) draws batch_size requests at a time from a lazy iterable."""
+    opts = EngineOptions(dtype="float32", device="cpu", batch_size=2)
+    drawn: list[str] = []
+
+    def feed():
+        for r in requests:
+            drawn.append(r.sample_id)
+            yield r
+
+    with HFEngine(tiny_llava_path, Decoding(), opts) as engine:
+        expected = list(engine.generate(requests))
+        got = []
+        for resp in engine.generate_stream(feed()):
+            assert len(drawn) - len(got) <= 2
+            got.append(resp)
+    assert got == expected
+
+
 def test_text_only_request(llava, requests) -> None:
     text_only = Request("plain", "how many shapes are there ?", (), 8)
     mixed = list(llava.generate([requests[0], text_only]))

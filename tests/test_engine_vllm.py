@@ -119,7 +119,55 @@ def test_too_many_images(vllm_llava, shape_image) -> None:
         list(vllm_llava.generate([two]))
 
 
+@pytest.mark.vllm
+@requires_vllm
+def test_stream_keeps_a_bounded_queue_and_matches_generate(vllm_llava, requests, monkeypatch) -> None:
+    """generate_stream adds requests as others finish (never more than batch_size queued), gives the same
+    answers as generate, and closing it early aborts what is queued."""
+    import dataclasses
+
+    expected = {r.sample_id: r for r in vllm_llava.generate(requests)}
+    monkeypatch.setattr(vllm_llava, "options", dataclasses.replace(vllm_llava.options, batch_size=2))
+    drawn: list[str] = []
+
+    def feed():
+        for r in requests:
+            drawn.append(r.sample_id)
+            yield r
+
+    got = {}
+    for resp in vllm_llava.generate_stream(feed()):
+        assert len(drawn) - len(got) <= 2
+        got[resp.sample_id] = resp
+    assert got == expected and len(drawn) == len(requests)
+
+    stream = vllm_llava.generate_stream(iter(requests))
+    next(stream)
+    stream.close()
+    assert not vllm_llava.llm.llm_engine.has_unfinished_requests()
+    assert {r.sample_id: r for r in vllm_llava.generate_stream(iter(requests))} == expected
+
+
+@pytest.mark.vllm
+@requires_vllm
+def test_stream_finishes_what_is_queued_before_a_bad_request(vllm_llava, requests, shape_image) -> None:
+    two = Request("two", "compare .", (shape_image("red"), shape_image("blue")), 4)
+    got = []
+    with pytest.raises(EngineError, match="sample two: 2 images, but llava takes at most 1"):
+        for resp in vllm_llava.generate_stream(iter([requests[0], requests[1], two, requests[2]])):
+            got.append(resp.sample_id)
+    assert sorted(got) == ["blue", "red"]
+    assert not vllm_llava.llm.llm_engine.has_unfinished_requests()
+
+
 # -- without starting vLLM --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "expected"), [("17-1a2b3c4d", "17"), ("17", "17"), ("cmpl-x", "cmpl-x")])
+def test_external_request_id(given, expected) -> None:
+    from harness.engines.vllm import _external_id
+
+    assert _external_id(given) == expected
 
 
 def test_data_parallel_is_refused(tiny_llava_path) -> None:

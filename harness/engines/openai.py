@@ -7,8 +7,10 @@ so the manifest records ``template: "server"``.
 
 Reliability policy (shared with the LLM judge: :mod:`harness.openai_client`)
 ---------------------------------------------------------------------------
-- Requests run on a bounded pool of ``EngineOptions.concurrency`` worker threads; responses are yielded as
-  they complete.
+- ``EngineOptions.concurrency`` requests are in flight at all times (default 64, sized for a vLLM server that
+  batches them): :meth:`OpenAIEngine.generate_stream` sends the next request as soon as one completes, and
+  responses are yielded as they complete. Each image is PNG-encoded once while it is among the last
+  :data:`PNG_CACHE_IMAGES` encoded (the runner hands the same image object to every sample that shows it).
 - Transient failures are retried up to ``EngineOptions.max_retries`` times with exponential backoff and
   jitter: HTTP 408, 409, 429 and 5xx, client-side timeouts (``EngineOptions.timeout_s`` per attempt),
   connection errors, and malformed replies (a body that is not JSON, or one without a usable choice). A
@@ -33,14 +35,21 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    CancelledError,
+    Future,
+    ThreadPoolExecutor,
+    wait,
+)
 from typing import Any
 
 import openai
 
 from harness.engines.base import Engine, EngineOptions
 from harness.errors import ConfigError, EngineError
+from harness.io import OnceCache
 from harness.openai_client import (
     DEFAULT_BASE_URL,
     NO_KEY,
@@ -57,6 +66,10 @@ __all__ = ["DEFAULT_BASE_URL", "NO_KEY", "OpenAIEngine", "build_messages", "enco
 
 log = logging.getLogger(__name__)
 
+MAX_CONCURRENCY = 1000  # the openai SDK's HTTP connection pool holds this many connections
+PNG_CACHE_IMAGES = 256  # encoded images kept (data URLs), least recently used out ...
+PNG_CACHE_CHARS = 256 << 20  # ... and at most this many characters of them
+
 
 def encode_png_data_url(image: Any) -> str:
     """A ``data:image/png;base64,...`` URL of a PIL image (lossless; the same pixels give the same bytes)."""
@@ -69,10 +82,11 @@ def encode_png_data_url(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def build_messages(request: Request) -> list[dict[str, Any]]:
-    """One user message: each image as an ``image_url`` part, then the prompt as a ``text`` part."""
+def build_messages(request: Request, encode: Any = encode_png_data_url) -> list[dict[str, Any]]:
+    """One user message: each image as an ``image_url`` part (``encode(image)``), then the prompt as a ``text``
+    part."""
     content: list[dict[str, Any]] = [
-        {"type": "image_url", "image_url": {"url": encode_png_data_url(image)}} for image in request.images
+        {"type": "image_url", "image_url": {"url": encode(image)}} for image in request.images
     ]
     content.append({"type": "text", "text": request.prompt})
     return [{"role": "user", "content": content}]
@@ -90,7 +104,7 @@ class OpenAIEngine(Engine):
     """
 
     name = "openai"
-    default_batch_size = 64  # requests handed to generate() at once; ``concurrency`` bounds those in flight
+    default_batch_size = 64  # unused: ``concurrency`` sets the requests in flight
 
     def __init__(
         self,
@@ -105,6 +119,12 @@ class OpenAIEngine(Engine):
         super().__init__(model, decoding, options)
         if options.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {options.concurrency}")
+        if options.concurrency > MAX_CONCURRENCY:
+            raise ConfigError(f"concurrency {options.concurrency} is more than the {MAX_CONCURRENCY} connections "
+                              "of the HTTP client; use at most that")
+        # id(image) -> (image, data URL); the entry holds the image, so its id is not reused while cached
+        self._png: OnceCache[int, tuple[Any, str]] = OnceCache(PNG_CACHE_IMAGES, PNG_CACHE_CHARS,
+                                                               lambda entry: len(entry[1]))
         self.policy = RetryPolicy(max_retries=options.max_retries, backoff_s=backoff_s, backoff_max_s=backoff_max_s)
         self._endpoint = OpenAIEndpoint(
             options.base_url,
@@ -166,33 +186,51 @@ class OpenAIEngine(Engine):
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Response]:
         """Send ``requests`` with at most ``concurrency`` in flight; yield responses as they complete."""
-        if not requests:
-            return
+        return self.generate_stream(requests)
+
+    def generate_stream(self, requests: Iterable[Request]) -> Iterator[Response]:
+        """Keep ``concurrency`` requests of ``requests`` in flight (drawing the next one as soon as one
+        completes) until it is exhausted; yield responses as they complete.
+
+        When a request fails for good, no further request is drawn, those in flight stop retrying, and the
+        ones that complete are still yielded before the error is raised.
+        """
+        it = iter(requests)
         stop = threading.Event()
-        pool = ThreadPoolExecutor(
-            max_workers=min(self.concurrency, len(requests)), thread_name_prefix="openai-engine"
-        )
+        pool: ThreadPoolExecutor | None = None
+        in_flight: set[Future[Response]] = set()
         failure: EngineError | None = None
+        exhausted = False
         try:
-            futures: list[Future[Response]] = [pool.submit(self._complete, r, stop) for r in requests]
-            for future in as_completed(futures):
-                try:
-                    response = future.result()
-                except (CancelledError, Cancelled):
-                    continue
-                except EngineError as exc:
-                    if failure is None:
-                        failure = exc
-                        stop.set()
-                        for pending in futures:
-                            pending.cancel()
-                    continue
-                yield response
+            while True:
+                while not exhausted and failure is None and len(in_flight) < self.concurrency:
+                    request = next(it, None)
+                    if request is None:
+                        exhausted = True
+                        break
+                    if pool is None:
+                        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai-engine")
+                    in_flight.add(pool.submit(self._complete, request, stop))
+                if not in_flight:
+                    break
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        response = future.result()
+                    except (CancelledError, Cancelled):
+                        continue
+                    except EngineError as exc:
+                        if failure is None:
+                            failure = exc
+                            stop.set()
+                        continue
+                    yield response
         finally:
             stop.set()
-            # Do not wait for requests still in flight when the caller stops early (Ctrl-C, an exception):
-            # their threads finish on their own within one timeout.
-            pool.shutdown(wait=False, cancel_futures=True)
+            if pool is not None:
+                # Do not wait for requests still in flight when the caller stops early (Ctrl-C, an exception):
+                # their threads finish on their own within one timeout.
+                pool.shutdown(wait=False, cancel_futures=True)
         if failure is not None:
             raise failure
 
@@ -204,7 +242,7 @@ class OpenAIEngine(Engine):
     def _complete(self, request: Request, stop: threading.Event) -> Response:
         if stop.is_set():
             raise Cancelled
-        messages = build_messages(request)
+        messages = build_messages(request, self._data_url)
         params = self.sampling_params(request.max_new_tokens)
 
         def attempt() -> Response:
@@ -218,6 +256,10 @@ class OpenAIEngine(Engine):
         except EngineError:
             stop.set()  # before this worker picks up the next request
             raise
+
+    def _data_url(self, image: Any) -> str:
+        """The PNG data URL of ``image``, encoded once while cached."""
+        return self._png.get(id(image), lambda: (image, encode_png_data_url(image)))[1]
 
     @staticmethod
     def _parse(sample_id: str, completion: Any) -> Response:

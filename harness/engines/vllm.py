@@ -4,6 +4,11 @@ Prompts are rendered by the model family's adapter, the same text the ``hf`` eng
 and sent with their images as ``{"prompt": text, "multi_modal_data": {"image": ...}}``; the checkpoint's
 chat template is not involved.
 
+:meth:`VLLMEngine.generate_stream` (what the runner calls) keeps up to ``batch_size`` requests (default 1024)
+queued in vLLM's engine with ``LLM.enqueue`` and steps the engine itself, adding requests as others finish, so
+vLLM's scheduler always has a full queue to batch from; :meth:`VLLMEngine.generate` hands a batch to
+``LLM.generate`` and yields in request order.
+
 vLLM runs its engine core in a spawned process. A spawned interpreter imports vLLM, and through it
 transformers and torchvision, before any harness code: where torchvision needs
 :mod:`harness._torchvision_compat` (a CUDA torchvision beside a CPU torch) and no ``.pth`` file activates the
@@ -17,7 +22,8 @@ import logging
 import os
 import site
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,6 +39,7 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _CPU_ENV_DEFAULTS = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1"}
 _MP_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 _SHUTDOWN_TIMEOUT_S = 30.0  # grace period of the engine-core process before it is killed
+_ENQUEUE_AT_ONCE = 64  # requests added to the engine between two engine steps while its queue fills
 
 
 def _hook_in_every_interpreter() -> bool:
@@ -84,18 +91,25 @@ def prepare_environment() -> None:
         os.environ[_MP_ENV] = "0"
 
 
+def _external_id(request_id: str) -> str:
+    """The id an output of ``LLM.enqueue``'s request carries: the id without vLLM's random ``-xxxxxxxx`` suffix
+    (``LLM`` numbers its requests ``0, 1, 2, ...``)."""
+    head, sep, _tail = request_id.rpartition("-")
+    return head if sep and head.isdigit() else request_id
+
+
 class VLLMEngine(Engine):
     """Generation with ``vllm.LLM``; greedy by default (``temperature=0``).
 
     Settings read from :class:`EngineOptions`: ``dtype``, ``tensor_parallel_size``, ``enforce_eager``,
-    ``max_model_len``, ``gpu_memory_utilization``, ``batch_size`` (requests handed to ``LLM.generate`` at
-    once; vLLM schedules them itself). ``data_parallel_size`` must be 1: this vLLM's offline ``LLM`` does not
+    ``max_model_len``, ``gpu_memory_utilization``, ``batch_size`` (requests queued in vLLM's engine at once;
+    vLLM schedules them itself). ``data_parallel_size`` must be 1: this vLLM's offline ``LLM`` does not
     do data parallelism; serve the model with ``vllm serve --data-parallel-size N`` and use the ``openai``
     engine, or shard the samples over several runs.
     """
 
     name: ClassVar[str] = "vllm"
-    default_batch_size: ClassVar[int] = 256
+    default_batch_size: ClassVar[int] = 1024
 
     def __init__(self, model: str, decoding: Decoding, options: EngineOptions):
         super().__init__(model, decoding, options)
@@ -160,25 +174,89 @@ class VLLMEngine(Engine):
             prompt["multi_modal_data"] = {"image": req.images[0] if n == 1 else list(req.images)}
         return prompt
 
+    @staticmethod
+    def _response(req: Request, out: Any) -> Response:
+        completion = out.outputs[0]
+        return Response(
+            sample_id=req.sample_id,
+            text=completion.text.strip(),
+            finish_reason=completion.finish_reason or "length",
+            prompt_tokens=len(out.prompt_token_ids or []),
+            completion_tokens=len(completion.token_ids),
+        )
+
+    def _open_llm(self) -> Any:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            raise EngineError("the vllm engine is closed")
+        return llm
+
     def generate(self, requests: Sequence[Request]) -> Iterator[Response]:
+        """``LLM.generate`` on ``batch_size`` requests at a time; responses in request order."""
         from vllm import SamplingParams
 
-        if getattr(self, "llm", None) is None:
-            raise EngineError("the vllm engine is closed")
+        llm = self._open_llm()
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
             prompts = [self._prompt(r) for r in chunk]
             params = [SamplingParams(**self.sampling_params(r.max_new_tokens)) for r in chunk]
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            outputs = llm.generate(prompts, params, use_tqdm=False)
             for req, out in zip(chunk, outputs, strict=True):
-                completion = out.outputs[0]
-                yield Response(
-                    sample_id=req.sample_id,
-                    text=completion.text.strip(),
-                    finish_reason=completion.finish_reason or "length",
-                    prompt_tokens=len(out.prompt_token_ids or []),
-                    completion_tokens=len(completion.token_ids),
-                )
+                yield self._response(req, out)
+
+    def generate_stream(self, requests: Iterable[Request]) -> Iterator[Response]:
+        """Keep up to ``batch_size`` requests of ``requests`` queued in vLLM's engine, adding more as others
+        finish; yield responses as they finish.
+
+        A request vLLM cannot take (too many images, a prompt it rejects) ends the drawing of requests: those
+        queued are finished and yielded, then the error is raised. Closing the iterator early aborts the
+        requests still queued.
+        """
+        from vllm import SamplingParams
+
+        llm = self._open_llm()
+        if not hasattr(llm, "enqueue"):  # a vLLM without LLM.enqueue: batch by batch
+            yield from super().generate_stream(requests)
+            return
+        core = llm.llm_engine
+        it = iter(requests)
+        window = max(1, self.batch_size)
+        queued: dict[str, tuple[Request, str]] = {}  # request id of the outputs -> (request, id for aborting)
+        failure: Exception | None = None
+        exhausted = False
+        try:
+            while True:
+                room = window - len(queued)
+                if not exhausted and failure is None and room > 0:
+                    batch = list(islice(it, min(room, _ENQUEUE_AT_ONCE)))
+                    exhausted = len(batch) < min(room, _ENQUEUE_AT_ONCE)
+                    prompts = []
+                    for req in batch:
+                        try:
+                            prompts.append(self._prompt(req))
+                        except EngineError as exc:
+                            failure, batch = exc, batch[:len(prompts)]
+                            break
+                    if prompts:
+                        params = [SamplingParams(**self.sampling_params(r.max_new_tokens)) for r in batch]
+                        ids = llm.enqueue(prompts, params, use_tqdm=False)
+                        for req, rid in zip(batch, ids, strict=True):
+                            # outputs carry the id vLLM was given; enqueue returns it with a random suffix
+                            queued[_external_id(rid)] = (req, rid)
+                if not queued:
+                    break
+                for out in core.step():
+                    if out.finished and out.request_id in queued:
+                        req, _rid = queued.pop(out.request_id)
+                        yield self._response(req, out)
+                if queued and not core.has_unfinished_requests():
+                    raise EngineError(f"vLLM finished without answering {len(queued)} requests "
+                                      f"(first: sample {next(iter(queued.values()))[0].sample_id})")
+        finally:
+            if queued:
+                core.abort_request([rid for _req, rid in queued.values()], internal=True)
+        if failure is not None:
+            raise failure
 
     def describe(self) -> dict[str, Any]:
         llm = {k: v for k, v in self.llm_settings.items() if k != "model"}
