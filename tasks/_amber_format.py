@@ -25,6 +25,7 @@ from typing import Any
 from harness.errors import DataError
 from harness.io import read_json
 from harness.types import ImageRef, Sample
+from tasks import _scaffold as scaffold
 
 GENERATIVE = "generative"
 EXISTENCE = "discriminative-hallucination"
@@ -83,7 +84,7 @@ def read_queries(path: str | Path) -> list[AmberQuery]:
     if not isinstance(data, list):
         raise DataError(f"expected a JSON list of queries, got {type(data).__name__}", path=path)
     out: list[AmberQuery] = []
-    seen: set[int] = set()
+    seen = scaffold.UniqueIds(path)
     for index, entry in enumerate(data):
         if not isinstance(entry, dict):
             raise DataError(f"entry {index} is not a JSON object", path=path)
@@ -93,9 +94,7 @@ def read_queries(path: str | Path) -> list[AmberQuery]:
         for key in ("image", "query"):
             if not isinstance(entry.get(key), str):
                 raise DataError(f"query id {qid}: missing or non-string field {key!r}", path=path)
-        if qid in seen:
-            raise DataError(f"query id {qid} appears twice", path=path)
-        seen.add(qid)
+        seen.add(qid, f"query id {qid} appears twice")
         out.append(AmberQuery(id=qid, image=entry["image"], query=entry["query"]))
     return out
 
@@ -110,6 +109,7 @@ def read_annotations(path: str | Path) -> dict[int, dict[str, Any]]:
     if not isinstance(data, list):
         raise DataError(f"expected a JSON list of annotations, got {type(data).__name__}", path=path)
     out: dict[int, dict[str, Any]] = {}
+    annotated = scaffold.UniqueIds(path)
     for index, entry in enumerate(data):
         if not isinstance(entry, dict):
             raise DataError(f"entry {index} is not a JSON object", path=path)
@@ -128,8 +128,7 @@ def read_annotations(path: str | Path) -> dict[int, dict[str, Any]]:
         elif entry.get("truth") not in ("yes", "no"):
             raise DataError(f"annotation id {aid}: field 'truth' must be \"yes\" or \"no\", got {entry.get('truth')!r}",
                             path=path)
-        if aid in out:
-            raise DataError(f"annotation id {aid} appears twice", path=path)
+        annotated.add(aid, f"annotation id {aid} appears twice")
         out[aid] = entry
     return out
 

@@ -74,6 +74,7 @@ from harness.io import read_json
 from harness.task import DataFile, Task, register_task
 from harness.types import Metrics, Response, Sample
 from tasks import _amber_format as fmt
+from tasks import _scaffold as scaffold
 from tasks.text import extract_nouns, nltk_provenance, require_nltk_resources
 
 OFFICIAL_SOURCE = ("AMBER inference.py, https://github.com/junyangwang0410/AMBER, "
@@ -553,7 +554,7 @@ class AmberScorer:
             raise DataError(f"expected a list of {{\"id\", \"response\"}} records, got {type(responses).__name__}",
                             path=source)
         out = []
-        seen: dict[int, int] = {}
+        seen = scaffold.UniqueIds(source)
         n = len(self.annotations)
         for index, rec in enumerate(responses):
             if not isinstance(rec, Mapping):
@@ -565,9 +566,7 @@ class AmberScorer:
                 raise DataError(f"record {index} (id {rid}): missing or non-string field 'response'", path=source)
             if not 1 <= rid <= n:
                 raise DataError(f"record {index}: unknown id {rid} (AMBER ids are 1-{n})", path=source)
-            if rid in seen:
-                raise DataError(f"record {index}: id {rid} appears twice (first in record {seen[rid]})", path=source)
-            seen[rid] = index
+            seen.add(rid, f"record {index}: id {rid} appears twice", at=f"in record {index}", cite_first=True)
             entry = self.annotations[rid - 1]
             is_gen = entry["type"] == fmt.GENERATIVE
             if (only == "generative" and not is_gen) or (only == "discriminative" and is_gen):

@@ -82,6 +82,7 @@ from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import iter_jsonl, iter_parquet_rows
 from harness.task import DataFile, Task, check_response_text, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
+from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ TYPES: tuple[str, ...] = ("2D", "3D")
 #: Sets of question files, in the order they are looked for.
 JSONL_SETS: tuple[tuple[str, ...], ...] = (("test_2d.jsonl", "test_3d.jsonl"), ("test.jsonl",))
 PARQUET_SETS: tuple[tuple[str, ...], ...] = (("test_2d.parquet", "test_3d.parquet"), ("test.parquet",))
-FORMATS: tuple[str, ...] = ("auto", "jsonl", "parquet")
+FORMATS: tuple[str, ...] = scaffold.format_choices("jsonl")
 REQUIRED_FIELDS: tuple[str, ...] = ("idx", "type", "task", "prompt", "choices", "answer", "source")
 
 #: Cambrian ``*_eval.py`` ``--question_extension`` default, appended after a newline.
@@ -458,49 +459,35 @@ class CVBench(Task):
         raise ConfigError(f"task {self.name} needs --data-root: the folder holding test_2d.jsonl and test_3d.jsonl "
                           f"(with img/) or the parquet files ({DATA_SOURCE})")
 
-    def _file_sets(self) -> tuple[list[Path] | None, list[Path] | None]:
-        root = self.data_root
-        jsonl = _present(root, JSONL_SETS) if self.format in ("auto", "jsonl") else None
-        parquet = _present(root, PARQUET_SETS) if self.format in ("auto", "parquet") else None
-        return jsonl, parquet
+    def _missing(self) -> MissingDataFile:
+        sets = (JSONL_SETS if self.format == "jsonl" else PARQUET_SETS if self.format == "parquet"
+                else JSONL_SETS + PARQUET_SETS)
+        wanted = " or ".join(" + ".join(s) for s in sets)
+        return MissingDataFile(self.data_root / sets[0][0], f"{DATA_SOURCE}; looked for {wanted}")
+
+    def _layout(self) -> tuple[str, list[Path]]:
+        return scaffold.select_layout(self.format, release=lambda: _present(self.data_root, JSONL_SETS),
+                                      parquet=lambda: _present(self.data_root, PARQUET_SETS), missing=self._missing)
 
     def check_files(self) -> list[Path]:
-        jsonl, parquet = self._file_sets()
-        found = jsonl or parquet
-        if found is None:
-            sets = (JSONL_SETS if self.format == "jsonl" else PARQUET_SETS if self.format == "parquet"
-                    else JSONL_SETS + PARQUET_SETS)
-            wanted = " or ".join(" + ".join(s) for s in sets)
-            raise MissingDataFile(self.data_root / sets[0][0], f"{DATA_SOURCE}; looked for {wanted}")
-        return found
+        return self._layout()[1]
 
     def records(self) -> list[CVBenchRecord]:
         """The benchmark's records, file by file in file order; repeated ``(type, idx)`` is a :class:`DataError`."""
         if self._records is not None:
             return self._records
-        self.check_files()
-        jsonl, parquet = self._file_sets()
-        records: list[CVBenchRecord] | None = None
-        files: list[Path] = []
-        if jsonl is not None:
-            records = [r for p in jsonl for r in read_jsonl(p)]
-            files = jsonl
-            first = records[0]
-            if (parquet is not None and self.format == "auto" and first.filename is not None
-                    and not (self.image_root / first.filename).is_file()):
-                log.info("CV-Bench: %s not found; reading the images from %s", self.image_root / first.filename,
-                         ", ".join(p.name for p in parquet))
-                records = None
-        if records is None and parquet is not None:
+        fmt, files = self._layout()
+        records = [r for p in files for r in (read_jsonl(p) if fmt == "jsonl" else read_parquet(p))]
+        first = records[0]
+        parquet = _present(self.data_root, PARQUET_SETS) if fmt == "jsonl" and self.format == "auto" else None
+        if parquet is not None and first.filename is not None and not (self.image_root / first.filename).is_file():
+            log.info("CV-Bench: %s not found; reading the images from %s", self.image_root / first.filename,
+                     ", ".join(p.name for p in parquet))
             records = [r for p in parquet for r in read_parquet(p)]
             files = parquet
-        assert records is not None
-        seen: set[str] = set()
-        for r in records:
-            if r.sample_id in seen:
-                raise DataError(f"record {r.type} idx {r.idx} appears twice; expected unique (type, idx)",
+        scaffold.require_unique(records, lambda r: r.sample_id,
+                                lambda r: f"record {r.type} idx {r.idx} appears twice; expected unique (type, idx)",
                                 path=", ".join(str(p) for p in files))
-            seen.add(r.sample_id)
         self._records = records
         return records
 
@@ -530,7 +517,7 @@ class CVBench(Task):
         notes = [f"prompt suffix: {self.suffix!r}"]
         if missing:
             notes.append(f"{len(missing)} questions have no response (failed generation) and are not scored: ids "
-                         f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+                         f"{scaffold.id_list(missing)}")
         return _metrics(scored, task=self.name, counts={"questions": len(samples), "no_response": len(missing)},
                         notes=notes)
 
@@ -563,11 +550,9 @@ class CVBench(Task):
             else:
                 raise DataError("expected a sample 'id' (\"2D-0\") or an integer 'idx' (with 'type')", path=path,
                                 line=lineno)
-            if sid not in ids:
-                raise DataError(f"{sid} is not a CV-Bench question of {self.data_root}", path=path, line=lineno)
-            if sid in out:
-                raise DataError(f"a second answer for {sid}", path=path, line=lineno)
-            out[sid] = Response(sid, text, "stop")
+            scaffold.add_response(out, sid, text, known=ids, path=path, line=lineno,
+                                  unknown=f"{sid} is not a CV-Bench question of {self.data_root}",
+                                  second=f"a second answer for {sid}")
         return out
 
     def score_file(self, path: str | Path, judge: Any = None) -> tuple[Metrics, dict[str, int]]:
@@ -592,12 +577,12 @@ class CVBench(Task):
                               f"({DATA_SOURCE})")
         samples = self.load_samples()
         responses: dict[str, Response] = {}
+        answered = scaffold.UniqueIds()
         for _, p in items:
             got = self.read_responses(p)
             self.check_response_lengths(got, source=p)
             for sid, resp in got.items():
-                if sid in responses:
-                    raise DataError(f"a second answer for {sid}", path=p)
+                answered.add(sid, f"a second answer for {sid}", path=p)
                 responses[sid] = resp
         metrics = self.score(samples, responses)
         return metrics, {"samples": len(samples), "responses": len(responses),

@@ -76,11 +76,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.errors import ConfigError, DataError, MissingDataFile
-from harness.io import first_glob, iter_jsonl, iter_parquet_rows, read_json
-from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
+from harness.errors import ConfigError, DataError
+from harness.io import iter_jsonl, iter_parquet_rows, read_json
+from harness.judge import Judge, JudgeRequest, ReplayJudge
 from harness.task import DataFile, Task, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
+from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ QUESTIONS_FILE = "questions.jsonl"
 CONTEXT_FILE = "context.jsonl"
 REFERENCE_FILE = "answers_gpt4.jsonl"
 JSONL_FILES: tuple[str, ...] = (QUESTIONS_FILE, CONTEXT_FILE, REFERENCE_FILE)
-FORMATS: tuple[str, ...] = ("auto", "jsonl", "parquet")
+FORMATS: tuple[str, ...] = scaffold.format_choices("jsonl")
 CAPTION_MODES: tuple[str, ...] = ("join", "text")
 
 #: ``eval_gpt_review_bench.py``: ``model='gpt-4-0314'``, ``temperature=0.2``, ``--max-tokens`` 1024.
@@ -311,14 +312,14 @@ def read_reviews(path: str | Path, question_ids: Sequence[str]) -> ReplayJudge:
 
 def _review_lines(lines: Sequence[tuple[int, Mapping[str, Any]]], path: Path) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
+    reviewed = scaffold.UniqueIds(path)
     for lineno, obj in lines:
         qid, content = obj.get("question_id"), obj.get("content")
         if (not isinstance(qid, (int, str)) or isinstance(qid, bool) or "content" not in obj
                 or not (content is None or isinstance(content, str))):
             raise DataError("expected an official review {\"question_id\", \"content\": <the judge's reply>} "
                             "(eval_gpt_review_bench.py --output)", path=path, line=lineno)
-        if str(qid) in out:
-            raise DataError(f"a second review for question_id {qid}", path=path, line=lineno)
+        reviewed.add(str(qid), f"a second review for question_id {qid}", line=lineno)
         out[str(qid)] = content
     return out
 
@@ -334,43 +335,35 @@ class _Item:
 def score_items(items: Sequence[_Item], judge: Judge, *, task: str = "llava_bench",
                 extra_counts: Mapping[str, int] | None = None, extra_notes: Sequence[str] = ()) -> Metrics:
     """Judge ``items`` and compute ``summarize_gpt_review.py``'s relative scores over the successful judgments."""
-    results = judge.judge([judge_request(it.id, it.content) for it in items]) if items else {}
+    by_id = {it.id: it for it in items}
+    loop = scaffold.run_judge(judge, list(by_id), lambda sid, _: judge_request(sid, by_id[sid].content), _parse)
     pairs: dict[str, list[tuple[float, float]]] = {}
     all_pairs: list[tuple[float, float]] = []
     records: list[dict[str, Any]] = []
-    failed: list[str] = []
-    unparsed: list[str] = []
-    for it in items:
-        res = results.get(it.id) or JudgeResult(it.id, None, "the judge returned no result")
-        rec: dict[str, Any] = {"id": it.id, "category": it.category}
-        if res.failed:
-            failed.append(it.id)
-            rec.update(tuple=None, parsed=None, judge=None, judge_error=res.error or "judgment failed")
-            records.append(rec)
-            continue
-        pair, ok = _parse(res.text or "")
-        if not ok:
-            unparsed.append(it.id)
+    for j in loop:
+        it = by_id[j.id]
+        pair = None if j.failed else j.value
+        if pair is not None:
+            pairs.setdefault(it.category, []).append(pair)
+            all_pairs.append(pair)
+        if j.unparsed:
             log.warning("LLaVA-Bench question %s: the judge's first line holds no two scores (averaged in as "
-                        "[-1, -1], as the official scorer): %r", it.id, (res.text or "")[:200])
-        pairs.setdefault(it.category, []).append(pair)
-        all_pairs.append(pair)
-        rec.update(tuple=list(pair), parsed=ok, judge=res.text, judge_error=None)
-        records.append(rec)
+                        "[-1, -1], as the official scorer): %r", it.id, (j.reply or "")[:200])
+        records.append({"id": it.id, "category": it.category, "tuple": None if pair is None else list(pair),
+                        "parsed": None if j.failed else j.parsed, "judge": j.reply, "judge_error": j.error})
+    failed, unparsed = loop.failed, loop.unparsed
     counts: dict[str, int] = {"judged": len(all_pairs), "judge_failed": len(failed), "unparsed": len(unparsed),
                               **(extra_counts or {})}
     notes = [f"scorer: {JUDGE_SOURCE}", f"judge: {judge.model}",
              ("scores are 100 * mean(model rating) / mean(reference rating), each mean rounded to 3 decimals, "
               "printed to 1 decimal"), *extra_notes]
     if failed:
-        notes.append(f"{len(failed)} judgments failed and are left out of every mean (not scored): ids "
-                     f"{', '.join(failed[:20])}{' ...' if len(failed) > 20 else ''}")
+        notes.append(scaffold.failed_note(failed))
     if unparsed:
         notes.append(f"{len(unparsed)} judge replies have no two scores on their first line and are averaged in as "
                      f"[-1, -1], as the official scorer does: ids {', '.join(unparsed[:20])}")
     if not all_pairs:
-        notes.append("no judgment succeeded: no score computed")
-        return Metrics(task=task, headline={}, counts=counts, notes=notes, records=records)
+        return scaffold.no_score(task, counts, notes, records)
     headline: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
     for key, name, group in [("all", "Overall", all_pairs),
@@ -395,13 +388,12 @@ def score_items(items: Sequence[_Item], judge: Judge, *, task: str = "llava_benc
 
 
 def _no_judge() -> ConfigError:
-    return ConfigError("llava_bench needs a judge: give --judge-model (the official one is "
-                       f"{DEFAULT_JUDGE_MODEL}) or --reviews FILE with saved judge replies")
+    return scaffold.no_judge("llava_bench", DEFAULT_JUDGE_MODEL)
 
 
 # --------------------------------------------------------------------------------------------------- task
 @register_task
-class LLaVABench(Task):
+class LLaVABench(scaffold.DataLayout, Task):
     """LLaVA-Bench (In-the-Wild): 60 questions judged against GPT-4's reference answers; relative scores overall and
     per category (``eval_gpt_review_bench.py`` + ``summarize_gpt_review.py``).
 
@@ -418,13 +410,15 @@ class LLaVABench(Task):
     data_files = tuple(DataFile(name, DATA_SOURCE) for name in JSONL_FILES)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
     default_judge_model: ClassVar[str] = DEFAULT_JUDGE_MODEL
+    format_option = "llava_bench_format"
+    release_names = JSONL_FILES
+    layout_source = DATA_SOURCE
 
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
         super().__init__(data_root, image_root, options)
         self.caption_mode = self.choice_option("llava_bench_caption", "text", CAPTION_MODES)
-        self.format = self.choice_option("llava_bench_format", "auto", FORMATS)
-        self._questions: list[BenchQuestion] | None = None
+        self.read_format_option()
 
     def needs_judge(self) -> bool:
         return True
@@ -433,42 +427,21 @@ class LLaVABench(Task):
         raise ConfigError(f"task {self.name} needs --data-root: the folder holding {', '.join(JSONL_FILES)} and "
                           f"images/ ({DATA_SOURCE})")
 
-    def _parquet_files(self) -> list[Path]:
-        return first_glob(self.data_root, ("*.parquet", "data/*.parquet"))
-
-    def check_files(self) -> list[Path]:
-        jsonl = [self.data_root / name for name in JSONL_FILES]
-        if self.format in ("auto", "jsonl") and all(p.is_file() for p in jsonl):
-            return jsonl
-        if self.format in ("auto", "parquet"):
-            found = self._parquet_files()
-            if found:
-                return found
-        if self.format == "parquet":
-            raise MissingDataFile(self.data_root / "*.parquet", DATA_SOURCE)
-        missing = next((p for p in jsonl if not p.is_file()), jsonl[0])
-        raise MissingDataFile(missing, DATA_SOURCE)
+    def read_layout(self, fmt: str, files: list[Path]) -> list[BenchQuestion]:
+        questions = read_jsonl_layout(self.data_root) if fmt == "jsonl" else read_parquet_layout(files)
+        scaffold.require_unique(questions, lambda q: q.question_id,
+                                lambda q: f"question_id {q.question_id} appears twice; expected unique ids",
+                                path=files[0])
+        return questions
 
     def questions(self) -> list[BenchQuestion]:
-        """The benchmark's questions in file order; a repeated ``question_id`` is a :class:`DataError`."""
-        if self._questions is None:
-            files = self.check_files()
-            questions = (read_jsonl_layout(self.data_root) if files[0].name == QUESTIONS_FILE
-                         else read_parquet_layout(files))
-            seen: set[int] = set()
-            for q in questions:
-                if q.question_id in seen:
-                    raise DataError(f"question_id {q.question_id} appears twice; expected unique ids",
-                                    path=files[0])
-                seen.add(q.question_id)
-            self._questions = questions
-        return self._questions
+        """The benchmark's questions in file order (read once); a repeated ``question_id`` is a :class:`DataError`."""
+        return self.layout_records()
 
     def _image(self, q: BenchQuestion) -> ImageRef:
         if q.image_bytes is not None:
             return ImageRef(data=q.image_bytes)
-        candidates = [self.image_root / "images" / q.image, self.image_root / q.image]
-        return ImageRef(path=str(next((c for c in candidates if c.is_file()), candidates[0])))
+        return scaffold.first_file([self.image_root / "images" / q.image, self.image_root / q.image])
 
     def load_samples(self) -> list[Sample]:
         return [Sample(id=q.sample_id, prompt=q.text, images=(self._image(q),),
@@ -516,12 +489,8 @@ class LLaVABench(Task):
             text = next((obj[k] for k in ("text", "answer", "response") if k in obj), None)
             if not isinstance(qid, (int, str)) or isinstance(qid, bool) or not isinstance(text, str):
                 raise DataError("expected LLaVA's answer {\"question_id\", \"text\"}", path=path, line=lineno)
-            sid = str(qid)
-            if sid not in ids:
-                raise DataError(f"question_id {qid} is not a LLaVA-Bench question of {self.data_root}", path=path,
-                                line=lineno)
-            if sid in out:
-                raise DataError(f"a second answer for question_id {qid}", path=path, line=lineno)
-            out[sid] = Response(sid, text, "stop")
+            scaffold.add_response(out, str(qid), text, known=ids, path=path, line=lineno,
+                                  unknown=f"question_id {qid} is not a LLaVA-Bench question of {self.data_root}",
+                                  second=f"a second answer for question_id {qid}")
         return out
 

@@ -63,9 +63,10 @@ from typing import Any, ClassVar
 
 from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import iter_jsonl, read_json
-from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
+from harness.judge import Judge, JudgeRequest, ReplayJudge
 from harness.task import DataFile, Task, check_response_text, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
+from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
@@ -394,59 +395,56 @@ def _fmt2(value: float) -> float:
     return float(f"{value:.2f}")
 
 
-def _judge_all(items: Sequence[_Item], judge: Judge) -> dict[str, JudgeResult]:
-    results = judge.judge([judge_request(it.id, it.prompt) for it in items]) if items else {}
-    return {it.id: results.get(it.id) or JudgeResult(it.id, None, "the judge returned no result") for it in items}
+def _read_ratings(reply: str) -> tuple[list[int], bool]:
+    """The ratings the official parser finds, and whether there is exactly one."""
+    found = ratings_found(reply)
+    return found, len(found) == 1
 
 
 def _score_items(items: Sequence[_Item], judge: Judge, *, n_questions: int, task: str = "mmhal",
                  extra_counts: Mapping[str, int] | None = None, extra_notes: Sequence[str] = ()) -> Metrics:
     """Judge ``items`` and compute the official numbers over the successful judgments (see the module docstring)."""
-    results = _judge_all(items, judge)
+    by_id = {it.id: it for it in items}
+    loop = scaffold.run_judge(judge, list(by_id), lambda sid, _: judge_request(sid, by_id[sid].prompt), _read_ratings)
     records: list[dict[str, Any]] = []
     scores: list[int] = []
     by_type: dict[str, list[int]] = {name: [] for name in QUESTION_TYPES}
-    failed: list[str] = []
-    unparsed: list[str] = []
-    for it in items:
-        res = results[it.id]
+    for j in loop:
+        it = by_id[j.id]
         qtype = QUESTION_TYPES[it.index % 8]
         rec: dict[str, Any] = {"id": it.id, "index": it.index, "question_type": qtype}
-        if res.failed:
-            failed.append(it.id)
+        if j.failed:
             rec.update(rating=None, parsed=None, ratings_found=None, hallucination=None, informativeness=None,
-                       judge=None, judge_error=res.error or "judgment failed")
+                       judge=None, judge_error=j.error)
             records.append(rec)
             continue
-        text = res.text or ""
-        found = ratings_found(text)
-        score, parsed = (found[0], True) if len(found) == 1 else (0, False)
-        if not parsed:
-            unparsed.append(it.id)
+        text = j.reply or ""
+        found = j.value or []
+        score = found[0] if j.parsed else 0
+        if not j.parsed:
             log.warning("MMHal-Bench question %d: multiple or zero ratings in the judge's reply (scored 0, as the "
                         "official scorer): %r", it.index, text[:200])
         scores.append(score)
         by_type[qtype].append(score)
-        rec.update(rating=score, parsed=parsed, ratings_found=found, hallucination=score < 3,
+        rec.update(rating=score, parsed=j.parsed, ratings_found=found, hallucination=score < 3,
                    informativeness=score - 3 if score >= 3 else score, judge=text, judge_error=None)
         records.append(rec)
+    failed, unparsed = loop.failed, loop.unparsed
 
     counts: dict[str, int] = {"questions": n_questions, "scored": len(scores), "judge_failed": len(failed),
                               "unparsed": len(unparsed), **(extra_counts or {})}
     notes = [f"scorer: {OFFICIAL_SOURCE}", f"Informativeness: {INFORMATIVENESS_SOURCE}",
              f"judge: {judge.model}", *extra_notes]
     if failed:
-        notes.append(f"{len(failed)} judgments failed and are excluded from every mean (not scored 0): ids "
-                     f"{', '.join(failed[:20])}{' ...' if len(failed) > 20 else ''}")
+        notes.append(scaffold.failed_note(failed, "excluded from every mean (not scored 0)"))
     if unparsed:
         notes.append(f"{len(unparsed)} judge replies hold zero or several ratings and are scored 0, as the official "
-                     f"scorer does: ids {', '.join(unparsed[:20])}{' ...' if len(unparsed) > 20 else ''}")
+                     f"scorer does: ids {scaffold.id_list(unparsed)}")
     if len(scores) < N_QUESTIONS:
         notes.append(f"scored {len(scores)} of the {N_QUESTIONS} MMHal-Bench questions: the numbers are not "
                      f"comparable with published ones (per-type averages cover the questions present)")
     if not scores:
-        notes.append("no judgment succeeded: no score computed")
-        return Metrics(task=task, headline={}, counts=counts, notes=notes, records=records)
+        return scaffold.no_score(task, counts, notes, records)
 
     mean = sum(scores) / len(scores)
     hal_rate = sum(1 for s in scores if s < 3) / len(scores)
@@ -520,8 +518,7 @@ def score_response_file(responses_path: str | Path, data_root: str | Path | None
 
 
 def _no_judge() -> ConfigError:
-    return ConfigError("mmhal needs a judge: give --judge-model (an OpenAI-compatible judge; the official one is "
-                       f"{DEFAULT_JUDGE_MODEL}) or --reviews FILE with saved judge replies")
+    return scaffold.no_judge("mmhal", DEFAULT_JUDGE_MODEL, about="an OpenAI-compatible judge; ")
 
 
 # --------------------------------------------------------------------------------------------------- task

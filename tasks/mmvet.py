@@ -72,11 +72,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.errors import ConfigError, DataError, MissingDataFile
-from harness.io import first_glob, iter_jsonl, iter_parquet_rows, read_json
-from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
+from harness.errors import ConfigError, DataError
+from harness.io import iter_jsonl, iter_parquet_rows, read_json
+from harness.judge import Judge, JudgeRequest, ReplayJudge
 from harness.task import DataFile, Task, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
+from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ DATA_SOURCE = ("MM-Vet: https://github.com/yuweihao/MM-Vet (mm-vet.zip: mm-vet.j
                "lmms-lab/MMVet saved as parquet")
 
 DATA_FILE = "mm-vet.json"
-FORMATS: tuple[str, ...] = ("auto", "json", "parquet")
+FORMATS: tuple[str, ...] = scaffold.format_choices("json")
 CAPABILITIES: tuple[str, ...] = ("rec", "ocr", "know", "gen", "spat", "math")
 
 #: ``--gpt_model`` default; ``max_tokens=3``; first temperature 0.0.
@@ -256,42 +257,21 @@ class _Item:
     capabilities: tuple[str, ...]
 
 
-@dataclass
-class _Grade:
-    score: float | None = None
-    content: str | None = None
-    attempts: int = 0
-    failed: str | None = None
-    parsed: bool = False
+def _read_grade(reply: str) -> tuple[float, bool]:
+    """A reply's grade and whether it parsed; 0.0, the official loop's answer after the retries, when it does not."""
+    score = parse_grade(reply)
+    return (0.0, False) if score is None else (score, True)
 
 
-def grade_items(items: Sequence[_Item], judge: Judge) -> dict[str, _Grade]:
+def grade_items(items: Sequence[_Item], judge: Judge) -> scaffold.JudgeLoop[float]:
     """Run the official grading loop for every item, one judge batch per call of the loop."""
-    grades = {it.id: _Grade() for it in items}
-    pending = list(items)
-    for attempt in range(len(RETRY_TEMPERATURES) + 1):
-        if not pending:
-            break
-        requests = [grader_request(it.id, it.question, it.answer, it.prediction, attempt) for it in pending]
-        results = judge.judge(requests)
-        still: list[_Item] = []
-        for it, req in zip(pending, requests):
-            g = grades[it.id]
-            res = results.get(req.id) or JudgeResult(req.id, None, "the judge returned no result")
-            g.attempts = attempt + 1
-            if res.failed:
-                g.failed = res.error or "judgment failed"
-                continue
-            g.content = res.text
-            score = parse_grade(res.text or "")
-            if score is not None:
-                g.score, g.parsed = score, True
-            else:
-                still.append(it)
-        pending = still
-    for it in pending:
-        grades[it.id].score = 0.0  # the official loop's answer after the retries
-    return grades
+    by_id = {it.id: it for it in items}
+
+    def request(sid: str, attempt: int) -> JudgeRequest:
+        it = by_id[sid]
+        return grader_request(sid, it.question, it.answer, it.prediction, attempt)
+
+    return scaffold.run_judge(judge, list(by_id), request, _read_grade, attempts=len(RETRY_TEMPERATURES) + 1)
 
 
 def _ordered_capabilities(cap_lists: Sequence[Sequence[str]]) -> list[str]:
@@ -345,43 +325,37 @@ def aggregate(scored: Sequence[tuple[tuple[str, ...], float]], order: Sequence[s
 def score_items(items: Sequence[_Item], judge: Judge, *, task: str = "mmvet", order: Sequence[str] | None = None,
                 extra_counts: Mapping[str, int] | None = None, extra_notes: Sequence[str] = ()) -> Metrics:
     """Grade ``items`` and compute the official per-capability and total scores over the graded ones."""
-    grades = grade_items(items, judge) if items else {}
+    loop = grade_items(items, judge)
     order = list(order) if order is not None else _ordered_capabilities([it.capabilities for it in items])
     records: list[dict[str, Any]] = []
     scored: list[tuple[tuple[str, ...], float]] = []
-    failed: list[str] = []
-    unparsed: list[str] = []
     retried = 0
-    for it in items:
-        g = grades[it.id]
-        rec: dict[str, Any] = {"id": it.id, "capabilities": list(it.capabilities), "attempts": g.attempts,
-                               "judge": g.content}
-        if g.failed is not None:
-            failed.append(it.id)
-            rec.update(score=None, parsed=None, judge_error=g.failed)
+    for it, g in zip(items, loop):
+        rec: dict[str, Any] = {"id": it.id, "capabilities": list(it.capabilities), "attempts": g.calls,
+                               "judge": g.reply}
+        if g.failed:
+            rec.update(score=None, parsed=None, judge_error=g.error)
         else:
-            assert g.score is not None
-            retried += g.attempts > 1
+            assert g.value is not None
+            retried += g.calls > 1
             if not g.parsed:
-                unparsed.append(it.id)
                 log.warning("MM-Vet %s: no grader reply parsed after the retries (scored 0.0, as the official "
-                            "evaluator): %r", it.id, (g.content or "")[:100])
-            scored.append((it.capabilities, g.score))
-            rec.update(score=g.score, parsed=g.parsed, judge_error=None)
+                            "evaluator): %r", it.id, (g.reply or "")[:100])
+            scored.append((it.capabilities, g.value))
+            rec.update(score=g.value, parsed=g.parsed, judge_error=None)
         records.append(rec)
+    failed, unparsed = loop.failed, loop.unparsed
     counts: dict[str, int] = {"graded": len(scored), "judge_failed": len(failed), "unparsed": len(unparsed),
                               "retried": retried, **(extra_counts or {})}
     notes = [f"scorer: {GRADER_SOURCE}", f"judge: {judge.model}", "one grading run (the paper averages 5)",
              "scores are means x 100, rounded to 1 decimal with numpy's rounding", *extra_notes]
     if failed:
-        notes.append(f"{len(failed)} judgments failed and are left out of every mean (not scored): ids "
-                     f"{', '.join(failed[:20])}{' ...' if len(failed) > 20 else ''}")
+        notes.append(scaffold.failed_note(failed))
     if unparsed:
         notes.append(f"{len(unparsed)} questions got no parseable grade after the official retries and score 0.0, "
                      f"as the official evaluator: ids {', '.join(unparsed[:20])}")
     if not scored:
-        notes.append("no judgment succeeded: no score computed")
-        return Metrics(task=task, headline={}, counts=counts, notes=notes, records=records)
+        return scaffold.no_score(task, counts, notes, records)
     if any(math.isnan(s) for _, s in scored):
         notes.append("a grade parsed as nan (the official range check lets it through): the means are nan")
     headline, breakdown = aggregate(scored, order)
@@ -389,13 +363,12 @@ def score_items(items: Sequence[_Item], judge: Judge, *, task: str = "mmvet", or
 
 
 def _no_judge() -> ConfigError:
-    return ConfigError("mmvet needs a judge: give --judge-model (the official grader is "
-                       f"{DEFAULT_JUDGE_MODEL}) or --reviews FILE with saved grader replies")
+    return scaffold.no_judge("mmvet", DEFAULT_JUDGE_MODEL, grader=True)
 
 
 # --------------------------------------------------------------------------------------------------- task
 @register_task
-class MMVet(Task):
+class MMVet(scaffold.DataLayout, Task):
     """MM-Vet (218 questions): GPT-4 grades 0-1; per-capability scores and total (official ``mm-vet_evaluator.py``).
 
     Options: ``mmvet_format`` (``auto``, ``json``, ``parquet``).
@@ -409,12 +382,15 @@ class MMVet(Task):
     data_files = (DataFile(DATA_FILE, DATA_SOURCE),)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
     default_judge_model: ClassVar[str] = DEFAULT_JUDGE_MODEL
+    format_option = "mmvet_format"
+    release_format = "json"
+    release_names = (DATA_FILE,)
+    layout_source = DATA_SOURCE
 
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
         super().__init__(data_root, image_root, options)
-        self.format = self.choice_option("mmvet_format", "auto", FORMATS)
-        self._questions: list[MMVetQuestion] | None = None
+        self.read_format_option()
 
     def needs_judge(self) -> bool:
         return True
@@ -423,40 +399,21 @@ class MMVet(Task):
         raise ConfigError(f"task {self.name} needs --data-root: the folder holding {DATA_FILE} and images/ "
                           f"({DATA_SOURCE})")
 
-    def _parquet_files(self) -> list[Path]:
-        return first_glob(self.data_root, ("*.parquet", "data/*.parquet"))
-
-    def check_files(self) -> list[Path]:
-        release = self.data_root / DATA_FILE
-        if self.format in ("auto", "json") and release.is_file():
-            return [release]
-        if self.format in ("auto", "parquet"):
-            found = self._parquet_files()
-            if found:
-                return found
-        if self.format == "parquet":
-            raise MissingDataFile(self.data_root / "*.parquet", DATA_SOURCE)
-        raise MissingDataFile(release, DATA_SOURCE)
+    def read_layout(self, fmt: str, files: list[Path]) -> list[MMVetQuestion]:
+        questions = read_release(files[0]) if fmt == "json" else read_parquet(files)
+        scaffold.require_unique(questions, lambda q: q.id,
+                                lambda q: f"question {q.id} appears twice; expected unique ids", path=files[0])
+        return questions
 
     def questions(self) -> list[MMVetQuestion]:
-        """The benchmark's questions in file order; a repeated id is a :class:`DataError`."""
-        if self._questions is None:
-            files = self.check_files()
-            questions = read_release(files[0]) if files[0].name == DATA_FILE else read_parquet(files)
-            seen: set[str] = set()
-            for q in questions:
-                if q.id in seen:
-                    raise DataError(f"question {q.id} appears twice; expected unique ids", path=files[0])
-                seen.add(q.id)
-            self._questions = questions
-        return self._questions
+        """The benchmark's questions in file order (read once); a repeated id is a :class:`DataError`."""
+        return self.layout_records()
 
     def _image(self, q: MMVetQuestion) -> ImageRef:
         if q.image_bytes is not None:
             return ImageRef(data=q.image_bytes)
         assert q.imagename is not None
-        candidates = [self.image_root / "images" / q.imagename, self.image_root / q.imagename]
-        return ImageRef(path=str(next((c for c in candidates if c.is_file()), candidates[0])))
+        return scaffold.first_file([self.image_root / "images" / q.imagename, self.image_root / q.imagename])
 
     def load_samples(self) -> list[Sample]:
         return [Sample(id=q.id, prompt=q.question, images=(self._image(q),),
@@ -502,9 +459,7 @@ class MMVet(Task):
             if not isinstance(qid, str) or not isinstance(text, str):
                 raise DataError(f"answer {qid!r}: expected an id (\"v1_0\") and the prediction text", path=path,
                                 line=line)
-            if qid not in ids:
-                raise DataError(f"{qid} is not an MM-Vet question of {self.data_root}", path=path, line=line)
-            if qid in out:
-                raise DataError(f"a second answer for {qid}", path=path, line=line)
-            out[qid] = Response(qid, text, "stop")
+            scaffold.add_response(out, qid, text, known=ids, path=path, line=line,
+                                  unknown=f"{qid} is not an MM-Vet question of {self.data_root}",
+                                  second=f"a second answer for {qid}")
         return out

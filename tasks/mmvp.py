@@ -94,9 +94,10 @@ from typing import Any, ClassVar
 
 from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import iter_jsonl, read_json
-from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
+from harness.judge import Judge, JudgeRequest, ReplayJudge
 from harness.task import DataFile, Task, check_response_text, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
+from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ def read_questions(path: str | Path) -> list[MMVPQuestion]:
     except FileNotFoundError as exc:
         raise MissingDataFile(path, DATA_SOURCE) from exc
     out: list[MMVPQuestion] = []
-    seen: dict[int, int] = {}
+    seen = scaffold.UniqueIds(path)
     with fh:
         reader = csv.reader(fh)
         try:
@@ -296,9 +297,7 @@ def read_questions(path: str | Path) -> list[MMVPQuestion]:
                 index = int(raw_index)
             except ValueError:
                 raise DataError(f"Index {raw_index!r} is not an integer", path=path, line=lineno) from None
-            if index in seen:
-                raise DataError(f"Index {index} appears twice (first on line {seen[index]})", path=path, line=lineno)
-            seen[index] = lineno
+            seen.add(index, f"Index {index} appears twice", line=lineno, cite_first=True)
             question, options, answer = (row[cols[c]] for c in REQUIRED_COLUMNS)
             try:
                 text_options = give_options(options)
@@ -367,7 +366,7 @@ def read_answer_file(path: str | Path, questions: Sequence[MMVPQuestion] | None 
     by_position = {q.position: q for q in questions} if questions is not None else None
     out: list[MMVPAnswer] = []
     fmt: str | None = None
-    seen: dict[int, int] = {}
+    seen = scaffold.UniqueIds(path)
     for lineno, obj in iter_jsonl(path):
         this = _detect_format(obj, path, lineno)
         if fmt is None:
@@ -376,9 +375,7 @@ def read_answer_file(path: str | Path, questions: Sequence[MMVPQuestion] | None 
             raise DataError(f"a {this}-format record in a {fmt}-format file; expected one format per file",
                             path=path, line=lineno)
         qid = _field(obj, "question_id", int, path, lineno, "the question's number")
-        if qid in seen:
-            raise DataError(f"question_id {qid} appears twice (first on line {seen[qid]})", path=path, line=lineno)
-        seen[qid] = lineno
+        seen.add(qid, f"question_id {qid} appears twice", line=lineno, cite_first=True)
         position = qid - 1 if fmt == "tsb0601" else qid
         bench = None
         if by_position is not None:
@@ -473,9 +470,10 @@ def _pairs(rows: Sequence[_Row]) -> tuple[list[tuple[_Row, _Row]], list[_Row]]:
     return pairs, lone
 
 
-def _ids(rows: Sequence[Any], limit: int = 20) -> str:
-    ids = [r if isinstance(r, str) else r.id for r in rows]
-    return ", ".join(ids[:limit]) + (" ..." if len(ids) > limit else "")
+def _read_grade(reply: str) -> tuple[str, bool]:
+    """The official grade, and whether it is "yes" or "no" (else it is :data:`COULD_NOT_DETERMINE`)."""
+    grade = parse_grade(reply)
+    return grade, grade in ("yes", "no")
 
 
 def _pair_breakdown(correct: int, total: int) -> dict[str, dict[str, float]]:
@@ -493,31 +491,29 @@ def score_gpt(rows: Sequence[_Row], judge: Judge | None, *, task: str = "mmvp",
     if missing_question:
         raise ConfigError(f"the GPT grader needs each question's text (Question + ' ' + Options), which a Cambrian "
                           f"answer file lacks: give --data-root with MMVP's {QUESTIONS_FILE} "
-                          f"(questions {_ids(missing_question)}), or use --option mmvp_method=rule")
-    requests = [grader_request(str(r.position), r.question or "", r.correct_answer, r.response) for r in to_judge]
-    results = judge.judge(requests) if requests else {}
+                          f"(questions {scaffold.id_list(missing_question)}), or use --option mmvp_method=rule")
+    by_key = {str(r.position): r for r in to_judge}
+
+    def request(key: str, _: int) -> JudgeRequest:
+        r = by_key[key]
+        return grader_request(key, r.question or "", r.correct_answer, r.response)
+
+    loop = scaffold.run_judge(judge, list(by_key), request, _read_grade)
     records: list[dict[str, Any]] = []
-    failed: list[_Row] = []
-    undetermined: list[_Row] = []
+    failed = [by_key[k] for k in loop.failed]
+    undetermined = [by_key[k] for k in loop.unparsed]
     num_correct = num_total = 0
     for pair in pairs:
         grades: list[str | None] = []
         recs = []
         for r in pair:
-            res = results.get(str(r.position)) or JudgeResult(str(r.position), None, "the judge returned no result")
-            rec: dict[str, Any] = {"id": r.id, "position": r.position, "pair": r.position // 2,
-                                   "correct_answer": r.correct_answer}
-            if res.failed:
-                failed.append(r)
-                grades.append(None)
-                rec.update(grade=None, right=None, judge=None, judge_error=res.error or "judgment failed")
-            else:
-                grade = parse_grade(res.text or "")
-                if grade not in ("yes", "no"):
-                    undetermined.append(r)
-                grades.append(grade)
-                rec.update(grade=grade, right=grade == "yes", judge=res.text, judge_error=None)
-            recs.append(rec)
+            j = loop[str(r.position)]
+            grade = None if j.failed else j.value
+            grades.append(grade)
+            recs.append({"id": r.id, "position": r.position, "pair": r.position // 2,
+                         "correct_answer": r.correct_answer, "grade": grade,
+                         "right": None if grade is None else grade == "yes", "judge": j.reply,
+                         "judge_error": j.error})
         if any(g is None for g in grades):
             pair_correct = None
         else:
@@ -536,12 +532,13 @@ def score_gpt(rows: Sequence[_Row], judge: Judge | None, *, task: str = "mmvp",
              *extra_notes]
     if failed:
         notes.append(f"{len(failed)} judgments failed; their {len(pairs) - num_total} pairs are excluded from the "
-                     f"accuracy (not scored wrong): ids {_ids(failed)}")
+                     f"accuracy (not scored wrong): ids {scaffold.id_list(failed)}")
     if undetermined:
         notes.append(f"{len(undetermined)} grader replies are not exactly yes/no (\"{COULD_NOT_DETERMINE}\"): not "
-                     f"right, as in the official grader: ids {_ids(undetermined)}")
+                     f"right, as in the official grader: ids {scaffold.id_list(undetermined)}")
     if lone:
-        notes.append(f"{len(lone)} questions have no partner in a pair and are not graded: ids {_ids(lone)}")
+        notes.append(f"{len(lone)} questions have no partner in a pair and are not graded: ids "
+                     f"{scaffold.id_list(lone)}")
     if not num_total:
         notes.append("no complete pair was graded: no accuracy")
         return Metrics(task=task, headline={}, counts=counts, notes=notes, records=records)
@@ -579,7 +576,7 @@ def score_rule(rows: Sequence[_Row], *, keep_unpaired: bool, task: str = "mmvp",
     if lone:
         notes.append(f"{len(lone)} questions have no partner in a pair: "
                      + ("counted as the official counter counts them" if keep_unpaired else "not scored")
-                     + f": ids {_ids(lone)}")
+                     + f": ids {scaffold.id_list(lone)}")
     if not total:
         notes.append("no question to score: no accuracy")
         return Metrics(task=task, headline={}, counts=counts, notes=notes, records=records)
@@ -609,9 +606,8 @@ def _check_method(method: str) -> None:
 
 
 def _no_judge() -> ConfigError:
-    return ConfigError("mmvp with mmvp_method=gpt needs a judge: give --judge-model (the official grader is "
-                       f"{DEFAULT_JUDGE_MODEL}) or --reviews FILE with saved grader replies; or score judge-free "
-                       "with --option mmvp_method=rule")
+    return scaffold.no_judge("mmvp with mmvp_method=gpt", DEFAULT_JUDGE_MODEL, grader=True,
+                             alternative="; or score judge-free with --option mmvp_method=rule")
 
 
 # --------------------------------------------------------------------------------------------------- task
@@ -688,7 +684,7 @@ class MMVP(Task):
         notes = [f"prompt: {self.prompt_style} ({source})"]
         if missing:
             notes.append(f"{len(missing)} questions have no response (failed generation); their pairs are left out: "
-                         f"ids {_ids(missing)}")
+                         f"ids {scaffold.id_list(missing)}")
         if self.method == "gpt":
             return score_gpt(rows, judge, task=self.name, extra_counts=counts, extra_notes=notes)
         return score_rule(rows, keep_unpaired=False, task=self.name, extra_counts=counts, extra_notes=notes)

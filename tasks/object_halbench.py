@@ -6,12 +6,15 @@ module holds
 
 - the task ``object_halbench``: the 300 questions of RLHF-V's ``obj_halbench_300_with_image.jsonl`` (JSONL lines
   ``{"image_id", "question", "image"}``, the image base64-encoded), scored against COCO 2014 annotations;
-- :class:`CocoVocabulary`, the synonym handling and ``caption_to_words`` of the official scorer;
-- :class:`CocoGroundTruth`, the per-image ground truth built from the COCO annotation files (read once, only for the
-  images asked about, and cached in the harness cache);
+- the answer files (:func:`read_answer_file`: the official preprocessing of ``load_generated_captions``);
 - the GPT object-extraction path (``objhal_method=gpt``), with the spaCy step behind :class:`PhraseAnalyzer`;
 - :func:`score_answer_file` / :meth:`ObjectHalBench.score_answer_file`, which score an answer file in the official
   format ``{"image_id", "question" | "prompt", "text" | "answer"}`` (``harness score object_halbench --responses``).
+
+CHAIR itself -- :class:`~tasks.chair.CocoVocabulary` (the synonym handling and ``caption_to_words`` of the official
+scorer), :class:`~tasks.chair.CocoGroundTruth` (the per-image ground truth from the COCO annotation files, read
+once, only for the images asked about, and cached in the harness cache), :func:`~tasks.chair.compute_chair` and
+:func:`~tasks.chair.printed_numbers` -- is in :mod:`tasks.chair`; its names are importable from here too.
 
 Official source followed, to the letter: RLHF-V ``eval/eval_gpt_obj_halbench.py`` and
 ``eval/summarize_gpt_obj_halbench_review.py`` (https://github.com/RLHF-V/RLHF-V, commit
@@ -77,24 +80,54 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import re
 import sys
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.cache import cache_dir
-from harness.errors import ConfigError, DataError, HarnessError, ImageError, MissingDataFile, install_command
-from harness.io import atomic_write_text, iter_jsonl, read_json
+from harness.errors import (
+    ConfigError,
+    DataError,
+    HarnessError,
+    ImageError,
+    install_command,
+)
+from harness.io import iter_jsonl, read_json
 from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
 from harness.task import DataFile, Task, check_response_text, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
+from tasks import _scaffold as scaffold
+
+# CHAIR (vocabulary, COCO ground truth, compute_chair, printed numbers) lives in tasks.chair; its names are
+# re-exported here, where they were first defined.
+from tasks.chair import (  # noqa: F401
+    ANIMAL_WORDS,
+    CAPTION_FILES,
+    COCO_DIR,
+    COCO_FILES,
+    COCO_SOURCE,
+    GT_CACHE_FORMAT,
+    INSTANCE_FILES,
+    SYNONYMS_FILE,
+    SYNONYMS_SOURCE,
+    VEHICLE_WORDS,
+    Answer,
+    CaptionWords,
+    CocoGroundTruth,
+    CocoVocabulary,
+    FoundObjects,
+    ObjHalResult,
+    caption_objects,
+    compute_chair,
+    missing_files,
+    printed_numbers,
+)
 from tasks.text import (
     PUNKT_TAB,
     TAGGER_ENG,
@@ -114,18 +147,8 @@ RLAIFV_SOURCE = ("RLAIF-V eval/eval_gpt_obj_halbench.py, https://github.com/RLHF
                  "commit 83d917b2e8118ca8e7877a796d72af9bb3e6b356")
 
 QUESTION_FILE = "obj_halbench_300_with_image.jsonl"
-SYNONYMS_FILE = "synonyms_refine.txt"
-COCO_DIR = "coco_annotations"
-INSTANCE_FILES = ("instances_val2014.json", "instances_train2014.json")
-CAPTION_FILES = ("captions_val2014.json", "captions_train2014.json")
-COCO_FILES = (*INSTANCE_FILES, *CAPTION_FILES)
-
 QUESTION_SOURCE = ("RLHF-V eval/data/obj_halbench_300_with_image.jsonl (https://github.com/RLHF-V/RLHF-V; "
                    "also https://github.com/RLHF-V/RLAIF-V eval/data/)")
-SYNONYMS_SOURCE = "RLHF-V eval/data/synonyms_refine.txt (https://github.com/RLHF-V/RLHF-V)"
-COCO_SOURCE = ("MSCOCO 2014 annotations (cocodataset.org): "
-               "http://images.cocodataset.org/annotations/annotations_trainval2014.zip, "
-               f"unzipped, its annotations/*.json placed in {COCO_DIR}/")
 
 #: The judge and its settings in the official GPT path (``Chat(model="gpt-3.5-turbo-0613")``, ``chat_completion``
 #: defaults of ``eval/gpt4_grpc.py``: temperature 0.2, top_p 1, max_tokens 512).
@@ -165,8 +188,6 @@ in your result.
 5. You should return an empty JSON list () if no visible objects can be found.
 """
 
-ANIMAL_WORDS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub")
-VEHICLE_WORDS = ("jet", "train")
 #: Penn tags whose lemmas the official ``postagging`` joins into object phrases.
 NOUN_TAGS = frozenset({"NNP", "NNPS", "NN", "NNS"})
 
@@ -192,268 +213,7 @@ HEADLINE_SOURCES = {
 }
 
 
-# --------------------------------------------------------------------------------------------------- vocabulary
-@dataclass(frozen=True)
-class CaptionWords:
-    """What ``caption_to_words`` returns: COCO words, ``[word, node word]`` pairs, their token indices, all words."""
-
-    words: tuple[str, ...]
-    node_words: tuple[tuple[str, str], ...]
-    idxs: tuple[int, ...]
-    raw_words: tuple[str, ...]
-
-
-class CocoVocabulary:
-    """The synonym vocabulary and word matching of the official ``CHAIR`` class (``__init__``,
-    ``caption_to_words``, ``caption_objects_to_coco_objects``, ``get_double_words_only``)."""
-
-    def __init__(self, lines: Sequence[str], *, digest: str = ""):
-        synonyms = [s.strip().split(", ") for s in lines]
-        objects: list[str] = []
-        inverse: dict[str, str] = {}
-        for synonym in synonyms:
-            new_synonym = [s.strip() for s in synonym]
-            objects.extend(new_synonym)
-            for s in new_synonym:
-                inverse[s] = new_synonym[0]
-        coco_double_words = [w for w in inverse if len(w.strip().split(" ")) >= 2]
-        coco_double_words += ["home plate", "train track"]
-        double: dict[str, str] = {w: w for w in coco_double_words}
-        for animal in ANIMAL_WORDS:
-            double[f"baby {animal}"] = animal
-            double[f"adult {animal}"] = animal
-        for vehicle in VEHICLE_WORDS:
-            double[f"passenger {vehicle}"] = vehicle
-        double["bow tie"] = "tie"
-        double["toilet seat"] = "toilet"
-        double["wine glas"] = "wine glass"
-        self.mscoco_objects: frozenset[str] = frozenset(objects)
-        self.inverse_synonym_dict: dict[str, str] = inverse
-        self.double_word_dict: dict[str, str] = double
-        #: what the official scorer prints as "double word count"
-        self.double_word_count: int = len(coco_double_words)
-        self.digest = digest
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> CocoVocabulary:
-        """Read ``synonyms_refine.txt`` as the official ``open(...).readlines()`` does."""
-        path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise MissingDataFile(path, SYNONYMS_SOURCE) from exc
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from exc
-        lines = text.replace("\r\n", "\n").replace("\r", "\n").splitlines(keepends=True)
-        return cls(lines, digest=hashlib.sha256(raw).hexdigest())
-
-    def node_word(self, word: str) -> str:
-        return self.inverse_synonym_dict[word]
-
-    def _merge_double_words(self, words: Sequence[str], keep_single: bool) -> tuple[list[str], list[int]]:
-        """The greedy left-to-right bigram merge; ``keep_single=False`` is ``get_double_words_only``."""
-        i = 0
-        merged: list[str] = []
-        idxs: list[int] = []
-        while i < len(words):
-            idxs.append(i)
-            double_word = " ".join(words[i:i + 2])
-            if double_word in self.double_word_dict:
-                merged.append(self.double_word_dict[double_word])
-                i += 2
-            else:
-                if keep_single:
-                    merged.append(words[i])
-                i += 1
-        return merged, idxs
-
-    def double_words_only(self, tokens: Sequence[str]) -> list[str]:
-        """``get_double_words_only``: only the double words found (mapped), single words dropped."""
-        return self._merge_double_words(tokens, keep_single=False)[0]
-
-    def _to_coco(self, words: list[str], idxs: Sequence[int]) -> tuple[list[str], list[tuple[str, str]], list[int]]:
-        # toilet seat is not chair; note: the official code filters ``idxs`` by position in the *seat-filtered*
-        # list, so after a removal they no longer line up with the words (kept: it only affects the indices).
-        if "toilet" in words and "seat" in words:
-            words = [w for w in words if w != "seat"]
-        kept_idxs = [idxs[k] for k, w in enumerate(words) if w in self.mscoco_objects]
-        kept = [w for w in words if w in self.mscoco_objects]
-        return kept, [(w, self.inverse_synonym_dict[w]) for w in kept], kept_idxs
-
-    def caption_to_words(self, caption: str) -> CaptionWords:
-        """The official ``caption_to_words``: every COCO mention of ``caption`` with its node word."""
-        tokens = [lemmatize(w) for w in word_tokenize(caption.lower())]
-        merged, idxs = self._merge_double_words(tokens, keep_single=True)
-        words, node_words, kept_idxs = self._to_coco(list(merged), idxs)
-        return CaptionWords(tuple(words), tuple(node_words), tuple(kept_idxs), tuple(merged))
-
-    def objects_to_coco(self, objects: Sequence[str]) -> CaptionWords:
-        """``caption_objects_to_coco_objects``: the GPT path's object phrases matched against the vocabulary."""
-        words, node_words, idxs = self._to_coco(list(objects), list(range(len(objects))))
-        return CaptionWords(tuple(words), tuple(node_words), tuple(idxs), tuple(objects))
-
-
-# --------------------------------------------------------------------------------------------------- ground truth
-GT_CACHE_FORMAT = 1
-
-
-def _read_coco_file(path: Path, kind: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise MissingDataFile(path, COCO_SOURCE)
-    size_mb = path.stat().st_size / 1e6
-    if size_mb > 20:
-        log.info("Object HalBench: reading %s (%.0f MB; once, the derived ground truth is cached)", path, size_mb)
-    data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise DataError(f"expected a COCO {kind} file (a JSON object with an 'annotations' list)", path=path)
-    return data
-
-
-class CocoGroundTruth:
-    """The ground-truth COCO classes of images, as the official ``get_annotations`` builds them.
-
-    ``objects(image_ids)`` reads the four annotation files (one at a time, keeping only what the requested images
-    need) the first time an image is asked for, and caches the derived ground truth in
-    ``$HARNESS_CACHE/object_halbench/`` keyed by the files' names, sizes and modification times, the synonyms file's
-    hash and the NLTK version. Later calls read the small cache file only.
-    """
-
-    def __init__(self, coco_dir: str | Path, vocab: CocoVocabulary, *, cache: bool = True):
-        self.coco_dir = Path(coco_dir)
-        self.vocab = vocab
-        self.cache = cache
-        self.files_read = 0  # annotation files parsed by this instance (tests check the cache with it)
-
-    def paths(self) -> list[Path]:
-        return [self.coco_dir / name for name in COCO_FILES]
-
-    def check_files(self) -> None:
-        missing = [p for p in self.paths() if not p.is_file()]
-        if missing:
-            raise _missing_files([(p, COCO_SOURCE) for p in missing])
-
-    def _cache_path(self) -> tuple[Path, dict[str, Any]]:
-        import nltk
-
-        files = []
-        for p in self.paths():
-            st = p.stat()
-            files.append([p.name, st.st_size, st.st_mtime_ns])
-        key = {"format": GT_CACHE_FORMAT, "files": files, "synonyms_sha256": self.vocab.digest,
-               "nltk": nltk.__version__}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-        return cache_dir() / "object_halbench" / f"gt-{digest}.json", key
-
-    def objects(self, image_ids: Collection[int]) -> dict[int, frozenset[str] | None]:
-        """Ground-truth node words per image; ``None`` for an image the annotation files do not have."""
-        self.check_files()
-        wanted = set(image_ids)
-        known: dict[int, frozenset[str] | None] = {}
-        cache_path, key = self._cache_path()
-        if self.cache and cache_path.is_file():
-            try:
-                cached = json.loads(cache_path.read_text(encoding="utf-8"))
-                if cached.get("key") == key:
-                    for sid, objs in cached["images"].items():
-                        known[int(sid)] = None if objs is None else frozenset(objs)
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                log.warning("Object HalBench: ignoring unreadable ground-truth cache %s", cache_path)
-                known = {}
-        missing = wanted - known.keys()
-        if missing:
-            known.update(self._build(missing))
-            if self.cache:
-                cache_path.parent.mkdir(parents=True, exist_ok=True)
-                images = {str(i): (None if v is None else sorted(v)) for i, v in sorted(known.items())}
-                atomic_write_text(cache_path, json.dumps({"key": key, "images": images}, sort_keys=True) + "\n")
-        return {i: known[i] for i in wanted}
-
-    def _build(self, wanted: set[int]) -> dict[int, frozenset[str] | None]:
-        """``get_annotations_from_segments`` + ``get_annotations_from_captions`` for the ``wanted`` images only.
-
-        Each file is parsed once and dropped as soon as the requested images' entries are taken from it. Category
-        names come from ``instances_train2014.json`` (as the official ``combine_coco_instances``). An image is
-        known if an annotation file lists it in ``images`` or annotates it.
-        """
-        objects: dict[int, set[str]] = {i: set() for i in wanted}
-        seen: set[int] = set()
-        id_to_name: dict[Any, str] = {}
-        instance_hits: list[tuple[Path, int, Any]] = []  # (file, image id, category id)
-        for name in INSTANCE_FILES:
-            path = self.coco_dir / name
-            data = _read_coco_file(path, "instances")
-            self.files_read += 1
-            if name == "instances_train2014.json":
-                try:
-                    id_to_name = {cat["id"]: cat["name"] for cat in data["categories"]}
-                except (TypeError, KeyError) as exc:
-                    raise DataError(f"expected a 'categories' list of {{id, name}} objects ({exc!r})",
-                                    path=path) from exc
-            seen.update(_image_ids(data, path) & wanted)
-            for index, ann in enumerate(data["annotations"]):
-                try:
-                    if ann["image_id"] in objects:
-                        instance_hits.append((path, ann["image_id"], ann["category_id"]))
-                except (TypeError, KeyError) as exc:
-                    raise DataError(f"annotation {index}: missing field {exc}", path=path) from exc
-            del data
-        for path, imid, cat_id in instance_hits:
-            if cat_id not in id_to_name:
-                raise DataError(f"an annotation of image {imid} names category {cat_id!r}, which is not in the "
-                                f"categories of instances_train2014.json", path=path)
-            cat_name = id_to_name[cat_id]
-            if cat_name not in self.vocab.inverse_synonym_dict:
-                raise DataError(f"COCO category {cat_name!r} is not in {SYNONYMS_FILE}", path=path)
-            objects[imid].add(self.vocab.node_word(cat_name))
-            seen.add(imid)
-        for name in CAPTION_FILES:
-            path = self.coco_dir / name
-            data = _read_coco_file(path, "captions")
-            self.files_read += 1
-            seen.update(_image_ids(data, path) & wanted)
-            for index, ann in enumerate(data["annotations"]):
-                try:
-                    imid = ann["image_id"]
-                    if imid in objects:
-                        words = self.vocab.caption_to_words(ann["caption"])
-                        objects[imid].update(node for _, node in words.node_words)
-                        seen.add(imid)
-                except (TypeError, KeyError, AttributeError) as exc:
-                    raise DataError(f"annotation {index}: malformed caption annotation ({exc!r})", path=path) from exc
-            del data
-        return {i: (frozenset(objects[i]) if i in seen else None) for i in wanted}
-
-
-def _image_ids(data: Mapping[str, Any], path: Path) -> set[int]:
-    images = data.get("images", [])
-    if not isinstance(images, list):
-        raise DataError("'images' is not a list", path=path)
-    return {img["id"] for img in images if isinstance(img, dict) and "id" in img}
-
-
-def _missing_files(missing: Sequence[tuple[Path, str]]) -> MissingDataFile:
-    """One :class:`MissingDataFile` for the first missing file that also names every other one and its source."""
-    first, source = missing[0]
-    if len(missing) > 1:
-        others = "; ".join(f"{p} (from: {src})" for p, src in missing[1:])
-        source = f"{source}. Also missing: {others}"
-    return MissingDataFile(first, source)
-
-
 # --------------------------------------------------------------------------------------------------- answers
-@dataclass(frozen=True)
-class Answer:
-    """One answer as the official ``load_generated_captions`` builds it (``caption`` already preprocessed)."""
-
-    id: str
-    image_id: int
-    question: str
-    caption: str
-    line: int | None = None
-
-
 def clean_answer(text: str) -> str:
     """The official answer preprocessing: every ``"Assistant:"`` removed, then ``strip()``."""
     return text.replace("Assistant:", "").strip()
@@ -512,7 +272,7 @@ def read_answer_file(path: str | Path, questions: Sequence[QuestionEntry] | None
     by_image = {q.image_id: q for q in questions} if questions is not None else None
     coh = "coh" in str(path)
     answers: list[Answer] = []
-    first_line: dict[tuple[int, str], int] = {}
+    asked = scaffold.UniqueIds(path)
     for index, (lineno, rec) in enumerate(iter_jsonl(path)):
         if "image_id" in rec:
             image_id = _as_image_id(rec["image_id"], path=path, line=lineno)
@@ -529,10 +289,8 @@ def read_answer_file(path: str | Path, questions: Sequence[QuestionEntry] | None
         q_field = "prompt" if "prompt" in rec else "question" if "question" in rec else None
         if q_field is None:
             raise DataError("missing field 'question' (or 'prompt')", path=path, line=lineno)
-        if (image_id, str(rec[q_field])) in first_line:
-            raise DataError(f"image_id {image_id} is answered twice with the same question (first on line "
-                            f"{first_line[image_id, str(rec[q_field])]})", path=path, line=lineno)
-        first_line[image_id, str(rec[q_field])] = lineno
+        asked.add((image_id, str(rec[q_field])), f"image_id {image_id} is answered twice with the same question",
+                  line=lineno, cite_first=True)
         a_field = "text" if "text" in rec else "answer" if "answer" in rec else None
         if a_field is None:
             raise DataError("missing field 'text' (or 'answer')", path=path, line=lineno)
@@ -778,30 +536,6 @@ def refine_objects(extracted: Sequence[Any], analyzer: PhraseAnalyzer, vocab: Co
 
 
 # --------------------------------------------------------------------------------------------------- scoring
-@dataclass
-class ObjHalResult:
-    """Official ``overall_metrics`` (fractions; ``None`` where the official code would divide by zero), the
-    per-answer records, and counts."""
-
-    overall: dict[str, float | None]
-    records: list[dict[str, Any]]
-    counts: dict[str, int]
-    notes: list[str] = field(default_factory=list)
-
-
-def _div(a: float, b: float) -> float | None:
-    return a / b if b else None
-
-
-@dataclass(frozen=True)
-class _Objects:
-    """Objects of one answer for the scorer: from the text (chair) or from the judge (gpt), or a failure."""
-
-    words: CaptionWords | None
-    extra: dict[str, Any]
-    failure: str | None = None  # "judge_failed" | "judge_unparsed"
-
-
 def score_answers(answers: Sequence[Answer], gt: Mapping[int, frozenset[str]], vocab: CocoVocabulary, *,
                   method: str = "chair", judge: Judge | None = None, analyzer: PhraseAnalyzer | None = None,
                   parser: str = "rlhf-v") -> ObjHalResult:
@@ -811,7 +545,7 @@ def score_answers(answers: Sequence[Answer], gt: Mapping[int, frozenset[str]], v
     counts: dict[str, int] = {}
     if method == "chair":
         require_nltk_resources((PUNKT_TAB, WORDNET))
-        found = {a.id: _Objects(vocab.caption_to_words(a.caption), {}) for a in answers}
+        found = caption_objects(answers, vocab)
     else:
         if judge is None:
             raise ConfigError("Object HalBench with objhal_method=gpt needs a judge (--judge-model, or saved "
@@ -819,79 +553,11 @@ def score_answers(answers: Sequence[Answer], gt: Mapping[int, frozenset[str]], v
         if analyzer is None:
             raise ConfigError("Object HalBench with objhal_method=gpt needs a phrase analyzer (objhal_lemmatizer)")
         found = _gpt_objects(answers, judge, analyzer, vocab, parser, counts)
-
-    num_caps = num_coco_caps = num_hallucinated_caps = 0.0
-    hallucinated_word_count = coco_word_count = gt_word_count = coco_obj_cls_count = 0.0
-    total_cap_word_num = 0
-    records: list[dict[str, Any]] = []
-    for ans in answers:
-        obj = found[ans.id]
-        base = {"id": ans.id, "image_id": ans.image_id, "caption": ans.caption, **obj.extra}
-        if obj.failure is not None or obj.words is None:
-            records.append({**base, "status": obj.failure})
-            continue
-        cw = obj.words
-        total_cap_word_num += len(ans.caption.strip().split(" "))
-        gt_objects = gt[ans.image_id]
-        gt_word_count += len(gt_objects)
-        coco_word_count += len(cw.node_words)
-        hallucinated: list[tuple[str, str]] = []
-        hallucination_idxs: list[int] = []
-        correct_classes: list[str] = []
-        for word, node_word, idx in zip(cw.words, cw.node_words, cw.idxs):
-            if node_word[-1] not in gt_objects:
-                hallucinated_word_count += 1
-                hallucinated.append(node_word)
-                hallucination_idxs.append(idx)
-            else:
-                correct_classes.append(node_word[-1])
-        coco_obj_cls_count += len(set(correct_classes))
-        num_caps += 1
-        num_hallucinated_caps += bool(hallucinated)
-        chair_i = 0.0
-        if len(cw.words) > 0:
-            num_coco_caps += 1
-            chair_i = len(hallucinated) / float(len(cw.words))
-        records.append({
-            **base, "status": "scored",
-            "mentioned": [list(p) for p in cw.node_words],
-            "hallucinated": [list(p) for p in hallucinated],
-            "gt_objects": sorted(gt_objects),
-            "hallucination_idxs": hallucination_idxs,
-            "words": list(cw.raw_words),
-            "CHAIRs": int(bool(hallucinated)),
-            "CHAIRi": chair_i,
-        })
-    chair_s = _div(num_hallucinated_caps, num_caps)
-    chair_s_refine = _div(num_hallucinated_caps, num_coco_caps)
-    chair_i_all = _div(hallucinated_word_count, coco_word_count)
-    overall: dict[str, float | None] = {
-        "CHAIRs": chair_s,
-        "CHAIRs_refine": chair_s_refine,
-        "CHAIRi": chair_i_all,
-        "obj_rec": _div(coco_obj_cls_count, gt_word_count),
-        "sentence_num": num_caps,
-        "coco_sentence_num": num_coco_caps,
-        "coco_word_count": coco_obj_cls_count,  # official name; it counts distinct correct classes per response
-        "gt_word_count": gt_word_count,
-        "avg_word_len": _div(float(total_cap_word_num), num_caps),
-        "correct_rate": None if chair_s_refine is None else 1 - chair_s_refine,
-        "object_correct_rate": None if chair_i_all is None else 1 - chair_i_all,
-    }
-    counts.update({
-        "responses": int(num_caps),
-        "coco_responses": int(num_coco_caps),
-        "hallucinated_responses": int(num_hallucinated_caps),
-        "mentions": int(coco_word_count),
-        "hallucinated_mentions": int(hallucinated_word_count),
-        "correct_classes": int(coco_obj_cls_count),
-        "gt_classes": int(gt_word_count),
-    })
-    return ObjHalResult(overall=overall, records=records, counts=counts)
+    return compute_chair(answers, gt, found, counts)
 
 
 def _gpt_objects(answers: Sequence[Answer], judge: Judge, analyzer: PhraseAnalyzer, vocab: CocoVocabulary,
-                 parser: str, counts: dict[str, int]) -> dict[str, _Objects]:
+                 parser: str, counts: dict[str, int]) -> dict[str, FoundObjects]:
     """Judge calls for the answers longer than 3 words, then the official parsing and phrase refinement."""
     if parser not in GPT_PARSERS:
         raise ConfigError(f"unknown objhal_gpt_parser {parser!r}; expected one of {', '.join(GPT_PARSERS)}")
@@ -902,63 +568,30 @@ def _gpt_objects(answers: Sequence[Answer], judge: Judge, analyzer: PhraseAnalyz
     results: dict[str, JudgeResult] = judge.judge(requests) if requests else {}
     counts.update(judge_calls=len(requests), judge_skipped_short=len(answers) - len(requests), judge_failed=0,
                   judge_unparsed=0)
-    out: dict[str, _Objects] = {}
+    out: dict[str, FoundObjects] = {}
     for a in answers:
         if is_short_answer(a.caption):
-            out[a.id] = _Objects(vocab.objects_to_coco([]), {"judge": "skipped_short", "extracted_objects": []})
+            out[a.id] = FoundObjects(vocab.objects_to_coco([]), {"judge": "skipped_short", "extracted_objects": []})
             continue
         res = results.get(a.id)
         if res is None or res.failed or res.text is None:
             counts["judge_failed"] += 1
             error = "no result" if res is None else (res.error or "failed")
-            out[a.id] = _Objects(None, {"judge": "failed", "judge_error": error}, failure="judge_failed")
+            out[a.id] = FoundObjects(None, {"judge": "failed", "judge_error": error}, failure="judge_failed")
             continue
         try:
             extracted = parse_object_list(res.text, parser)
         except UnusableReply as exc:
             counts["judge_failed"] += 1
             counts["judge_unparsed"] += 1
-            out[a.id] = _Objects(None, {"judge": "unparsed", "judge_error": str(exc), "judge_reply": res.text},
+            out[a.id] = FoundObjects(None, {"judge": "unparsed", "judge_error": str(exc), "judge_reply": res.text},
                                  failure="judge_unparsed")
             continue
         objs = refine_objects(extracted, analyzer, vocab)
-        out[a.id] = _Objects(vocab.objects_to_coco(objs),
+        out[a.id] = FoundObjects(vocab.objects_to_coco(objs),
                              {"judge": "called", "extracted_objects": [str(o) if not isinstance(o, str) else o
                                                                        for o in extracted]})
     return out
-
-
-def _fmt(value: float | None, spec: str) -> float | None:
-    """The number as the official script prints it (``spec % value``), read back as a float."""
-    return None if value is None else float(spec % value)
-
-
-def printed_numbers(overall: Mapping[str, float | None]) -> tuple[dict[str, float | None], dict[str, float | None]]:
-    """What the two official scripts print: the eval script's row and the summarizer's lines."""
-    def pct(key: str) -> float | None:
-        v = overall[key]
-        return None if v is None else v * 100
-
-    eval_row = {
-        "CHAIRs": _fmt(pct("CHAIRs"), "%0.001f"),
-        "CHAIRsr": _fmt(pct("CHAIRs_refine"), "%0.001f"),
-        "CHAIRi": _fmt(pct("CHAIRi"), "%0.001f"),
-        "sent_num": _fmt(overall["sentence_num"], "%d"),
-        "coco_num": _fmt(overall["coco_sentence_num"], "%d"),
-        "avg_len": _fmt(overall["avg_word_len"], "%0.01f"),
-    }
-    summary = {
-        "Response Hall": _fmt(pct("CHAIRs_refine"), "%.2f"),
-        "Object Hall": _fmt(pct("CHAIRi"), "%.2f"),
-        "Response Correct": _fmt(pct("correct_rate"), "%.2f"),
-        "Object Correct": _fmt(pct("object_correct_rate"), "%.2f"),
-        "Object Recall": _fmt(pct("obj_rec"), "%.2f"),
-        "Average Length": _fmt(overall["avg_word_len"], "%.2f"),
-        "COCO Sent Number": overall["coco_sentence_num"],
-        "COCO Word Number": overall["coco_word_count"],
-        "GT Word Number": overall["gt_word_count"],
-    }
-    return eval_row, summary
 
 
 # --------------------------------------------------------------------------------------------------- task
@@ -1030,8 +663,6 @@ class ObjectHalBench(Task):
         self._vocab: CocoVocabulary | None = None
         self._gt: CocoGroundTruth | None = None
         self._questions: list[QuestionEntry] | None = None
-        # questions of answers read by read_responses (the official GPT prompt uses the answer file's question)
-        self._answer_questions: dict[str, str] = {}
 
     # ----------------------------------------------------------------------------------------- files and samples
     def default_data_root(self) -> Path:
@@ -1049,7 +680,7 @@ class ObjectHalBench(Task):
             required = required[1:]
         missing = [(p, src) for p, src in required if not p.is_file()]
         if missing:
-            raise _missing_files(missing)
+            raise missing_files(missing)
         return [p for p, _ in required]
 
     def vocab(self) -> CocoVocabulary:
@@ -1071,7 +702,7 @@ class ObjectHalBench(Task):
         path = self.data_root / QUESTION_FILE
         samples: list[Sample] = []
         questions: list[QuestionEntry] = []
-        first_line: dict[tuple[int, str], int] = {}
+        asked = scaffold.UniqueIds(path)
         for lineno, rec in iter_jsonl(path):
             if "image_id" not in rec:
                 raise DataError("missing field 'image_id'", path=path, line=lineno)
@@ -1079,10 +710,8 @@ class ObjectHalBench(Task):
             question = rec.get("question")
             if not isinstance(question, str):
                 raise DataError("missing or non-string field 'question'", path=path, line=lineno)
-            if (image_id, question) in first_line:
-                raise DataError(f"image_id {image_id} appears twice with the same question (first on line "
-                                f"{first_line[image_id, question]})", path=path, line=lineno)
-            first_line[image_id, question] = lineno
+            asked.add((image_id, question), f"image_id {image_id} appears twice with the same question",
+                      line=lineno, cite_first=True)
             image = rec.get("image")
             if not isinstance(image, str):
                 raise DataError("missing or non-string field 'image' (the base64-encoded image)", path=path,
@@ -1140,7 +769,7 @@ class ObjectHalBench(Task):
         return self._metrics(result, judge, extra_notes)
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
-        answers = [Answer(id=s.id, image_id=int(s.reference), question=self._answer_questions.get(s.id, s.prompt),
+        answers = [Answer(id=s.id, image_id=int(s.reference), question=_asked(responses[s.id], s.prompt),
                           caption=clean_answer(responses[s.id].text))
                    for s in samples if s.id in responses]
         metrics = self.score_answers(answers, judge, source=f"{self.name} responses")
@@ -1187,16 +816,16 @@ class ObjectHalBench(Task):
     def read_responses(self, path: str | Path) -> dict[str, Response]:
         """An official answer file as responses by sample id (image id); see :func:`read_answer_file`.
 
-        The answer file's question is kept for the GPT path's prompt (the official code uses it, not the question
-        file's); a "coh" file is trimmed here, as the official loader does. The texts returned are already
-        preprocessed; :meth:`score` preprocesses again, which leaves them unchanged.
+        Each response is an :class:`AnswerResponse`, which carries the answer file's question for the GPT path's
+        prompt (the official code uses it, not the question file's); a "coh" file is trimmed here, as the official
+        loader does. The texts returned are already preprocessed; :meth:`score` preprocesses again, which leaves
+        them unchanged.
         """
         questions = self.questions()
         if questions is None:
             self.check_files()  # names the missing question file
         answers = read_answer_file(path, questions)
-        self._answer_questions = {a.id: a.question for a in answers}
-        return {a.id: Response(a.id, a.caption, "stop") for a in answers}
+        return {a.id: AnswerResponse(a.id, a.caption, "stop", question=a.question) for a in answers}
 
     def read_reviews(self, path: str | Path) -> ReplayJudge:
         """Saved judge replies: a JSON object ``{sample id: reply}``, or a JSON list with one reply (or null) per
@@ -1257,6 +886,20 @@ class ObjectHalBench(Task):
         }
         return Metrics(task=self.name, headline=headline, breakdown=breakdown, counts=dict(result.counts),
                        notes=notes, records=result.records)
+
+
+@dataclass(frozen=True)
+class AnswerResponse(Response):
+    """A response read from an official answer file, with the question it answers there: the GPT path's prompt
+    uses the answer file's question, as the official code does, not the question file's."""
+
+    question: str | None = None
+
+
+def _asked(response: Response, prompt: str) -> str:
+    """The question a response answers: its answer file's (:class:`AnswerResponse`), else the sample's prompt."""
+    question = getattr(response, "question", None)
+    return question if isinstance(question, str) else prompt
 
 
 @dataclass(frozen=True)

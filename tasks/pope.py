@@ -61,6 +61,7 @@ from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import iter_jsonl
 from harness.task import DataFile, Task, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
+from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def read_questions(path: str | Path, split: str) -> list[PopeQuestion]:
     """Read a POPE question file (JSON lines). A malformed line, a missing field, a label other than "yes"/"no" or a
     repeated ``question_id`` raises :class:`DataError` naming the file, the line and the field."""
     out: list[PopeQuestion] = []
-    seen: dict[int, int] = {}
+    seen = scaffold.UniqueIds(path)
     for lineno, obj in iter_jsonl(path):
         qid = obj.get("question_id")
         if isinstance(qid, bool) or not isinstance(qid, int):
@@ -114,9 +115,7 @@ def read_questions(path: str | Path, split: str) -> list[PopeQuestion]:
         if label not in LABELS:
             raise DataError(f"question {qid}: field 'label' must be \"yes\" or \"no\", got {label!r}", path=path,
                             line=lineno)
-        if qid in seen:
-            raise DataError(f"question_id {qid} appears twice (first on line {seen[qid]})", path=path, line=lineno)
-        seen[qid] = lineno
+        seen.add(qid, f"question_id {qid} appears twice", line=lineno, cite_first=True)
         out.append(PopeQuestion(split=split, question_id=qid, image=obj["image"], text=obj["text"], label=label))
     if not out:
         raise DataError("holds no questions", path=path)
@@ -299,7 +298,7 @@ class _PopeTask(Task):
             raise DataError(f"holds {len(rows)} answers without question ids for the {len(questions)} questions of "
                             f"{self.name} (answers are then paired with questions by position)", path=path)
         out: dict[str, Response] = {}
-        first: dict[str, int] = {}
+        answered = scaffold.UniqueIds(path)
         for index, (lineno, rec) in enumerate(rows):
             text = rec.get("text", rec.get("answer"))
             if not isinstance(text, str):
@@ -318,10 +317,7 @@ class _PopeTask(Task):
                                     f"{self.name}", path=path, line=lineno)
             else:
                 sid = questions[index].sample_id
-            if sid in first:
-                raise DataError(f"question {sid} is answered twice (first on line {first[sid]})", path=path,
-                                line=lineno)
-            first[sid] = lineno
+            answered.add(sid, f"question {sid} is answered twice", line=lineno, cite_first=True)
             out[sid] = Response(sid, text, "stop")
         return out
 

@@ -69,6 +69,7 @@ from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import first_glob, iter_jsonl, iter_parquet_rows, read_json
 from harness.task import DataFile, Task, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
+from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ SPLITS_FILE = "pid_splits.json"
 LLAVA_QUESTION_FILE = "llava_test_CQM-A.json"
 PARQUET_DIRS: tuple[str, ...] = ("", "data", "ScienceQA-IMG")
 IMAGE_DIRS: tuple[str, ...] = ("test", "images/test", "")
-FORMATS: tuple[str, ...] = ("auto", "json", "parquet")
+FORMATS: tuple[str, ...] = scaffold.format_choices("json")
 SUBSETS: tuple[str, ...] = ("img", "all")
 #: ``eval_science_qa.py --options`` default.
 OPTIONS: tuple[str, ...] = ("A", "B", "C", "D", "E")
@@ -252,7 +253,7 @@ def _suffix_option(options: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------------- task
 @register_task
-class ScienceQAImg(Task):
+class ScienceQAImg(scaffold.DataLayout, Task):
     """ScienceQA-IMG (2,017 test questions with an image): option-letter accuracy as LLaVA's
     ``eval_science_qa.py`` computes it.
 
@@ -268,58 +269,52 @@ class ScienceQAImg(Task):
     option_names = ("scienceqa_format", "scienceqa_split", "scienceqa_subset", "scienceqa_suffix")
     data_files = (DataFile(PROBLEMS_FILE, DATA_SOURCE), DataFile(SPLITS_FILE, DATA_SOURCE))
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+    format_option = "scienceqa_format"
+    release_format = "json"
+    release_names = (PROBLEMS_FILE, SPLITS_FILE)
+    layout_source = DATA_SOURCE
 
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
         super().__init__(data_root, image_root, options)
         self.subset = self.choice_option("scienceqa_subset", "img", SUBSETS)
-        self.format = self.choice_option("scienceqa_format", "auto", FORMATS)
+        self.read_format_option()
         self.split = str(self.options.get("scienceqa_split", "test")).strip()
         if not self.split:
             raise ConfigError("scienceqa_split is empty; expected a split of pid_splits.json, e.g. test")
         self.suffix = _suffix_option(self.options)
-        self._problems: list[SQAProblem] | None = None
 
     def default_data_root(self) -> Path:
         raise ConfigError(f"task {self.name} needs --data-root: the folder holding {PROBLEMS_FILE} and "
                           f"{SPLITS_FILE} (with test/<pid>/image.png) or test-*.parquet ({DATA_SOURCE})")
 
-    def _parquet_files(self) -> list[Path]:
+    def parquet_paths(self) -> list[Path]:
         return first_glob(self.data_root, [f"{d}/{self.split}{s}.parquet".lstrip("/") for d in PARQUET_DIRS
                                            for s in ("-*", "")])
 
-    def check_files(self) -> list[Path]:
-        release = [self.data_root / PROBLEMS_FILE, self.data_root / SPLITS_FILE]
-        if self.format in ("auto", "json") and all(p.is_file() for p in release):
-            return release
-        if self.format in ("auto", "parquet"):
-            found = self._parquet_files()
-            if found:
-                return found
-        if self.format == "parquet":
-            raise MissingDataFile(self.data_root / f"{self.split}-*.parquet", f"{DATA_SOURCE}; looked in the data "
-                                  f"root, data/ and ScienceQA-IMG/")
-        missing = next((p for p in release if not p.is_file()), release[0])
-        raise MissingDataFile(missing, DATA_SOURCE if self.format == "json"
-                              else f"{DATA_SOURCE}; or {self.split}-*.parquet of the HF layout")
+    def missing_layout_error(self) -> MissingDataFile:
+        return scaffold.missing_layout(self.format, self.release_paths(), DATA_SOURCE,
+                                       (self.data_root / f"{self.split}-*.parquet",
+                                        f"{DATA_SOURCE}; looked in the data root, data/ and ScienceQA-IMG/"),
+                                       auto_source=f"{DATA_SOURCE}; or {self.split}-*.parquet of the HF layout")
+
+    def _read_split(self, fmt: str, files: list[Path]) -> list[SQAProblem]:
+        """Every problem of the split (the subset not applied)."""
+        return read_release(self.data_root, self.split) if fmt == "json" else read_parquet(files, self.split)
+
+    def read_layout(self, fmt: str, files: list[Path]) -> list[SQAProblem]:
+        return [p for p in self._read_split(fmt, files) if self.subset == "all" or p.has_image]
 
     def problems(self) -> list[SQAProblem]:
-        """The problems of the split and subset, in the split's order."""
-        if self._problems is None:
-            files = self.check_files()
-            if files[0].name == PROBLEMS_FILE:
-                problems = read_release(self.data_root, self.split)
-            else:
-                problems = read_parquet(files, self.split)
-            self._problems = [p for p in problems if self.subset == "all" or p.has_image]
-        return self._problems
+        """The problems of the split and subset, in the split's order (read once)."""
+        return self.layout_records()
 
     def _image(self, p: SQAProblem) -> ImageRef:
         if p.image_bytes is not None:
             return ImageRef(data=p.image_bytes)
         assert p.image is not None
-        candidates = [(self.image_root / d if d else self.image_root) / p.id / p.image for d in IMAGE_DIRS]
-        return ImageRef(path=str(next((c for c in candidates if c.is_file()), candidates[0])))
+        return scaffold.first_file([(self.image_root / d if d else self.image_root) / p.id / p.image
+                                    for d in IMAGE_DIRS])
 
     def _question_texts(self) -> tuple[dict[str, str] | None, Path]:
         path = self.data_root / LLAVA_QUESTION_FILE
@@ -396,9 +391,7 @@ class ScienceQAImg(Task):
         ids = {p.id for p in self.problems()}
         split_ids: set[str] = set()
         if self.subset == "img":
-            files = self.check_files()
-            split_ids = ({p.id for p in read_release(self.data_root, self.split)} if files[0].name == PROBLEMS_FILE
-                         else {p.id for p in read_parquet(files, self.split)})
+            split_ids = {p.id for p in self._read_split(*self.layout())}
         out: dict[str, Response] = {}
         skipped = 0
         for lineno, obj in iter_jsonl(path):
@@ -408,15 +401,13 @@ class ScienceQAImg(Task):
                 raise DataError("expected a 'question_id' (the pid) and the answer under 'text', 'answer' or "
                                 "'response'", path=path, line=lineno)
             sid = str(raw)
-            if sid not in ids:
-                if sid in split_ids:
-                    skipped += 1
-                    continue
-                raise DataError(f"question_id {sid} is not a ScienceQA {self.split} question of {self.data_root}",
-                                path=path, line=lineno)
-            if sid in out:
-                raise DataError(f"a second answer for question_id {sid}", path=path, line=lineno)
-            out[sid] = Response(sid, text, "stop")
+            if sid not in ids and sid in split_ids:
+                skipped += 1
+                continue
+            scaffold.add_response(out, sid, text, known=ids, path=path, line=lineno,
+                                  unknown=(f"question_id {sid} is not a ScienceQA {self.split} question of "
+                                           f"{self.data_root}"),
+                                  second=f"a second answer for question_id {sid}")
         if skipped:
             log.info("%s: skipped %d answers to %s questions without an image", path, skipped, self.split)
         return out

@@ -85,9 +85,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError, DataError, MissingDataFile
-from harness.io import first_glob, iter_jsonl, iter_parquet_rows, read_json
+from harness.io import iter_jsonl, iter_parquet_rows, read_json
 from harness.task import DataFile, Task, check_response_text, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
+from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ LLAVA_OCR_FILE = "llava_textvqa_val_v051_ocr.jsonl"
 PARQUET_GLOBS: tuple[str, ...] = ("validation-*.parquet", "data/validation-*.parquet", "validation.parquet",
                                   "data/validation.parquet")
 IMAGE_FOLDERS: tuple[str, ...] = ("train_images", "")
-FORMATS: tuple[str, ...] = ("auto", "json", "parquet")
+FORMATS: tuple[str, ...] = scaffold.format_choices("json")
 
 #: LLaVA-1.5's short-answer instruction.
 LLAVA_SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -375,7 +376,7 @@ def _bool_option(options: Mapping[str, Any], key: str) -> bool:
 
 # --------------------------------------------------------------------------------------------------- task
 @register_task
-class TextVQA(Task):
+class TextVQA(scaffold.DataLayout, Task):
     """TextVQA val (5,000 questions): VQA accuracy over 10 human answers (LLaVA's ``eval_textvqa.py``).
 
     Options: ``textvqa_ocr`` (``false``, default: the question and the LLaVA-1.5 short-answer instruction; ``true``:
@@ -391,57 +392,47 @@ class TextVQA(Task):
     option_names = ("textvqa_format", "textvqa_ocr", "textvqa_suffix")
     data_files = (DataFile(ANNOTATION_FILE, DATA_SOURCE),)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+    format_option = "textvqa_format"
+    release_format = "json"
+    release_names = (ANNOTATION_FILE,)
+    layout_source = DATA_SOURCE
+    parquet_globs = PARQUET_GLOBS
 
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):
         super().__init__(data_root, image_root, options)
         self.ocr = _bool_option(self.options, "textvqa_ocr")
         self.suffix = _suffix_option(self.options)
-        self.format = self.choice_option("textvqa_format", "auto", FORMATS)
-        self._questions: list[TextVQAQuestion] | None = None
+        self.read_format_option()
 
     def default_data_root(self) -> Path:
         raise ConfigError(f"task {self.name} needs --data-root: the folder holding {ANNOTATION_FILE} (with "
                           f"train_images/) or validation-*.parquet ({DATA_SOURCE})")
 
-    def _parquet_files(self) -> list[Path]:
-        return first_glob(self.data_root, PARQUET_GLOBS)
+    def missing_layout_error(self) -> MissingDataFile:
+        globs = " or ".join(PARQUET_GLOBS)
+        return scaffold.missing_layout(self.format, self.release_paths(),
+                                       f"{DATA_SOURCE}; looked for {ANNOTATION_FILE}",
+                                       (self.data_root / PARQUET_GLOBS[0], f"{DATA_SOURCE}; looked for {globs}"),
+                                       auto_source=f"{DATA_SOURCE}; looked for {ANNOTATION_FILE} or {globs}")
 
-    def check_files(self) -> list[Path]:
-        json_file = self.data_root / ANNOTATION_FILE
-        if self.format in ("auto", "json") and json_file.is_file():
-            return [json_file]
-        if self.format in ("auto", "parquet"):
-            found = self._parquet_files()
-            if found:
-                return found
-        wanted = {"json": ANNOTATION_FILE, "parquet": " or ".join(PARQUET_GLOBS)}.get(
-            self.format, f"{ANNOTATION_FILE} or {' or '.join(PARQUET_GLOBS)}")
-        raise MissingDataFile(json_file if self.format != "parquet" else self.data_root / PARQUET_GLOBS[0],
-                              f"{DATA_SOURCE}; looked for {wanted}")
+    def read_layout(self, fmt: str, files: list[Path]) -> list[TextVQAQuestion]:
+        questions = read_annotations(files[0]) if fmt == "json" else read_parquet(files)
+        scaffold.require_unique(questions, lambda q: q.question_id,
+                                lambda q: f"question_id {q.question_id} appears twice; expected unique ids",
+                                path=", ".join(str(p) for p in files))
+        return questions
 
     def questions(self) -> list[TextVQAQuestion]:
-        """The benchmark's questions in file order; a repeated ``question_id`` is a :class:`DataError`."""
-        if self._questions is not None:
-            return self._questions
-        files = self.check_files()
-        questions = read_annotations(files[0]) if files[0].suffix == ".json" else read_parquet(files)
-        seen: set[int] = set()
-        for q in questions:
-            if q.question_id in seen:
-                raise DataError(f"question_id {q.question_id} appears twice; expected unique ids",
-                                path=", ".join(str(p) for p in files))
-            seen.add(q.question_id)
-        self._questions = questions
-        return questions
+        """The benchmark's questions in file order (read once); a repeated ``question_id`` is a :class:`DataError`."""
+        return self.layout_records()
 
     def _image(self, q: TextVQAQuestion) -> ImageRef:
         if q.image_bytes is not None:
             return ImageRef(data=q.image_bytes)
         name = f"{q.image_id}.jpg"
-        candidates = [self.image_root / folder / name if folder else self.image_root / name
-                      for folder in IMAGE_FOLDERS]
-        return ImageRef(path=str(next((c for c in candidates if c.is_file()), candidates[0])))
+        return scaffold.first_file([self.image_root / folder / name if folder else self.image_root / name
+                                    for folder in IMAGE_FOLDERS])
 
     def _prompts(self, questions: Sequence[TextVQAQuestion]) -> tuple[dict[str, str], str]:
         """Each question's prompt by sample id, and where the prompts come from."""
@@ -510,13 +501,9 @@ class TextVQA(Task):
             if isinstance(qid, bool) or not isinstance(qid, int) or not isinstance(text, str):
                 raise DataError(f"{where}expected an integer 'question_id' and the answer under 'answer', 'text' "
                                 f"or 'response'", path=path, line=line)
-            sid = str(qid)
-            if sid not in ids:
-                raise DataError(f"{where}question_id {qid} is not a TextVQA question of {self.data_root}",
-                                path=path, line=line)
-            if sid in out:
-                raise DataError(f"{where}a second answer for question_id {qid}", path=path, line=line)
-            out[sid] = Response(sid, text, "stop")
+            scaffold.add_response(out, str(qid), text, known=ids, path=path, line=line,
+                                  unknown=f"{where}question_id {qid} is not a TextVQA question of {self.data_root}",
+                                  second=f"{where}a second answer for question_id {qid}")
         return out
 
     def score_llava_answers(self, path: str | Path) -> Metrics:
