@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.argtypes import int_at_least
 from harness.errors import ConfigError, HarnessError
+from harness.task import task_flags
 
 log = logging.getLogger("harness")
 
@@ -83,12 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels)
     task_opts = argparse.ArgumentParser(add_help=False)
     g = task_opts.add_argument_group("task options")
-    g.add_argument("--amber-similarity", metavar="SPEC",
-                   help="AMBER word similarity: spacy:MODEL (default spacy:en_core_web_lg), none, or table:FILE")
-    g.add_argument("--amber-answer", metavar="MODE",
-                   help="AMBER yes/no answers: official (exact 'Yes'/'No', default), strip, or yes-no")
-    g.add_argument("--objhal-method", choices=["chair", "gpt"],
-                   help="Object HalBench: judge-free CHAIR (default) or GPT object extraction through the judge")
+    for flag in task_flags():  # declared by the tasks (harness.task.TaskFlag)
+        g.add_argument(flag.flag, dest=flag.key, metavar=flag.metavar, choices=flag.choices, help=flag.help)
     g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other task option (repeatable)")
     judge_opts = argparse.ArgumentParser(add_help=False)
@@ -231,11 +228,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_") or "model"
 
 
-#: Task options that have their own flag (``--amber-similarity`` sets ``amber_similarity``).
-_OPTION_FLAGS = {"amber_similarity": "--amber-similarity", "amber_answer": "--amber-answer",
-                 "objhal_method": "--objhal-method"}
-
-
 def _task_options(args, classes: list | None = None) -> dict[str, Any]:
     """The task options of ``--option KEY=VALUE`` and the dedicated flags. With ``classes`` (the requested task
     classes), a key that none of them reads is a :class:`ConfigError` naming the closest known keys."""
@@ -248,7 +240,7 @@ def _task_options(args, classes: list | None = None) -> dict[str, Any]:
             raise ConfigError(f"--option {item!r}: expected KEY=VALUE")
         options[key.strip()] = value
     flagged = {}
-    for key, flag in _OPTION_FLAGS.items():
+    for key, flag in ((f.key, f.flag) for f in task_flags()):
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
             flagged[key] = flag

@@ -22,6 +22,18 @@ class DataFile:
     source: str
 
 
+@dataclass(frozen=True)
+class TaskFlag:
+    """A task option with a command-line flag of its own (``--amber-similarity`` sets ``amber_similarity``): the
+    task declares it, the CLI builds the flag from the declaration."""
+
+    key: str
+    flag: str
+    help: str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+
 class Task(ABC):
     """A benchmark: its samples, and a scorer that follows the official one.
 
@@ -45,6 +57,7 @@ class Task(ABC):
     default_max_new_tokens: ClassVar[int] = 128
     default_judge_model: ClassVar[str | None] = None  # the judge the official scorer used, if any
     option_names: ClassVar[tuple[str, ...]] = ()  # every key of ``self.options`` the task reads
+    flags: ClassVar[tuple[TaskFlag, ...]] = ()  # the options among them that have a flag of their own
     max_response_chars: ClassVar[int] = 100_000  # longer responses are refused by scoring (see above)
     responses_accept_directory: ClassVar[bool] = False  # ``harness score --responses`` may name a folder
 
@@ -227,6 +240,15 @@ def all_tasks() -> dict[str, type[Task]]:
     for ep in _entry_points(TASK_GROUP):
         ep.load()
     return dict(sorted(_TASKS.items()))
+
+
+def task_flags() -> list[TaskFlag]:
+    """The flags every registered task declares (:attr:`Task.flags`), each once, in task order."""
+    seen: dict[str, TaskFlag] = {}
+    for cls in all_tasks().values():
+        for f in cls.flags:
+            seen.setdefault(f.flag, f)
+    return list(seen.values())
 
 
 def get_task(name: str) -> type[Task]:

@@ -71,7 +71,7 @@ from typing import Any, ClassVar
 
 from harness.errors import ConfigError, DataError, HarnessError, install_command
 from harness.io import read_json
-from harness.task import DataFile, Task, register_task
+from harness.task import DataFile, Task, TaskFlag, register_task
 from harness.types import Metrics, Response, Sample
 from tasks import _amber_format as fmt
 from tasks import _scaffold as scaffold
@@ -764,6 +764,12 @@ class _AmberTask(Task):
     discriminative: ClassVar[bool]
     default_max_new_tokens: ClassVar[int] = GENERATIVE_MAX_NEW_TOKENS
     option_names: ClassVar[tuple[str, ...]] = ("amber_answer", "amber_similarity")
+    flags: ClassVar[tuple[TaskFlag, ...]] = (
+        TaskFlag("amber_similarity", "--amber-similarity", "AMBER word similarity: spacy:MODEL (default "
+                 "spacy:en_core_web_lg), none, or table:FILE", metavar="SPEC"),
+        TaskFlag("amber_answer", "--amber-answer", "AMBER yes/no answers: official (exact 'Yes'/'No', default), "
+                 "strip, or yes-no", metavar="MODE"),
+    )
 
     def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
                  options: Mapping[str, Any] | None = None):

@@ -100,7 +100,7 @@ from harness.errors import (
 )
 from harness.io import iter_jsonl, read_json
 from harness.judge import Judge, JudgeRequest, JudgeResult, ReplayJudge
-from harness.task import DataFile, Task, check_response_text, register_task
+from harness.task import DataFile, Task, TaskFlag, check_response_text, register_task
 from harness.types import ImageRef, Metrics, Response, Sample
 from tasks import _scaffold as scaffold
 
@@ -636,6 +636,8 @@ class ObjectHalBench(Task):
     description = ("Object HalBench (300 COCO image descriptions): CHAIRs, CHAIRi, Response/Object Hall "
                    "(RLHF-V eval_gpt_obj_halbench.py; judge-free CHAIR or --objhal-method gpt)")
     option_names = ("objhal_gpt_parser", "objhal_gt_cache", "objhal_lemmatizer", "objhal_method")
+    flags = (TaskFlag("objhal_method", "--objhal-method", "Object HalBench: judge-free CHAIR (default) or GPT object "
+                      "extraction through the judge", choices=tuple(METHODS)),)
     data_files = (
         DataFile(QUESTION_FILE, QUESTION_SOURCE),
         DataFile(SYNONYMS_FILE, SYNONYMS_SOURCE),
