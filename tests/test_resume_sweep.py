@@ -215,7 +215,7 @@ DRIVER = textwrap.dedent('''
     import harness.sweep as sw
     from harness.cli import main
 
-    sw.JOB_LOCK_WAIT_S = float(os.environ.get("JOB_LOCK_WAIT_S", "10"))
+    sw.locks.JOB_LOCK_WAIT_S = float(os.environ.get("JOB_LOCK_WAIT_S", "10"))
 
     def command(self, job, output):
         return [sys.executable, os.environ["FAKE_JOB"], str(sw.job_dir(output, job.id) / sw.SPEC_FILE), str(output)]
@@ -372,7 +372,7 @@ def test_checkpoints_of_another_start_model_are_moved_aside_not_resumed(tmp_path
     (model_dir / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     job = types.SimpleNamespace(kind="train", outputs={"model": "models/dpo"},
                                 train_config={"model": tiny_llava_path}, command=lambda: ["train"], id="dpo")
-    monkeypatch.setattr(sweep, "has_checkpoint", lambda folder: (folder / "checkpoint-2").is_dir())
+    monkeypatch.setattr(sweep.local, "has_checkpoint", lambda folder: (folder / "checkpoint-2").is_dir())
     (model_dir / "start_model.json").write_text(json.dumps({"path": tiny_llava_path,
                                                             "content_hash": content_hash(tiny_llava_path)}))
     assert sweep.job_arguments(job, out) == ["train", "--resume"]  # same start model: resumed

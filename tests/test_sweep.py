@@ -331,7 +331,7 @@ def test_changed_training_settings_are_refused(tmp_path, text_prefs, capsys):
 
 
 def test_dry_run_runs_nothing(tmp_path, text_prefs, capsys, monkeypatch):
-    monkeypatch.setattr(sweep, "execute_job", lambda *a, **k: pytest.fail("a dry run ran a job"))
+    monkeypatch.setattr(sweep.local, "execute_job", lambda *a, **k: pytest.fail("a dry run ran a job"))
     out_dir = tmp_path / "sw"
     code, out, _ = cli("sweep", "--methods", "dpo,mpo,jompo", "--data-sizes", "1k,2k,5k", "--data", text_prefs,
                        "--tasks", "toy_amber", "--seeds", "1234", "--output", out_dir, "--dry-run", capsys=capsys)

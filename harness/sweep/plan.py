@@ -1,0 +1,459 @@
+"""The plan of a sweep: its settings expanded into jobs with stable ids (names that spell every grid value),
+dependencies and fingerprints, and its nested data subsets (:func:`build_plan`; reads the data, writes nothing)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import random
+import re
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import ConfigError, DataError
+from harness.sweep.flags import _SWEEP_SET_EVAL, _check_flags, _flags
+from harness.sweep.layout import KINDS, MANIFEST_FILE, TRAIN_YAML
+from harness.sweep.resources import slurm_parameters
+from harness.sweep.settings import DEFAULT_SUBSET_SEED, DEFAULT_TOY_PAIRS, EXECUTORS, SweepSettings, project_path
+
+if TYPE_CHECKING:
+    from trainers.config import TrainConfig
+    from trainers.data import PreferenceExample
+
+log = logging.getLogger("harness.sweep")
+
+# Training settings that do not change the trained model (left out of a training job's fingerprint).
+_NON_SEMANTIC_TRAIN = ("model", "data", "output", "image_root", "resume", "report_to", "logging_steps", "save_steps",
+                       "save_total_limit", "dataloader_num_workers")
+
+# Training settings the sweep sets itself (not allowed in the `train:` / `sft:` sections).
+_SWEEP_SET_TRAIN = ("method", "model", "data", "output", "resume")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of the training grid."""
+
+    method: str
+    data_size: int
+    beta: float
+    epochs: float
+    seed: int
+    rejected_image: str | None = None  # None: the method does not use a generated rejected image
+
+    @property
+    def name(self) -> str:
+        """The run's name, every value spelt out: ``jompo-1k-b0.05-e2-s1234`` (``...-crop`` for MPO)."""
+        from reports.frame import format_size
+
+        name = f"{self.method}-{format_size(self.data_size)}-b{self.beta:g}-e{self.epochs:g}-s{self.seed}"
+        return f"{name}-{self.rejected_image}" if self.rejected_image else name
+
+    def params(self) -> dict[str, Any]:
+        return {"method": self.method, "data_size": self.data_size, "beta": self.beta, "epochs": self.epochs,
+                "seed": self.seed, "rejected_image": self.rejected_image}
+
+
+@dataclass
+class Job:
+    """One job of a sweep, as planned (and written to ``jobs/ID/spec.json``).
+
+    ``argv`` are the arguments after ``python -m harness``; ``outputs`` and ``expect`` (the files that exist when
+    the job is done) are relative to the sweep folder; ``train_config`` (training jobs) is the complete
+    :class:`~trainers.config.TrainConfig` written to ``jobs/ID/train.yaml``; ``job_json`` (evaluation jobs) the
+    run description written to ``runs/NAME/job.json``.
+    """
+
+    id: str
+    kind: str
+    name: str
+    deps: tuple[str, ...]
+    params: dict[str, Any]
+    fingerprint: str
+    argv: list[str]
+    outputs: dict[str, str]
+    expect: list[str]
+    launcher: list[str] | None = None
+    train_config: dict[str, Any] | None = None
+    job_json: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["deps"] = list(self.deps)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        values = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
+        values["deps"] = tuple(values["deps"] or ())
+        return cls(**values)
+
+    def command(self) -> list[str]:
+        """The command line that runs the job (without ``--resume``, which is added when checkpoints exist)."""
+        return [*(self.launcher or [sys.executable]), "-m", "harness", *self.argv]
+
+
+@dataclass
+class DataPlan:
+    """The preference data of a sweep and its nested subsets (``subsets``: size -> path relative to the sweep)."""
+
+    source: str  # the data file, or "toy"
+    n_records: int
+    subset_seed: int
+    subsets: dict[int, str]
+    fingerprint: str
+    sft_source: str | None = None
+    examples: list[PreferenceExample] | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "records": self.n_records, "subset_seed": self.subset_seed,
+                "subsets": {str(k): v for k, v in self.subsets.items()}, "fingerprint": self.fingerprint,
+                "sft_source": self.sft_source}
+
+
+@dataclass
+class Plan:
+    """The jobs of a sweep in dependency order, with its data and settings."""
+
+    settings: SweepSettings
+    output: Path
+    data: DataPlan
+    jobs: list[Job]
+
+    def job(self, job_id: str) -> Job:
+        for job in self.jobs:
+            if job.id == job_id:
+                return job
+        raise KeyError(job_id)
+
+    @property
+    def by_id(self) -> dict[str, Job]:
+        return {job.id: job for job in self.jobs}
+
+
+def fingerprint(values: Mapping[str, Any]) -> str:
+    """A stable 16-hex-digit hash of ``values``."""
+    from harness.store import fingerprint as _fp
+
+    return _fp(dict(values))
+
+
+def uses_rejected_image(method: str) -> bool:
+    """Whether ``method``'s loss uses a generated rejected image (the ``rej`` condition: MPO's term)."""
+    from trainers.losses import METHODS, required_rows
+
+    return any(condition == "rej" for condition, _ in required_rows(METHODS[method]))
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """An unknown method is a :class:`ConfigError` naming the closest method names."""
+    from trainers.config import PREFERENCE_METHODS, unknown_method_message
+
+    if not methods:
+        raise ConfigError("no --methods given (e.g. --methods dpo,mpo,jompo)")
+    for name in methods:
+        if name not in PREFERENCE_METHODS:
+            note = " (sft is a stage: the `sft:` section of the sweep YAML)" if name == "sft" else ""
+            raise ConfigError(f"--methods: {unknown_method_message(name, PREFERENCE_METHODS)}{note}")
+
+
+def parse_data_sizes(tokens: Sequence[str], n_records: int, source: str) -> list[int]:
+    """Data sizes (``1k``, ``2000``, ``all``) as record counts, ascending; a size larger than the data set, or not
+    a positive count, is a :class:`ConfigError`."""
+    from reports.frame import parse_size
+
+    if not tokens:
+        raise ConfigError("no --data-sizes given (e.g. --data-sizes 1k,2k,5k, or all)")
+    sizes: list[int] = []
+    for token in tokens:
+        size = n_records if token.strip().lower() == "all" else parse_size(token)
+        if size is None or size <= 0:
+            raise ConfigError(f"--data-sizes: {token!r} is not a positive record count (e.g. 500, 1k, 2.5k, all)")
+        if size > n_records:
+            raise ConfigError(f"--data-sizes: {token} ({size} records) is larger than the data set: "
+                              f"{source} holds {n_records} records")
+        sizes.append(size)
+    return sorted(set(sizes))
+
+
+def nested_subsets(examples: Sequence[PreferenceExample], sizes: Sequence[int],
+                   seed: int = DEFAULT_SUBSET_SEED) -> dict[int, list[PreferenceExample]]:
+    """Reproducible nested subsets: the records sorted by id, shuffled once with ``seed``; size ``n`` takes the
+    first ``n``. The result does not depend on the file's record order, and a smaller subset is a prefix of a
+    larger one."""
+    order = sorted(examples, key=lambda e: e.id)
+    random.Random(seed).shuffle(order)
+    return {n: order[:n] for n in sizes}
+
+
+def subset_file(size: int) -> str:
+    from reports.frame import format_size
+
+    return f"data/preferences-{format_size(size)}.jsonl"
+
+
+def _absolute_model(model: str | None) -> str | None:
+    if model is None:
+        return None
+    p = Path(model).expanduser()
+    return str(p.resolve()) if p.exists() else model
+
+
+def _model_key(model: str | None) -> str:
+    if model is None:
+        return "embedded:tiny-llava-v1"
+    p = Path(model).expanduser()
+    return str(p.resolve()) if p.exists() else model
+
+
+def base_model_name(model: str | None) -> str:
+    """The base model's name in reports: the checkpoint folder's name, or the embedded model's."""
+    if model is None:
+        from harness.models.tiny import EMBEDDED_MODEL_NAME
+
+        return EMBEDDED_MODEL_NAME
+    text = model.rstrip("/\\")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name or text).strip("_") or "model"
+
+
+def _recipe(template: str | None, method: str) -> Path | None:
+    if template is None:
+        return None
+    path = project_path(template.replace("{method}", method))
+    if not path.is_file():
+        raise ConfigError(f"train_config {template!r}: recipe file not found: {path}")
+    return path
+
+
+def _train_overrides(section: Mapping[str, Any], what: str) -> dict[str, Any]:
+    bad = [k for k in section if k in _SWEEP_SET_TRAIN]
+    if bad:
+        raise ConfigError(f"{what}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} set by the sweep "
+                          "(use the sweep's own settings: methods, model, data, output)")
+    return dict(section)
+
+
+def _load_train_config(recipe: Path | None, overrides: Mapping[str, Any]) -> TrainConfig:
+    from trainers.config import load_config
+
+    return load_config(recipe, {k: v for k, v in overrides.items() if v is not None})
+
+
+def _validated(config: TrainConfig) -> TrainConfig:
+    # the embedded model has no path until it is built; validate() only needs a non-empty value
+    dataclasses.replace(config, model=config.model or "embedded").validate()
+    return config
+
+
+def _semantic(config: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in _NON_SEMANTIC_TRAIN}
+
+
+def _read_source_examples(settings: SweepSettings, recipe_defaults: TrainConfig) -> list[PreferenceExample]:
+    from trainers.data import read_preferences
+
+    path = project_path(settings.data or "")
+    if not path.is_file():
+        raise DataError("preference data file not found (--data)", path=path)
+    image_root = settings.image_root or recipe_defaults.image_root
+    fmt = settings.data_format or recipe_defaults.data_format or "auto"
+    return read_preferences(path, image_root=image_root, fmt=fmt)
+
+
+def build_plan(settings: SweepSettings) -> Plan:
+    """Expand ``settings`` into the sweep's jobs (no file is written). Reads the preference data (to count it and
+    check the data sizes) unless it is ``toy``; bad settings raise :class:`ConfigError` / :class:`DataError`."""
+    if settings.output is None:
+        raise ConfigError("no --output folder given")
+    output = Path(settings.output).expanduser().resolve()
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file, not a folder")
+    if settings.executor not in EXECUTORS:
+        raise ConfigError(f"--executor {settings.executor!r}: expected local or slurm")
+    check_methods(settings.methods)
+    if not settings.tasks:
+        raise ConfigError("no --tasks given (e.g. --tasks amber,object_halbench,mmhal; `harness tasks` lists them)")
+    from harness.task import get_task
+
+    for task in settings.tasks:
+        get_task(task)  # unknown names fail with the closest ones
+    if settings.data is None:
+        raise ConfigError("no --data given: a preference data file, or `toy` for generated toy contrast pairs")
+    if settings.eval:
+        _check_flags("run", settings.eval, _SWEEP_SET_EVAL)
+    if settings.report:
+        _check_flags("report", settings.report, ("run_dirs", "output"))
+    if settings.slurm:
+        for kind in KINDS:
+            slurm_parameters(settings.slurm, kind)  # bad resources fail before anything runs
+    from trainers.config import REJECTED_IMAGE_STRATEGIES
+
+    for strategy in settings.rejected_images or ():
+        if strategy not in REJECTED_IMAGE_STRATEGIES:
+            close = difflib.get_close_matches(strategy, REJECTED_IMAGE_STRATEGIES, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"--rejected-images: unknown strategy {strategy!r}{hint} "
+                              f"(strategies: {', '.join(REJECTED_IMAGE_STRATEGIES)})")
+
+    train_overrides = _train_overrides(settings.train, "train")
+    global_steps = {"max_steps": settings.max_steps} if settings.max_steps else {}
+    configs: dict[str, TrainConfig] = {}
+    for method in settings.methods:
+        configs[method] = _load_train_config(_recipe(settings.train_config, method),
+                                             {**train_overrides, **global_steps, "method": method})
+    first = configs[settings.methods[0]]
+
+    # --- data
+    if settings.data == "toy":
+        from tasks.toy import PREFERENCE_FILE
+
+        numeric = [s for s in (_size_or_none(t) for t in settings.data_sizes) if s]
+        n_records = settings.toy_pairs or (max(numeric) if numeric else DEFAULT_TOY_PAIRS)
+        source = f"data/toy/{PREFERENCE_FILE}"
+        data_fp = fingerprint({"toy_pairs": n_records, "seed": 0})
+        examples = None
+    else:
+        examples = _read_source_examples(settings, first)
+        n_records = len(examples)
+        source = str(project_path(settings.data).resolve())
+        from harness.cache import content_hash
+
+        data_fp = content_hash(source)
+    sizes = parse_data_sizes(settings.data_sizes, n_records, source if settings.data != "toy" else "toy data")
+    data = DataPlan(source=source, n_records=n_records, subset_seed=settings.subset_seed,
+                    subsets={n: subset_file(n) for n in sizes}, fingerprint=data_fp, examples=examples)
+
+    jobs: list[Job] = []
+    start_model = _absolute_model(settings.model)  # jobs may run in another folder (Slurm)
+    start_key = _model_key(settings.model)
+    start_dep: tuple[str, ...] = ()
+    model_name = base_model_name(settings.model)
+
+    # --- the SFT stage
+    if settings.sft is not None:
+        sft = dict(settings.sft)
+        sft_data = sft.pop("data", None)
+        sft_recipe = sft.pop("config", None)
+        if sft_data is None:
+            raise ConfigError("sft: no data given (a file of {id, image, question, answer} records, or toy)")
+        sft_overrides = _train_overrides(sft, "sft")
+        if sft_data == "toy":
+            from tasks.toy import SFT_FILE
+
+            sft_path = output / "data" / "toy-sft" / SFT_FILE
+            sft_fp = fingerprint({"toy_captions": settings.toy_captions, "seed": 0})
+            data.sft_source = f"data/toy-sft/{SFT_FILE}"
+        else:
+            path = project_path(str(sft_data))
+            if not path.is_file():
+                raise DataError("SFT data file not found (sft: data)", path=path)
+            from harness.cache import content_hash
+
+            sft_path = path.resolve()
+            sft_fp = content_hash(sft_path)
+            data.sft_source = str(sft_path)
+        sft_config = _load_train_config(
+            project_path(str(sft_recipe)) if sft_recipe else None,
+            {**sft_overrides, **global_steps, "method": "sft", "model": start_model, "data": str(sft_path),
+             "output": str(output / "models" / "sft")})
+        _validated(sft_config)
+        sft_fingerprint = fingerprint({"kind": "sft", "config": _semantic(sft_config), "data": sft_fp,
+                                       "model": start_key})
+        jobs.append(_train_job("sft", "sft", "sft", (), {}, sft_config, sft_fingerprint, output, settings))
+        start_model = str(output / "models" / "sft")
+        start_key = f"job:sft:{sft_fingerprint}"
+        start_dep = ("sft",)
+
+    # --- the base evaluation
+    base_name = "sft" if settings.sft is not None else "base"
+    jobs.append(_eval_job(base_name, start_dep, start_model, start_key, {"method": base_name}, model_name, output,
+                          settings))
+
+    # --- the grid
+    for method in settings.methods:
+        config = configs[method]
+        betas = settings.betas or [config.beta]
+        epochs = settings.epochs or [config.epochs]
+        seeds = settings.seeds or [config.seed]
+        strategies: list[str | None] = (
+            list(settings.rejected_images or [config.rejected_image]) if uses_rejected_image(method) else [None])
+        for size in sizes:
+            for beta in betas:
+                for ep in epochs:
+                    for seed in seeds:
+                        for strategy in strategies:
+                            point = Point(method, size, beta, ep, seed, strategy)
+                            jobs.extend(_point_jobs(point, config, data, start_model, start_key, start_dep,
+                                                    model_name, output, settings))
+    if settings.rejected_images and not any(uses_rejected_image(m) for m in settings.methods):
+        log.warning("--rejected-images has no effect: none of %s uses a generated rejected image (mpo does)",
+                    ", ".join(settings.methods))
+    counts = Counter(job.id for job in jobs)
+    duplicates = sorted(i for i, n in counts.items() if n > 1)
+    if duplicates:  # pragma: no cover - names spell every grid value
+        raise ConfigError(f"the grid gives two jobs the same id: {', '.join(duplicates)}")
+    return Plan(settings=settings, output=output, data=data, jobs=jobs)
+
+
+def _size_or_none(token: str) -> int | None:
+    from reports.frame import parse_size
+
+    return parse_size(token)
+
+
+def _point_jobs(point: Point, config: TrainConfig, data: DataPlan, start_model: str | None, start_key: str,
+                start_dep: tuple[str, ...], model_name: str, output: Path, settings: SweepSettings) -> list[Job]:
+    name = point.name
+    changes: dict[str, Any] = {"beta": point.beta, "epochs": point.epochs, "seed": point.seed,
+                               "model": start_model, "data": str(output / data.subsets[point.data_size]),
+                               "output": str(output / "models" / name), "data_format": "canonical",
+                               "image_root": None}
+    if point.rejected_image is not None:
+        changes["rejected_image"] = point.rejected_image
+    train_config = _validated(dataclasses.replace(config, **changes))
+    train_fp = fingerprint({"kind": "train", "config": _semantic(train_config), "model": start_key,
+                            "data": {"source": data.fingerprint, "size": point.data_size,
+                                     "subset_seed": data.subset_seed}})
+    train = _train_job(f"train-{name}", "train", name, start_dep, point.params(), train_config, train_fp, output,
+                       settings)
+    evaluate = _eval_job(name, (train.id,), str(output / "models" / name), f"job:{train.id}:{train_fp}",
+                         point.params(), model_name, output, settings)
+    return [train, evaluate]
+
+
+def _train_job(job_id: str, kind: str, name: str, deps: tuple[str, ...], params: dict[str, Any],
+               config: TrainConfig, fp: str, output: Path, settings: SweepSettings) -> Job:
+    return Job(id=job_id, kind=kind, name=name, deps=deps, params=params, fingerprint=fp,
+               argv=["train", "--config", str(output / "jobs" / job_id / TRAIN_YAML)],
+               outputs={"model": f"models/{name}"},
+               expect=[f"models/{name}/config.json", f"models/{name}/{MANIFEST_FILE}"],
+               launcher=settings.train_launcher, train_config=config.to_dict())
+
+
+def _eval_job(name: str, deps: tuple[str, ...], model: str | None, model_key: str, params: dict[str, Any],
+              model_name: str, output: Path, settings: SweepSettings) -> Job:
+    from reports.frame import model_size_of
+
+    # --overwrite: the run folder belongs to the sweep; predictions made with other settings (a retrained model,
+    # another engine) are stale and discarded, while a rerun with the same settings resumes as usual
+    argv = ["run", *(["--model", model] if model is not None else []), "--tasks", ",".join(settings.tasks),
+            "--output-path", str(output / "runs"), "--run-name", name, "--no-progress", "--overwrite"]
+    if settings.engine:
+        argv += ["--engine", settings.engine]
+    if settings.limit:
+        argv += ["--limit", str(settings.limit)]
+    argv += _flags(settings.eval)
+    fp = fingerprint({"kind": "eval", "model": model_key, "tasks": settings.tasks, "limit": settings.limit,
+                      "engine": settings.engine, "eval": settings.eval})
+    job_json = {"method": params.get("method"), "data_size": params.get("data_size"), "beta": params.get("beta"),
+                "epochs": params.get("epochs"), "seed": params.get("seed"), "model": model_name,
+                "model_size": model_size_of(model_name), "rejected_image": params.get("rejected_image"),
+                "name": name}
+    return Job(id=f"eval-{name}", kind="eval", name=name, deps=deps, params=params, fingerprint=fp, argv=argv,
+               outputs={"run": f"runs/{name}"}, expect=[f"runs/{name}/{t}/metrics.json" for t in settings.tasks],
+               job_json=job_json)
