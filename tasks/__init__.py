@@ -3,6 +3,7 @@
 from tasks import (  # noqa: F401
     amber,
     cvbench,
+    lab,
     llava_bench,
     mmhal,
     mmvet,
