@@ -11,8 +11,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 from harness.errors import MissingPackage, install_command
 from tasks import text
 
