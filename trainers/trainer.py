@@ -296,7 +296,7 @@ def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
 
 def _safetensors_problem(path: Path) -> str | None:
     """Why ``path`` is not a whole safetensors file (its header must parse and its tensors fit in the file)."""
-    from harness.sweep import safetensors_header
+    from harness.models.weights import safetensors_header
 
     try:
         safetensors_header(path)
@@ -496,7 +496,7 @@ def weights_record(folder: str | Path) -> dict[str, dict[str, Any]]:
     """``{file: {"size", "sha256"}}`` of the model's top-level weight files: what the manifest records
     so that a sweep can tell a whole saved model from one cut short or replaced."""
     from harness.cache import content_hash
-    from harness.sweep import weight_files
+    from harness.models.weights import weight_files
 
     return {p.name: {"size": p.stat().st_size, "sha256": content_hash(p)} for p in weight_files(Path(folder))}
 
