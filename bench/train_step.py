@@ -149,63 +149,88 @@ def cpu_benchmark(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ GPU, 7B-sized
 
 
-def _llava_config(size: str):
+def _llava_config(size: str, token_ids: dict[str, int] | None = None, vocab_size: int | None = None):
+    """(LlavaConfig, image tokens) of a LLaVA-1.5-7B-shaped (``"7b"``) or a small model; ``token_ids`` (``bos``,
+    ``eos``, ``pad``, ``image``) and ``vocab_size`` match it to a tokenizer (default: the image token is the last
+    id)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
+    ids = dict(token_ids or {})
     if size == "7b":  # LLaVA-1.5-7B: CLIP ViT-L/14-336, Vicuna-7B
         vision = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
                                   num_hidden_layers=24, num_attention_heads=16, projection_dim=768)
-        text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                           num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
+        text = LlamaConfig(vocab_size=vocab_size or 32064, hidden_size=4096, intermediate_size=11008,
+                           num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                           max_position_embeddings=4096, **_special_ids(ids))
     else:
         vision = CLIPVisionConfig(image_size=56, patch_size=14, hidden_size=64, intermediate_size=128,
                                   num_hidden_layers=2, num_attention_heads=2, projection_dim=64)
-        text = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096)
+        text = LlamaConfig(vocab_size=vocab_size or 1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
+                           **_special_ids(ids))
     image_tokens = (vision.image_size // vision.patch_size) ** 2
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=text.vocab_size - 1,
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=ids.get("image", text.vocab_size - 1),
                          image_seq_length=image_tokens, vision_feature_layer=-2,
                          vision_feature_select_strategy="default", tie_word_embeddings=False)
     return config, image_tokens
 
 
-def _jompo_rows(config, image_tokens: int, n_examples: int, prompt_len: int, response_len: int, device):
-    """A JoMPO micro-batch as the collator would give it: per example 6 rows ({m_w, m_l, none} x {y_w, y_l}),
-    2 unique images; random token ids."""
+def _special_ids(ids: dict[str, int]) -> dict[str, int]:
+    return {f"{name}_token_id": ids[name] for name in ("bos", "eos", "pad") if name in ids}
+
+
+def preference_rows(config, image_tokens: int, rows_needed, n_examples: int, prompt_len: int, response_len: int,
+                    device):
+    """A micro-batch of ``rows_needed`` ((condition, response) pairs, the collator's order: example-major) as the
+    collator would give it, random token ids: per example a prompt, two responses and three images (``m_w``,
+    ``m_l``, the rejected image ``rej``), of which the rows show those they need; ``none`` rows show none."""
     import torch
 
     from trainers.logprobs import IGNORE_INDEX, RowBatch
 
     gen = torch.Generator().manual_seed(0)
     vocab = config.text_config.vocab_size - 1
+    image_id = config.image_token_index
+    conditions = [c for c in ("w", "l", "rej") if any(cond == c for cond, _ in rows_needed)]
     seqs, labels, image_index = [], [], []
     for ex in range(n_examples):
         prompt = torch.randint(3, vocab, (prompt_len,), generator=gen)
-        responses = [torch.randint(3, vocab, (response_len,), generator=gen) for _ in range(2)]
-        for cond in ("w", "l", "none"):
-            for resp in responses:
-                img = torch.full((image_tokens,), config.image_token_index) if cond != "none" else prompt[:0]
-                ids = torch.cat([prompt[:1], img, prompt[1:], resp])
-                lab = torch.full_like(ids, IGNORE_INDEX)
-                lab[-response_len:] = resp
-                seqs.append(ids)
-                labels.append(lab)
-                image_index.append({"w": 2 * ex, "l": 2 * ex + 1, "none": -1}[cond])
-    width = max(len(s) for s in seqs)
+        prompt[prompt == image_id] = 3
+        responses = {r: torch.randint(3, vocab, (response_len,), generator=gen) for r in ("w", "l")}
+        for resp in responses.values():
+            resp[resp == image_id] = 3
+        for cond, r in rows_needed:
+            resp = responses[r]
+            img = torch.full((image_tokens,), image_id) if cond != "none" else prompt[:0]
+            ids = torch.cat([prompt[:1], img, prompt[1:], resp])
+            lab = torch.full_like(ids, IGNORE_INDEX)
+            lab[-response_len:] = resp
+            seqs.append(ids)
+            labels.append(lab)
+            image_index.append(-1 if cond == "none" else len(conditions) * ex + conditions.index(cond))
+    width = max(len(x) for x in seqs)
     n = len(seqs)
     input_ids = torch.zeros((n, width), dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     lab = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-    for i, (s, l_) in enumerate(zip(seqs, labels)):
-        input_ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-        lab[i, : len(s)] = l_
+    for i, (x, l_) in enumerate(zip(seqs, labels)):
+        input_ids[i, : len(x)] = x
+        mask[i, : len(x)] = 1
+        lab[i, : len(x)] = l_
     size = config.vision_config.image_size
-    pixels = torch.randn((2 * n_examples, 3, size, size), generator=gen)
+    pixels = torch.randn((len(conditions) * n_examples, 3, size, size), generator=gen) if conditions else None
     batch = RowBatch(input_ids=input_ids, attention_mask=mask, labels=lab,
                      image_index=torch.tensor(image_index), keys=[(i,) for i in range(n)], pixel_values=pixels,
                      family="llava", template="llava_v1")
     return batch.to(device)
+
+
+def _jompo_rows(config, image_tokens: int, n_examples: int, prompt_len: int, response_len: int, device):
+    """A JoMPO micro-batch as the collator would give it: per example 6 rows ({m_w, m_l, none} x {y_w, y_l}),
+    2 unique images; random token ids."""
+    order = [(c, r) for c in ("w", "l", "none") for r in ("w", "l")]
+    return preference_rows(config, image_tokens, order, n_examples, prompt_len, response_len, device)
 
 
 def gpu_benchmark(args: argparse.Namespace) -> None:

@@ -342,3 +342,33 @@ def test_bad_input_is_one_clear_error(case, tiny_llava_path, pref_data, tmp_path
     }[case]
     assert expected in err, err
     assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_gpu_check_runs_its_phases_on_a_tiny_model_on_cpu(monkeypatch):
+    """`bench/gpu_check.py --size small`: the GPU check's code (generation, DPO/MPO/JoMPO steps, our trainer's and
+    TRL's DPO step) on a tiny model on CPU, one JSON-serialisable result with no failed phase."""
+    import importlib.util
+    import sys
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)
+    spec.loader.exec_module(gpu_check)
+    threads = torch.get_num_threads()
+    try:
+        result = gpu_check.run(gpu_check.parse_args(["--size", "small", "--steps", "1"]))
+    finally:
+        torch.set_num_threads(threads)
+    json.dumps(result)
+    assert result["device"] == "cpu" and result["model"]["image_tokens"] == 16
+    failed = {k: v for k, v in result.items() if isinstance(v, dict) and ("error" in v or "skipped" in v)}
+    assert not failed, failed
+    gen = result["generation"]
+    assert gen["generated_tokens"] == gen["requests"] * gen["new_tokens_per_request"]  # no early stop: fixed lengths
+    steps = result["steps"]
+    assert [steps[m]["rows_per_example"] for m in ("dpo", "mpo", "jompo")] == [2, 3, 6]
+    assert all(steps[m]["tokens_per_s"] > 0 and steps[m]["model_tflops_per_step"] > 0 for m in ("dpo", "mpo", "jompo"))
+    trainers = result["trainers"]
+    assert trainers["ours_dpo"]["step_seconds"] > 0
+    assert "trl_dpo" in trainers and ("step_seconds" in trainers["trl_dpo"] or "skipped" in trainers["trl_dpo"])

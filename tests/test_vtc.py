@@ -240,6 +240,112 @@ def test_mine_config_rejects_bad_settings():
         MineConfig(batch_size=1)
 
 
+def clustered_vectors(n: int, dim: int, clusters: int, spread: float, seed: int = 0) -> np.ndarray:
+    """``n`` unit rows around ``clusters`` random centres (Gaussian noise of ``spread`` per coordinate)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@needs_faiss
+@pytest.mark.parametrize("method", ["faiss-ivf", "faiss-hnsw"])
+def test_approximate_index_recall_is_high_with_the_defaults(method):
+    """recall@10 against exact search on 300 sampled queries, 6,000 clustered vectors: the IVF scans 32 of its
+    about 150 lists, so the search really is approximate."""
+    from trainers.vtc.mine import exact_neighbours, index_recall, ivf_lists
+
+    clip = clustered_vectors(6000, 32, 300, 0.25)
+    config = MineConfig(method=method, clip_threshold=0.9)
+    assert ivf_lists(len(clip), config) > 4 * config.faiss_nprobe
+    recall = index_recall(clip, config, sample=300, seed=1)
+    assert recall["queries"] == 300 and recall["k"] == 10
+    assert recall["recall_at_k"] >= 0.9, recall
+    assert recall["neighbours_above"] > 100 and recall["recall_above"] >= 0.9, recall
+    assert index_recall(clip, replace(config, method="faiss"), sample=50)["recall_at_k"] == 1.0
+    # the exact reference excludes the query itself and is sorted best first
+    sims, labels = exact_neighbours(clip, np.array([0, 5999]), 3, chunk=1000)
+    brute = clip[[0, 5999]] @ clip.T
+    brute[[0, 1], [0, 5999]] = -np.inf
+    assert labels.tolist() == np.argsort(-brute, axis=1)[:, :3].tolist()
+    assert np.all(np.diff(sims, axis=1) <= 0)
+
+
+@needs_faiss
+def test_approximate_mining_equals_exact_search_on_an_easy_set():
+    """Tight clusters, 102 IVF lists (32 scanned): IVF and HNSW mine the pairs exact search mines, with k neighbours and with a
+    range search; the summary's recall is recorded."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((800, 32)).astype(np.float32)
+    clip = np.repeat(centres, 5, axis=0) + 0.06 * rng.standard_normal((4000, 32)).astype(np.float32)
+    clip /= np.linalg.norm(clip, axis=1, keepdims=True)  # 800 clusters of 5: k = 8 reaches every cluster mate
+    dino = rng.standard_normal((4000, 16)).astype(np.float32)
+    dino /= np.linalg.norm(dino, axis=1, keepdims=True)
+    base = MineConfig(clip_threshold=0.97, dino_threshold=0.6)
+    for k in (8, 0):
+        exact = mine(clip, dino, replace(base, method="faiss", faiss_k=k))
+        assert len(exact.pairs) > 500 and exact.recall is None
+        for method in ("faiss-ivf", "faiss-hnsw"):
+            approx = mine(clip, dino, replace(base, method=method, faiss_k=k, faiss_recall_sample=200))
+            assert found(approx) == found(exact), (method, k, len(found(exact) ^ found(approx)))
+            assert approx.recall is not None and approx.recall["recall_above"] >= 0.99
+            assert approx.counts["compared"] < exact.counts["compared"]  # it did not compare every pair
+    off = mine(clip, dino, replace(base, method="faiss-ivf", faiss_recall_sample=0))
+    assert off.recall is None
+
+
+@needs_faiss
+def test_faiss_gpu_path_is_used_when_faiss_sees_a_gpu(monkeypatch):
+    """With faiss reporting a GPU, the flat and IVF indexes (and the IVF's k-means) are copied to the GPUs; HNSW and
+    range search stay on the CPU. Here the copy is a stand-in that keeps the CPU index."""
+    import faiss
+
+    from trainers.vtc.mine import build_index
+
+    copied: list[str] = []
+
+    def to_all_gpus(index, co=None, ngpu=-1):
+        copied.append(type(index).__name__)
+        return index
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus)
+    clip = clustered_vectors(2000, 16, 100, 0.2)
+    build_index(clip, MineConfig(method="faiss"))
+    assert copied == ["IndexFlatIP"]
+    copied.clear()
+    index = build_index(clip, MineConfig(method="faiss-ivf"))
+    assert copied == ["IndexFlatIP", "IndexIVFFlat"] and index.ntotal == 2000  # k-means assignments, then the index
+    copied.clear()
+    build_index(clip, MineConfig(method="faiss-hnsw"))
+    build_index(clip, MineConfig(method="faiss-ivf", faiss_k=0))
+    build_index(clip, MineConfig(method="faiss", faiss_device="cpu"))
+    assert copied == []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+    with pytest.raises(ConfigError, match="no GPU support"):
+        build_index(clip, MineConfig(method="faiss-ivf", faiss_device="gpu"))
+
+
+@pytest.mark.parametrize("settings, flag", [
+    ({"method": "faiss-lsh"}, "--mining"),
+    ({"faiss_nprobe": 0}, "--faiss-nprobe"),
+    ({"faiss_nlist": -1}, "--faiss-nlist"),
+    ({"faiss_nlist": 16, "faiss_nprobe": 32}, "--faiss-nprobe"),
+    ({"hnsw_m": 1}, "--hnsw-m"),
+    ({"hnsw_ef_search": 0}, "--hnsw-ef-search"),
+    ({"hnsw_ef_construction": 0}, "--hnsw-ef-construction"),
+    ({"faiss_device": "tpu"}, "--faiss-device"),
+    ({"faiss_recall_sample": -5}, "--faiss-recall-sample"),
+    ({"method": "faiss-hnsw", "faiss_device": "gpu"}, "faiss-hnsw"),
+    ({"method": "faiss-ivf", "faiss_device": "gpu", "faiss_k": 0}, "--faiss-k 0"),
+    ({"method": "faiss", "faiss_device": "gpu", "faiss_k": 5000}, "--faiss-k"),
+])
+def test_bad_approximate_index_settings_are_one_line_config_errors(settings, flag):
+    with pytest.raises(ConfigError) as err:
+        MineConfig(**settings)
+    assert flag in str(err.value) and "\n" not in str(err.value)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # images and tiny encoders
 

@@ -7,10 +7,14 @@ Every way has the same interface, :class:`Reference`: ``logps(batch) -> Tensor [
 - :class:`ReferenceFromAdapter`: a LoRA policy with its adapter switched off (peft's ``disable_adapter()``);
   no second model in memory.
 - :class:`ReferenceFromCopy`: a frozen copy of the model (eval mode, no gradient), optionally on another device.
-- :class:`ReferenceFromCache`: values computed once, offline, by :func:`precompute_reference` and stored with the
-  data, so training needs no reference model at all. The file's header records what the values depend on
-  (:class:`ReferenceMeta`: the reference model's content hash, the model family and prompt template, the
-  rejected-image strategy and its seed); a cache made under other settings is refused, never silently used.
+- :class:`ReferenceFromCache`: values computed once, offline, by :func:`precompute_reference` (one process) or
+  :func:`precompute_reference_sharded` (each process of a launch scores a contiguous share of the micro-batches;
+  the main process merges the shares into the same file a single process writes) and stored with the
+  data, so training needs no reference model at all. Rows come as :class:`RowBatches`, whose images are decoded
+  one micro-batch at a time, so the pass's memory does not grow with the number of rows. The file's header
+  records what the values depend on (:class:`ReferenceMeta`: the reference model's content hash, the model
+  family and prompt template, the rejected-image strategy and its seed); a cache made under other settings is
+  refused, never silently used.
 
 Cache file format (JSON Lines, UTF-8)::
 
@@ -25,9 +29,14 @@ training time, so a cache made with another tokenizer or truncation length is re
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,7 +44,7 @@ import torch
 from torch import nn
 
 from harness.errors import DataError, HarnessError
-from harness.io import atomic_write_text, dumps_record, iter_jsonl
+from harness.io import dumps_record, iter_jsonl
 from harness.models.base import ModelFamily
 from trainers.logprobs import LogpsModel, Row, RowBatch, row_logps, tokenize_rows
 
@@ -272,11 +281,272 @@ def _check_key(key: Any) -> _Key:
     return key
 
 
+@runtime_checkable
+class RowBatches(Protocol):
+    """Rows to score, as micro-batches whose keys are known without loading their images.
+
+    ``keys(i)`` is cheap (no image is decoded); ``rows(i)`` builds batch ``i``'s rows, images decoded now, so
+    that a pass over all batches holds one batch's images at a time. ``rows(i)`` must give the rows of
+    ``keys(i)``, in that order.
+    """
+
+    def __len__(self) -> int: ...
+
+    def keys(self, index: int) -> Sequence[_Key]: ...
+
+    def rows(self, index: int) -> Sequence[Row]: ...
+
+
+class RowList:
+    """:class:`RowBatches` over rows already in memory, ``batch_size`` consecutive rows per batch."""
+
+    def __init__(
+        self, rows_by_key: Mapping[_Key, Row] | Sequence[Row], batch_size: int = 8
+    ):
+        if batch_size < 1:
+            raise HarnessError(f"batch_size must be at least 1, got {batch_size}")
+        if isinstance(rows_by_key, Mapping):
+            items = [(_check_key(k), row) for k, row in rows_by_key.items()]
+        else:
+            items = [(_check_key(row.key), row) for row in rows_by_key]
+        self._keys = [k for k, _ in items]
+        # the key given in the mapping is the cache key, whatever the row's own key
+        self._rows = [row if row.key == k else replace(row, key=k) for k, row in items]
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return (len(self._rows) + self.batch_size - 1) // self.batch_size
+
+    def keys(self, index: int) -> Sequence[_Key]:
+        return self._keys[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def rows(self, index: int) -> Sequence[Row]:
+        return self._rows[index * self.batch_size : (index + 1) * self.batch_size]
+
+
+def shard_range(n_batches: int, rank: int, world_size: int) -> range:
+    """The batches rank ``rank`` of ``world_size`` scores: a contiguous share, sizes differing by at most one."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise HarnessError(f"rank {rank} is not one of {world_size} process(es)")
+    return range(rank * n_batches // world_size, (rank + 1) * n_batches // world_size)
+
+
+def _header(meta: ReferenceMeta, count: int) -> str:
+    return dumps_record(
+        {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "meta": meta.to_dict(),
+            "count": count,
+        }
+    )
+
+
+def _all_keys(batches: RowBatches) -> int:
+    """The number of rows of ``batches``; a repeated or malformed key is an error (no image is loaded)."""
+    seen: set[_Key] = set()
+    for index in range(len(batches)):
+        for key in batches.keys(index):
+            key = _check_key(tuple(key))
+            if key in seen:
+                raise HarnessError(f"reference rows: key {key!r} appears twice")
+            seen.add(key)
+    return len(seen)
+
+
+def _score_into(
+    model: nn.Module,
+    family: ModelFamily,
+    processor: Any,
+    batches: RowBatches,
+    indices: Iterable[int],
+    fh: Any,
+    *,
+    max_length: int | None,
+    bar: Any,
+) -> int:
+    """Score batches ``indices`` one at a time (images decoded per batch) and write their entries to ``fh``."""
+    written = 0
+    for index in indices:
+        keys = [tuple(k) for k in batches.keys(index)]
+        if not keys:
+            continue
+        rows = list(batches.rows(index))
+        if [tuple(r.key) for r in rows] != keys:
+            raise HarnessError(
+                f"reference rows: batch {index} holds rows {[r.key for r in rows][:3]}... "
+                f"but its keys are {keys[:3]}..."
+            )
+        batch = tokenize_rows(family, processor, rows, max_length=max_length)
+        del rows  # the decoded images: only the batch's pixels are needed now
+        with torch.no_grad():
+            values = row_logps(model, family, batch).tolist()
+        counts = batch.token_counts.tolist()
+        for key, value, count in zip(keys, values, counts):
+            fh.write(
+                dumps_record(
+                    {"key": list(key), "logp": float(value), "n_tokens": int(count)}
+                )
+                + "\n"
+            )
+        written += len(keys)
+        bar.update(len(keys))
+    return written
+
+
+@contextlib.contextmanager
+def _atomic_open(path: Path) -> Iterator[Any]:
+    """A text file written under a temporary name and renamed to ``path`` once complete (fsynced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def shard_path(shard_dir: str | Path, rank: int, world_size: int) -> Path:
+    """The file rank ``rank`` writes its entries to (entry lines only, no header)."""
+    return Path(shard_dir) / f"rank-{rank:05d}-of-{world_size:05d}.jsonl"
+
+
+def _failure_path(shard_dir: str | Path, rank: int) -> Path:
+    return Path(shard_dir) / f"rank-{rank:05d}.failed"
+
+
+def _wait_for(
+    paths: Sequence[Path],
+    shard_dir: Path,
+    world_size: int,
+    *,
+    poll_seconds: float,
+    timeout: float | None,
+) -> None:
+    """Wait (by polling the file system, not in a collective) until every path exists; a rank that wrote a
+    failure marker ends the wait with its message."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        for rank in range(world_size):
+            marker = _failure_path(shard_dir, rank)
+            if marker.is_file():
+                detail = marker.read_text(encoding="utf-8", errors="replace").strip()
+                raise HarnessError(f"reference precompute: rank {rank} failed: {detail}")
+        if all(p.is_file() for p in paths):
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            missing = [str(p) for p in paths if not p.is_file()]
+            raise HarnessError(
+                f"reference precompute: timed out waiting for {', '.join(missing[:3])}"
+            )
+        time.sleep(poll_seconds)
+
+
+def precompute_reference_sharded(
+    model: nn.Module,
+    family: ModelFamily,
+    processor: Any,
+    batches: RowBatches,
+    out_path: str | Path,
+    meta: ReferenceMeta,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    shard_dir: str | Path | None = None,
+    max_length: int | None = None,
+    progress: bool = True,
+    poll_seconds: float = 0.5,
+    timeout: float | None = None,
+) -> int:
+    """Score this rank's share of ``batches`` and, on rank 0, write the cache file ``out_path``.
+
+    Every rank of ``world_size`` calls this with the same ``batches``. Rank ``r`` scores the contiguous batches
+    :func:`shard_range` gives it, one batch at a time (each batch's images decoded just before it is scored, so
+    memory does not grow with the number of rows), and writes its entries to :func:`shard_path` in ``shard_dir``
+    (default: ``.NAME.shards`` beside ``out_path``; it must be empty of other runs' shards and seen by every
+    rank). Rank 0 then merges the shards, in rank order, under the header into ``out_path`` (written atomically)
+    and removes ``shard_dir``; the other ranks return once ``out_path`` exists. The ranks wait for each other by
+    polling files, not in a collective, so a long pass cannot run into the process group's timeout; a rank that
+    fails leaves a marker that ends the others' wait with its error.
+
+    The batches are scored exactly as one process scores them, so the file is byte-identical to a one-process
+    run on the same device type and dtype. Returns the number of rows this rank scored.
+    """
+    if meta.family != family.name or meta.template != family.template:
+        raise HarnessError(
+            f"reference meta says {meta.family}/{meta.template} but the rows are rendered with "
+            f"{family.name}/{family.template}"
+        )
+    count = _all_keys(batches)
+    mine = shard_range(len(batches), rank, world_size)
+    out = Path(out_path)
+    folder = Path(shard_dir) if shard_dir is not None else out.parent / f".{out.name}.shards"
+
+    from tqdm.auto import tqdm
+
+    share = sum(len(batches.keys(i)) for i in mine)
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(
+            total=share,
+            desc="reference log-probs"
+            + (f" (rank {rank}/{world_size})" if world_size > 1 else ""),
+            unit="row",
+            disable=not progress,
+        ) as bar:
+            if world_size == 1:
+                with _atomic_open(out) as fh:
+                    fh.write(_header(meta, count) + "\n")
+                    return _score_into(
+                        model, family, processor, batches, mine, fh,
+                        max_length=max_length, bar=bar,
+                    )
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                with _atomic_open(shard_path(folder, rank, world_size)) as fh:
+                    scored = _score_into(
+                        model, family, processor, batches, mine, fh,
+                        max_length=max_length, bar=bar,
+                    )
+            except BaseException as exc:
+                with contextlib.suppress(OSError):
+                    _failure_path(folder, rank).write_text(
+                        f"{type(exc).__name__}: {exc}"[:2000], encoding="utf-8"
+                    )
+                raise
+    finally:
+        model.train(was_training)
+
+    shards = [shard_path(folder, r, world_size) for r in range(world_size)]
+    if rank != 0:
+        _wait_for([out], folder, world_size, poll_seconds=poll_seconds, timeout=timeout)
+        return scored
+    _wait_for(shards, folder, world_size, poll_seconds=poll_seconds, timeout=timeout)
+    try:
+        with _atomic_open(out) as fh:
+            fh.write(_header(meta, count) + "\n")
+            for shard in shards:
+                with shard.open("r", encoding="utf-8") as src:
+                    shutil.copyfileobj(src, fh, 1 << 20)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            _failure_path(folder, 0).write_text(f"merging: {type(exc).__name__}: {exc}"[:2000])
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    return scored
+
+
 def precompute_reference(
     model: nn.Module,
     family: ModelFamily,
     processor: Any,
-    rows_by_key: Mapping[_Key, Row] | Sequence[Row],
+    rows_by_key: Mapping[_Key, Row] | Sequence[Row] | RowBatches,
     out_path: str | Path,
     meta: ReferenceMeta,
     *,
@@ -287,71 +557,22 @@ def precompute_reference(
     """Compute the reference log-probabilities of all rows once and write them to ``out_path``.
 
     ``rows_by_key`` maps each key (e.g. ``(example id, condition, response)``) to its row, or is a sequence of
-    rows keyed by their own :attr:`Row.key`. Rows are scored ``batch_size`` at a time, in the given order (put an
-    example's rows together so its images are encoded once). The file is written atomically; see the module
-    docstring for its format. ``meta.template`` and ``meta.family`` must be those of ``family``.
+    rows keyed by their own :attr:`Row.key`, or a :class:`RowBatches` that loads each batch's images when it is
+    scored. Rows are scored ``batch_size`` at a time (a :class:`RowBatches` has its own batches), in the given
+    order (put an example's rows together so its images are encoded once). The file is written atomically; see
+    the module docstring for its format. ``meta.template`` and ``meta.family`` must be those of ``family``.
+    Several processes share the work with :func:`precompute_reference_sharded`.
     """
-    if meta.family != family.name or meta.template != family.template:
-        raise HarnessError(
-            f"reference meta says {meta.family}/{meta.template} but the rows are rendered with "
-            f"{family.name}/{family.template}"
-        )
-    if isinstance(rows_by_key, Mapping):
-        items = [(_check_key(k), row) for k, row in rows_by_key.items()]
-    else:
-        items = [(_check_key(row.key), row) for row in rows_by_key]
-    seen: set[_Key] = set()
-    for key, _ in items:
-        if key in seen:
-            raise HarnessError(f"reference rows: key {key!r} appears twice")
-        seen.add(key)
-
-    from tqdm.auto import tqdm
-
-    was_training = model.training
-    model.eval()
-    lines = [
-        dumps_record(
-            {
-                "format": CACHE_FORMAT,
-                "version": CACHE_VERSION,
-                "meta": meta.to_dict(),
-                "count": len(items),
-            }
-        )
-    ]
-    try:
-        with tqdm(
-            total=len(items),
-            desc="reference log-probs",
-            unit="row",
-            disable=not progress,
-        ) as bar:
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
-                batch = tokenize_rows(
-                    family, processor, [row for _, row in chunk], max_length=max_length
-                )
-                with torch.no_grad():
-                    values = row_logps(model, family, batch).tolist()
-                counts = batch.token_counts.tolist()
-                for (key, _), value, count in zip(chunk, values, counts):
-                    lines.append(
-                        dumps_record(
-                            {
-                                "key": list(key),
-                                "logp": float(value),
-                                "n_tokens": int(count),
-                            }
-                        )
-                    )
-                bar.update(len(chunk))
-    finally:
-        model.train(was_training)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, "\n".join(lines) + "\n")
-    return out
+    batches = (
+        RowList(rows_by_key, batch_size=batch_size)
+        if isinstance(rows_by_key, (Mapping, Sequence))
+        else rows_by_key
+    )
+    precompute_reference_sharded(
+        model, family, processor, batches, out_path, meta,
+        max_length=max_length, progress=progress,
+    )
+    return Path(out_path)
 
 
 def _as_key(value: Any) -> _Key:
@@ -463,5 +684,10 @@ __all__ = [
     "ReferenceFromCache",
     "ReferenceFromCopy",
     "ReferenceMeta",
+    "RowBatches",
+    "RowList",
     "precompute_reference",
+    "precompute_reference_sharded",
+    "shard_path",
+    "shard_range",
 ]

@@ -1018,25 +1018,59 @@ def reference_meta(config: TrainConfig, family: ModelFamily, rows_needed: Sequen
                                    seed=config.corruption_seed if rej else None)
 
 
+class ExampleBatches:
+    """The rows of ``examples`` as :class:`trainers.reference.RowBatches`: batch ``i`` holds the rows of examples
+    ``[i * B, (i + 1) * B)`` in the collator's order; its keys need no image, its rows decode the images then."""
+
+    def __init__(self, collator: PreferenceCollator, examples: Sequence[Any], examples_per_batch: int):
+        self.collator = collator
+        self.examples = examples
+        self.per_batch = max(int(examples_per_batch), 1)
+
+    def __len__(self) -> int:
+        return (len(self.examples) + self.per_batch - 1) // self.per_batch
+
+    def _slice(self, index: int) -> Sequence[Any]:
+        return self.examples[index * self.per_batch:(index + 1) * self.per_batch]
+
+    def keys(self, index: int) -> list[tuple[Any, ...]]:
+        return [(ex.id, cond, resp) for ex in self._slice(index) for cond, resp in self.collator.rows_needed]
+
+    def rows(self, index: int) -> list[Row]:
+        return self.collator.rows(self._slice(index))
+
+
 def precompute_reference_cache(config: TrainConfig, family: ModelFamily, processor: Any,
                                collator: PreferenceCollator, examples: Sequence[Any], path: Path) -> None:
     """The offline pass of ``--reference cache:FILE`` when FILE does not exist yet: the reference model scores every
-    row of every example once (on the main process; the others wait), then is freed."""
+    row of every example once, then is freed. Every process scores a contiguous share of the micro-batches
+    (``batch_size`` examples each, as one process would) on its own device, decoding each micro-batch's images
+    only when it scores it; the main process merges the shares into FILE, byte-identical to a one-process pass
+    (:func:`trainers.reference.precompute_reference_sharded`)."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    from trainers.reference import precompute_reference
+    from trainers.reference import precompute_reference_sharded
 
-    state = PartialState()
+    # without cpu=True a PartialState on a machine without CUDA does not see the other processes of a launch (gloo)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    shard_dir = path.parent / f".{path.name}.shards"
+    if state.is_main_process:  # shards left by a killed earlier pass are not this pass's
+        shutil.rmtree(shard_dir, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    dtype = torch.bfloat16 if use_bf16(config) else torch.float32
+    device = state.device if state.num_processes > 1 else ("cuda" if torch.cuda.is_available() else "cpu")
+    ref = load_model(config.reference_model or config.model, dtype=dtype).to(device)
+    batches = ExampleBatches(collator, examples, config.batch_size)
     if state.is_main_process:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if use_bf16(config) else torch.float32
-        ref = load_model(config.reference_model or config.model, dtype=dtype).to(device)
-        rows = [row for ex in examples for row in collator.rows([ex])]
-        log.info("reference cache %s: scoring %d rows once", path, len(rows))
-        precompute_reference(ref, family, processor, rows, path, reference_meta(config, family, collator.rows_needed),
-                             batch_size=max(config.batch_size * len(collator.rows_needed), 1),
-                             max_length=config.max_length)
-        del ref
+        log.info("reference cache %s: scoring %d rows once on %d process(es)", path,
+                 len(examples) * len(collator.rows_needed), state.num_processes)
+    precompute_reference_sharded(ref, family, processor, batches, path,
+                                 reference_meta(config, family, collator.rows_needed),
+                                 rank=state.process_index, world_size=state.num_processes, shard_dir=shard_dir,
+                                 max_length=config.max_length, progress=state.is_main_process)
+    del ref
     state.wait_for_everyone()
 
 

@@ -1,7 +1,7 @@
 """Stage 2 of ``harness build-vtc``: mine CLIP-blind pairs, image pairs with CLIP cosine similarity above
 ``clip_threshold`` (0.95) and DINOv2 cosine similarity below ``dino_threshold`` (0.6), both strict.
 
-Two search strategies (``method``):
+Four search strategies (``method``):
 
 - ``"batch"``, the paper's: the images are cut, in pool order, into consecutive batches of ``batch_size`` (2048)
   and all pairs *within* a batch are compared (one ``B x B`` matrix product per batch). Pairs whose two images fall
@@ -13,6 +13,17 @@ Two search strategies (``method``):
   at a cost that grows with the square of the pool (exact search) and an index that holds all CLIP vectors
   (``N x D x 4`` bytes). ``bench/mine_speed.py`` measures both and extrapolates to 17 million images. faiss is an
   optional dependency (``pip install faiss-cpu``, tested with 1.15.1; ``faiss-gpu`` on GPU machines).
+- ``"faiss-ivf"`` and ``"faiss-hnsw"``: the same global search in an approximate index (:func:`build_index`), for
+  pools where exact search is too slow. IVF-Flat: ``faiss_nlist`` lists (default ``4 sqrt(N)``: 16,500 at 17M),
+  spherical k-means on ``40 x nlist`` sampled rows, ``faiss_nprobe`` (32) lists scanned per query; HNSW: ``hnsw_m``
+  (32) links per node, ``hnsw_ef_construction`` (80), ``hnsw_ef_search`` (128). Both hold every CLIP vector (HNSW
+  also ``2 M`` links per row). Their recall against exact search is measured on ``faiss_recall_sample`` (1,000)
+  random queries (:func:`index_recall`: recall@k, and of the exact neighbours above the CLIP threshold, the pairs
+  mining keeps) and written to the mine summary, so a run says what the approximation lost.
+
+With ``faiss_device="auto"`` (default) the flat and IVF indexes, and the IVF's k-means, go on the GPU(s) when
+faiss has GPU support (``faiss.get_num_gpus() > 0``), sharded across GPUs; HNSW and range search (``faiss_k=0``)
+have no faiss GPU implementation and stay on the CPU. ``"gpu"`` requires a GPU, ``"cpu"`` never uses one.
 
 Both compare only CLIP vectors in the search; DINOv2 similarities are computed for the pairs above the CLIP
 threshold. Then:
@@ -47,14 +58,34 @@ N images            within batches   faiss flat, global  memory
 Within batches compares ``N (B - 1) / 2`` pairs (1.7 x 10^10 at 17M), linear in N; an exact global search compares
 ``N (N - 1) / 2`` (1.4 x 10^14), about ``N / B`` = 8,300 times more at 17M, and holds every CLIP vector in memory.
 At 17M the exact global search needs a GPU (faiss-gpu; 4.4 x 10^17 FLOP, a few hours at an H100's FP32 rate: an
-estimate, not measured here) or an approximate index (IVF/HNSW, not implemented: ``--mining faiss`` is exact). The
-batch search reads the embeddings through mmap: 17M images take 49 GiB (CLIP, 768-d) + 65 GiB (DINOv2-L, 1024-d)
+estimate, not measured here) or an approximate index (``faiss-ivf``, ``faiss-hnsw``; see the bench for their
+recall and speed against exact search at 10^5 and 10^6 vectors and the 17M estimate). The batch search reads the embeddings through mmap: 17M images take 49 GiB (CLIP, 768-d) + 65 GiB (DINOv2-L, 1024-d)
 of float32 on disk. Planted near pairs show what the batches miss: the batch search found 1.4-2.1% of them (about
 ``B / N``), the global search all.
+
+The approximate indexes with their defaults (one thread on the shared 2 cores, vectors around 1,000 random
+centres with 1% planted near pairs; recall against exact search on 1,000 random queries, recall@10 / of the exact
+neighbours above 0.95; speed-up per query over the exact flat search):
+
+===================  ==========  ==============  =============  ====================================
+N x dim              index       build           ms per query   recall@10 / above threshold (n)
+===================  ==========  ==============  =============  ====================================
+10^5 x 768           IVF         10.5 s          0.64 (2.2x)    1.000 / 1.000 (21)
+10^5 x 768           HNSW        78 s            0.52 (2.6x)    1.000 / 1.000 (21)
+10^6 x 128           IVF         58 s            0.34 (10x)     1.000 / 1.000 (18)
+10^6 x 128           HNSW        7.7 min         0.57 (6.1x)    0.985 / 0.944 (18)
+===================  ==========  ==============  =============  ====================================
+
+Scaled to 17M (IVF build with N^1.5 and queries with sqrt(N), HNSW with N log N and log N; from 10^6 x 128): IVF
+about 8 h and HNSW about 6 h on one CPU thread, against 12 days for exact search; IVF compares ~8 x 10^11 pairs,
+seconds to minutes of GPU time. On uniform random vectors (no clusters) recall@10 is low (IVF 0.2-0.4, HNSW
+0.7-0.95: the 10 nearest rows are nearly tied at cosine ~0.1) while the near pairs above the threshold are still
+all found; the recall the mine summary records is the one of the real embeddings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -111,22 +142,42 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms == 0, 1, norms)
 
 
+MINING_METHODS = ("batch", "faiss", "faiss-ivf", "faiss-hnsw")
+FAISS_DEVICES = ("auto", "cpu", "gpu")
+GPU_MAX_K = 2048  # faiss-gpu's largest k and nprobe
+
+
 @dataclass(frozen=True)
 class MineConfig:
-    """Mining settings (the CLI's flags); see the module docstring."""
+    """Mining settings (the CLI's flags); see the module docstring.
+
+    The ``faiss_*`` / ``hnsw_*`` settings apply to the global searches: ``faiss_nlist`` inverted lists
+    (0: ``4 sqrt(N)``, at most ``N / 39``) of which ``faiss_nprobe`` are scanned per query (``faiss-ivf``);
+    ``hnsw_m`` links per node, ``hnsw_ef_construction`` and ``hnsw_ef_search`` candidate lists when building and
+    searching (``faiss-hnsw``); ``faiss_device`` ``auto`` puts the flat and IVF indexes on the GPU(s) when faiss
+    has GPU support; ``faiss_recall_sample`` queries (0: none) measure an approximate index's recall against
+    exact search (:func:`index_recall`), recorded in the mine summary.
+    """
 
     clip_threshold: float = 0.95
     dino_threshold: float = 0.6
-    method: Literal["batch", "faiss"] = "batch"
+    method: Literal["batch", "faiss", "faiss-ivf", "faiss-hnsw"] = "batch"
     batch_size: int = 2048
     faiss_k: int = 10
     dup_clip: float = 0.995
     dup_dino: float = 0.95
     one_pair_per_image: bool = False
+    faiss_nlist: int = 0
+    faiss_nprobe: int = 32
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    faiss_device: Literal["auto", "cpu", "gpu"] = "auto"
+    faiss_recall_sample: int = 1000
 
     def __post_init__(self) -> None:
-        if self.method not in ("batch", "faiss"):
-            raise ConfigError(f"--mining must be batch or faiss, got {self.method!r}")
+        if self.method not in MINING_METHODS:
+            raise ConfigError(f"--mining must be one of {', '.join(MINING_METHODS)}, got {self.method!r}")
         if self.batch_size < 2:
             raise ConfigError(f"--batch-size must be at least 2, got {self.batch_size}")
         if self.faiss_k < 0:
@@ -135,6 +186,37 @@ class MineConfig:
             value = getattr(self, name)
             if not -1.0 <= value <= 1.0:
                 raise ConfigError(f"{name} is a cosine similarity in [-1, 1], got {value}")
+        if self.faiss_nlist < 0:
+            raise ConfigError(f"--faiss-nlist must be >= 0 (0: 4 sqrt(N)), got {self.faiss_nlist}")
+        if self.faiss_nprobe < 1:
+            raise ConfigError(f"--faiss-nprobe must be at least 1, got {self.faiss_nprobe}")
+        if self.faiss_nlist and self.faiss_nprobe > self.faiss_nlist:
+            raise ConfigError(f"--faiss-nprobe ({self.faiss_nprobe}) cannot exceed --faiss-nlist "
+                              f"({self.faiss_nlist}): it is the number of lists scanned per query")
+        if self.hnsw_m < 2:
+            raise ConfigError(f"--hnsw-m must be at least 2, got {self.hnsw_m}")
+        for name in ("hnsw_ef_construction", "hnsw_ef_search"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.faiss_device not in FAISS_DEVICES:
+            raise ConfigError(f"--faiss-device must be one of {', '.join(FAISS_DEVICES)}, got {self.faiss_device!r}")
+        if self.faiss_recall_sample < 0:
+            raise ConfigError(f"--faiss-recall-sample must be >= 0 (0: not measured), got {self.faiss_recall_sample}")
+        if self.faiss_device == "gpu":
+            if self.method == "faiss-hnsw":
+                raise ConfigError("--mining faiss-hnsw runs on the CPU (faiss has no GPU HNSW index); use "
+                                  "--mining faiss-ivf or faiss on the GPU, or --faiss-device auto")
+            if self.method.startswith("faiss") and self.faiss_k == 0:
+                raise ConfigError("--faiss-k 0 (range search) has no GPU implementation in faiss; give --faiss-k N "
+                                  "or --faiss-device cpu")
+            if self.faiss_k + 1 > GPU_MAX_K or (self.method == "faiss-ivf" and self.faiss_nprobe > GPU_MAX_K):
+                raise ConfigError(f"faiss-gpu searches at most {GPU_MAX_K} neighbours and lists; lower --faiss-k "
+                                  "/ --faiss-nprobe or use --faiss-device cpu")
+
+    @property
+    def approximate(self) -> bool:
+        """Whether the global search is approximate (IVF or HNSW), so that its recall is worth measuring."""
+        return self.method in ("faiss-ivf", "faiss-hnsw")
 
 
 @dataclass
@@ -234,45 +316,211 @@ def import_faiss() -> Any:
     return faiss
 
 
+def faiss_gpus(faiss: Any, device: str = "auto") -> int:
+    """How many GPUs the faiss indexes go on: 0 on the CPU (``device="cpu"``, a CPU-only faiss, no GPU)."""
+    if device == "cpu":
+        return 0
+    count = getattr(faiss, "get_num_gpus", lambda: 0)()
+    if device == "gpu" and count < 1:
+        raise ConfigError("--faiss-device gpu: this faiss has no GPU support or sees no GPU (install faiss-gpu, "
+                          "or use --faiss-device auto)")
+    return int(count)
+
+
+def _to_gpus(faiss: Any, index: Any) -> Any:
+    """``index`` copied onto all GPUs, sharded (each GPU holds 1/G of the vectors) when faiss offers it."""
+    options = getattr(faiss, "GpuMultipleClonerOptions", None)
+    co = None
+    if options is not None:
+        co = options()
+        co.shard = True
+    return faiss.index_cpu_to_all_gpus(index, co=co)
+
+
+def ivf_lists(n: int, config: MineConfig) -> int:
+    """The number of IVF lists: ``config.faiss_nlist``, or ``4 sqrt(n)`` capped so each list has 39 training
+    vectors (faiss's minimum), at least 1."""
+    if config.faiss_nlist:
+        return max(1, min(config.faiss_nlist, n))
+    return max(1, min(int(4 * np.sqrt(n)), n // 39))
+
+
+def build_index(clip: Any, config: MineConfig, *, faiss: Any = None, add_chunk: int = 16384,
+                seed: int = 0) -> Any:
+    """The inner-product faiss index of ``config.method`` over all CLIP rows (unit norm: inner product = cosine).
+
+    ``faiss``: ``IndexFlatIP`` (exact). ``faiss-ivf``: ``IndexIVFFlat`` with :func:`ivf_lists` lists, spherical
+    k-means trained on ``40 x nlist`` rows drawn at random (all rows when fewer), ``nprobe`` lists scanned per
+    query. ``faiss-hnsw``: ``IndexHNSWFlat`` (``hnsw_m``, ``hnsw_ef_construction``, ``hnsw_ef_search``), CPU
+    only. The flat and IVF indexes go on the GPU(s) (:func:`faiss_gpus`), the IVF's k-means too.
+    """
+    faiss = faiss or import_faiss()
+    n, dim = clip.shape
+    # HNSW has no GPU index, range search (faiss_k=0) no GPU implementation
+    gpus = 0 if config.method == "faiss-hnsw" or config.faiss_k == 0 else faiss_gpus(faiss, config.faiss_device)
+    if config.method == "faiss-hnsw":
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = config.hnsw_ef_construction
+        index.hnsw.efSearch = config.hnsw_ef_search
+    elif config.method == "faiss-ivf":
+        nlist = ivf_lists(n, config)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.spherical = True
+        index.cp.seed = seed
+        if gpus:  # k-means assignments on the GPU(s)
+            index.clustering_index = _to_gpus(faiss, faiss.IndexFlatIP(dim))
+        size = min(n, 40 * nlist)
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)) if size < n \
+            else np.arange(n)
+        index.train(_take(clip, rows) if size < n else _rows(clip, 0, n))
+        index.nprobe = min(config.faiss_nprobe, nlist)
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if gpus:
+        index = _to_gpus(faiss, index)
+        if config.method == "faiss-ivf":
+            with contextlib.suppress(AttributeError):
+                faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", min(config.faiss_nprobe,
+                                                                                  ivf_lists(n, config)))
+    for start in range(0, n, add_chunk):
+        index.add(_rows(clip, start, min(start + add_chunk, n)))
+    return index
+
+
+def _search(index: Any, x: np.ndarray, k: int, floor: float, faiss: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lims, sims, labels) of a range search above ``floor`` (``k == 0``) or of a k-NN search (``lims`` then
+    counts ``k`` per query)."""
+    if k == 0:
+        lims, sims, labels = index.range_search(x, floor)
+        return np.asarray(lims, np.int64), sims, labels
+    sims, labels = index.search(x, k)
+    return np.arange(0, len(x) * k + 1, k, dtype=np.int64), sims.reshape(-1), labels.reshape(-1)
+
+
+def _distance_count(faiss: Any, method: str) -> int | None:
+    stats = {"faiss-ivf": "indexIVF_stats", "faiss-hnsw": "hnsw_stats"}.get(method)
+    cvar = getattr(faiss, "cvar", None)
+    if stats is None or cvar is None or not hasattr(cvar, stats):
+        return None
+    return int(getattr(cvar, stats).ndis)
+
+
+def _reset_distance_count(faiss: Any, method: str) -> None:
+    stats = {"faiss-ivf": "indexIVF_stats", "faiss-hnsw": "hnsw_stats"}.get(method)
+    cvar = getattr(faiss, "cvar", None)
+    if stats is not None and cvar is not None and hasattr(cvar, stats):
+        getattr(cvar, stats).reset()
+
+
 def search_faiss(clip: Any, dino: Any, config: MineConfig, *, progress: bool = False,
-                 query_chunk: int = 16384, queries: np.ndarray | None = None) -> SearchResult:
+                 query_chunk: int = 16384, queries: np.ndarray | None = None, index: Any = None) -> SearchResult:
     """Global search: each row's ``faiss_k`` nearest CLIP neighbours (or, with ``faiss_k=0``, all above the CLIP
-    threshold) in an exact inner-product index. ``queries`` restricts the search to some rows (the benchmark)."""
+    threshold) in the index of ``config.method`` (:func:`build_index`: exact flat, IVF or HNSW; or ``index``, one
+    built already). ``queries`` restricts the search to some rows (the benchmark). ``compared`` counts the
+    similarities evaluated (for IVF and HNSW faiss's own count on the CPU, else ``queries x N x nprobe / nlist``
+    for IVF)."""
     from tqdm import tqdm
 
     faiss = import_faiss()
-    n, dim = clip.shape
+    n, _ = clip.shape
     floor = min(config.clip_threshold, config.dup_clip)
-    index = faiss.IndexFlatIP(dim)
-    for start in range(0, n, query_chunk):
-        index.add(_rows(clip, start, min(start + query_chunk, n)))
+    if index is None:
+        index = build_index(clip, config, faiss=faiss)
     result = SearchResult(PairArrays.empty(), PairArrays.empty())
     query_rows = np.arange(n, dtype=np.int64) if queries is None else np.asarray(queries, dtype=np.int64)
     found_i, found_j, found_s = [], [], []
-    for s in tqdm(range(0, len(query_rows), query_chunk), desc="mine (faiss)", unit="chunk", file=sys.stderr,
-                  disable=None if progress else True):
+    k = min(config.faiss_k + 1, n) if config.faiss_k else 0  # + 1: a row finds itself
+    _reset_distance_count(faiss, config.method)
+    for s in tqdm(range(0, len(query_rows), query_chunk), desc=f"mine ({config.method})", unit="chunk",
+                  file=sys.stderr, disable=None if progress else True):
         rows = query_rows[s:s + query_chunk]
         x = _take(clip, rows) if queries is not None else _rows(clip, int(rows[0]), int(rows[-1]) + 1)
-        if config.faiss_k == 0:
-            lims, sims, labels = index.range_search(x, floor)
-            q = np.repeat(rows, np.diff(lims).astype(np.int64))
-        else:
-            k = min(config.faiss_k + 1, n)  # + 1: a row finds itself
-            sims, labels = index.search(x, k)
-            q = np.repeat(rows, k)
-            sims, labels = sims.reshape(-1), labels.reshape(-1)
-        result.compared += len(rows) * n
+        lims, sims, labels = _search(index, x, k, floor, faiss)
+        q = np.repeat(rows, np.diff(lims))
         keep = (labels >= 0) & (labels != q) & (sims > floor)
         q, other, sim = q[keep], labels[keep].astype(np.int64), sims[keep].astype(np.float32)
         found_i.append(np.minimum(q, other))
         found_j.append(np.maximum(q, other))
         found_s.append(sim)
+    counted = _distance_count(faiss, config.method)
+    if config.method == "faiss":
+        result.compared = len(query_rows) * n
+    elif counted is not None and counted > 0:
+        result.compared = counted
+    else:  # on the GPU faiss counts nothing: the IVF's expected share
+        nlist = ivf_lists(n, config)
+        result.compared = int(len(query_rows) * n * min(config.faiss_nprobe, nlist) / nlist)
     if found_i:
         i, j, sim = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
         key = i * n + j
         _, first = np.unique(key, return_index=True)  # a pair found from both of its images counts once
         _classify(dino, i[first], j[first], sim[first], config, result)
     return result
+
+
+def exact_neighbours(clip: Any, queries: np.ndarray, k: int, *, chunk: int = 65536
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The exact ``k`` nearest rows (inner product) of each query row, itself excluded: ``(sims, labels)``, both
+    ``[len(queries), k]``, best first. Reads the pool in chunks (no second copy of it in memory)."""
+    queries = np.asarray(queries, dtype=np.int64)
+    n = len(clip)
+    k = min(k, n - 1)
+    x = _take(clip, queries)
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_l = np.full((len(queries), k), -1, np.int64)
+    for start in range(0, n, chunk):
+        block = _rows(clip, start, min(start + chunk, n))
+        sims = x @ block.T
+        own = (queries >= start) & (queries < start + len(block))
+        sims[np.nonzero(own)[0], queries[own] - start] = -np.inf  # not its own neighbour
+        labels = np.broadcast_to(np.arange(start, start + len(block)), sims.shape)
+        all_s = np.concatenate([best_s, sims], axis=1)
+        all_l = np.concatenate([best_l, labels], axis=1)
+        top = np.argpartition(-all_s, k - 1, axis=1)[:, :k] if all_s.shape[1] > k else \
+            np.broadcast_to(np.arange(all_s.shape[1]), (len(queries), all_s.shape[1]))
+        best_s = np.take_along_axis(all_s, top, axis=1)
+        best_l = np.take_along_axis(all_l, top, axis=1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_l, order, axis=1)
+
+
+def index_recall(clip: Any, config: MineConfig, *, index: Any = None, sample: int | None = None, k: int | None = None,
+                 seed: int = 0) -> dict[str, Any]:
+    """Recall of the index of ``config.method`` against exact search on ``sample`` random query rows (default
+    ``config.faiss_recall_sample``).
+
+    ``recall_at_k``: the share of each query's exact ``k`` nearest neighbours (``k`` default ``config.faiss_k``,
+    10 for a range search; the query itself excluded) that the index returns among its ``k``. ``recall_above``:
+    the same restricted to the exact neighbours above the CLIP floor (``min(clip_threshold, dup_clip)``), the
+    ones mining keeps; ``None`` when the sample has none. ``index``: one built already (else built here)."""
+    faiss = import_faiss()
+    n = len(clip)
+    k = k or config.faiss_k or 10
+    k = min(k, n - 1)
+    sample = config.faiss_recall_sample if sample is None else sample
+    q = min(max(sample, 1), n)
+    queries = np.sort(np.random.default_rng(seed).choice(n, size=q, replace=False))
+    floor = min(config.clip_threshold, config.dup_clip)
+    t0 = time.perf_counter()
+    exact_s, exact_l = exact_neighbours(clip, queries, k)
+    exact_seconds = time.perf_counter() - t0
+    if index is None:
+        index = build_index(clip, config, faiss=faiss)
+    t0 = time.perf_counter()
+    _, labels = index.search(_take(clip, queries), k + 1)
+    approx_seconds = time.perf_counter() - t0
+    hits = hits_above = total_above = 0
+    for r, row in enumerate(queries.tolist()):
+        got = [int(x) for x in labels[r] if x >= 0 and x != row][:k]
+        got_set = set(got)
+        truth = exact_l[r].tolist()
+        hits += sum(1 for t in truth if t in got_set)
+        above = [t for t, s in zip(truth, exact_s[r].tolist()) if s > floor]
+        total_above += len(above)
+        hits_above += sum(1 for t in above if t in got_set)
+    return {"method": config.method, "queries": q, "k": k, "recall_at_k": hits / (q * k) if q * k else None,
+            "neighbours_above": total_above, "recall_above": hits_above / total_above if total_above else None,
+            "exact_seconds": exact_seconds, "index_seconds": approx_seconds}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -382,6 +630,7 @@ class MineResult:
     pairs: list[MinedPair]
     counts: dict[str, int] = field(default_factory=dict)
     per_source: dict[str, int] = field(default_factory=dict)
+    recall: dict[str, Any] | None = None  # an approximate index's recall against exact search (index_recall)
 
 
 def mine(clip: Any, dino: Any, config: MineConfig, *, ids: Sequence[str] | None = None,
@@ -394,8 +643,16 @@ def mine(clip: Any, dino: Any, config: MineConfig, *, ids: Sequence[str] | None 
         raise ConfigError(f"{n} CLIP rows but {len(dino)} DINOv2 rows")
     ids = [str(x) for x in range(n)] if ids is None else list(ids)
     sources = ["images"] * n if sources is None else list(sources)
-    if config.method == "faiss":
-        found = search_faiss(clip, dino, config, progress=progress)
+    recall = None
+    if config.method.startswith("faiss"):
+        index = build_index(clip, config)
+        found = search_faiss(clip, dino, config, progress=progress, index=index)
+        if config.approximate and config.faiss_recall_sample:
+            recall = index_recall(clip, config, index=index)
+            log.info("mine: %s recall@%d %.3f against exact search on %d queries (above the CLIP floor: %s)",
+                     config.method, recall["k"], recall["recall_at_k"], recall["queries"],
+                     "-" if recall["recall_above"] is None else f"{recall['recall_above']:.3f}")
+        del index
     else:
         found = search_within_batches(clip, dino, config, progress=progress)
     rep = duplicate_representatives(n, found.duplicates, sha256)
@@ -412,7 +669,7 @@ def mine(clip: Any, dino: Any, config: MineConfig, *, ids: Sequence[str] | None 
               "dropped_duplicates": dropped_dup, "dropped_one_pair_per_image": before_one - len(pairs),
               "pairs": len(mined)}
     per_source = dict(sorted(Counter(p.source for p in mined).items()))
-    return MineResult(mined, counts, per_source)
+    return MineResult(mined, counts, per_source, recall)
 
 
 def read_pairs(out_dir: str | os.PathLike[str]) -> list[MinedPair]:
@@ -446,13 +703,16 @@ def run_mine_stage(out_dir: str | os.PathLike[str], config: MineConfig, *, progr
     atomic_write_text(mine_dir / "pairs.jsonl", "".join(dumps_record(p.to_record()) + "\n" for p in result.pairs))
     summary = {"settings": settings, "counts": result.counts, "per_source": result.per_source,
                "seconds": round(time.time() - t0, 3)}
+    if result.recall is not None:
+        summary["recall"] = result.recall
     atomic_write_json(summary_path, summary)
     log.info("mine: %d pairs from %d images (%s)", len(result.pairs), len(emb.ids), config.method)
     return summary
 
 
 __all__ = [
-    "FAISS_PIN", "MineConfig", "MineResult", "MinedPair", "PairArrays", "SearchResult", "duplicate_representatives",
-    "import_faiss", "merge_duplicates", "mine", "normalize", "one_pair_per_image", "pair_id", "read_pairs",
-    "run_mine_stage", "search_faiss", "search_within_batches",
+    "FAISS_DEVICES", "FAISS_PIN", "MINING_METHODS", "MineConfig", "MineResult", "MinedPair", "PairArrays",
+    "SearchResult", "build_index", "duplicate_representatives", "exact_neighbours", "faiss_gpus", "import_faiss",
+    "index_recall", "ivf_lists", "merge_duplicates", "mine", "normalize", "one_pair_per_image", "pair_id",
+    "read_pairs", "run_mine_stage", "search_faiss", "search_within_batches",
 ]
