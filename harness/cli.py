@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common, task_opts, judge_opts], help="generate responses with a model and score them",
                          description="Evaluate a model on tasks; a rerun of the same command resumes.")
     run.add_argument("--model", help="checkpoint directory (hf, vllm) or served model name (openai); "
-                                     "default: the embedded tiny LLaVA model")
+                                     "default: the lab model, a tiny LLaVA trained on the lab world (docs/lab.md)")
     run.add_argument("--tasks", required=True, help="comma-separated task names (`harness tasks` lists them)")
     run.add_argument("--engine", choices=["hf", "vllm", "openai"],
                      help="inference engine (default: vllm on a CUDA machine with vLLM, else hf)")
@@ -266,11 +266,11 @@ def _make_judge(args, task, reviews: str | None = None):
                        max_retries=getattr(args, "judge_max_retries", 6))
 
 
-def _embedded_model() -> str:
-    from harness.models.tiny import ensure_embedded_model
-    from tasks.toy import corpus
+def _embedded_model(progress: bool = True) -> str:
+    """The default model: the lab model (:mod:`trainers.lab_model`), trained on first use and cached."""
+    from trainers.lab_model import default_model
 
-    return str(ensure_embedded_model(corpus()))
+    return str(default_model(progress=progress))
 
 
 def _resolve_tasks(args) -> list:
@@ -306,8 +306,10 @@ def _describe_model(args, engine_name: str) -> tuple[str, dict[str, Any], str, A
     if model is None:
         if engine_name == "openai":
             raise ConfigError("--engine openai needs --model (the served model name, or its checkpoint path)")
-        model = _embedded_model()
-        default_name = "tiny-llava-v1"
+        from trainers.lab_model import LAB_MODEL_NAME
+
+        model = _embedded_model(progress=not getattr(args, "no_progress", False))
+        default_name = LAB_MODEL_NAME
     else:
         default_name = _slug(args.served_model or model)
     if engine_name == "openai" and not Path(model).exists():

@@ -197,7 +197,7 @@ def test_misspelt_option_names_the_closest_keys(capsys, tmp_path, toy_root):
     code = main(["run", "--tasks", "toy_amber", "--option", "amber_simlarity=none", "--data-root", str(toy_root),
                  "--output-path", str(tmp_path)])
     one_line_error(code, capsys.readouterr().err, "amber_simlarity", "amber_similarity")
-    assert not (tmp_path / "tiny-llava-v1").exists()
+    assert not (tmp_path / "lab-llava-v1").exists()
 
 
 def test_option_of_another_task_and_flag_for_another_task(capsys):

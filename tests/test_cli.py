@@ -57,7 +57,7 @@ def test_main_job_runs_and_resumes_byte_identically(tmp_path, capsys):
     code, out = run_cli("run", "--tasks", "toy_amber", "--limit", 6, "--output-path", out_dir, "--no-progress",
                         capsys=capsys)
     assert code == 0, out.err
-    run_dir = out_dir / "tiny-llava-v1" / "toy_amber"
+    run_dir = out_dir / "lab-llava-v1" / "toy_amber"
     assert "toy_amber" in out.out and "CHAIR" in out.out  # summary table
     manifest = json.loads((run_dir / "manifest.json").read_text())
     for key in ("model", "engine", "task", "decoding", "packages", "git", "command", "fingerprint"):
@@ -82,7 +82,7 @@ def test_main_job_runs_and_resumes_byte_identically(tmp_path, capsys):
     code, _ = run_cli("run", "--tasks", "toy_amber", "--limit", 6, "--output-path", tmp_path / "again",
                       "--no-progress", capsys=capsys)
     assert code == 0
-    assert (tmp_path / "again" / "tiny-llava-v1" / "toy_amber" / "predictions.jsonl").read_bytes() == preds
+    assert (tmp_path / "again" / "lab-llava-v1" / "toy_amber" / "predictions.jsonl").read_bytes() == preds
 
     # a larger limit extends the same run
     code, _ = run_cli("run", "--tasks", "toy_amber", "--limit", 8, "--output-path", out_dir, "--no-progress",
@@ -151,7 +151,7 @@ def test_corrupt_image_skipped_or_stopped(toy_root, tmp_path, capsys):
     common = ["run", "--tasks", "toy_amber", "--data-root", root, "--limit", 3, "--no-progress"]
     code, out = run_cli(*common, "--output-path", tmp_path / "skip", capsys=capsys)
     assert code == 0, out.err
-    run_dir = tmp_path / "skip" / "tiny-llava-v1" / "toy_amber"
+    run_dir = tmp_path / "skip" / "lab-llava-v1" / "toy_amber"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["counts"]["failed"] == 1
     failure = json.loads((run_dir / "failures.jsonl").read_text())
@@ -178,9 +178,9 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(cache, tmp_path):
     args = ["run", "--tasks", "toy_amber", "--limit", 40, "--batch-size", 1, "--no-progress"]
     ref = harness_subprocess(*args, "--output-path", tmp_path / "ref", cache=cache)
     assert ref.returncode == 0, ref.stderr
-    expected = (tmp_path / "ref" / "tiny-llava-v1" / "toy_amber" / "predictions.jsonl").read_bytes()
+    expected = (tmp_path / "ref" / "lab-llava-v1" / "toy_amber" / "predictions.jsonl").read_bytes()
 
-    preds = tmp_path / "killed" / "tiny-llava-v1" / "toy_amber" / "predictions.jsonl"
+    preds = tmp_path / "killed" / "lab-llava-v1" / "toy_amber" / "predictions.jsonl"
     env = {**os.environ, "HARNESS_CACHE": str(cache)}
     proc = subprocess.Popen([sys.executable, "-m", "harness", *map(str, args), "--output-path", str(tmp_path / "killed")],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -232,8 +232,8 @@ def test_vllm_engine_through_the_cli_matches_hf(cache, tmp_path):
     args = ["run", "--tasks", "toy_amber", "--limit", 6, "--no-progress", "--dtype", "float32"]
     hf = harness_subprocess(*args, "--engine", "hf", "--output-path", tmp_path / "hf", cache=cache)
     assert hf.returncode == 0, hf.stderr
-    vllm = harness_subprocess(*args, "--engine", "vllm", "--enforce-eager", "--max-model-len", 1024,
+    vllm = harness_subprocess(*args, "--engine", "vllm", "--enforce-eager", "--max-model-len", 512,
                               "--output-path", tmp_path / "vllm", cache=cache)
     assert vllm.returncode == 0, vllm.stderr[-3000:]
-    preds = [(tmp_path / e / "tiny-llava-v1" / "toy_amber" / "predictions.jsonl").read_text() for e in ("hf", "vllm")]
+    preds = [(tmp_path / e / "lab-llava-v1" / "toy_amber" / "predictions.jsonl").read_text() for e in ("hf", "vllm")]
     assert preds[0] == preds[1]

@@ -235,3 +235,18 @@ def test_three_engines_give_identical_greedy_text(vllm_llava, tiny_llava_path, r
         got = served[sid]
         assert (got.text, got.finish_reason, got.prompt_tokens, got.completion_tokens) == (
             exp.text, exp.finish_reason, exp.prompt_tokens, exp.completion_tokens), sid
+
+
+@requires_vllm
+@pytest.mark.vllm
+def test_a_max_model_len_above_the_models_positions_is_a_one_line_error(tiny_llava_path):
+    import json
+    from pathlib import Path
+
+    from harness.engines.vllm import VLLMEngine
+
+    config = json.loads((Path(tiny_llava_path) / "config.json").read_text())
+    limit = (config.get("text_config") or {}).get("max_position_embeddings") or config["max_position_embeddings"]
+    with pytest.raises(ConfigError, match=rf"--max-model-len {limit + 1} is above the model's {limit} positions"):
+        VLLMEngine(tiny_llava_path, Decoding(), EngineOptions(dtype="float32", enforce_eager=True,
+                                                              max_model_len=limit + 1))

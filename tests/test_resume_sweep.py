@@ -141,11 +141,10 @@ def test_a_sweep_killed_in_its_sft_stage_ends_like_an_uninterrupted_one(keep_che
 def test_an_sft_rerun_that_trains_nothing_is_not_marked_done(tmp_path):
     """The old failure: a resumed SFT that saved the starting weights. Such a model is refused (the job fails,
     nothing downstream runs on it) instead of being marked done."""
-    from harness.models.tiny import ensure_embedded_model
-    from tasks.toy import corpus
+    from trainers.lab_model import default_model
 
     out = tmp_path / "sw"
-    base = Path(ensure_embedded_model(corpus()))
+    base = Path(default_model(progress=False))  # the sweep's starting model when none is given
 
     def base_weights(job, output):
         if job.id == "sft":

@@ -119,11 +119,10 @@ def run_train(args: argparse.Namespace) -> int:
     for name in ("data", "output"):
         if not getattr(config, name):
             raise ConfigError(f"no --{name} given (neither on the command line nor in the recipe)")
-    if not config.model:  # as `harness run`: the embedded tiny LLaVA (built and cached on first use)
-        from harness.models.tiny import ensure_embedded_model
-        from tasks.toy import corpus
+    if not config.model:  # as `harness run`: the lab model (trained and cached on first use)
+        from trainers.lab_model import default_model
 
-        config.model = str(ensure_embedded_model(corpus()))
+        config.model = str(default_model())
     config.validate()
     if config.method == "sft":
         from trainers.sft import train_sft

@@ -424,23 +424,34 @@ def _progress(total: int, enabled: bool) -> Any:
 def ensure_lab_model(settings: LabModelSettings | None = None, config: Any = None, *, progress: bool = True) -> Path:
     """The lab model of these settings, trained on first use (about two minutes on 2 CPU cores) and cached.
 
-    Built in a temporary folder beside its final place and renamed into place, so concurrent callers and
-    interrupted builds never leave a partial checkpoint."""
+    Built in a temporary folder beside its final place and renamed into place, so interrupted builds never leave a
+    partial checkpoint; concurrent callers wait on a lock file for the first build instead of training twice."""
+    import fcntl
+
     target = lab_model_dir(settings, config)
     if (target / SETTINGS_FILE).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        train_lab_model(tmp, settings, config, progress=progress)
+    with open(target.parent / f".{target.name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / SETTINGS_FILE).is_file():  # built by another process while this one waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / SETTINGS_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            train_lab_model(tmp, settings, config, progress=progress)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not (target / SETTINGS_FILE).is_file():  # lost a race to a build that holds no lock
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def default_model(*, progress: bool = True) -> Path:
+    """The default model of ``harness run`` and ``harness train``: the lab model at the documented settings."""
+    return ensure_lab_model(progress=progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

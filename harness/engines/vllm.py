@@ -143,6 +143,10 @@ class VLLMEngine(Engine):
             "limit_mm_per_prompt": {"image": self.max_images},
         }
         if options.max_model_len is not None:
+            limit = _position_limit(self.info.path)
+            if limit is not None and options.max_model_len > limit:
+                raise ConfigError(f"--max-model-len {options.max_model_len} is above the model's "
+                                  f"{limit} positions (max_position_embeddings of {self.info.path}/config.json)")
             settings["max_model_len"] = options.max_model_len
         if options.gpu_memory_utilization is not None:
             settings["gpu_memory_utilization"] = options.gpu_memory_utilization
@@ -289,3 +293,19 @@ class VLLMEngine(Engine):
                     torch.cuda.empty_cache()
             except ImportError:
                 pass
+
+
+def _position_limit(model_path: Any) -> int | None:
+    """The language model's ``max_position_embeddings`` from the checkpoint's ``config.json`` (None: not given)."""
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for section in (config.get("text_config") or {}, config):
+        value = section.get("max_position_embeddings") if isinstance(section, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
