@@ -132,6 +132,18 @@ TABLE1_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("mmhal_halrate", "MMHal", "HalRate", ("mmhal",), "HalRate", DOWN, 2),
     *(MetricSpec(f"toy_{label.lower()}", "Toy AMBER", label, ("toy_amber",), metric, better)
       for label, metric, better in _AMBER_METRICS),
+    # the laboratory (docs/lab.md): the probe questions' error on prior-conflicting / prior-consistent images, the
+    # gap between them (the prior-driven hallucination), the captions' CHAIR, Cover and Hal
+    MetricSpec("lab_err_conflicting", "Lab AMBER", "Err confl.", ("lab_amber",), "Yes/No error (conflicting)", DOWN),
+    MetricSpec("lab_err_consistent", "Lab AMBER", "Err cons.", ("lab_amber",), "Yes/No error (consistent)", DOWN),
+    MetricSpec("lab_gap", "Lab AMBER", "Gap", ("lab_amber",), "error", DOWN, category="lab/probe:gap"),
+    *(MetricSpec(f"lab_{label.lower()}", "Lab AMBER", label, ("lab_amber",), metric, better)
+      for label, metric, better in (("Acc", "Accuracy", UP), ("CHAIR", "CHAIR", DOWN), ("Cover", "Cover", UP),
+                                    ("Hal", "Hal", DOWN))),
+    MetricSpec("labobj_chairs_conflicting", "Lab ObjHal", "CHAIRs confl.", ("lab_objhal",), "CHAIRs (conflicting)",
+               DOWN),
+    MetricSpec("labobj_chairs", "Lab ObjHal", "CHAIRs", ("lab_objhal",), "CHAIRs", DOWN),
+    MetricSpec("labobj_chairi", "Lab ObjHal", "CHAIRi", ("lab_objhal",), "CHAIRi", DOWN),
 )
 
 #: Table 3: general and vision-centric benchmarks (task names and aliases; the first metric found is shown).
@@ -296,6 +308,11 @@ class Values:
 
     def spec_value(self, row: RowKey, spec: MetricSpec) -> float | None:
         """The mean over the row's runs of ``spec``'s metric, each run reading its first task that has it."""
+        vals = self.spec_values(row, spec)
+        return sum(vals) / len(vals) if vals else None
+
+    def spec_values(self, row: RowKey, spec: MetricSpec) -> list[float]:
+        """``spec``'s metric for each of the row's runs that has it (one per seed)."""
         vals = []
         for run in row.runs:
             for task in spec.tasks:
@@ -303,7 +320,21 @@ class Values:
                 if v is not None:
                     vals.append(v)
                     break
-        return sum(vals) / len(vals) if vals else None
+        return vals
+
+    def spec_cell_text(self, row: RowKey, spec: MetricSpec) -> str | None:
+        """The published text of a one-run row; for a row of several seeds, ``mean ± h`` with ``h`` the half-width
+        of the 95% t-interval over the seeds; None otherwise (the plain number)."""
+        text = self.spec_text(row, spec)
+        if text is not None or len(row.runs) < 2:
+            return text
+        from reports.stats import seed_interval
+
+        interval = seed_interval(self.spec_values(row, spec))
+        if interval is None:
+            return None
+        mean, half = interval
+        return f"{mean:.{spec.decimals}f} \u00b1 {half:.{spec.decimals}f}"
 
 
 def fmt(value: float | None, decimals: int) -> str:
@@ -348,7 +379,7 @@ def _metric_table(tid: str, title: str, caption: str, rows: Sequence[RowKey], sp
         cells = [make(r) for _, make in lead]
         for j, s in enumerate(specs):
             v = grid[i][j]
-            cells.append(Cell(values.spec_text(r, s) or fmt(v, s.decimals), v, *marks[i][j]))
+            cells.append(Cell(values.spec_cell_text(r, s) or fmt(v, s.decimals), v, *marks[i][j]))
         body.append(cells)
     notes = []
     if any(r.get("source") == "paper" for r in rows):
@@ -356,7 +387,8 @@ def _metric_table(tid: str, title: str, caption: str, rows: Sequence[RowKey], sp
         names = " and ".join(f"Table {n}" for n in numbers)
         notes.append(f"\u2020 published in the JoMPO paper ({names}), not produced from a run here.")
     if any(len(r.runs) > 1 for r in rows):
-        notes.append("Rows of runs that differ only by seed show the mean over the seeds.")
+        notes.append("Rows of runs that differ only by seed show the mean over the seeds \u00b1 the half-width of "
+                     "its 95% t-interval (bold and underline compare the means).")
     return Table(tid, title, caption, columns, body, groups, notes)
 
 

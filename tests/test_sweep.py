@@ -303,7 +303,7 @@ def test_job_json_and_index_have_the_documented_shape(tmp_path, text_prefs):
     out = Path(s.output)
     job = json.loads((out / "runs/jompo-1k-b0.05-e2-s1234/job.json").read_text())
     assert job == {"method": "jompo", "data_size": 1000, "beta": 0.05, "epochs": 2.0, "seed": 1234,
-                   "model": "tiny-llava-v1", "model_size": "", "rejected_image": None,
+                   "model": "lab-llava-v1", "model_size": "", "rejected_image": None,
                    "name": "jompo-1k-b0.05-e2-s1234"}
     assert json.loads((out / "runs/base/job.json").read_text())["method"] == "base"
     index = json.loads((out / "index.json").read_text())

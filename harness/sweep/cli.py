@@ -110,8 +110,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = parser
     p.add_argument("--preset", metavar="NAME",
-                   help="a shipped sweep, configs/sweeps/NAME.yaml (toy: the whole pipeline on the embedded "
-                        "tiny model in minutes on a CPU)")
+                   help="a shipped sweep, configs/sweeps/NAME.yaml (lab: the laboratory's experiment, docs/lab.md; "
+                        "toy: the whole pipeline in minutes on a CPU)")
     p.add_argument("--config", metavar="YAML", help="sweep settings (keys: the long flags' names with "
                                                     "underscores, plus train, sft, eval, report, slurm sections)")
     g = p.add_argument_group("grid")
@@ -124,8 +124,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                    help="comma-separated rejected-image strategies for methods that use one (mpo): crop, "
                         "diffusion, black, random, contrast")
     d = p.add_argument_group("model, data and tasks")
-    d.add_argument("--model", help="starting checkpoint (default: the embedded tiny LLaVA model)")
-    d.add_argument("--data", help="preference data (canonical JSONL, RLAIF-V parquet, TRL, mDPO), or `toy`")
+    d.add_argument("--model", help="starting checkpoint (default: the lab model, docs/lab.md)")
+    d.add_argument("--data", help="preference data (canonical JSONL, RLAIF-V parquet, TRL, mDPO), `toy` or `lab` "
+                                 "(generated contrast pairs)")
     d.add_argument("--data-format", choices=["auto", "canonical", "rlaif_v", "trl", "mdpo"])
     d.add_argument("--image-root", help="folder that relative image paths of --data are resolved against")
     d.add_argument("--subset-seed", type=int, help=f"seed of the nested data subsets (default {DEFAULT_SUBSET_SEED})")
@@ -140,8 +141,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("running")
     r.add_argument("--output", "--output-path", "--output_path", "-o", dest="output",
                    help="the sweep's folder (presets: sweeps/NAME)")
-    r.add_argument("--executor", choices=list(EXECUTORS), help="local (default): one job at a time here; slurm: "
+    r.add_argument("--executor", choices=list(EXECUTORS), help="local (default): the jobs here (see --parallel); slurm: "
                                                                "submit through submitit")
+    r.add_argument("--parallel", type=int, metavar="N",
+                   help="local executor: run up to N jobs at once (each with cpu_count/N CPU threads; default 1)")
     r.add_argument("--dry-run", action="store_true", help="print the plan (jobs, dependencies, states); run nothing")
     r.add_argument("--no-report", dest="no_report", action="store_const", const=True, default=None,
                    help="do not run `harness report` after the jobs")
@@ -150,7 +153,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 _FLAG_SETTINGS = ("methods", "data_sizes", "betas", "epochs", "seeds", "rejected_images", "model", "data",
                   "data_format", "image_root", "subset_seed", "tasks", "train_config", "max_steps", "engine", "limit",
-                  "output", "executor", "no_report")
+                  "output", "executor", "no_report", "parallel")
 
 
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
@@ -188,7 +191,7 @@ def run_sweep(settings: SweepSettings, *, dry_run: bool = False, runner: JobRunn
             if not result.submitted and not settings.no_report:
                 result.report = write_report(plan)
             return result
-        result = run_local(plan, runner)
+        result = run_local(plan, runner, parallel=settings.parallel)
     if not settings.no_report:
         result.report = write_report(plan)
     done = len(result.ran) + len(result.skipped)

@@ -262,7 +262,14 @@ def prepare(plan: Plan) -> dict[str, dict[str, Any]]:
 
         generate_toy_sft(output / "data" / "toy-sft", settings.toy_captions)
     examples = plan.data.examples
-    if examples is None:  # toy data
+    if examples is None and settings.data == "lab":  # the lab's contrast pairs
+        from harness.sweep.plan import lab_pairs_config
+        from tasks.lab import generate_lab_preferences
+        from trainers.data import read_preferences
+
+        path = generate_lab_preferences(output / "data" / "lab", lab_pairs_config(settings))
+        examples = read_preferences(path)
+    elif examples is None:  # toy data
         from tasks.toy import generate_toy_preferences
         from trainers.data import read_preferences
 

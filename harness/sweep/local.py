@@ -1,6 +1,6 @@
 """Running jobs here: one job as a supervised subprocess in its own process group (:class:`SubprocessRunner`,
 :func:`supervise_main`), recorded in the run index (:func:`execute_job`), and the local executor (:func:`run_local`:
-the unfinished jobs one at a time in dependency order)."""
+the unfinished jobs in dependency order, one at a time or ``parallel`` at once)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,14 @@ log = logging.getLogger("harness.sweep")
 
 #: How long a stopped job's processes get between SIGTERM and SIGKILL.
 STOP_GRACE_S = 5.0
+
+#: Thread-count variables set for a job that runs beside others (``parallel`` > 1), unless already set.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+# The job processes running now (their supervisors), so that an interrupt of a parallel sweep can stop them all.
+_running: dict[str, subprocess.Popen] = {}
+_running_lock = threading.Lock()
+_stopping = threading.Event()
 
 
 class JobFailed(Exception):
@@ -86,7 +95,13 @@ class SubprocessRunner:
     interrupted (SIGINT, SIGTERM) the whole group is stopped (SIGTERM, then SIGKILL after :data:`STOP_GRACE_S`);
     when the sweep dies without a chance to do so (SIGKILL), the supervisor sees it (``PR_SET_PDEATHSIG`` on Linux,
     its parent pid changing elsewhere) and stops the group itself. The job's processes hold the job's lock
-    (:func:`job_lock`) until the last of them exits."""
+    (:func:`job_lock`) until the last of them exits.
+
+    ``threads``: the CPU threads of each job (``OMP_NUM_THREADS`` and its kin, where the environment does not set
+    them), for jobs that run side by side."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
 
     def command(self, job: Job, output: Path) -> list[str]:
         return job_arguments(job, output)
@@ -95,6 +110,9 @@ class SubprocessRunner:
         cmd = self.command(job, output)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        if self.threads:
+            for name in THREAD_VARIABLES:
+                env.setdefault(name, str(self.threads))
         lock_fd = _job_lock_fds.get(job.id)
         supervised = [sys.executable, "-c", "from harness.sweep import supervise_main; supervise_main()",
                       str(os.getpid()), str(-1 if lock_fd is None else lock_fd), job.id, "--", *cmd]
@@ -107,12 +125,19 @@ class SubprocessRunner:
                                         pass_fds=() if lock_fd is None else (lock_fd,))
             except OSError as exc:
                 raise JobFailed(f"cannot start {sys.executable}: {exc.strerror}") from exc
+            with _running_lock:
+                _running[job.id] = proc
             try:
                 returncode = proc.wait()
             except BaseException:  # interrupted (SIGINT, SIGTERM): the job must not outlive the sweep
                 stop_process_group(proc)
                 raise
+            finally:
+                with _running_lock:
+                    _running.pop(job.id, None)
             stop_process_group(proc, grace=0)  # anything the job left behind in its group
+        if _stopping.is_set():  # stopped by the interrupt of a parallel sweep: not a failure of the job
+            raise KeyboardInterrupt
         if returncode != 0:
             tail = _tail(log_path)
             raise JobFailed(f"exit status {returncode}" + (f"; last lines of {log_path}:\n{tail}" if tail else ""))
@@ -261,34 +286,101 @@ class SweepResult:
         return not self.failed and not self.blocked
 
 
-def run_local(plan: Plan, runner: JobRunner | None = None) -> SweepResult:
-    """Run the unfinished jobs one at a time in dependency order. A failed job does not stop the sweep; the jobs
-    that depend on it are left pending ("blocked")."""
+def run_local(plan: Plan, runner: JobRunner | None = None, parallel: int = 1) -> SweepResult:
+    """Run the unfinished jobs in dependency order, ``parallel`` at a time (each job starts once the jobs it
+    depends on are done; with ``parallel`` > 1 each job gets ``cpu_count // parallel`` CPU threads unless the
+    environment sets them). A failed job does not stop the sweep; the jobs that depend on it are left pending
+    ("blocked"). An interrupt stops every running job and leaves it pending."""
+    if parallel > 1 and runner is None:
+        runner = SubprocessRunner(threads=max(1, (os.cpu_count() or 1) // parallel))
     result = SweepResult()
     finished: set[str] = set()
+    not_finished: set[str] = set()
     index = RunIndex(plan.output)
     total = len(plan.jobs)
-    for k, job in enumerate(plan.jobs, start=1):
-        tag = f"[{k}/{total}] {job.id}"
+    tags = {job.id: f"[{k}/{total}] {job.id}" for k, job in enumerate(plan.jobs, start=1)}
+    waiting: list[Job] = []
+    for job in plan.jobs:
         if is_done(job, plan.output):
             finished.add(job.id)
             result.skipped.append(job.id)
-            log.info("%s: done already, skipped", tag)
-            continue
-        blockers = [d for d in job.deps if d not in finished]
-        if blockers:
-            result.blocked.append(job.id)
-            index.update(job.id, state="pending", error=f"not run: {', '.join(blockers)} did not finish")
-            log.warning("%s: not run, %s did not finish", tag, ", ".join(blockers))
-            continue
-        log.info("%s: running (log: %s)", tag, job_dir(plan.output, job.id) / LOG_FILE)
-        t0 = time.time()
-        if execute_job(job, plan.output, runner):
-            finished.add(job.id)
-            result.ran.append(job.id)
-            log.info("%s: done in %.1fs", tag, time.time() - t0)
+            log.info("%s: done already, skipped", tags[job.id])
         else:
-            result.failed.append(job.id)
+            waiting.append(job)
+
+    def run_one(job: Job) -> bool:
+        log.info("%s: running (log: %s)", tags[job.id], job_dir(plan.output, job.id) / LOG_FILE)
+        t0 = time.time()
+        ok = execute_job(job, plan.output, runner)
+        if ok:
+            log.info("%s: done in %.1fs", tags[job.id], time.time() - t0)
+        else:
             error = index.entries().get(job.id, {}).get("error") or "failed"
-            log.error("%s: failed after %.1fs: %s", tag, time.time() - t0, error)
+            log.error("%s: failed after %.1fs: %s", tags[job.id], time.time() - t0, error)
+        return ok
+
+    def block(job: Job, blockers: Sequence[str]) -> None:
+        not_finished.add(job.id)
+        result.blocked.append(job.id)
+        index.update(job.id, state="pending", error=f"not run: {', '.join(blockers)} did not finish")
+        log.warning("%s: not run, %s did not finish", tags[job.id], ", ".join(blockers))
+
+    def record(job: Job, ok: bool) -> None:
+        (finished if ok else not_finished).add(job.id)
+        (result.ran if ok else result.failed).append(job.id)
+
+    if parallel <= 1:
+        for job in waiting:
+            blockers = [d for d in job.deps if d not in finished]
+            if blockers:
+                block(job, blockers)
+                continue
+            record(job, run_one(job))
+        return result
+    _run_parallel(waiting, parallel, run_one, block, record, finished, not_finished)
     return result
+
+
+def _run_parallel(waiting: list[Job], parallel: int, run_one: Any, block: Any, record: Any, finished: set[str],
+                  not_finished: set[str]) -> None:
+    """The parallel loop of :func:`run_local`: start each ready job (in plan order) while fewer than ``parallel``
+    run; on an interrupt, stop them all (their index entries go back to pending) and re-raise."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    running: dict[Any, Job] = {}
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sweep-job")
+    _stopping.clear()
+    try:
+        while waiting or running:
+            for job in list(waiting):
+                failed = [d for d in job.deps if d in not_finished]
+                if failed:
+                    waiting.remove(job)
+                    block(job, failed)
+                elif len(running) < parallel and all(d in finished for d in job.deps):
+                    waiting.remove(job)
+                    running[pool.submit(run_one, job)] = job
+            if not running:
+                if waiting:  # pragma: no cover - a dependency outside the plan
+                    for job in waiting:
+                        block(job, [d for d in job.deps if d not in finished])
+                break
+            done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                record(job, future.result())
+    except BaseException as exc:  # an interrupt (or a bug): no job may outlive the sweep
+        _stopping.set()
+        with _running_lock:
+            procs = list(_running.values())
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(exc, KeyboardInterrupt):
+            with contextlib.suppress(AttributeError):
+                exc.sweep_job = ", ".join(j.id for j in running.values())  # type: ignore[attr-defined]
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        _stopping.clear()

@@ -205,8 +205,10 @@ def _absolute_model(model: str | None) -> str | None:
 
 
 def _model_key(model: str | None) -> str:
-    if model is None:
-        return "embedded:tiny-llava-v1"
+    if model is None:  # the default model: the lab model of the documented settings (its cache folder names them)
+        from trainers.lab_model import lab_model_dir
+
+        return f"embedded:{lab_model_dir().name}"
     p = Path(model).expanduser()
     return str(p.resolve()) if p.exists() else model
 
@@ -214,9 +216,9 @@ def _model_key(model: str | None) -> str:
 def base_model_name(model: str | None) -> str:
     """The base model's name in reports: the checkpoint folder's name, or the embedded model's."""
     if model is None:
-        from harness.models.tiny import EMBEDDED_MODEL_NAME
+        from trainers.lab_model import LAB_MODEL_NAME
 
-        return EMBEDDED_MODEL_NAME
+        return LAB_MODEL_NAME
     text = model.rstrip("/\\")
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name or text).strip("_") or "model"
 
@@ -275,7 +277,10 @@ def build_plan(settings: SweepSettings) -> Plan:
         raise ConfigError(f"--output {output} is a file, not a folder")
     if settings.executor not in EXECUTORS:
         raise ConfigError(f"--executor {settings.executor!r}: expected local or slurm")
-    check_methods(settings.methods)
+    grids = _grids(settings)
+    for grid in grids:
+        check_methods(grid["methods"])
+    methods = list(dict.fromkeys(m for grid in grids for m in grid["methods"]))
     if not settings.tasks:
         raise ConfigError("no --tasks given (e.g. --tasks amber,object_halbench,mmhal; `harness tasks` lists them)")
     from harness.task import get_task
@@ -283,7 +288,10 @@ def build_plan(settings: SweepSettings) -> Plan:
     for task in settings.tasks:
         get_task(task)  # unknown names fail with the closest ones
     if settings.data is None:
-        raise ConfigError("no --data given: a preference data file, or `toy` for generated toy contrast pairs")
+        raise ConfigError("no --data given: a preference data file, `toy` (generated toy contrast pairs) or `lab` "
+                          "(the lab's contrast pairs)")
+    if settings.lab and settings.data != "lab":
+        raise ConfigError("the lab: settings apply to `data: lab` only (the lab's contrast pairs)")
     if settings.eval:
         _check_flags("run", settings.eval, _SWEEP_SET_EVAL)
     if settings.report:
@@ -293,7 +301,7 @@ def build_plan(settings: SweepSettings) -> Plan:
             slurm_parameters(settings.slurm, kind)  # bad resources fail before anything runs
     from trainers.config import REJECTED_IMAGE_STRATEGIES
 
-    for strategy in settings.rejected_images or ():
+    for strategy in (s for grid in grids for s in grid["rejected_images"] or ()):
         if strategy not in REJECTED_IMAGE_STRATEGIES:
             close = difflib.get_close_matches(strategy, REJECTED_IMAGE_STRATEGIES, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -303,19 +311,28 @@ def build_plan(settings: SweepSettings) -> Plan:
     train_overrides = _train_overrides(settings.train, "train")
     global_steps = {"max_steps": settings.max_steps} if settings.max_steps else {}
     configs: dict[str, TrainConfig] = {}
-    for method in settings.methods:
+    for method in methods:
         configs[method] = _load_train_config(_recipe(settings.train_config, method),
                                              {**train_overrides, **global_steps, "method": method})
-    first = configs[settings.methods[0]]
+    first = configs[methods[0]]
 
     # --- data
+    size_tokens = list(dict.fromkeys(t for grid in grids for t in grid["data_sizes"]))
     if settings.data == "toy":
         from tasks.toy import PREFERENCE_FILE
 
-        numeric = [s for s in (_size_or_none(t) for t in settings.data_sizes) if s]
+        numeric = [s for s in (_size_or_none(t) for t in size_tokens) if s]
         n_records = settings.toy_pairs or (max(numeric) if numeric else DEFAULT_TOY_PAIRS)
         source = f"data/toy/{PREFERENCE_FILE}"
         data_fp = fingerprint({"toy_pairs": n_records, "seed": 0})
+        examples = None
+    elif settings.data == "lab":
+        from tasks.lab import PREFERENCE_FILE as LAB_FILE
+
+        lab_config = lab_pairs_config(settings)
+        n_records = lab_config.n_pairs
+        source = f"data/lab/{LAB_FILE}"
+        data_fp = fingerprint({"lab": lab_config.to_dict()})
         examples = None
     else:
         examples = _read_source_examples(settings, first)
@@ -324,7 +341,9 @@ def build_plan(settings: SweepSettings) -> Plan:
         from harness.cache import content_hash
 
         data_fp = content_hash(source)
-    sizes = parse_data_sizes(settings.data_sizes, n_records, source if settings.data != "toy" else "toy data")
+    what = {"toy": "toy data", "lab": "the lab's contrast pairs (lab: n_pairs)"}.get(settings.data, source)
+    grid_sizes = [parse_data_sizes(grid["data_sizes"], n_records, what) for grid in grids]
+    sizes = sorted({n for gs in grid_sizes for n in gs})
     data = DataPlan(source=source, n_records=n_records, subset_seed=settings.subset_seed,
                     subsets={n: subset_file(n) for n in sizes}, fingerprint=data_fp, examples=examples)
 
@@ -370,34 +389,59 @@ def build_plan(settings: SweepSettings) -> Plan:
         start_dep = ("sft",)
 
     # --- the base evaluation
-    base_name = "sft" if settings.sft is not None else "base"
+    base_name = settings.base_method or ("sft" if settings.sft is not None else "base")
     jobs.append(_eval_job(base_name, start_dep, start_model, start_key, {"method": base_name}, model_name, output,
                           settings))
 
-    # --- the grid
-    for method in settings.methods:
-        config = configs[method]
-        betas = settings.betas or [config.beta]
-        epochs = settings.epochs or [config.epochs]
-        seeds = settings.seeds or [config.seed]
-        strategies: list[str | None] = (
-            list(settings.rejected_images or [config.rejected_image]) if uses_rejected_image(method) else [None])
-        for size in sizes:
-            for beta in betas:
-                for ep in epochs:
-                    for seed in seeds:
-                        for strategy in strategies:
-                            point = Point(method, size, beta, ep, seed, strategy)
-                            jobs.extend(_point_jobs(point, config, data, start_model, start_key, start_dep,
-                                                    model_name, output, settings))
-    if settings.rejected_images and not any(uses_rejected_image(m) for m in settings.methods):
-        log.warning("--rejected-images has no effect: none of %s uses a generated rejected image (mpo does)",
-                    ", ".join(settings.methods))
+    # --- the grids (a point two grids share is planned once)
+    planned: set[str] = {job.id for job in jobs}
+    for grid, gsizes in zip(grids, grid_sizes):
+        for method in grid["methods"]:
+            config = configs[method]
+            betas = grid["betas"] or [config.beta]
+            epochs = grid["epochs"] or [config.epochs]
+            seeds = grid["seeds"] or [config.seed]
+            strategies: list[str | None] = (
+                list(grid["rejected_images"] or [config.rejected_image]) if uses_rejected_image(method) else [None])
+            for size in gsizes:
+                for beta in betas:
+                    for ep in epochs:
+                        for seed in seeds:
+                            for strategy in strategies:
+                                point = Point(method, size, beta, ep, seed, strategy)
+                                for job in _point_jobs(point, config, data, start_model, start_key, start_dep,
+                                                       model_name, output, settings):
+                                    if job.id not in planned:
+                                        planned.add(job.id)
+                                        jobs.append(job)
+        if grid["rejected_images"] and not any(uses_rejected_image(m) for m in grid["methods"]):
+            log.warning("--rejected-images has no effect: none of %s uses a generated rejected image (mpo does)",
+                        ", ".join(grid["methods"]))
     counts = Counter(job.id for job in jobs)
     duplicates = sorted(i for i, n in counts.items() if n > 1)
     if duplicates:  # pragma: no cover - names spell every grid value
         raise ConfigError(f"the grid gives two jobs the same id: {', '.join(duplicates)}")
     return Plan(settings=settings, output=output, data=data, jobs=jobs)
+
+
+def _grids(settings: SweepSettings) -> list[dict[str, Any]]:
+    """The main grid (the top-level ``methods``, ``data_sizes``, ``betas``, ``epochs``, ``seeds``,
+    ``rejected_images``), then each of ``grids`` over it."""
+    from harness.sweep.settings import GRID_KEYS
+
+    main = {key: getattr(settings, key) for key in GRID_KEYS}
+    return [main, *({**main, **extra} for extra in settings.grids or ())]
+
+
+def lab_pairs_config(settings: SweepSettings) -> Any:
+    """The :class:`tasks.lab.LabConfig` of a ``data: lab`` sweep's contrast pairs (the ``lab:`` settings over the
+    lab's defaults); a bad setting is a one-line :class:`ConfigError` naming it."""
+    from tasks.lab import LabConfig
+
+    try:
+        return LabConfig.from_dict(settings.lab)
+    except TypeError as exc:  # pragma: no cover - from_dict names unknown keys first
+        raise ConfigError(f"lab: {exc}") from None
 
 
 def _size_or_none(token: str) -> int | None:

@@ -63,8 +63,12 @@ class SweepSettings:
     report: dict[str, Any] = field(default_factory=dict)
     no_report: bool = False
     executor: str = "local"
+    parallel: int = 1
     slurm: dict[str, Any] = field(default_factory=dict)
     train_launcher: list[str] | None = None
+    grids: list[dict[str, Any]] | None = None
+    base_method: str | None = None
+    lab: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -81,9 +85,12 @@ class SweepSettings:
 
 _STR_LISTS = ("methods", "tasks", "rejected_images")
 _FLOAT_LISTS = ("betas", "epochs")
-_STRINGS = ("output", "model", "data", "data_format", "image_root", "train_config", "engine", "executor")
-_INTS = ("subset_seed", "toy_pairs", "toy_captions", "limit", "max_steps")
-_MAPPINGS = ("train", "eval", "report", "slurm")
+_STRINGS = ("output", "model", "data", "data_format", "image_root", "train_config", "engine", "executor",
+            "base_method")
+_INTS = ("subset_seed", "toy_pairs", "toy_captions", "limit", "max_steps", "parallel")
+_MAPPINGS = ("train", "eval", "report", "slurm", "lab", "parallel")
+#: The keys a further grid (``grids:``) may set.
+GRID_KEYS: tuple[str, ...] = ("methods", "data_sizes", "betas", "epochs", "seeds", "rejected_images")
 
 
 def _items(key: str, value: Any, source: str) -> list[str]:
@@ -110,7 +117,7 @@ def coerce_setting(key: str, value: Any, source: str) -> Any:
         hint = f" (did you mean {', '.join(close)}?)" if close else f" (known keys: {', '.join(names)})"
         raise ConfigError(f"{source}: unknown sweep setting {key!r}{hint}")
     nullable = key not in ("methods", "data_sizes", "tasks", "subset_seed", "toy_captions", "no_report", "executor",
-                           "train", "eval", "report", "slurm")
+                           "train", "eval", "report", "slurm", "lab", "parallel")
     if value is None:
         if nullable:
             return None
@@ -154,6 +161,22 @@ def coerce_setting(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: {key} must be a mapping of settings, got {value!r}")
         return {str(k): v for k, v in value.items()}
+    if key == "grids":
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{source}: grids must be a non-empty list of grids (mappings of "
+                              f"{', '.join(GRID_KEYS)}), got {value!r}")
+        grids = []
+        for i, grid in enumerate(value, 1):
+            where = f"{source}: grids[{i}]"
+            if not isinstance(grid, Mapping) or not grid:
+                raise ConfigError(f"{where} must be a mapping of some of {', '.join(GRID_KEYS)}, got {grid!r}")
+            for k in grid:
+                if k not in GRID_KEYS:
+                    close = difflib.get_close_matches(str(k), GRID_KEYS, n=1, cutoff=0.6)
+                    hint = f" (did you mean {close[0]}?)" if close else f" (grid keys: {', '.join(GRID_KEYS)})"
+                    raise ConfigError(f"{where}: unknown grid key {k!r}{hint}")
+            grids.append({str(k): coerce_setting(str(k), v, where) for k, v in grid.items()})
+        return grids
     if key == "train_launcher":
         if isinstance(value, str):
             value = shlex.split(value)
