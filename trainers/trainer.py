@@ -71,6 +71,7 @@ from harness.errors import ConfigError, DataError
 from harness.io import atomic_write_json
 from trainers.config import TrainConfig, save_config, unknown_method_message
 from trainers.logprobs import Row, RowBatch, row_logps, tokenize_rows, unwrap_model
+from trainers.reference import ModelReference, unwrap_peft
 
 if TYPE_CHECKING:
     from harness.models.base import ModelFamily
@@ -894,48 +895,6 @@ class PreferenceCollator:
         return {"rows": batch, "n_examples": len(examples)}
 
 
-class ModelReference:
-    """Reference log-probs from a model called through its root forward (``module(rows=batch)``, no gradient):
-    the policy itself with its LoRA adapter disabled (``adapter_off``), or a frozen reference copy prepared like the
-    policy. Going through the root module, not its submodules, is what FSDP needs (its root pre-forward gathers
-    the parameters that no wrapped layer owns); :class:`trainers.reference.ReferenceFromAdapter` and
-    :class:`~trainers.reference.ReferenceFromCopy` give the same values for unwrapped models."""
-
-    def __init__(self, module: nn.Module, *, adapter_off: bool = False, describe: str = ""):
-        self.module = module
-        self.adapter_off = adapter_off
-        self._describe = describe or ("adapter_disabled" if adapter_off else "frozen_copy")
-
-    def logps(self, batch: RowBatch) -> torch.Tensor:
-        import contextlib
-
-        peft_model = unwrap_peft(self.module) if self.adapter_off else None
-        was_training = self.module.training
-        self.module.eval()  # no dropout in the reference
-        try:
-            with torch.no_grad(), (peft_model.disable_adapter() if peft_model is not None
-                                   else contextlib.nullcontext()):
-                return self.module(rows=batch)
-        finally:
-            self.module.train(was_training)
-
-    def describe(self) -> dict[str, Any]:
-        return {"reference": self._describe}
-
-
-def unwrap_peft(model: nn.Module) -> nn.Module:
-    """The peft model inside ``model`` (through DDP / DeepSpeed ``.module``); ConfigError if there is none."""
-    current: Any = model
-    for _ in range(8):
-        if hasattr(current, "disable_adapter") and hasattr(current, "get_base_model"):
-            return current
-        if isinstance(getattr(current, "module", None), nn.Module):
-            current = current.module
-        else:
-            break
-    raise ConfigError("--reference adapter needs a LoRA policy (--lora); use --reference copy or cache:FILE")
-
-
 class PreferenceTrainer(RowsTrainer):
     """``transformers.Trainer`` for JoMPO / DPO / MPO and the ablations (see the module docstring).
 
@@ -1141,7 +1100,6 @@ def train_preference(config: TrainConfig) -> Path:
 
 __all__ = [
     "CheckpointKeysError",
-    "ModelReference",
     "PreferenceCollator",
     "PreferenceDataset",
     "PreferenceTrainer",
