@@ -452,33 +452,6 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     return str(chosen)
 
 
-def rewrite_llava_keys(out_dir: str | Path) -> None:
-    """Give a saved LLaVA checkpoint the ``llava-hf`` key names that vLLM loads (``vision_tower.vision_model.*``);
-    a no-op when they are already so (transformers keeps a loaded checkpoint's names when it saves)."""
-    from safetensors import safe_open
-
-    from harness.models.tiny import _rewrite_safetensors
-
-    out = Path(out_dir)
-    rename = {"vision_tower.": "vision_tower.vision_model."}
-    changed = False
-    for shard in sorted(out.glob("*.safetensors")):
-        with safe_open(str(shard), "pt") as f:
-            keys = list(f.keys())
-        if any(k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") for k in keys):
-            _rewrite_safetensors(shard, rename)
-            changed = True
-    index = out / "model.safetensors.index.json"
-    if changed and index.is_file():
-        data = json.loads(index.read_text())
-        data["weight_map"] = {
-            ("vision_tower.vision_model." + k[len("vision_tower."):]
-             if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") else k): v
-            for k, v in data["weight_map"].items()
-        }
-        index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 def merge_lora(base_path: str, adapter_dir: str | Path, out_dir: str | Path, processor: Any) -> None:
     """Merge the LoRA adapter into a fresh copy of the base model (on CPU, in the base checkpoint's dtype) and save
     the full model with the processor to ``out_dir``."""
@@ -550,8 +523,7 @@ def save_final_model(trainer: transformers.Trainer, config: TrainConfig, family:
         trainer.save_model(str(out))
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        if family.name == "llava" and (out / "config.json").is_file():
-            rewrite_llava_keys(out)
+        family.postprocess_checkpoint(out)
         save_config(config, out / "train_config.json")
         (out / "train_log.jsonl").write_text(
             "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in trainer.state.log_history),
@@ -1118,7 +1090,6 @@ __all__ = [
     "publish_checkpoint",
     "reference_meta",
     "resume_checkpoint",
-    "rewrite_llava_keys",
     "save_final_model",
     "train_preference",
     "training_arguments",

@@ -44,6 +44,10 @@ class ModelFamily(ABC):
         """transformers model inputs for a batch of rendered ``texts`` and their PIL ``images``
         (left padding for generation)."""
 
+    def postprocess_checkpoint(self, folder: str | Path) -> None:
+        """Finish a model folder a trainer has just saved (``save_pretrained``) so that every engine loads it, e.g.
+        key names vLLM expects. Nothing to do by default."""
+
     def describe(self) -> dict[str, Any]:
         return {"family": self.name, "template": self.template}
 

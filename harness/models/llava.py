@@ -13,14 +13,20 @@ Prompt templates:
   This is the prompt the published LLaVA-1.5 numbers were measured with.
 - ``hub``: the chat template saved with the checkpoint (``processor.apply_chat_template``); for
   ``llava-hf/llava-1.5-*-hf`` that is ``USER: <image>\\n{question} ASSISTANT:`` without a system prompt.
+
+Saved checkpoints keep the ``llava-hf`` key names (``vision_tower.vision_model.*``) that vLLM loads:
+:func:`rewrite_llava_keys`, run by :meth:`LlavaFamily.postprocess_checkpoint`.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.models import hub_render, processor_batch
 from harness.models.base import ModelFamily, register_family
+from harness.models.weights import rename_tensor_prefixes
 
 LLAVA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -49,3 +55,34 @@ class LlavaFamily(ModelFamily):
 
     def processor_inputs(self, processor: Any, texts: list[str], images: list[list[Any]]) -> dict[str, Any]:
         return processor_batch(processor, texts, images)
+
+    def postprocess_checkpoint(self, folder: str | Path) -> None:
+        """A saved full model (a folder with ``config.json``) gets the ``llava-hf`` key names
+        (:func:`rewrite_llava_keys`); an adapter-only folder is left as it is."""
+        if (Path(folder) / "config.json").is_file():
+            rewrite_llava_keys(folder)
+
+
+def rewrite_llava_keys(out_dir: str | Path) -> None:
+    """Give a saved LLaVA checkpoint the ``llava-hf`` key names that vLLM loads (``vision_tower.vision_model.*``);
+    a no-op when they are already so (transformers keeps a loaded checkpoint's names when it saves)."""
+    from safetensors import safe_open
+
+    out = Path(out_dir)
+    rename = {"vision_tower.": "vision_tower.vision_model."}
+    changed = False
+    for shard in sorted(out.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as f:
+            keys = list(f.keys())
+        if any(k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") for k in keys):
+            rename_tensor_prefixes(shard, rename)
+            changed = True
+    index = out / "model.safetensors.index.json"
+    if changed and index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {
+            ("vision_tower.vision_model." + k[len("vision_tower."):]
+             if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") else k): v
+            for k, v in data["weight_map"].items()
+        }
+        index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
