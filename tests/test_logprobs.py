@@ -116,6 +116,22 @@ def test_mixed_batch_equals_single_row_forwards(vlm, rows):
     assert (batched < 0).all()
 
 
+def test_families_without_log_probabilities_are_refused(vlm, rows):
+    from harness.models.llava import LlavaFamily
+
+    class Unscored(LlavaFamily):  # an adapter that does not implement the vision-tower calls
+        name = "unscored"
+        supports_logprobs = False
+
+    family, processor = vlm["family"], vlm["processor"]
+    message = r"implemented for model families llava, qwen2_vl, not 'unscored'"
+    with pytest.raises(HarnessError, match=message):
+        tokenize_rows(Unscored(vlm["path"]), processor, rows)
+    batch = tokenize_rows(family, processor, rows[:1])
+    with pytest.raises(HarnessError, match=message):
+        row_logps(vlm["model"], "unscored", batch)
+
+
 def test_float32_batch_matches_single_rows(vlm, rows):
     family, processor = vlm["family"], vlm["processor"]
     model = vlm["model32"]

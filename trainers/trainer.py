@@ -87,35 +87,25 @@ ADAPTER_DIR = "adapter"
 # =====================================================================================================================
 
 
-def module_group(name: str) -> str | None:
-    """The part of a LLaVA / Qwen2-VL model that parameter or module ``name`` belongs to: ``language_model``,
-    ``vision_tower`` or ``projector`` (None for anything else)."""
-    parts = name.split(".")
-    if "multi_modal_projector" in parts or ("visual" in parts and "merger" in parts):
-        return "projector"
-    if "vision_tower" in parts or "visual" in parts:
-        return "vision_tower"
-    if "language_model" in parts or "lm_head" in parts:
-        return "language_model"
-    return None
+def model_family(model: nn.Module) -> type[ModelFamily]:
+    """The family adapter class of the transformers VLM inside ``model`` (by its config's ``model_type``); a
+    :class:`ConfigError` for a model of no supported family."""
+    from harness.models.base import family_class
+
+    hf = unwrap_model(model)
+    model_type = getattr(getattr(hf, "config", None), "model_type", None)
+    family = family_class(model_type)
+    if family is None:
+        raise ConfigError(f"{type(hf).__name__} (model_type={model_type!r}) is not a model of a supported family")
+    return family
 
 
 def unused_vision_prefixes(model: nn.Module) -> list[str]:
     """Name fragments of vision-tower modules whose output the model never uses, so that they never receive a
-    gradient: LLaVA takes the features of ``vision_feature_layer`` (-2 for LLaVA-1.5), so the CLIP layers after it
-    and the ``post_layernorm`` are dead weight. They are left out of LoRA and frozen in full fine-tuning (DDP
-    without ``find_unused_parameters`` would fail on parameters that get no gradient)."""
-    hf = unwrap_model(model)
-    config = getattr(hf, "config", None)
-    if getattr(config, "model_type", None) != "llava":
-        return []
-    n_layers = int(config.vision_config.num_hidden_layers)
-    feature_layers = config.vision_feature_layer
-    feature_layers = feature_layers if isinstance(feature_layers, (list, tuple)) else [feature_layers]
-    # hidden_states[k]: k = 0 is the embeddings, k = i + 1 the output of layer i; negative k counts from the end
-    last_used = max(int(k) if int(k) >= 0 else n_layers + 1 + int(k) for k in feature_layers) - 1
-    return ["vision_tower.post_layernorm"] + [f"vision_tower.encoder.layers.{i}." for i in
-                                              range(last_used + 1, n_layers)]
+    gradient (the family's :meth:`~harness.models.base.ModelFamily.unused_vision_modules`; for LLaVA the CLIP
+    layers after ``vision_feature_layer`` and the ``post_layernorm``). They are left out of LoRA and frozen in full
+    fine-tuning (DDP without ``find_unused_parameters`` would fail on parameters that get no gradient)."""
+    return model_family(model).unused_vision_modules(unwrap_model(model).config)
 
 
 def _is_unused(name: str, prefixes: Sequence[str]) -> bool:
@@ -123,13 +113,16 @@ def _is_unused(name: str, prefixes: Sequence[str]) -> bool:
 
 
 def lora_target_modules(model: nn.Module, groups: Sequence[str]) -> list[str]:
-    """Full names of the ``nn.Linear`` modules of ``groups`` that LoRA adapts (the LM head never: its weight is
-    read directly when log-probs are computed at response positions only)."""
+    """Full names of the ``nn.Linear`` modules of ``groups`` (the family's
+    :meth:`~harness.models.base.ModelFamily.module_group`: ``language_model``, ``vision_tower``, ``projector``) that
+    LoRA adapts (the LM head never: its weight is read directly when log-probs are computed at response positions
+    only)."""
     names = []
+    family = model_family(model)
     unused = unused_vision_prefixes(model)
     for name, module in model.named_modules():
-        if (isinstance(module, nn.Linear) and "lm_head" not in name.split(".") and module_group(name) in groups
-                and not _is_unused(name, unused)):
+        if (isinstance(module, nn.Linear) and "lm_head" not in name.split(".")
+                and family.module_group(name) in groups and not _is_unused(name, unused)):
             names.append(name)
     if not names:
         raise ConfigError(f"no linear layers found in {', '.join(groups)} of {type(model).__name__}")
@@ -140,9 +133,10 @@ def freeze_except(model: nn.Module, groups: Sequence[str]) -> tuple[int, int]:
     """Full fine-tuning: parameters of ``groups`` trainable (except :func:`unused_vision_prefixes`), the others
     frozen. Returns (trainable, total)."""
     trainable = total = 0
+    family = model_family(model)
     unused = unused_vision_prefixes(model)
     for name, param in model.named_parameters():
-        keep = module_group(name) in groups and not _is_unused(name, unused)
+        keep = family.module_group(name) in groups and not _is_unused(name, unused)
         param.requires_grad_(keep)
         total += param.numel()
         trainable += param.numel() if keep else 0
@@ -1086,7 +1080,7 @@ __all__ = [
     "lora_target_modules",
     "loss_config_for",
     "merge_lora",
-    "module_group",
+    "model_family",
     "publish_checkpoint",
     "reference_meta",
     "resume_checkpoint",
