@@ -96,8 +96,8 @@ def build_skeleton(folder: Path, size: str) -> tuple[Any, int, dict[str, int]]:
     vocab_size = 32064 if size == "7b" else 1000
 
     def tokenizer_with(fillers: int) -> Any:
-        corpus = [" ".join(WORDS), tiny._LLAVA_TEMPLATE_TEXT, " ".join(f"tok{i}" for i in range(fillers))]
-        return tiny._word_level_tokenizer(corpus, tiny._LLAVA_SPECIALS, bos="<s>", unk_token="<unk>",
+        corpus = [" ".join(WORDS), tiny.LLAVA_TEMPLATE_TEXT, " ".join(f"tok{i}" for i in range(fillers))]
+        return tiny.word_level_tokenizer(corpus, tiny.LLAVA_SPECIALS, bos="<s>", unk_token="<unk>",
                                           bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                           extra_special_tokens={"image_token": "<image>"})
 

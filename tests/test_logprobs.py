@@ -3,7 +3,8 @@
 On the tiny LLaVA-1.5 and Qwen2-VL checkpoints: one batched forward over a mixed image / no-image batch with a
 shared image gives each row the log-probability of a single-row forward and of the model's plain full-logits
 forward; the vision tower runs once per forward on the unique images; only response tokens count; gradients
-flow; the three references agree on a zero-initialised LoRA model; a mismatched cache is refused.
+flow; the three references the trainer uses (adapter disabled, frozen copy, precomputed cache) agree on a
+zero-initialised LoRA model; a mismatched cache is refused.
 
 The equality checks run the models in float64, so they test the computation and not float32 rounding (summed
 log-probabilities of these tiny random models are ~-100, where float32 spacing is ~1e-5).
@@ -113,6 +114,22 @@ def test_mixed_batch_equals_single_row_forwards(vlm, rows):
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
     torch.testing.assert_close(batched, selected, atol=1e-5, rtol=0)
     assert (batched < 0).all()
+
+
+def test_families_without_log_probabilities_are_refused(vlm, rows):
+    from harness.models.llava import LlavaFamily
+
+    class Unscored(LlavaFamily):  # an adapter that does not implement the vision-tower calls
+        name = "unscored"
+        supports_logprobs = False
+
+    family, processor = vlm["family"], vlm["processor"]
+    message = r"implemented for model families llava, qwen2_vl, not 'unscored'"
+    with pytest.raises(HarnessError, match=message):
+        tokenize_rows(Unscored(vlm["path"]), processor, rows)
+    batch = tokenize_rows(family, processor, rows[:1])
+    with pytest.raises(HarnessError, match=message):
+        row_logps(vlm["model"], "unscored", batch)
 
 
 def test_float32_batch_matches_single_rows(vlm, rows):
@@ -258,10 +275,12 @@ def lora_setup(tiny_llava_path, shape_image):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoProcessor
 
+    from trainers.trainer import enable_row_forward
+
     family = family_for(tiny_llava_path)
     processor = AutoProcessor.from_pretrained(tiny_llava_path)
     policy = get_peft_model(
-        _load(tiny_llava_path, torch.float64),
+        enable_row_forward(_load(tiny_llava_path, torch.float64), family),
         LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
     )
     policy.train()
@@ -271,24 +290,29 @@ def lora_setup(tiny_llava_path, shape_image):
 def test_three_references_agree_on_zero_initialised_lora(
     lora_setup, rows, tiny_llava_path, tmp_path
 ):
+    """The references the trainer builds (trainers.trainer.build_reference / PreferenceTrainer): the policy with
+    its adapter disabled, a frozen copy loaded from the checkpoint, and the precomputed cache."""
+    import copy
+
     from trainers.reference import (
+        ModelReference,
         Reference,
-        ReferenceFromAdapter,
         ReferenceFromCache,
-        ReferenceFromCopy,
         ReferenceMeta,
         precompute_reference,
     )
+    from trainers.trainer import enable_row_forward, load_model
 
     family, processor, policy = lora_setup
     batch = tokenize_rows(family, processor, rows)
-    adapter = ReferenceFromAdapter(policy, family)
-    copy = ReferenceFromCopy.from_pretrained(
-        tiny_llava_path, family, dtype=torch.float64
-    )
+    adapter = ModelReference(policy, adapter_off=True)
+    frozen = enable_row_forward(
+        load_model(tiny_llava_path, dtype=torch.float64), family
+    ).requires_grad_(False)
+    frozen_copy = ModelReference(frozen)
     meta = ReferenceMeta.for_model(tiny_llava_path, family, strategy="crop", seed=0)
     path = precompute_reference(
-        copy.model,
+        frozen,
         family,
         processor,
         rows,
@@ -299,12 +323,14 @@ def test_three_references_agree_on_zero_initialised_lora(
     )
     cache = ReferenceFromCache(path, meta)
     assert len(cache) == len(rows)
-    for ref in (adapter, copy, cache):
+    for ref in (adapter, frozen_copy, cache):
         assert isinstance(ref, Reference)
+    assert adapter.describe() == {"reference": "adapter_disabled"}
+    assert frozen_copy.describe() == {"reference": "frozen_copy"}
 
     ref_adapter, ref_copy, ref_cache = (
         adapter.logps(batch),
-        copy.logps(batch),
+        frozen_copy.logps(batch),
         cache.logps(batch),
     )
     assert (
@@ -326,9 +352,11 @@ def test_three_references_agree_on_zero_initialised_lora(
         moved = row_logps(policy, family, batch)
     assert (moved - ref_copy).abs().max() > 1e-3
     torch.testing.assert_close(adapter.logps(batch), ref_copy, atol=1e-5, rtol=0)
-    # a copy of the policy (adapter merged) scores like the policy
+    assert policy.training
+    # a frozen copy of the policy (adapter merged) scores like the policy
+    merged = copy.deepcopy(policy).merge_and_unload().requires_grad_(False)
     torch.testing.assert_close(
-        ReferenceFromCopy.from_policy(policy, family).logps(batch),
+        ModelReference(merged).logps(batch),
         moved,
         atol=1e-5,
         rtol=0,
@@ -341,7 +369,7 @@ def test_cache_refuses_mismatched_meta_and_names_missing_rows(
     from dataclasses import replace
 
     from trainers.reference import (
-        ReferenceFromAdapter,
+        ModelReference,
         ReferenceFromCache,
         ReferenceMeta,
         precompute_reference,
@@ -379,8 +407,8 @@ def test_cache_refuses_mismatched_meta_and_names_missing_rows(
         cache.logps(truncated)
     with pytest.raises(HarnessError, match="not found"):
         ReferenceFromCache(tmp_path / "absent.jsonl", meta)
-    with pytest.raises(HarnessError, match="peft"):
-        ReferenceFromAdapter(policy.get_base_model(), family)
+    with pytest.raises(HarnessError, match="LoRA policy"):
+        ModelReference(policy.get_base_model(), adapter_off=True).logps(one)
 
 
 def test_each_unique_image_is_preprocessed_once_and_inputs_equal_the_processors(vlm, rows, monkeypatch):

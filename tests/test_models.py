@@ -84,6 +84,80 @@ def test_processor_inputs_are_left_padded(tiny_llava_path, tiny_qwen2vl_path, sh
             assert int(inputs["mm_token_type_ids"][0].sum()) > 0
 
 
+# -- training quirks of the adapters ---------------------------------------------------------------------
+
+
+def test_family_classes_by_model_type() -> None:
+    from harness.models.base import families, family_class
+
+    assert family_class("llava") is LlavaFamily and family_class("qwen2_vl") is Qwen2VLFamily
+    assert family_class("llama") is None and family_class(None) is None
+    assert {n for n, cls in families().items() if cls.supports_logprobs} == {"llava", "qwen2_vl"}
+
+
+def test_module_groups_of_each_family() -> None:
+    assert LlavaFamily.module_group("model.multi_modal_projector.linear_1") == "projector"
+    assert LlavaFamily.module_group("model.vision_tower.encoder.layers.0.self_attn.q_proj") == "vision_tower"
+    assert LlavaFamily.module_group("model.language_model.layers.0.self_attn.q_proj") == "language_model"
+    assert LlavaFamily.module_group("lm_head") == "language_model"
+    assert Qwen2VLFamily.module_group("model.visual.merger.mlp.0") == "projector"
+    assert Qwen2VLFamily.module_group("model.visual.blocks.0.attn.qkv") == "vision_tower"
+    assert Qwen2VLFamily.module_group("model.language_model.layers.0.mlp.up_proj") == "language_model"
+    assert Qwen2VLFamily.module_group("lm_head.weight") == "language_model"
+    for family in (LlavaFamily, Qwen2VLFamily):
+        assert family.module_group("model.rotary_emb") is None
+
+
+def test_llava_vision_layers_after_the_feature_layer_are_unused() -> None:
+    from types import SimpleNamespace
+
+    vision = SimpleNamespace(num_hidden_layers=24)
+    llava15 = SimpleNamespace(vision_config=vision, vision_feature_layer=-2)  # LLaVA-1.5: the penultimate layer
+    assert LlavaFamily.unused_vision_modules(llava15) == ["vision_tower.post_layernorm",
+                                                          "vision_tower.encoder.layers.23."]
+    several = SimpleNamespace(vision_config=vision, vision_feature_layer=[3, -5])  # hidden_states[3]: layer 2
+    assert LlavaFamily.unused_vision_modules(several) == ["vision_tower.post_layernorm"] + [
+        f"vision_tower.encoder.layers.{i}." for i in range(20, 24)]
+    last = SimpleNamespace(vision_config=vision, vision_feature_layer=-1)
+    assert LlavaFamily.unused_vision_modules(last) == ["vision_tower.post_layernorm"]
+    assert Qwen2VLFamily.unused_vision_modules(llava15) == []
+
+
+def test_llava_checkpoint_postprocessing_writes_llava_hf_names(tmp_path) -> None:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    def saved(folder: Path, with_config: bool) -> Path:
+        folder.mkdir()
+        if with_config:
+            (folder / "config.json").write_text("{}")
+        tensors = {"vision_tower.encoder.w": torch.zeros(2), "language_model.w": torch.ones(1)}
+        save_file(tensors, str(folder / "model-00001-of-00001.safetensors"))
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"weight_map": {k: "model-00001-of-00001.safetensors" for k in tensors}}))
+        return folder
+
+    def keys(folder: Path) -> list[str]:
+        with safe_open(str(folder / "model-00001-of-00001.safetensors"), "pt") as f:
+            return sorted(f.keys())
+
+    full = saved(tmp_path / "full", with_config=True)
+    LlavaFamily(full).postprocess_checkpoint(full)
+    expected = ["language_model.w", "vision_tower.vision_model.encoder.w"]
+    assert keys(full) == expected
+    assert sorted(json.loads((full / "model.safetensors.index.json").read_text())["weight_map"]) == expected
+    LlavaFamily(full).postprocess_checkpoint(full)  # already llava-hf names: unchanged
+    assert keys(full) == expected
+
+    adapter_only = saved(tmp_path / "adapter", with_config=False)  # no config.json: not a full model
+    LlavaFamily(adapter_only).postprocess_checkpoint(adapter_only)
+    assert keys(adapter_only) == ["language_model.w", "vision_tower.encoder.w"]
+    qwen = saved(tmp_path / "qwen", with_config=True)
+    Qwen2VLFamily(qwen).postprocess_checkpoint(qwen)  # nothing to do for Qwen2-VL
+    assert keys(qwen) == ["language_model.w", "vision_tower.encoder.w"]
+
+
 # -- tiny checkpoints --------------------------------------------------------------------------------------
 
 

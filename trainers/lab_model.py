@@ -113,25 +113,25 @@ def build_lab_base(out_dir: str | Path, settings: LabModelSettings | None = None
     )
 
     from harness.models.tiny import (
-        _LLAVA_SPECIALS,
-        _LLAVA_TEMPLATE_TEXT,
+        LLAVA_SPECIALS,
+        LLAVA_TEMPLATE_TEXT,
         LLAVA_V1_CHAT_TEMPLATE,
-        _init_weights,
-        _never_generate,
-        _no_progress_bars,
-        _rewrite_safetensors,
-        _word_level_tokenizer,
+        init_weights,
+        never_generate,
+        no_progress_bars,
+        word_level_tokenizer,
     )
+    from harness.models.weights import rename_tensor_prefixes
     from tasks.lab import corpus
 
     s = settings or LabModelSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _word_level_tokenizer(
-        [*corpus(), _LLAVA_TEMPLATE_TEXT], _LLAVA_SPECIALS, bos="<s>", unk_token="<unk>", bos_token="<s>",
+    tokenizer = word_level_tokenizer(
+        [*corpus(), LLAVA_TEMPLATE_TEXT], LLAVA_SPECIALS, bos="<s>", unk_token="<unk>", bos_token="<s>",
         eos_token="</s>", pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
     tokenizer.padding_side = "left"
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _LLAVA_SPECIALS}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in LLAVA_SPECIALS}
     vision = CLIPVisionConfig(image_size=s.image_size, patch_size=s.patch_size, hidden_size=s.vision_hidden,
                               intermediate_size=s.vision_intermediate, num_hidden_layers=s.vision_layers,
                               num_attention_heads=s.vision_heads, projection_dim=s.vision_hidden)
@@ -147,7 +147,7 @@ def build_lab_base(out_dir: str | Path, settings: LabModelSettings | None = None
         torch.manual_seed(s.seed)
         model = LlavaForConditionalGeneration(config).eval()
     # small initial weights: training starts from a near-uniform next-token distribution
-    _init_weights(model, s.seed, std=s.init_std, embed_std=s.embed_std)
+    init_weights(model, s.seed, std=s.init_std, embed_std=s.embed_std)
     if s.vision_init_std != s.init_std:
         gen = torch.Generator().manual_seed(s.seed + 1)
         with torch.no_grad():
@@ -158,12 +158,12 @@ def build_lab_base(out_dir: str | Path, settings: LabModelSettings | None = None
         pos = model.model.vision_tower.embeddings.position_embedding.weight
         gen = torch.Generator().manual_seed(s.seed + 2)
         pos.copy_(torch.randn(pos.shape, generator=gen) * s.position_std)
-    _never_generate(model, [i for t, i in ids.items() if t != "</s>"])
+    never_generate(model, [i for t, i in ids.items() if t != "</s>"])
     model.generation_config = GenerationConfig(bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
                                                pad_token_id=ids["<pad>"])
-    with _no_progress_bars():
+    with no_progress_bars():
         model.save_pretrained(out)
-    _rewrite_safetensors(out / "model.safetensors", {"vision_tower.": "vision_tower.vision_model."})
+    rename_tensor_prefixes(out / "model.safetensors", {"vision_tower.": "vision_tower.vision_model."})
     # the white background normalises to 0: an empty cell is a zero patch, and the features of a cell are those of
     # its shape (with CLIP's mean and std, the background dominates every patch and the shapes barely register)
     image_processor = CLIPImageProcessor(size={"shortest_edge": s.image_size},
@@ -349,7 +349,8 @@ def train_lab_model(out_dir: str | Path, settings: LabModelSettings | None = Non
     import torch
     import transformers
 
-    from harness.models.tiny import _no_progress_bars
+    from harness.models.llava import rewrite_llava_keys
+    from harness.models.tiny import no_progress_bars
     from tasks.lab import sft_records
 
     s = settings or LabModelSettings()
@@ -396,9 +397,9 @@ def train_lab_model(out_dir: str | Path, settings: LabModelSettings | None = Non
             bar.update(1)
         bar.close()
         model.eval()
-        with _no_progress_bars():
+        with no_progress_bars():
             model.save_pretrained(out)
-        _rewrite_safetensors_llava(out)
+        rewrite_llava_keys(out)
         (out / TRAIN_LOG).write_text("".join(json.dumps(e) + "\n" for e in log), encoding="utf-8")
         (out / SETTINGS_FILE).write_text(json.dumps({"settings": s.to_dict(), "lab": config.to_dict(),
                                                      "records": len(records), "images": int(enc.pixel_values.shape[0]),
@@ -407,12 +408,6 @@ def train_lab_model(out_dir: str | Path, settings: LabModelSettings | None = Non
     finally:
         torch.set_num_threads(threads)
     return out
-
-
-def _rewrite_safetensors_llava(out: Path) -> None:
-    from trainers.trainer import rewrite_llava_keys
-
-    rewrite_llava_keys(out)
 
 
 def _progress(total: int, enabled: bool) -> Any:

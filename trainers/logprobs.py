@@ -12,7 +12,7 @@ summed log-probability of its response tokens given the prompt (and image):
   with the checkpoint's processor and marks the response tokens. "No image" is the prompt rendered without the
   image placeholder and without pixels, not a blank image. Each unique image is preprocessed into the batch once.
 - :func:`row_logps` runs one forward over the batch: the vision tower encodes the batch's unique images in one
-  call, their features are scattered into the rows that show them (the model's own ``mm_encoder_outputs`` path,
+  call (the family adapter's :meth:`~harness.models.base.ModelFamily.encode_images`), their features are scattered into the rows that show them (the model's own ``mm_encoder_outputs`` path,
   so LLaVA's placeholder expansion and Qwen2-VL's M-RoPE positions are computed by transformers itself), the
   language model runs to hidden states, and the LM head is applied only at the positions that predict a response
   token. It is differentiable (the trainers use it for the policy) and deterministic (no atomic adds).
@@ -33,11 +33,22 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.models.base import ModelFamily
+from harness.models.base import ModelFamily, families
 
 IGNORE_INDEX = -100  # label of the tokens that are not scored (prompt, image, padding)
 
-_SUPPORTED_FAMILIES = ("llava", "qwen2_vl")
+
+def _logps_family(family: ModelFamily | str) -> type[ModelFamily]:
+    """The adapter class of ``family`` (an adapter or a family name); an error naming the supported families when
+    its adapter cannot score rows (:attr:`~harness.models.base.ModelFamily.supports_logprobs`)."""
+    name = family if isinstance(family, str) else family.name
+    cls = families().get(name) if isinstance(family, str) else type(family)
+    if cls is None or not cls.supports_logprobs:
+        supported = sorted(n for n, c in families().items() if c.supports_logprobs)
+        raise HarnessError(
+            f"log-probabilities are implemented for model families {', '.join(supported)}, not {name!r}"
+        )
+    return cls
 
 
 @dataclass(frozen=True)
@@ -239,11 +250,7 @@ def tokenize_rows(
     """
     if not rows:
         raise HarnessError("tokenize_rows: no rows to tokenize")
-    if family.name not in _SUPPORTED_FAMILIES:
-        raise HarnessError(
-            f"log-probabilities are implemented for model families {', '.join(_SUPPORTED_FAMILIES)}, "
-            f"not {family.name!r}"
-        )
+    _logps_family(family)
     tokenizer = getattr(processor, "tokenizer", processor)
 
     unique_pixels: list[torch.Tensor] = []
@@ -392,48 +399,24 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
 def _encode_images(
     inner: nn.Module,
     vision: nn.Module,
-    family: str,
+    family: type[ModelFamily],
     pixel_values: torch.Tensor,
     grid: torch.Tensor | None,
 ) -> list[torch.Tensor]:
     """Features of the unique images, one ``[n_tokens, hidden]`` tensor per image, from ONE vision-tower call."""
-    pixel_values = pixel_values.to(_param_dtype(vision))
-    if family == "qwen2_vl":
-        if grid is None:
-            raise HarnessError(
-                "Qwen2-VL rows with images need image_grid_thw; tokenize them with tokenize_rows"
-            )
-        out = inner.get_image_features(
-            pixel_values=pixel_values, image_grid_thw=grid, return_dict=True
-        )
-    else:
-        out = inner.get_image_features(pixel_values=pixel_values, return_dict=True)
-    return list(out.pooler_output)
+    return family.encode_images(inner, pixel_values.to(_param_dtype(vision)), grid)
 
 
 def _dummy_vision_output(
-    inner: nn.Module, vision: nn.Module, family: str, device: torch.device
+    inner: nn.Module, vision: nn.Module, family: type[ModelFamily], device: torch.device
 ) -> torch.Tensor:
-    """A zero-valued scalar that depends on one vision-tower call on a blank input.
+    """A zero-valued scalar that depends on one vision-tower call on a blank input (the family's
+    :meth:`~harness.models.base.ModelFamily.empty_vision_input`).
 
     Sharded training (DeepSpeed ZeRO-3, FSDP) gathers the vision tower's weights collectively, so every rank must
     call it once per forward, even on a micro-batch without images; adding ``0 * features.sum()`` to the output
     keeps the vision weights in the graph without changing any value."""
-    dtype = _param_dtype(vision)
-    config = inner.config
-    if family == "qwen2_vl":
-        vc = config.vision_config
-        merge = int(vc.spatial_merge_size)
-        dim = (
-            int(vc.in_channels) * int(vc.temporal_patch_size) * int(vc.patch_size) ** 2
-        )
-        grid = torch.tensor([[1, merge, merge]], dtype=torch.long, device=device)
-        pixels = torch.zeros((merge * merge, dim), dtype=dtype, device=device)
-    else:
-        size = int(config.vision_config.image_size)
-        channels = int(getattr(config.vision_config, "num_channels", 3))
-        grid = None
-        pixels = torch.zeros((1, channels, size, size), dtype=dtype, device=device)
+    pixels, grid = family.empty_vision_input(inner.config, _param_dtype(vision), device)
     feats = _encode_images(inner, vision, family, pixels, grid)
     return sum(f.sum() for f in feats) * 0.0
 
@@ -459,12 +442,8 @@ def row_logps(
 
     Call it through :class:`LogpsModel` when the model is wrapped for distributed training.
     """
-    family_name = family if isinstance(family, str) else family.name
-    if family_name not in _SUPPORTED_FAMILIES:
-        raise HarnessError(
-            f"log-probabilities are implemented for model families {', '.join(_SUPPORTED_FAMILIES)}, "
-            f"not {family_name!r}"
-        )
+    family_cls = _logps_family(family)
+    family_name = family_cls.name
     if batch.family and batch.family != family_name:
         raise HarnessError(
             f"the batch was tokenized for {batch.family!r}, not {family_name!r}"
@@ -478,7 +457,7 @@ def row_logps(
     with_image = (batch.image_index >= 0).nonzero(as_tuple=True)[0]
     if batch.pixel_values is not None and len(with_image) > 0:
         unique = _encode_images(
-            inner, vision, family_name, batch.pixel_values, batch.image_grid_thw
+            inner, vision, family_cls, batch.pixel_values, batch.image_grid_thw
         )
         per_row = [unique[int(i)] for i in batch.image_index[with_image].tolist()]
         from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -491,7 +470,7 @@ def row_logps(
                 batch.image_index[with_image]
             ]
     elif one_vision_call:
-        zero = _dummy_vision_output(inner, vision, family_name, device)
+        zero = _dummy_vision_output(inner, vision, family_cls, device)
     if batch.mm_token_type_ids is not None:
         extra["mm_token_type_ids"] = batch.mm_token_type_ids
 

@@ -4,9 +4,9 @@ Every way has the same interface, :class:`Reference`: ``logps(batch) -> Tensor [
 :class:`trainers.logprobs.RowBatch`, without gradient, on the batch's device, in the dtype of
 :func:`trainers.logprobs.row_logps`.
 
-- :class:`ReferenceFromAdapter`: a LoRA policy with its adapter switched off (peft's ``disable_adapter()``);
-  no second model in memory.
-- :class:`ReferenceFromCopy`: a frozen copy of the model (eval mode, no gradient), optionally on another device.
+- :class:`ModelReference` with ``adapter_off=True``: the LoRA policy with its adapter switched off (peft's
+  ``disable_adapter()``); no second model in memory.
+- :class:`ModelReference` over a frozen reference model (eval mode, no gradient), prepared like the policy.
 - :class:`ReferenceFromCache`: values computed once, offline, by :func:`precompute_reference` (one process) or
   :func:`precompute_reference_sharded` (each process of a launch scores a contiguous share of the micro-batches;
   the main process merges the shares into the same file a single process writes) and stored with the
@@ -30,7 +30,6 @@ training time, so a cache made with another tokenizer or truncation length is re
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import shutil
 import tempfile
@@ -43,10 +42,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from harness.errors import DataError, HarnessError
+from harness.errors import ConfigError, DataError, HarnessError
 from harness.io import dumps_record, iter_jsonl
 from harness.models.base import ModelFamily
-from trainers.logprobs import LogpsModel, Row, RowBatch, row_logps, tokenize_rows
+from trainers.logprobs import Row, RowBatch, row_logps, tokenize_rows
 
 CACHE_FORMAT = "halluc-harness.reference-logps"
 CACHE_VERSION = 1
@@ -67,148 +66,46 @@ class Reference(Protocol):
         ...
 
 
-def _family_name(family: ModelFamily | str) -> str:
-    return family if isinstance(family, str) else family.name
-
-
-def _find_peft(model: nn.Module) -> nn.Module:
-    """The peft model inside ``model`` (through :class:`LogpsModel` and DDP/DeepSpeed ``.module``)."""
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The peft model inside ``model`` (through DDP / DeepSpeed ``.module``); ConfigError if there is none."""
     current: Any = model
     for _ in range(8):
         if hasattr(current, "disable_adapter") and hasattr(current, "get_base_model"):
             return current
-        if isinstance(current, LogpsModel):
-            current = current.model
-        elif isinstance(getattr(current, "module", None), nn.Module):
+        if isinstance(getattr(current, "module", None), nn.Module):
             current = current.module
         else:
             break
-    raise HarnessError(
-        f"the adapter-disabled reference needs a peft (LoRA) model; got {type(model).__name__}. "
-        "Use a frozen copy (ReferenceFromCopy) or a precomputed cache (ReferenceFromCache) for full fine-tuning."
-    )
+    raise ConfigError("--reference adapter needs a LoRA policy (--lora); use --reference copy or cache:FILE")
 
 
-class ReferenceFromAdapter:
-    """The LoRA policy with its adapter disabled: the base model the adapter was added to.
+class ModelReference:
+    """Reference log-probs from a model called through its root forward (``module(rows=batch)``, no gradient):
+    the policy itself with its LoRA adapter disabled (``adapter_off``), or a frozen reference copy prepared like the
+    policy. The model's forward takes ``rows=`` once :func:`trainers.trainer.enable_row_forward` has extended it.
+    Going through the root module, not its submodules, is what FSDP needs (its root pre-forward gathers the
+    parameters that no wrapped layer owns).
 
-    The model is put in eval mode for the call (no dropout) and given back in the mode it was in.
-    """
+    The module is put in eval mode for the call (no dropout) and given back in the mode it was in."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        family: ModelFamily | str,
-        *,
-        one_vision_call: bool = True,
-    ):
-        self.peft_model = _find_peft(model)
-        self.family = _family_name(family)
-        self.one_vision_call = one_vision_call
+    def __init__(self, module: nn.Module, *, adapter_off: bool = False, describe: str = ""):
+        self.module = module
+        self.adapter_off = adapter_off
+        self._describe = describe or ("adapter_disabled" if adapter_off else "frozen_copy")
 
     def logps(self, batch: RowBatch) -> torch.Tensor:
-        was_training = self.peft_model.training
-        self.peft_model.eval()
+        peft_model = unwrap_peft(self.module) if self.adapter_off else None
+        was_training = self.module.training
+        self.module.eval()  # no dropout in the reference
         try:
-            with torch.no_grad(), self.peft_model.disable_adapter():
-                out = row_logps(
-                    self.peft_model,
-                    self.family,
-                    batch,
-                    one_vision_call=self.one_vision_call,
-                )
+            with torch.no_grad(), (peft_model.disable_adapter() if peft_model is not None
+                                   else contextlib.nullcontext()):
+                return self.module(rows=batch)
         finally:
-            self.peft_model.train(was_training)
-        return out.to(batch.input_ids.device)
+            self.module.train(was_training)
 
     def describe(self) -> dict[str, Any]:
-        return {"reference": "adapter_disabled", "family": self.family}
-
-
-class ReferenceFromCopy:
-    """A frozen model (eval mode, ``requires_grad=False``), optionally on its own device.
-
-    Build it from a checkpoint (:meth:`from_pretrained`), from the policy at the start of training
-    (:meth:`from_policy`, a deep copy with any LoRA adapter merged), or from a model you loaded yourself.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        family: ModelFamily | str,
-        *,
-        device: torch.device | str | None = None,
-        one_vision_call: bool = True,
-    ):
-        self.model = model
-        self.model.requires_grad_(False)
-        self.model.eval()
-        if device is not None:
-            self.model.to(device)
-        self.family = _family_name(family)
-        self.one_vision_call = one_vision_call
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        family: ModelFamily | str,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> ReferenceFromCopy:
-        """Load the checkpoint at ``path`` as the reference."""
-        from transformers import AutoModelForImageTextToText
-
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(
-                str(path), dtype=dtype or torch.float32
-            )
-        except (OSError, ValueError) as exc:
-            raise HarnessError(
-                f"{path}: cannot load the reference model: {exc}"
-            ) from exc
-        return cls(model, family, device=device)
-
-    @classmethod
-    def from_policy(
-        cls,
-        policy: nn.Module,
-        family: ModelFamily | str,
-        *,
-        device: torch.device | str | None = None,
-    ) -> ReferenceFromCopy:
-        """A deep copy of ``policy`` as it is now; a peft adapter is merged into the copy's weights."""
-        model: Any = policy
-        while isinstance(model, LogpsModel) or isinstance(
-            getattr(model, "module", None), nn.Module
-        ):
-            model = model.model if isinstance(model, LogpsModel) else model.module
-        frozen = copy.deepcopy(model)
-        if hasattr(frozen, "merge_and_unload"):
-            frozen = frozen.merge_and_unload()
-        return cls(frozen, family, device=device)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def logps(self, batch: RowBatch) -> torch.Tensor:
-        with torch.no_grad():
-            out = row_logps(
-                self.model,
-                self.family,
-                batch.to(self.device),
-                one_vision_call=self.one_vision_call,
-            )
-        return out.to(batch.input_ids.device)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "reference": "frozen_copy",
-            "family": self.family,
-            "device": str(self.device),
-        }
+        return {"reference": self._describe}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -679,10 +576,9 @@ class ReferenceFromCache:
 __all__ = [
     "CACHE_FORMAT",
     "CACHE_VERSION",
+    "ModelReference",
     "Reference",
-    "ReferenceFromAdapter",
     "ReferenceFromCache",
-    "ReferenceFromCopy",
     "ReferenceMeta",
     "RowBatches",
     "RowList",
@@ -690,4 +586,5 @@ __all__ = [
     "precompute_reference_sharded",
     "shard_path",
     "shard_range",
+    "unwrap_peft",
 ]

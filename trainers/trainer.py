@@ -71,6 +71,7 @@ from harness.errors import ConfigError, DataError
 from harness.io import atomic_write_json
 from trainers.config import TrainConfig, save_config, unknown_method_message
 from trainers.logprobs import Row, RowBatch, row_logps, tokenize_rows, unwrap_model
+from trainers.reference import ModelReference, unwrap_peft
 
 if TYPE_CHECKING:
     from harness.models.base import ModelFamily
@@ -86,35 +87,25 @@ ADAPTER_DIR = "adapter"
 # =====================================================================================================================
 
 
-def module_group(name: str) -> str | None:
-    """The part of a LLaVA / Qwen2-VL model that parameter or module ``name`` belongs to: ``language_model``,
-    ``vision_tower`` or ``projector`` (None for anything else)."""
-    parts = name.split(".")
-    if "multi_modal_projector" in parts or ("visual" in parts and "merger" in parts):
-        return "projector"
-    if "vision_tower" in parts or "visual" in parts:
-        return "vision_tower"
-    if "language_model" in parts or "lm_head" in parts:
-        return "language_model"
-    return None
+def model_family(model: nn.Module) -> type[ModelFamily]:
+    """The family adapter class of the transformers VLM inside ``model`` (by its config's ``model_type``); a
+    :class:`ConfigError` for a model of no supported family."""
+    from harness.models.base import family_class
+
+    hf = unwrap_model(model)
+    model_type = getattr(getattr(hf, "config", None), "model_type", None)
+    family = family_class(model_type)
+    if family is None:
+        raise ConfigError(f"{type(hf).__name__} (model_type={model_type!r}) is not a model of a supported family")
+    return family
 
 
 def unused_vision_prefixes(model: nn.Module) -> list[str]:
     """Name fragments of vision-tower modules whose output the model never uses, so that they never receive a
-    gradient: LLaVA takes the features of ``vision_feature_layer`` (-2 for LLaVA-1.5), so the CLIP layers after it
-    and the ``post_layernorm`` are dead weight. They are left out of LoRA and frozen in full fine-tuning (DDP
-    without ``find_unused_parameters`` would fail on parameters that get no gradient)."""
-    hf = unwrap_model(model)
-    config = getattr(hf, "config", None)
-    if getattr(config, "model_type", None) != "llava":
-        return []
-    n_layers = int(config.vision_config.num_hidden_layers)
-    feature_layers = config.vision_feature_layer
-    feature_layers = feature_layers if isinstance(feature_layers, (list, tuple)) else [feature_layers]
-    # hidden_states[k]: k = 0 is the embeddings, k = i + 1 the output of layer i; negative k counts from the end
-    last_used = max(int(k) if int(k) >= 0 else n_layers + 1 + int(k) for k in feature_layers) - 1
-    return ["vision_tower.post_layernorm"] + [f"vision_tower.encoder.layers.{i}." for i in
-                                              range(last_used + 1, n_layers)]
+    gradient (the family's :meth:`~harness.models.base.ModelFamily.unused_vision_modules`; for LLaVA the CLIP
+    layers after ``vision_feature_layer`` and the ``post_layernorm``). They are left out of LoRA and frozen in full
+    fine-tuning (DDP without ``find_unused_parameters`` would fail on parameters that get no gradient)."""
+    return model_family(model).unused_vision_modules(unwrap_model(model).config)
 
 
 def _is_unused(name: str, prefixes: Sequence[str]) -> bool:
@@ -122,13 +113,16 @@ def _is_unused(name: str, prefixes: Sequence[str]) -> bool:
 
 
 def lora_target_modules(model: nn.Module, groups: Sequence[str]) -> list[str]:
-    """Full names of the ``nn.Linear`` modules of ``groups`` that LoRA adapts (the LM head never: its weight is
-    read directly when log-probs are computed at response positions only)."""
+    """Full names of the ``nn.Linear`` modules of ``groups`` (the family's
+    :meth:`~harness.models.base.ModelFamily.module_group`: ``language_model``, ``vision_tower``, ``projector``) that
+    LoRA adapts (the LM head never: its weight is read directly when log-probs are computed at response positions
+    only)."""
     names = []
+    family = model_family(model)
     unused = unused_vision_prefixes(model)
     for name, module in model.named_modules():
-        if (isinstance(module, nn.Linear) and "lm_head" not in name.split(".") and module_group(name) in groups
-                and not _is_unused(name, unused)):
+        if (isinstance(module, nn.Linear) and "lm_head" not in name.split(".")
+                and family.module_group(name) in groups and not _is_unused(name, unused)):
             names.append(name)
     if not names:
         raise ConfigError(f"no linear layers found in {', '.join(groups)} of {type(model).__name__}")
@@ -139,9 +133,10 @@ def freeze_except(model: nn.Module, groups: Sequence[str]) -> tuple[int, int]:
     """Full fine-tuning: parameters of ``groups`` trainable (except :func:`unused_vision_prefixes`), the others
     frozen. Returns (trainable, total)."""
     trainable = total = 0
+    family = model_family(model)
     unused = unused_vision_prefixes(model)
     for name, param in model.named_parameters():
-        keep = module_group(name) in groups and not _is_unused(name, unused)
+        keep = family.module_group(name) in groups and not _is_unused(name, unused)
         param.requires_grad_(keep)
         total += param.numel()
         trainable += param.numel() if keep else 0
@@ -451,33 +446,6 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     return str(chosen)
 
 
-def rewrite_llava_keys(out_dir: str | Path) -> None:
-    """Give a saved LLaVA checkpoint the ``llava-hf`` key names that vLLM loads (``vision_tower.vision_model.*``);
-    a no-op when they are already so (transformers keeps a loaded checkpoint's names when it saves)."""
-    from safetensors import safe_open
-
-    from harness.models.tiny import _rewrite_safetensors
-
-    out = Path(out_dir)
-    rename = {"vision_tower.": "vision_tower.vision_model."}
-    changed = False
-    for shard in sorted(out.glob("*.safetensors")):
-        with safe_open(str(shard), "pt") as f:
-            keys = list(f.keys())
-        if any(k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") for k in keys):
-            _rewrite_safetensors(shard, rename)
-            changed = True
-    index = out / "model.safetensors.index.json"
-    if changed and index.is_file():
-        data = json.loads(index.read_text())
-        data["weight_map"] = {
-            ("vision_tower.vision_model." + k[len("vision_tower."):]
-             if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") else k): v
-            for k, v in data["weight_map"].items()
-        }
-        index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 def merge_lora(base_path: str, adapter_dir: str | Path, out_dir: str | Path, processor: Any) -> None:
     """Merge the LoRA adapter into a fresh copy of the base model (on CPU, in the base checkpoint's dtype) and save
     the full model with the processor to ``out_dir``."""
@@ -549,8 +517,7 @@ def save_final_model(trainer: transformers.Trainer, config: TrainConfig, family:
         trainer.save_model(str(out))
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        if family.name == "llava" and (out / "config.json").is_file():
-            rewrite_llava_keys(out)
+        family.postprocess_checkpoint(out)
         save_config(config, out / "train_config.json")
         (out / "train_log.jsonl").write_text(
             "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in trainer.state.log_history),
@@ -894,48 +861,6 @@ class PreferenceCollator:
         return {"rows": batch, "n_examples": len(examples)}
 
 
-class ModelReference:
-    """Reference log-probs from a model called through its root forward (``module(rows=batch)``, no gradient):
-    the policy itself with its LoRA adapter disabled (``adapter_off``), or a frozen reference copy prepared like the
-    policy. Going through the root module, not its submodules, is what FSDP needs (its root pre-forward gathers
-    the parameters that no wrapped layer owns); :class:`trainers.reference.ReferenceFromAdapter` and
-    :class:`~trainers.reference.ReferenceFromCopy` give the same values for unwrapped models."""
-
-    def __init__(self, module: nn.Module, *, adapter_off: bool = False, describe: str = ""):
-        self.module = module
-        self.adapter_off = adapter_off
-        self._describe = describe or ("adapter_disabled" if adapter_off else "frozen_copy")
-
-    def logps(self, batch: RowBatch) -> torch.Tensor:
-        import contextlib
-
-        peft_model = unwrap_peft(self.module) if self.adapter_off else None
-        was_training = self.module.training
-        self.module.eval()  # no dropout in the reference
-        try:
-            with torch.no_grad(), (peft_model.disable_adapter() if peft_model is not None
-                                   else contextlib.nullcontext()):
-                return self.module(rows=batch)
-        finally:
-            self.module.train(was_training)
-
-    def describe(self) -> dict[str, Any]:
-        return {"reference": self._describe}
-
-
-def unwrap_peft(model: nn.Module) -> nn.Module:
-    """The peft model inside ``model`` (through DDP / DeepSpeed ``.module``); ConfigError if there is none."""
-    current: Any = model
-    for _ in range(8):
-        if hasattr(current, "disable_adapter") and hasattr(current, "get_base_model"):
-            return current
-        if isinstance(getattr(current, "module", None), nn.Module):
-            current = current.module
-        else:
-            break
-    raise ConfigError("--reference adapter needs a LoRA policy (--lora); use --reference copy or cache:FILE")
-
-
 class PreferenceTrainer(RowsTrainer):
     """``transformers.Trainer`` for JoMPO / DPO / MPO and the ablations (see the module docstring).
 
@@ -1141,7 +1066,6 @@ def train_preference(config: TrainConfig) -> Path:
 
 __all__ = [
     "CheckpointKeysError",
-    "ModelReference",
     "PreferenceCollator",
     "PreferenceDataset",
     "PreferenceTrainer",
@@ -1156,11 +1080,10 @@ __all__ = [
     "lora_target_modules",
     "loss_config_for",
     "merge_lora",
-    "module_group",
+    "model_family",
     "publish_checkpoint",
     "reference_meta",
     "resume_checkpoint",
-    "rewrite_llava_keys",
     "save_final_model",
     "train_preference",
     "training_arguments",

@@ -1,6 +1,9 @@
-"""Model families: one adapter per family holds its quirks (prompt templates, image tokens, processor inputs).
+"""Model families: one adapter per family holds its quirks (prompt templates, image tokens, processor inputs, how
+its vision tower is called, which modules are trained, how a saved checkpoint is finished).
 
 Engines and trainers share the adapters, so a prompt is rendered the same way for generation and for training.
+What does not depend on a prompt template (the vision-tower calls, the module groups) is a class method, so that it
+also serves code that knows the family by name or by a model's ``config.model_type`` only.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ class ModelFamily(ABC):
     # Extra fields of an OpenAI-compatible chat request that make a vLLM server tokenize the prompt as the
     # offline engines do (e.g. LLaVA's chat template emits no BOS, which the processor adds offline).
     server_request_fields: ClassVar[dict[str, Any]] = {}
+    # Whether trainers.logprobs can score rows of this family: the adapter implements encode_images and
+    # empty_vision_input.
+    supports_logprobs: ClassVar[bool] = False
 
     def __init__(self, model_path: str | Path, template: str | None = None):
         self.model_path = Path(model_path)
@@ -43,6 +49,42 @@ class ModelFamily(ABC):
     def processor_inputs(self, processor: Any, texts: list[str], images: list[list[Any]]) -> dict[str, Any]:
         """transformers model inputs for a batch of rendered ``texts`` and their PIL ``images``
         (left padding for generation)."""
+
+    @classmethod
+    def encode_images(cls, model: Any, pixel_values: Any, image_grid_thw: Any | None) -> list[Any]:
+        """Features of a batch of preprocessed images from ONE vision-tower call, one ``[n_tokens, hidden]`` tensor
+        per image. ``model`` is the multimodal base model of a transformers VLM of this family (the one with
+        ``get_image_features``); ``pixel_values`` are in the vision tower's dtype; ``image_grid_thw`` is what the
+        processor gave with them, or None."""
+        raise NotImplementedError(f"{cls.name}: the adapter does not encode images for log-probabilities")
+
+    @classmethod
+    def empty_vision_input(cls, config: Any, dtype: Any, device: Any) -> tuple[Any, Any | None]:
+        """``(pixel_values, image_grid_thw)`` of one blank (all-zero) image that :meth:`encode_images` accepts, for
+        the model whose transformers config is ``config``: sharded training calls the vision tower once per
+        forward even when a micro-batch holds no image."""
+        raise NotImplementedError(f"{cls.name}: the adapter has no blank vision input")
+
+    @classmethod
+    def module_group(cls, name: str) -> str | None:
+        """The part of a model of this family that parameter or module ``name`` belongs to: ``language_model``,
+        ``vision_tower`` or ``projector``, None for anything else. Here: ``language_model`` for names with a
+        ``language_model`` or ``lm_head`` component; the families add their vision tower and projector."""
+        parts = name.split(".")
+        if "language_model" in parts or "lm_head" in parts:
+            return "language_model"
+        return None
+
+    @classmethod
+    def unused_vision_modules(cls, config: Any) -> list[str]:
+        """Name fragments of vision-tower modules whose output a model with transformers config ``config`` never
+        uses, so that they never receive a gradient (trainers leave them out of LoRA and freeze them). None by
+        default."""
+        return []
+
+    def postprocess_checkpoint(self, folder: str | Path) -> None:
+        """Finish a model folder a trainer has just saved (``save_pretrained``) so that every engine loads it, e.g.
+        key names vLLM expects. Nothing to do by default."""
 
     def describe(self) -> dict[str, Any]:
         return {"family": self.name, "template": self.template}
@@ -75,13 +117,21 @@ def read_config(model_path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{cfg}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
 
 
+def family_class(model_type: str | None) -> type[ModelFamily] | None:
+    """The adapter class that serves checkpoints of ``config.json`` ``model_type``, None when no family does."""
+    for cls in families().values():
+        if model_type in cls.model_types:
+            return cls
+    return None
+
+
 def family_for(model_path: str | Path, template: str | None = None) -> ModelFamily:
     """The adapter for the checkpoint at ``model_path``; a clear error for an unsupported architecture."""
     config = read_config(model_path)
     model_type = config.get("model_type")
-    for cls in families().values():
-        if model_type in cls.model_types:
-            return cls(model_path, template)
+    found = family_class(model_type)
+    if found is not None:
+        return found(model_path, template)
     supported = sorted(t for cls in families().values() for t in cls.model_types)
     archs = ", ".join(config.get("architectures") or []) or "unknown"
     raise ModelError(

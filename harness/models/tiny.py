@@ -26,15 +26,16 @@ from typing import Any
 from harness.models import cache_dir
 from harness.models.llava import LLAVA_V1_SYSTEM
 from harness.models.qwen2vl import QWEN2VL_SYSTEM
+from harness.models.weights import rename_tensor_prefixes
 
 EMBEDDED_MODEL_NAME = "tiny-llava-v1"
 
 # Template text the tiny models see in every prompt; added to the corpus so the prompt is not all <unk>.
-_LLAVA_TEMPLATE_TEXT = f"{LLAVA_V1_SYSTEM} USER: ASSISTANT:"
-_QWEN_TEMPLATE_TEXT = f"{QWEN2VL_SYSTEM} system user assistant"
+LLAVA_TEMPLATE_TEXT = f"{LLAVA_V1_SYSTEM} USER: ASSISTANT:"
+QWEN_TEMPLATE_TEXT = f"{QWEN2VL_SYSTEM} system user assistant"
 
-_LLAVA_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
-_QWEN_SPECIALS = (
+LLAVA_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
+QWEN_SPECIALS = (
     "<unk>",
     "<|endoftext|>",
     "<|im_start|>",
@@ -93,7 +94,7 @@ QWEN2VL_CHAT_TEMPLATE = (
 )
 
 
-def _word_level_tokenizer(
+def word_level_tokenizer(
     corpus: Iterable[str], specials: tuple[str, ...], bos: str | None, **special_map: Any
 ) -> Any:
     """A word-level ``PreTrainedTokenizerFast`` over the words of ``corpus``.
@@ -126,7 +127,7 @@ def _word_level_tokenizer(
     return PreTrainedTokenizerFast(tokenizer_object=tok, **special_map)
 
 
-def _init_weights(model: Any, seed: int, std: float, embed_std: float) -> None:
+def init_weights(model: Any, seed: int, std: float, embed_std: float) -> None:
     """Seeded re-initialisation of every parameter, in name order: norms to one, biases to zero, embeddings
     and the LM head with ``embed_std`` (large enough for greedy decoding to produce varied words rather
     than one token over and over), other matrices with ``std``."""
@@ -144,7 +145,7 @@ def _init_weights(model: Any, seed: int, std: float, embed_std: float) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32) * s)
 
 
-def _never_generate(model: Any, token_ids: Iterable[int]) -> None:
+def never_generate(model: Any, token_ids: Iterable[int]) -> None:
     """Zero the output-embedding rows of ``token_ids``: their logit is then 0 while the other logits spread
     widely around it, so greedy decoding practically never picks them (placeholders, padding, BOS...)."""
     import torch
@@ -155,22 +156,6 @@ def _never_generate(model: Any, token_ids: Iterable[int]) -> None:
             weight[i].zero_()
 
 
-def _rewrite_safetensors(path: Path, rename: dict[str, str]) -> None:
-    """Rewrite ``path`` with key prefixes renamed (``rename``: old prefix -> new prefix), keys sorted."""
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(str(path))
-    out = {}
-    for key in sorted(tensors):
-        new = key
-        for old_prefix, new_prefix in rename.items():
-            if key.startswith(old_prefix) and not key.startswith(new_prefix):
-                new = new_prefix + key[len(old_prefix):]
-                break
-        out[new] = tensors[key].contiguous()
-    save_file(out, str(path), metadata={"format": "pt"})
-
-
 def _prepare_out_dir(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +163,7 @@ def _prepare_out_dir(out_dir: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
+def no_progress_bars() -> Iterator[None]:
     """Silence transformers' progress bars (``Writing model shards``) while a tiny checkpoint is saved."""
     from transformers.utils import logging as hf_logging
 
@@ -211,9 +196,9 @@ def build_tiny_llava(out_dir: str | Path, corpus: Iterable[str], seed: int = 0) 
     )
 
     out = _prepare_out_dir(out_dir)
-    tokenizer = _word_level_tokenizer(
-        [*corpus, _LLAVA_TEMPLATE_TEXT],
-        _LLAVA_SPECIALS,
+    tokenizer = word_level_tokenizer(
+        [*corpus, LLAVA_TEMPLATE_TEXT],
+        LLAVA_SPECIALS,
         bos="<s>",
         unk_token="<unk>",
         bos_token="<s>",
@@ -222,7 +207,7 @@ def build_tiny_llava(out_dir: str | Path, corpus: Iterable[str], seed: int = 0) 
         extra_special_tokens={"image_token": "<image>"},
     )
     tokenizer.padding_side = "left"
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _LLAVA_SPECIALS}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in LLAVA_SPECIALS}
 
     image_size, patch_size = 32, 8
     vision = CLIPVisionConfig(
@@ -259,15 +244,15 @@ def build_tiny_llava(out_dir: str | Path, corpus: Iterable[str], seed: int = 0) 
     with torch.random.fork_rng():  # leaves the caller's random state alone
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config).eval()
-    _init_weights(model, seed, std=0.1, embed_std=1.0)
-    _never_generate(model, [i for t, i in ids.items() if t != "</s>"])
+    init_weights(model, seed, std=0.1, embed_std=1.0)
+    never_generate(model, [i for t, i in ids.items() if t != "</s>"])
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"]
     )
-    with _no_progress_bars():
+    with no_progress_bars():
         model.save_pretrained(out)
     # llava-hf key names: the vision tower keeps CLIPVisionModel's "vision_model." level, which vLLM requires
-    _rewrite_safetensors(out / "model.safetensors", {"vision_tower.": "vision_tower.vision_model."})
+    rename_tensor_prefixes(out / "model.safetensors", {"vision_tower.": "vision_tower.vision_model."})
 
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size},
@@ -306,16 +291,16 @@ def build_tiny_qwen2vl(out_dir: str | Path, corpus: Iterable[str], seed: int = 0
     )
 
     out = _prepare_out_dir(out_dir)
-    tokenizer = _word_level_tokenizer(
-        [*corpus, _QWEN_TEMPLATE_TEXT],
-        _QWEN_SPECIALS,
+    tokenizer = word_level_tokenizer(
+        [*corpus, QWEN_TEMPLATE_TEXT],
+        QWEN_SPECIALS,
         bos=None,
         unk_token="<unk>",
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )
     tokenizer.padding_side = "left"
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
 
     hidden, heads = 128, 4
     head_dim = hidden // heads
@@ -357,14 +342,14 @@ def build_tiny_qwen2vl(out_dir: str | Path, corpus: Iterable[str], seed: int = 0
     with torch.random.fork_rng():  # leaves the caller's random state alone
         torch.manual_seed(seed)
         model = Qwen2VLForConditionalGeneration(config).eval()
-    _init_weights(model, seed, std=0.1, embed_std=1.0)
-    _never_generate(model, [i for t, i in ids.items() if t != "<|im_end|>"])
+    init_weights(model, seed, std=0.1, embed_std=1.0)
+    never_generate(model, [i for t, i in ids.items() if t != "<|im_end|>"])
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],
     )
-    with _no_progress_bars():
+    with no_progress_bars():
         model.save_pretrained(out)
 
     size = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}  # min_pixels, max_pixels

@@ -1,5 +1,6 @@
 """A saved model's weight files: which they are, whether a safetensors file is whole, whether two models hold the
-same tensors. Read by the trainers (checkpoint checks) and the sweep (verification of trained models)."""
+same tensors, and renaming the tensors of a safetensors file. Read by the trainers (checkpoint checks), the sweep
+(verification of trained models) and the family adapters (key names of saved checkpoints)."""
 
 from __future__ import annotations
 
@@ -77,3 +78,20 @@ def same_weights(a: Path, b: Path) -> bool:
         if not bool((x.double() == y.double()).all()):
             return False
     return True
+
+
+def rename_tensor_prefixes(path: Path, rename: dict[str, str]) -> None:
+    """Rewrite the safetensors file ``path`` with key prefixes renamed (``rename``: old prefix -> new prefix; a key
+    that already starts with the new prefix is kept), keys sorted."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    out = {}
+    for key in sorted(tensors):
+        new = key
+        for old_prefix, new_prefix in rename.items():
+            if key.startswith(old_prefix) and not key.startswith(new_prefix):
+                new = new_prefix + key[len(old_prefix):]
+                break
+        out[new] = tensors[key].contiguous()
+    save_file(out, str(path), metadata={"format": "pt"})
