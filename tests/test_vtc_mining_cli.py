@@ -215,3 +215,18 @@ def test_mine_config_errors_name_the_command_line_flags():
     """MineConfig's messages use the flag names, so a library caller and a CLI user read the same text."""
     with pytest.raises(ConfigError, match="--faiss-nprobe"):
         MineConfig(method="faiss-ivf", faiss_nlist=4, faiss_nprobe=5)
+
+
+@needs_faiss
+def test_a_flat_search_counts_every_row_per_query():
+    """The exact search's ``compared`` is queries x N whatever the method names (the bench passes the batch
+    defaults): pairs per second of the flat search are counted on it."""
+    from dataclasses import replace
+
+    from trainers.vtc.mine import search_faiss
+
+    clip, dino = easy_set()
+    queries = np.arange(0, 4000, 40)
+    for method in ("faiss", "batch"):
+        found = search_faiss(clip, dino, replace(MineConfig(), method=method), queries=queries)
+        assert found.compared == len(queries) * len(clip), method

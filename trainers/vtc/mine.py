@@ -443,7 +443,7 @@ def search_faiss(clip: Any, dino: Any, config: MineConfig, *, progress: bool = F
         found_j.append(np.maximum(q, other))
         found_s.append(sim)
     counted = _distance_count(faiss, config.method)
-    if config.method == "faiss":
+    if not config.approximate:  # a flat index compares each query with every row
         result.compared = len(query_rows) * n
     elif counted is not None and counted > 0:
         result.compared = counted
