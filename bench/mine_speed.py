@@ -39,8 +39,14 @@ linearly; the embeddings themselves take ``target x (clip + dino dims) x 4`` byt
 
 The default run takes about two minutes on two cores without the approximate indexes (and ~3 GB of temporary
 disk for the 10^6 vectors, under ``--tmp``, removed afterwards); building IVF and HNSW indexes over 10^6 768-d
-vectors takes tens of minutes on two cores: ``--clip-dim 128`` for a short run. Timings depend on the machine's BLAS and on other load: compare methods within one
-run.
+vectors takes tens of minutes on two cores: ``--clip-dim 128`` for a short run. Timings depend on the machine's
+BLAS and on other load: compare methods within one run. Measured figures and the 17M estimate they give are in
+:mod:`trainers.vtc.mine`'s docstring; they came from (one thread each, on 2 shared cores)::
+
+    python bench/mine_speed.py --sizes 100000 --threads 1 --clusters 1000          # 2.2 min, all four methods
+    python bench/mine_speed.py --sizes 1000000 --threads 1 --clusters 1000 --methods batch,faiss       # 1.6 min
+    python bench/mine_speed.py --sizes 1000000 --clip-dim 128 --threads 1 --clusters 1000 \\
+        --methods batch,faiss,faiss-ivf                                                # 1.7 min
 """
 
 from __future__ import annotations
