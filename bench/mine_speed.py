@@ -39,8 +39,14 @@ linearly; the embeddings themselves take ``target x (clip + dino dims) x 4`` byt
 
 The default run takes about two minutes on two cores without the approximate indexes (and ~3 GB of temporary
 disk for the 10^6 vectors, under ``--tmp``, removed afterwards); building IVF and HNSW indexes over 10^6 768-d
-vectors takes tens of minutes on two cores: ``--clip-dim 128`` for a short run. Timings depend on the machine's BLAS and on other load: compare methods within one
-run.
+vectors takes tens of minutes on two cores: ``--clip-dim 128`` for a short run. Timings depend on the machine's
+BLAS and on other load: compare methods within one run. Measured figures and the 17M estimate they give are in
+:mod:`trainers.vtc.mine`'s docstring; they came from (one thread each, on 2 shared cores)::
+
+    python bench/mine_speed.py --sizes 100000 --threads 1 --clusters 1000          # 2.2 min, all four methods
+    python bench/mine_speed.py --sizes 1000000 --threads 1 --clusters 1000 --methods batch,faiss       # 1.6 min
+    python bench/mine_speed.py --sizes 1000000 --clip-dim 128 --threads 1 --clusters 1000 \\
+        --methods batch,faiss,faiss-ivf                                                # 1.7 min
 """
 
 from __future__ import annotations
@@ -193,6 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def bench_size(n: int, args: argparse.Namespace, tmp: Path, methods: list[str], faiss: Any) -> list[dict[str, Any]]:
     """Both searches on one pool of ``n`` vectors."""
+    from dataclasses import replace
     from functools import partial
 
     import numpy as np
@@ -222,7 +229,8 @@ def bench_size(n: int, args: argparse.Namespace, tmp: Path, methods: list[str], 
     if "faiss" in methods:
         q = n if args.faiss_queries <= 0 else min(n, args.faiss_queries)
         queries = np.random.default_rng(args.seed + 2).choice(n, size=q, replace=False)
-        found, seconds, peak = measure(partial(search_faiss, clip, dino, config, queries=queries))
+        flat = replace(config, method="faiss")
+        found, seconds, peak = measure(partial(search_faiss, clip, dino, flat, queries=queries))
         # the index is built inside search_faiss: build one alone to separate building from searching
         t1 = time.perf_counter()
         index = faiss.IndexFlatIP(args.clip_dim)
@@ -355,19 +363,20 @@ def report(data: dict[str, Any]) -> str:
     approx = [r for r in data["results"] if r["method"] in ("faiss-ivf", "faiss-hnsw")]
     if approx:
         lines.append("")
-        lines.append("Approximate indexes against exact search (recall on random queries; speed-up per query over "
-                     "the exact flat search):")
+        lines.append("Approximate indexes against exact search (recall on random queries; speed-up per query and "
+                     "for the full pool, build included, over the exact flat search):")
         lines.append(f"{'method':<10} {'N':>10} {'settings':>20} {'build':>9} {'ms/query':>9} {'speed-up':>9} "
-                     f"{'recall@k':>9} {'recall>thr':>11} {'(n)':>6}")
+                     f"{'pool':>7} {'recall@k':>9} {'recall>thr':>11} {'(n)':>6}")
         for r in approx:
             exact = next((e for e in data["results"] if e["method"] == "faiss" and e["n"] == r["n"]), None)
             exact_per_q = exact["search_seconds"] / exact["queries"] if exact else r["exact_seconds_per_query"]
             settings = (f"nlist {r['nlist']}, nprobe {r['nprobe']}" if r["method"] == "faiss-ivf"
                         else f"M {r['hnsw_m']}, ef {r['ef_search']}")
             above = "-" if r["recall_above"] is None else f"{r['recall_above']:.3f}"
+            pool = f"{exact['full_seconds'] / r['full_seconds']:.1f}x" if exact else "-"
             lines.append(f"{r['method']:<10} {r['n']:>10,} {settings:>20} {duration(r['build_seconds']):>9} "
                          f"{r['search_seconds_per_query'] * 1e3:>9.3f} "
-                         f"{exact_per_q / max(r['search_seconds_per_query'], 1e-12):>8.1f}x "
+                         f"{exact_per_q / max(r['search_seconds_per_query'], 1e-12):>8.1f}x {pool:>7} "
                          f"{r['recall_at_k']:>9.3f} {above:>11} {r['neighbours_above']:>6}")
     est = data["estimate"]
     lines.append("")

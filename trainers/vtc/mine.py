@@ -43,44 +43,46 @@ pair's source is the source of its images, ``a+b`` when they differ).
 
 Cost at the paper's scale (``bench/mine_speed.py``)
 ---------------------------------------------------
-Measured on 2 shared CPU cores (OpenBLAS, faiss-cpu 1.15.1), random 768-d CLIP vectors, two runs of the default
-bench (the spread is other load on the machine): both searches evaluate about 3-6 x 10^7 pairs per second, so
-their cost is the number of pairs they compare.
+Measured with one thread on 2 shared CPU cores (OpenBLAS, faiss-cpu 1.15.1), 768-d CLIP vectors around 1,000
+random centres with 1% planted near pairs (``--clusters 1000``): both exact searches evaluate about 2-4 x 10^7
+pairs per second, so their cost is the number of pairs they compare.
 
 ==================  ===============  ==================  ==============================================
 N images            within batches   faiss flat, global  memory
 ==================  ===============  ==================  ==============================================
-10^5                2-4 s            1-5 min             batch 33 MiB; faiss index 0.3 GiB
-10^6                17-35 s          5-10 h              batch 32 MiB; faiss index 2.9 GiB
-17 x 10^6 (est.)    5-10 min         60-115 days         batch 32 MiB; faiss index 49 GiB (N x 768 x 4)
+10^5                4.3 s            4.1 min             batch 33 MiB; faiss index 0.3 GiB
+10^6                43 s             8.9 h               batch 33 MiB; faiss index 2.9 GiB
+17 x 10^6 (est.)    12 min           107 days            batch 33 MiB; faiss index 49 GiB (N x 768 x 4)
 ==================  ===============  ==================  ==============================================
 
 Within batches compares ``N (B - 1) / 2`` pairs (1.7 x 10^10 at 17M), linear in N; an exact global search compares
 ``N (N - 1) / 2`` (1.4 x 10^14), about ``N / B`` = 8,300 times more at 17M, and holds every CLIP vector in memory.
-At 17M the exact global search needs a GPU (faiss-gpu; 4.4 x 10^17 FLOP, a few hours at an H100's FP32 rate: an
-estimate, not measured here) or an approximate index (``faiss-ivf``, ``faiss-hnsw``; see the bench for their
-recall and speed against exact search at 10^5 and 10^6 vectors and the 17M estimate). The batch search reads the embeddings through mmap: 17M images take 49 GiB (CLIP, 768-d) + 65 GiB (DINOv2-L, 1024-d)
-of float32 on disk. Planted near pairs show what the batches miss: the batch search found 1.4-2.1% of them (about
-``B / N``), the global search all.
+At 17M the exact global search needs a GPU (faiss-gpu; 4.4 x 10^17 FLOP, about 2 h at a sustained 30 TFLOP/s FP32:
+an estimate, not measured here) or an approximate index (``faiss-ivf``, ``faiss-hnsw``). The batch search reads
+the embeddings through mmap: 17M images take 49 GiB (CLIP, 768-d) + 65 GiB (DINOv2-L, 1024-d) of float32 on disk.
+Planted near pairs show what the batches miss: the batch search found 0.3-1.5% of them (about ``B / N``), the
+global searches all.
 
-The approximate indexes with their defaults (one thread on the shared 2 cores, vectors around 1,000 random
-centres with 1% planted near pairs; recall against exact search on 1,000 random queries, recall@10 / of the exact
-neighbours above 0.95; speed-up per query over the exact flat search):
+The approximate indexes with their defaults, same vectors and thread; recall against exact search on 1,000 random
+queries (recall@10 / of the exact neighbours above 0.95), speed-up over the exact flat search per query and for
+the whole pool (build included):
 
-===================  ==========  ==============  =============  ====================================
-N x dim              index       build           ms per query   recall@10 / above threshold (n)
-===================  ==========  ==============  =============  ====================================
-10^5 x 768           IVF         10.5 s          0.64 (2.2x)    1.000 / 1.000 (21)
-10^5 x 768           HNSW        78 s            0.52 (2.6x)    1.000 / 1.000 (21)
-10^6 x 128           IVF         58 s            0.34 (10x)     1.000 / 1.000 (18)
-10^6 x 128           HNSW        7.7 min         0.57 (6.1x)    0.985 / 0.944 (18)
-===================  ==========  ==============  =============  ====================================
+===================  ==========  ==============  ==========================  ====================================
+N x dim              index       build           ms per query (speed-up)     recall@10 / above threshold (n)
+===================  ==========  ==============  ==========================  ====================================
+10^5 x 768           IVF         12.5 s          0.72 (3.4x; pool 2.9x)      1.000 / 1.000 (21)
+10^5 x 768           HNSW        86 s            0.85 (2.9x; pool 1.4x)      1.000 / 1.000 (21)
+10^6 x 128           IVF         50 s            0.38 (10x; pool 8.8x)       1.000 / 1.000 (18)
+===================  ==========  ==============  ==========================  ====================================
 
-Scaled to 17M (IVF build with N^1.5 and queries with sqrt(N), HNSW with N log N and log N; from 10^6 x 128): IVF
-about 8 h and HNSW about 6 h on one CPU thread, against 12 days for exact search; IVF compares ~8 x 10^11 pairs,
-seconds to minutes of GPU time. On uniform random vectors (no clusters) recall@10 is low (IVF 0.2-0.4, HNSW
-0.7-0.95: the 10 nearest rows are nearly tied at cosine ~0.1) while the near pairs above the threshold are still
-all found; the recall the mine summary records is the one of the real embeddings.
+(HNSW over 10^6 vectors takes several minutes to build on one thread and was not rerun; an earlier run at
+10^6 x 128: 7.7 min build, 0.57 ms per query, recall 0.985 / 0.944.) Scaled to 17M x 768 from 10^5 (IVF build
+with N^1.5 and queries with sqrt(N), HNSW with N log N and log N): IVF about 52 h and HNSW about 12 h on one CPU
+thread, against 82-107 days for exact search (from 10^5 and 10^6); from 10^6 x 128, IVF 8.5 h against 12.8 days.
+IVF compares ~8 x 10^11 pairs at 17M, under a minute of GPU arithmetic. The recall at 17M is not measured here:
+a real run records its own (``faiss_recall_sample``). On uniform random vectors (no clusters) recall@10 is low (IVF
+0.2-0.4, HNSW 0.7-0.95: the 10 nearest rows are nearly tied at cosine ~0.1) while the near pairs above the
+threshold are still all found; the recall the mine summary records is the one of the real embeddings.
 """
 
 from __future__ import annotations
@@ -443,7 +445,7 @@ def search_faiss(clip: Any, dino: Any, config: MineConfig, *, progress: bool = F
         found_j.append(np.maximum(q, other))
         found_s.append(sim)
     counted = _distance_count(faiss, config.method)
-    if config.method == "faiss":
+    if not config.approximate:  # a flat index compares each query with every row
         result.compared = len(query_rows) * n
     elif counted is not None and counted > 0:
         result.compared = counted
@@ -521,6 +523,29 @@ def index_recall(clip: Any, config: MineConfig, *, index: Any = None, sample: in
     return {"method": config.method, "queries": q, "k": k, "recall_at_k": hits / (q * k) if q * k else None,
             "neighbours_above": total_above, "recall_above": hits_above / total_above if total_above else None,
             "exact_seconds": exact_seconds, "index_seconds": approx_seconds}
+
+
+RECALL_WARNING = 0.95  # below this recall of the neighbours above the CLIP floor, the mine stage warns
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def log_recall(recall: dict[str, Any]) -> None:
+    """Log :func:`index_recall`'s figures; a warning when the index missed more than 5% of the exact neighbours
+    above the CLIP floor (the pairs mining keeps), naming the flag that trades speed for recall."""
+    what = (f"mine: {recall['method']} recall against exact search on {recall['queries']} queries: "
+            f"recall@{recall['k']} {_share(recall['recall_at_k'])}, above the CLIP floor "
+            f"{_share(recall['recall_above'])} ({recall['neighbours_above']} exact neighbours); per query "
+            f"{1e3 * recall['index_seconds'] / max(recall['queries'], 1):.3f} ms against "
+            f"{1e3 * recall['exact_seconds'] / max(recall['queries'], 1):.3f} ms exact")
+    above = recall["recall_above"]
+    if above is not None and above < RECALL_WARNING:
+        knob = "--faiss-nprobe" if recall["method"] == "faiss-ivf" else "--hnsw-ef-search"
+        log.warning("%s: pairs are being missed; raise %s, or use --mining faiss (exact)", what, knob)
+    else:
+        log.info("%s", what)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -647,11 +672,9 @@ def mine(clip: Any, dino: Any, config: MineConfig, *, ids: Sequence[str] | None 
     if config.method.startswith("faiss"):
         index = build_index(clip, config)
         found = search_faiss(clip, dino, config, progress=progress, index=index)
-        if config.approximate and config.faiss_recall_sample:
+        if config.approximate and config.faiss_recall_sample and n > 1:
             recall = index_recall(clip, config, index=index)
-            log.info("mine: %s recall@%d %.3f against exact search on %d queries (above the CLIP floor: %s)",
-                     config.method, recall["k"], recall["recall_at_k"], recall["queries"],
-                     "-" if recall["recall_above"] is None else f"{recall['recall_above']:.3f}")
+            log_recall(recall)
         del index
     else:
         found = search_within_batches(clip, dino, config, progress=progress)
@@ -695,6 +718,8 @@ def run_mine_stage(out_dir: str | os.PathLike[str], config: MineConfig, *, progr
         old = read_json(summary_path)
         if old.get("settings") == settings:
             log.info("mine: %d pairs already mined with these settings (%s)", old["counts"]["pairs"], mine_dir)
+            if old.get("recall"):
+                log_recall(old["recall"])
             return old
     t0 = time.time()
     result = mine(emb.clip, emb.dino, config, ids=emb.ids, sources=emb.sources, sha256=emb.sha256,
@@ -713,6 +738,6 @@ def run_mine_stage(out_dir: str | os.PathLike[str], config: MineConfig, *, progr
 __all__ = [
     "FAISS_DEVICES", "FAISS_PIN", "MINING_METHODS", "MineConfig", "MineResult", "MinedPair", "PairArrays",
     "SearchResult", "build_index", "duplicate_representatives", "exact_neighbours", "faiss_gpus", "import_faiss",
-    "index_recall", "ivf_lists", "merge_duplicates", "mine", "normalize", "one_pair_per_image", "pair_id",
-    "read_pairs", "run_mine_stage", "search_faiss", "search_within_batches",
+    "index_recall", "ivf_lists", "log_recall", "merge_duplicates", "mine", "normalize", "one_pair_per_image",
+    "pair_id", "read_pairs", "run_mine_stage", "search_faiss", "search_within_batches",
 ]

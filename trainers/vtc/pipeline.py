@@ -4,7 +4,9 @@
 
     harness build-vtc --images SOURCE --output DIR [--stage embed|mine|label|review|write|report|all]
         [--clip-model PATH] [--dino-model PATH] [--clip-threshold 0.95] [--dino-threshold 0.6]
-        [--mining batch|faiss] [--batch-size 2048] [--one-pair-per-image]
+        [--mining batch|faiss|faiss-ivf|faiss-hnsw] [--batch-size 2048] [--faiss-k 10]
+        [--faiss-nlist 0] [--faiss-nprobe 32] [--hnsw-m 32] [--hnsw-ef-construction 80] [--hnsw-ef-search 128]
+        [--faiss-device auto|cpu|gpu] [--faiss-recall-sample 1000] [--one-pair-per-image]
         [--llm-model gpt-4o] [--llm-base-url URL] [--decisions FILE ...]
 
 ``--stage all`` (the default) runs embed -> mine -> label (+ review pages) -> write -> report; a single stage
@@ -19,6 +21,12 @@ rewritten from the cached replies. A typical session::
     # open vtc/review/review-0001.html, accept / reject / change, export the decisions, then:
     harness build-vtc --output vtc/ --stage write --decisions decisions-review-0001.json
     harness train --method jompo --data vtc/vtc.jsonl ...
+
+Mining (:mod:`trainers.vtc.mine`) compares pairs within consecutive batches (``--mining batch``, the paper's) or
+searches globally: exactly (``faiss``) or in an approximate index for large pools (``faiss-ivf``: ``--faiss-nlist``
+lists, ``--faiss-nprobe`` scanned per query; ``faiss-hnsw``: ``--hnsw-m``, ``--hnsw-ef-construction``,
+``--hnsw-ef-search``). An approximate run measures its recall against exact search on ``--faiss-recall-sample``
+random queries; the figures are logged and written under ``recall`` in ``DIR/mine/summary.json``.
 
 The report (:func:`build_report`) is the paper's Table 6 layout: every contrast type with the number of written
 pairs and its share, plus per-source counts along the stages (mined, labelled, accepted, written pairs, records);
@@ -39,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.argtypes import int_at_least
 from harness.errors import ConfigError
 from harness.io import atomic_write_json, atomic_write_text, read_json
 from harness.judge import Judge
@@ -77,6 +86,13 @@ class BuildConfig:
     dup_clip: float = 0.995
     dup_dino: float = 0.95
     one_pair_per_image: bool = False
+    faiss_nlist: int = 0
+    faiss_nprobe: int = 32
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    faiss_device: str = "auto"
+    faiss_recall_sample: int = 1000
     # label and write
     llm_model: str = DEFAULT_LLM_MODEL
     llm_base_url: str | None = None
@@ -109,8 +125,12 @@ class BuildConfig:
     def mine_config(self) -> Any:
         from trainers.vtc.mine import MineConfig
 
-        return MineConfig(self.clip_threshold, self.dino_threshold, self.mining, self.batch_size,  # type: ignore[arg-type]
-                          self.faiss_k, self.dup_clip, self.dup_dino, self.one_pair_per_image)
+        return MineConfig(  # type: ignore[arg-type]
+            clip_threshold=self.clip_threshold, dino_threshold=self.dino_threshold, method=self.mining,
+            batch_size=self.batch_size, faiss_k=self.faiss_k, dup_clip=self.dup_clip, dup_dino=self.dup_dino,
+            one_pair_per_image=self.one_pair_per_image, faiss_nlist=self.faiss_nlist, faiss_nprobe=self.faiss_nprobe,
+            hnsw_m=self.hnsw_m, hnsw_ef_construction=self.hnsw_ef_construction, hnsw_ef_search=self.hnsw_ef_search,
+            faiss_device=self.faiss_device, faiss_recall_sample=self.faiss_recall_sample)
 
 
 def make_llm(config: BuildConfig) -> Judge:
@@ -361,6 +381,8 @@ def _non_negative(text: str) -> int:
 
 def add_build_vtc_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``harness build-vtc``."""
+    from trainers.vtc.mine import FAISS_DEVICES, MINING_METHODS
+
     p.add_argument("--images", metavar="SOURCE",
                    help="image pool: a folder (searched recursively), a file list (one path per line, optionally "
                         "TAB source) or a Hugging Face dataset saved to disk; needed by the embed stage")
@@ -384,11 +406,28 @@ def add_build_vtc_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("mine")
     m.add_argument("--clip-threshold", type=_unit_float, default=0.95, help="CLIP cosine above this (default 0.95)")
     m.add_argument("--dino-threshold", type=_unit_float, default=0.6, help="DINOv2 cosine below this (default 0.6)")
-    m.add_argument("--mining", choices=["batch", "faiss"], default="batch",
-                   help="batch: all pairs within consecutive batches (the paper's); faiss: global nearest neighbours")
+    m.add_argument("--mining", choices=MINING_METHODS, default="batch",
+                   help="batch: all pairs within consecutive batches (the paper's); faiss: exact global nearest "
+                        "neighbours; faiss-ivf, faiss-hnsw: approximate global search in an IVF or HNSW index, "
+                        "for large pools (recall against exact search is measured and recorded)")
     m.add_argument("--batch-size", type=_positive, default=2048, help="mining batch (default: 2048, the paper's)")
     m.add_argument("--faiss-k", type=_non_negative, default=10,
                    help="neighbours per image in faiss mining (0: every neighbour above the CLIP threshold)")
+    m.add_argument("--faiss-nlist", type=_non_negative, default=0,
+                   help="faiss-ivf: inverted lists (default 0: 4 sqrt(N), at most N / 39)")
+    m.add_argument("--faiss-nprobe", type=_positive, default=32,
+                   help="faiss-ivf: lists scanned per query, at most --faiss-nlist (default 32)")
+    m.add_argument("--hnsw-m", type=int_at_least(2), default=32, help="faiss-hnsw: links per node (default 32)")
+    m.add_argument("--hnsw-ef-construction", type=_positive, default=80,
+                   help="faiss-hnsw: candidate list while building (default 80)")
+    m.add_argument("--hnsw-ef-search", type=_positive, default=128,
+                   help="faiss-hnsw: candidate list per query (default 128)")
+    m.add_argument("--faiss-device", choices=FAISS_DEVICES, default="auto",
+                   help="auto: flat and IVF indexes on the GPU(s) when faiss has GPU support (HNSW stays on the "
+                        "CPU); cpu; gpu: require one")
+    m.add_argument("--faiss-recall-sample", type=_non_negative, default=1000,
+                   help="faiss-ivf / faiss-hnsw: random queries on which recall against exact search is measured "
+                        "and recorded in the mine summary (0: not measured; default 1000)")
     m.add_argument("--dup-clip", type=_unit_float, default=0.995, help="near duplicates: CLIP cosine above this")
     m.add_argument("--dup-dino", type=_unit_float, default=0.95, help="near duplicates: DINOv2 cosine above this")
     m.add_argument("--one-pair-per-image", action="store_true",
@@ -423,7 +462,10 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         embed_batch_size=args.embed_batch_size, workers=args.workers, device=args.device, dtype=args.dtype,
         clip_threshold=args.clip_threshold, dino_threshold=args.dino_threshold, mining=args.mining,
         batch_size=args.batch_size, faiss_k=args.faiss_k, dup_clip=args.dup_clip, dup_dino=args.dup_dino,
-        one_pair_per_image=args.one_pair_per_image, llm_model=args.llm_model, llm_base_url=args.llm_base_url,
+        one_pair_per_image=args.one_pair_per_image, faiss_nlist=args.faiss_nlist, faiss_nprobe=args.faiss_nprobe,
+        hnsw_m=args.hnsw_m, hnsw_ef_construction=args.hnsw_ef_construction, hnsw_ef_search=args.hnsw_ef_search,
+        faiss_device=args.faiss_device, faiss_recall_sample=args.faiss_recall_sample, llm_model=args.llm_model,
+        llm_base_url=args.llm_base_url,
         llm_api_key_env=args.llm_api_key_env, llm_concurrency=args.llm_concurrency, llm_timeout=args.llm_timeout,
         llm_max_retries=args.llm_max_retries, llm_cache=not args.no_llm_cache, llm_cache_dir=args.llm_cache_dir,
         max_pairs=args.max_pairs, image_max_side=args.image_max_side, review_page_size=args.review_page_size,
