@@ -179,13 +179,13 @@ FAKE_JOB = textwrap.dedent('''
     folder = spec.parent
     n = len(list(folder.glob("started-*")))
     (folder / f"started-{n}").write_text(str(os.getpid()))
-    hang = os.environ.get("FAKE_HANG", "")
+    hang = os.environ.get("FAKE_HANG", "").split(",")
 
     def wait():
         while True:
             time.sleep(0.05)
 
-    if hang == job["id"] + ":before":
+    if job["id"] + ":before" in hang:
         wait()
     if job["kind"] in ("sft", "train"):
         start = Path(job["train_config"]["model"]) if job["train_config"].get("model") else output / "fake-base"
@@ -203,7 +203,7 @@ FAKE_JOB = textwrap.dedent('''
         for rel in job["expect"]:
             (output / rel).parent.mkdir(parents=True, exist_ok=True)
             (output / rel).write_text(json.dumps({"job": job["id"]}))
-    if hang == job["id"] + ":after":
+    if job["id"] + ":after" in hang:
         wait()
 ''')
 
@@ -239,20 +239,20 @@ def fake(tmp_path_factory) -> dict:
     return {"root": root, "prefs": prefs}
 
 
-def _sweep_args(fake: dict, out: Path) -> list[str]:
+def _sweep_args(fake: dict, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, str(fake["root"] / "driver.py"), "--log-level", "WARNING", "sweep", "--methods", "dpo",
             "--data-sizes", "10", "--data", str(fake["prefs"]), "--tasks", "toy_amber", "--seeds", "3",
-            "--output", str(out), "--no-report"]
+            "--output", str(out), "--no-report", *extra]
 
 
-def _start(fake: dict, out: Path, **env: str) -> subprocess.Popen:
+def _start(fake: dict, out: Path, extra: tuple[str, ...] = (), **env: str) -> subprocess.Popen:
     full = {**os.environ, "FAKE_JOB": str(fake["root"] / "job.py"), "PYTHONPATH": str(REPO), **env}
-    return subprocess.Popen(_sweep_args(fake, out), env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen(_sweep_args(fake, out, extra), env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
-def _run(fake: dict, out: Path, **env: str) -> tuple[int, str]:
-    proc = _start(fake, out, **env)
+def _run(fake: dict, out: Path, extra: tuple[str, ...] = (), **env: str) -> tuple[int, str]:
+    proc = _start(fake, out, extra, **env)
     _, err = proc.communicate(timeout=60)
     return proc.returncode, err
 
@@ -331,6 +331,34 @@ def test_the_running_job_dies_with_the_sweep_and_the_rerun_ends_the_same(how, wh
     assert len(_started(out, TRAIN)) == (1 if when == "after" else 2)  # complete and verified: not run again
     assert len(_started(out, "eval-base")) == 1
     assert _fake_snapshot(out) == fake_reference
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_a_parallel_sweep_runs_jobs_side_by_side_and_an_interrupt_stops_them_all(fake, tmp_path):
+    """--parallel 2: two training jobs run at once (both hang; with one slot the second would never start). SIGTERM
+    stops both, leaves both pending and names them; the rerun finishes everything, each job run once more."""
+    out = tmp_path / "sw"
+    a, b = "train-dpo-10-b0.05-e2-s3", "train-dpo-10-b0.05-e2-s4"
+    extra = ("--seeds", "3,4", "--parallel", "2")
+    proc = _start(fake, out, extra, FAKE_HANG=f"{a}:before,{b}:before")
+    _wait_for(lambda: _started(out, a) and _started(out, b))
+    pids = [_started(out, a)[0], _started(out, b)[0]]
+    assert all(_alive(p) for p in pids)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    lines = [x for x in err.splitlines() if x.startswith("harness:")]
+    assert lines == [f"harness: sweep interrupted (SIGTERM): jobs {a}, {b} were stopped; rerun the same command to "
+                     "resume"], err
+    _wait_for(lambda: not any(_alive(p) for p in pids), timeout=15)
+    entries = RunIndex(out).entries()
+    assert entries[a]["state"] == entries[b]["state"] == "pending"
+    assert entries["eval-base"]["state"] == "done"
+
+    code, err = _run(fake, out, extra)
+    assert code == 0, err
+    assert {e["state"] for e in RunIndex(out).entries().values()} == {"done"}
+    assert (len(_started(out, a)), len(_started(out, b)), len(_started(out, "eval-base"))) == (2, 2, 1)
 
 
 def test_a_job_still_run_by_another_process_is_never_run_twice(fake, tmp_path):

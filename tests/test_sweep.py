@@ -541,3 +541,117 @@ def test_a_config_layered_on_a_preset_changes_only_what_it_names(tmp_path):
     assert s.slurm == {"eval": {"gpus": 1}} and s.methods == list(METHODS)
     assert sweep.merge_settings({"a": {"b": 1, "c": {"d": 2}}}, {"a": {"c": {"e": 3}}, "f": 4}) == {
         "a": {"b": 1, "c": {"d": 2, "e": 3}}, "f": 4}
+
+
+# --------------------------------------------------------------------------------------------------- the lab preset
+def test_preset_lab_plans_tables_1_2_5_and_figures_3_4_at_three_seeds(tmp_path, capsys):
+    code, out, err = cli("sweep", "--preset", "lab", "--output", tmp_path / "lab", "--dry-run", capsys=capsys)
+    assert code == 0, err
+    assert "121 jobs (60 train, 61 eval)" in out
+    plan = build_plan(sweep.SweepSettings.from_mapping({
+        **sweep.read_sweep_config(sweep.preset_path("lab")), "output": str(tmp_path / "lab")}))
+    trains = [j for j in plan.jobs if j.kind == "train"]
+    points = {(j.params["method"], j.params["data_size"], j.params["beta"], j.params["epochs"], j.params["seed"],
+               j.params["rejected_image"]) for j in trains}
+    assert len(points) == len(trains) == 60  # the point the grids share (jompo-300-b0.05-e2) is planned once
+    for seed in (0, 1, 2):
+        for size in (100, 200, 300):  # Table 1 / Figure 3
+            assert {("dpo", size, 0.05, 2.0, seed, None), ("mpo", size, 0.05, 2.0, seed, "crop"),
+                    ("jompo", size, 0.05, 2.0, seed, None)} <= points
+        for ablation in ("jompo_no_ranking", "jompo_no_symmetry", "jompo_no_both", "jompo_no_ranking_text",
+                         "jompo_no_ranking_noimage"):  # Table 2, at 300 pairs only
+            assert (ablation, 300, 0.05, 2.0, seed, None) in points
+            assert (ablation, 100, 0.05, 2.0, seed, None) not in points
+        for strategy in ("crop", "black", "random", "contrast"):  # Figure 4
+            assert ("mpo", 300, 0.05, 2.0, seed, strategy) in points
+        for beta in (0.05, 0.1):  # Table 5
+            for epochs in (2.0, 3.0):
+                assert ("jompo", 300, beta, epochs, seed, None) in points
+    assert plan.jobs[0].id == "eval-sft" and plan.jobs[0].job_json["method"] == "sft"  # the lab model is an SFT model
+    assert plan.data.source == "data/lab/preferences.jsonl" and plan.data.n_records == 300
+    assert plan.settings.parallel == 2
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"lab": {"colour": 1.5}}, "lab setting colour (prior strength) must be a number in [0, 1], got 1.5"),
+    ({"lab": {"pair_types": ["presence", "texture"]}}, "unknown contrast type 'texture'"),
+    ({"lab": {"n_pairs": 150}}, "200 (200 records) is larger than the data set: the lab's contrast pairs (lab: "
+                                "n_pairs) holds 150 records"),
+    ({"lab": {"n_pairs": 10 ** 6}}, "lab setting n_pairs=1000000 is above the generated pool"),
+    ({"lab": {"colur": 0.5}}, "unknown lab setting 'colur'"),
+    ({"grids": [{"method": ["dpo"]}]}, "grids[1]: unknown grid key 'method' (did you mean methods?)"),
+    ({"grids": [{"methods": ["jompo_no_rank"]}]}, "unknown method 'jompo_no_rank'"),
+    ({"grids": "dpo"}, "grids must be a non-empty list of grids"),
+    ({"parallel": 0}, "parallel must be a positive integer"),
+])
+def test_bad_lab_sweep_settings_are_one_line_errors(values, expected, tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({"methods": ["dpo"], "data": "lab", "data_sizes": [100, 200],
+                                      "tasks": ["lab_amber"], **values}))
+    code, _, err = cli("sweep", "--config", config, "--output", tmp_path / "sw", "--dry-run", capsys=capsys)
+    assert code == 2 and expected in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_lab_pairs_of_a_sweep_are_written_and_subset(tmp_path):
+    s = sweep.SweepSettings.from_mapping({"methods": ["dpo"], "data": "lab", "data_sizes": ["20", "40"],
+                                          "lab": {"n_pairs": 40}, "tasks": ["lab_amber"], "seeds": [0],
+                                          "output": str(tmp_path / "sw"), "no_report": True})
+    plan = build_plan(s)
+    sweep.prepare(plan)
+    from trainers.data import read_preferences
+
+    pairs = read_preferences(plan.output / "data/lab/preferences.jsonl")
+    assert len(pairs) == 40 and all(p.image_w and p.image_l and p.image_w != p.image_l for p in pairs)
+    small = [e.id for e in read_preferences(plan.output / plan.data.subsets[20])]
+    big = [e.id for e in read_preferences(plan.output / plan.data.subsets[40])]
+    assert len(small) == 20 and small == big[:20]
+    assert json.loads((plan.output / "data/lab/lab_config.json").read_text())["n_pairs"] == 40
+
+
+# --------------------------------------------------------------------------------------------------- parallel
+class TimedRunner(FakeRunner):
+    """A FakeRunner that takes ``seconds`` per job and records when each job ran."""
+
+    def __init__(self, seconds: float = 0.3, **kw):
+        super().__init__(**kw)
+        self.seconds = seconds
+        self.spans: dict[str, tuple[float, float]] = {}
+
+    def __call__(self, job, output, log_path):
+        t0 = time.monotonic()
+        time.sleep(self.seconds)
+        try:
+            super().__call__(job, output, log_path)
+        finally:
+            self.spans[job.id] = (t0, time.monotonic())
+
+
+def test_parallel_jobs_overlap_respect_dependencies_and_end_like_a_serial_sweep(tmp_path, text_prefs):
+    serial, par = TimedRunner(0.05), TimedRunner(0.3)
+    s1 = settings(tmp_path / "serial", text_prefs, methods=["dpo", "jompo"], data_sizes=["1k"])
+    s2 = settings(tmp_path / "par", text_prefs, methods=["dpo", "jompo"], data_sizes=["1k"], parallel=3)
+    r1 = run_sweep(s1, runner=serial, echo=lambda _: None)
+    r2 = run_sweep(s2, runner=par, echo=lambda _: None)
+    assert r1.ok and r2.ok and sorted(r1.ran) == sorted(r2.ran) and len(r2.ran) == 5
+    spans = par.spans
+    overlapping = [(a, b) for a in spans for b in spans if a < b
+                   and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]]
+    assert overlapping  # jobs ran side by side
+    assert max(len([j for j in spans if spans[j][0] <= t < spans[j][1]]) for t, _ in spans.values()) <= 3
+    for job in build_plan(s2).jobs:
+        for dep in job.deps:
+            assert spans[dep][1] <= spans[job.id][0]  # a job starts after the jobs it needs
+    index = RunIndex(tmp_path / "par").entries()
+    assert {e["state"] for e in index.values()} == {"done"}
+
+
+def test_a_failed_job_in_a_parallel_sweep_blocks_only_its_dependents(tmp_path, text_prefs):
+    s = settings(tmp_path / "sw", text_prefs, methods=["dpo", "jompo"], data_sizes=["1k"], parallel=2)
+    runner = TimedRunner(0.1, fail={"train-dpo-1k-b0.05-e2-s1234"})
+    result = run_sweep(s, runner=runner, echo=lambda _: None)
+    assert result.failed == ["train-dpo-1k-b0.05-e2-s1234"] and result.blocked == ["eval-dpo-1k-b0.05-e2-s1234"]
+    assert sorted(result.ran) == ["eval-base", "eval-jompo-1k-b0.05-e2-s1234", "train-jompo-1k-b0.05-e2-s1234"]
+    assert "eval-dpo-1k-b0.05-e2-s1234" not in runner.calls

@@ -243,8 +243,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         job = getattr(exc, "sweep_job", None)
-        print(f"harness: sweep interrupted ({signal.Signals(signum).name})"
-              + (f": job {job} was stopped" if job else "") + "; rerun the same command to resume",
+        stopped = ""
+        if job:
+            stopped = f": jobs {job} were stopped" if ", " in job else f": job {job} was stopped"
+        print(f"harness: sweep interrupted ({signal.Signals(signum).name}){stopped}; rerun the same command to resume",
               file=sys.stderr, flush=True)
         return 128 + int(signum)
     return 0 if result.ok else 1
