@@ -1,4 +1,4 @@
-"""Command line: ``harness run | score | train | report | sweep | build-vtc | tasks | toy-data``.
+"""Command line: ``harness run | score | train | report | sweep | build-vtc | tasks | toy-data | lab-data``.
 
 User errors (:class:`harness.errors.HarnessError`) print one clear message and exit with status 2;
 finished predictions are always kept.
@@ -204,6 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--n", "--n-images", dest="n", type=_positive_int, default=None,
                      help="images (amber), pairs (preferences) or captions (sft)")
     toy.add_argument("--seed", type=int, default=0)
+
+    lab = sub.add_parser("lab-data", parents=[common],
+                         help="write a laboratory dataset (docs/lab.md): lab_amber, lab_objhal, the SFT records or "
+                              "the contrast pairs")
+    lab.add_argument("output", help="folder to create")
+    lab.add_argument("--kind", choices=["amber", "objhal", "sft", "preferences"], default="preferences",
+                     help="preferences: contrast pairs in the trainers' preference format (default); amber, objhal: "
+                          "the lab benchmarks; sft: the biased world's captions and yes/no answers")
+    lab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="a lab setting (repeatable): a prior strength (co_occurrence, colour, count, position, "
+                          "state: 0 to 1), n_pairs, n_eval, n_objhal, n_train, pair_types (a,b,...), seed")
     return parser
 
 
@@ -413,6 +424,37 @@ def cmd_toy_data(args) -> int:
     return 0
 
 
+def cmd_lab_data(args) -> int:
+    from tasks import lab
+
+    values: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. colour=0.8)")
+        values[key.strip()] = _lab_value(key.strip(), raw.strip())
+    config = lab.LabConfig.from_dict(values)
+    if args.kind in ("amber", "objhal"):
+        print(lab.generate_lab_benchmark(args.output, args.kind, config))
+    elif args.kind == "sft":
+        print(lab.generate_lab_sft(args.output, config))
+    else:
+        print(lab.generate_lab_preferences(args.output, config))
+    return 0
+
+
+def _lab_value(key: str, raw: str) -> Any:
+    """A ``--set`` value of ``harness lab-data``: a list for pair_types, else an int or a float where it is one."""
+    if key == "pair_types":
+        return [t.strip() for t in raw.split(",") if t.strip()]
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            continue
+    return raw
+
+
 def cmd_run(args) -> int:
     """``harness run``. SIGTERM is handled as Ctrl-C (exit 143 instead of 130); a full disk, quota, read-only file
     system or permission error while writing the run is a one-line error; finished predictions are kept."""
@@ -600,7 +642,7 @@ def cmd_build_vtc(args) -> int:
     return run_build_vtc(args)
 
 
-COMMANDS = {"run": cmd_run, "score": cmd_score, "tasks": cmd_tasks, "toy-data": cmd_toy_data, "train": cmd_train,
+COMMANDS = {"run": cmd_run, "score": cmd_score, "tasks": cmd_tasks, "toy-data": cmd_toy_data, "lab-data": cmd_lab_data, "train": cmd_train,
             "report": cmd_report, "sweep": cmd_sweep, "build-vtc": cmd_build_vtc}
 
 

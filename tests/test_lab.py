@@ -357,3 +357,32 @@ def test_lab_model_training_is_deterministic(tmp_path):
     log = [json.loads(line) for line in (a / lm.TRAIN_LOG).read_text().splitlines()]
     assert log[0]["step"] == 0 and log[-1]["step"] == 2
     assert lm.lab_model_dir(settings, config) != lm.lab_model_dir(settings, LabConfig(n_train=9))
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("colour=1.5", "lab setting colour (prior strength) must be a number in [0, 1], got 1.5"),
+    ("count=-0.1", "lab setting count (prior strength) must be a number in [0, 1], got -0.1"),
+    ("n_pairs=999999", "lab setting n_pairs=999999 is above the generated pool"),
+    ("pair_types=presence,texture", "unknown contrast type 'texture'"),
+    ("colur=0.5", "unknown lab setting 'colur'"),
+    ("colour", "--set 'colour': expected KEY=VALUE"),
+])
+def test_lab_data_bad_settings_are_one_line_errors(setting, expected, tmp_path, capsys):
+    from harness.cli import main
+
+    code = main(["lab-data", str(tmp_path / "d"), "--set", setting])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "d").exists()
+
+
+def test_lab_data_writes_the_pairs_with_their_settings(tmp_path, capsys):
+    from harness.cli import main
+
+    code = main(["lab-data", str(tmp_path / "d"), "--set", "n_pairs=12", "--set", "pair_types=colour,count"])
+    assert code == 0
+    lines = (tmp_path / "d" / "preferences.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+    assert {json.loads(x)["contrast_type"] for x in lines} == {"color and appearance", "quantity and count"}
+    saved = json.loads((tmp_path / "d" / "lab_config.json").read_text())
+    assert saved["n_pairs"] == 12 and saved["pair_types"] == ["colour", "count"]
