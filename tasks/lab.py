@@ -134,6 +134,10 @@ CONTRAST_TYPES: dict[str, str] = {
 PRIOR_OF_CONTRAST = {"presence": "co_occurrence", "colour": "colour", "count": "count", "position": "position",
                      "state": "state", "size": None}
 DEFAULT_PAIR_TYPES: tuple[str, ...] = ("presence", "colour", "count", "position", "state")
+#: Which image of a prior's pair is preferred: ``anti_prior`` (m_w always breaks the prior, so the preferred text is
+#: always the anti-prior one) or ``balanced`` (every other round of pair types is turned round: m_w keeps the prior,
+#: so the text alone no longer tells which response is preferred).
+PAIR_DIRECTIONS: tuple[str, ...] = ("anti_prior", "balanced")
 
 #: The largest split of each kind that can be asked for (generation is lazy: only what is asked is drawn).
 TRAIN_POOL = 100_000
@@ -180,6 +184,7 @@ class LabConfig:
     n_pairs: int = 300
     pair_types: tuple[str, ...] = DEFAULT_PAIR_TYPES
     seed: int = 0
+    pair_direction: str = "anti_prior"
 
     def __post_init__(self) -> None:
         for name in PRIORS:
@@ -210,6 +215,9 @@ class LabConfig:
                 raise ConfigError(f"lab setting pair_types: unknown contrast type {t!r}; expected one of "
                                   f"{', '.join(CONTRAST_TYPES)}")
         object.__setattr__(self, "pair_types", tuple(types))
+        if self.pair_direction not in PAIR_DIRECTIONS:
+            raise ConfigError(f"lab setting pair_direction must be one of {', '.join(PAIR_DIRECTIONS)}, "
+                              f"got {self.pair_direction!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"lab setting seed must be an integer, got {self.seed!r}")
 
@@ -217,8 +225,12 @@ class LabConfig:
         return float(getattr(self, prior))
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings; ``pair_direction`` only when it is not the default (so datasets drawn before the setting
+        existed keep their names and hashes)."""
         out = dataclasses.asdict(self)
         out["pair_types"] = list(self.pair_types)
+        if self.pair_direction == "anti_prior":
+            del out["pair_direction"]
         return out
 
     @classmethod
@@ -838,7 +850,8 @@ def generate_lab_sft(out_dir: str | Path, config: LabConfig | None = None, quest
 class ContrastPair:
     """A VTC-style pair: ``m_w`` and ``m_l`` differ in exactly ``contrast`` (a key of :data:`CONTRAST_TYPES`);
     ``y_w`` is grounded in ``m_w`` and ``y_l`` in ``m_l``. For a prior's type, ``m_w`` breaks the prior and ``m_l``
-    keeps it, so ``y_l`` is the prior-following answer."""
+    keeps it, so ``y_l`` is the prior-following answer; with ``pair_direction`` ``balanced``, the pairs of every
+    other round of types are turned round (``m_w`` keeps the prior)."""
 
     id: str
     contrast: str
@@ -847,6 +860,7 @@ class ContrastPair:
     m_l: LabScene
     y_w: str
     y_l: str
+    turned: bool = False  # m_w keeps the prior (pair_direction balanced)
 
 
 def _with(scene: LabScene, shape: str, **changes: Any) -> tuple[LabObject, ...]:
@@ -1007,7 +1021,11 @@ def contrast_pairs(config: LabConfig, n: int | None = None) -> list[ContrastPair
             question, y_w, y_l = _pair_question(contrast, m_w, m_l, rng)
         if y_w == y_l:
             continue
-        out.append(ContrastPair(f"lab-pair-{k}", contrast, question, m_w, m_l, y_w, y_l))
+        turned = config.pair_direction == "balanced" and (k // (2 * len(config.pair_types))) % 2 == 1
+        if turned:  # the prior-keeping image and its response are preferred (image names follow the roles)
+            m_w, m_l = dataclasses.replace(m_l, image=m_w.image), dataclasses.replace(m_w, image=m_l.image)
+            y_w, y_l = y_l, y_w
+        out.append(ContrastPair(f"lab-pair-{k}", contrast, question, m_w, m_l, y_w, y_l, turned))
     return out
 
 
@@ -1051,7 +1069,7 @@ def generate_lab_preferences(out_dir: str | Path, config: LabConfig | None = Non
                                  "image_l": f"{IMAGE_DIR}/{p.m_l.image}", "y_w": p.y_w, "y_l": p.y_l,
                                  "contrast_type": CONTRAST_TYPES[p.contrast], "source": "lab"}, sort_keys=True))
         records.append({"id": p.id, "contrast": p.contrast, "prior": PRIOR_OF_CONTRAST[p.contrast],
-                        "m_w": p.m_w.to_record(), "m_l": p.m_l.to_record()})
+                        "m_w": p.m_w.to_record(), "m_l": p.m_l.to_record(), "m_w_keeps_prior": p.turned})
     (out / PREFERENCE_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / PAIRS_FILE).write_text(json.dumps({"generator": GENERATOR, "pairs": records}, indent=1), encoding="utf-8")
     _write_config(out, config)

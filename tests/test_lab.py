@@ -113,6 +113,29 @@ def test_contrast_pairs_differ_in_exactly_their_type():
             assert p.m_w.prior_status(prior) == "conflicting" and p.m_l.prior_status(prior) == "consistent"
 
 
+def test_balanced_pairs_turn_every_other_round_round_and_keep_the_rest():
+    """pair_direction balanced: the same pairs, those of every other round of types turned round (m_w keeps the
+    prior, y_w follows it), so that among the prior pairs the preferred text is the anti-prior one exactly half the
+    time; the default settings and their hash are unchanged by the setting's existence."""
+    anti = lab.contrast_pairs(LabConfig(n_pairs=100))
+    balanced = lab.contrast_pairs(LabConfig(n_pairs=100, pair_direction="balanced"))
+    assert [p.id for p in anti] == [p.id for p in balanced]
+    for a, b in zip(anti, balanced):
+        prior = lab.PRIOR_OF_CONTRAST[b.contrast]
+        assert b.turned == ((int(b.id.rsplit("-", 1)[1]) // 10) % 2 == 1)
+        if b.turned:
+            assert (b.y_w, b.y_l) == (a.y_l, a.y_w) and b.m_w.objects == a.m_l.objects
+            assert b.m_w.image == a.m_w.image  # file names follow the roles
+            assert b.m_w.prior_status(prior) == "consistent" and b.m_l.prior_status(prior) == "conflicting"
+        else:
+            assert (b.y_w, b.y_l, b.m_w, b.m_l) == (a.y_w, a.y_l, a.m_w, a.m_l)
+    assert sum(b.turned for b in balanced) == 50
+    assert "pair_direction" not in LabConfig().to_dict()
+    assert LabConfig(pair_direction="balanced").digest() != LabConfig().digest()
+    with pytest.raises(ConfigError, match="pair_direction must be one of anti_prior, balanced, got 'sideways'"):
+        LabConfig(pair_direction="sideways")
+
+
 def test_preference_file_is_canonical_and_reads_back(tmp_path):
     from trainers.data import read_preferences
 
