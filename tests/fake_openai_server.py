@@ -31,10 +31,14 @@ from typing import Any
 
 @dataclass(frozen=True)
 class OK:
-    """A normal reply, optionally after ``delay_s`` seconds; ``usage=False`` leaves out the token usage."""
+    """A normal reply, optionally after ``delay_s`` seconds; ``usage=False`` leaves out the token usage.
+    ``hold_until_in_flight=N`` holds the reply until N requests have been in flight at once (or ``hold_max_s``
+    passed), so a test of the client's concurrency does not depend on how fast a loaded machine starts threads."""
 
     delay_s: float = 0.0
     usage: bool = True
+    hold_until_in_flight: int = 0
+    hold_max_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class FakeOpenAIServer:
         self._script: deque[Behaviour] = deque()
         self._standing: list[tuple[str, Behaviour]] = []
         self._lock = threading.Lock()
+        self._in_flight_rose = threading.Condition(self._lock)
         self._closing = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -246,6 +251,7 @@ class FakeOpenAIServer:
                 with server._lock:
                     server._in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server._in_flight)
+                    server._in_flight_rose.notify_all()
                 try:
                     self._chat(body, server._next_behaviour(body))
                 finally:
@@ -269,6 +275,11 @@ class FakeOpenAIServer:
                 if isinstance(behaviour, Malformed):
                     self._send_raw(200, behaviour.body, behaviour.content_type)
                     return
+                hold = getattr(behaviour, "hold_until_in_flight", 0)
+                if hold:
+                    with server._in_flight_rose:
+                        server._in_flight_rose.wait_for(lambda: server.max_in_flight >= hold,
+                                                        timeout=behaviour.hold_max_s)
                 delay = behaviour.delay_s
                 if delay and server._closing.wait(delay):
                     return

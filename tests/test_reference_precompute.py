@@ -43,8 +43,9 @@ config = TrainConfig(**json.loads(sys.argv[1]))
 family, processor, collator, examples = collator_for(config)
 precompute_reference_cache(config, family, processor, collator, examples, Path(config.reference_cache))
 state = PartialState()
-print("SCORED " + json.dumps({"rank": state.process_index, "world": state.num_processes,
-                              "keys": [list(k) for k in scored]}), flush=True)
+# one file per rank: two ranks printing at once can interleave their lines on a shared stdout
+Path(sys.argv[3], f"scored-{state.process_index}.json").write_text(json.dumps(
+    {"rank": state.process_index, "world": state.num_processes, "keys": [list(k) for k in scored]}))
 """
 
 
@@ -117,12 +118,11 @@ def test_two_processes_share_the_rows_and_write_the_one_process_file(tiny_llava_
     launched.write_text(LAUNCHED)
     settings = dataclasses.asdict(_config(tiny_llava_path, pref_data, two))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launched),
-           json.dumps(settings), str(Path(__file__).resolve().parent)]
+           json.dumps(settings), str(Path(__file__).resolve().parent), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, check=False,
                           env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    reports = sorted((json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines()
-                      if line.startswith("SCORED ")), key=lambda r: r["rank"])
+    reports = sorted((json.loads(p.read_text()) for p in tmp_path.glob("scored-*.json")), key=lambda r: r["rank"])
     assert [(r["rank"], r["world"]) for r in reports] == [(0, 2), (1, 2)]
     ids = [sorted({k[0] for k in r["keys"]}) for r in reports]
     assert ids == [["ex0", "ex1"], ["ex2", "ex3", "ex4"]]  # contiguous shares, nothing scored twice

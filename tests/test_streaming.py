@@ -354,10 +354,10 @@ def test_runner_keeps_concurrency_requests_in_flight(tmp_path, concurrency):
     samples = _samples(tmp_path, n=n, n_images=11)
     store = _store(tmp_path / "run")
     with _server() as server:
-        server.always("q", OK(delay_s=0.25))
+        expected = concurrency or 64
+        server.always("q", OK(delay_s=0.05, hold_until_in_flight=expected))
         options = {} if concurrency is None else {"concurrency": concurrency}
         with _openai_engine(server, **options) as engine:
-            expected = concurrency or 64
             assert engine.concurrency == expected
             result = evaluate(ListTask(samples), engine, store, samples, progress=False)
         assert server.max_in_flight == expected
