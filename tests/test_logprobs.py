@@ -442,3 +442,27 @@ def test_each_unique_image_is_preprocessed_once_and_inputs_equal_the_processors(
             start = sum(int(g.prod()) for g in batch.image_grid_thw[:slot]) if batch.image_grid_thw is not None else slot
             got = batch.pixel_values[start:start + pixels.shape[0]]
             torch.testing.assert_close(got, pixels)
+
+
+def test_texts_are_tokenized_in_one_call_and_rows_equal_a_row_by_row_tokenization(vlm, rows, monkeypatch):
+    """Collation calls the processor once per unique image and once for all the batch's texts (a text shared by
+    the ``m_w`` and ``m_l`` rows of a response tokenized once); the batch equals the rows tokenized one at a time
+    (each in a batch of its own), labels included."""
+    family, processor = vlm["family"], vlm["processor"]
+    calls: list[bool] = []
+    real = type(processor).__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs.get("images") is not None)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(processor), "__call__", counting)
+    batch = tokenize_rows(family, processor, rows)
+    assert calls.count(True) == 2 and calls.count(False) == 1
+    monkeypatch.undo()
+    for i, row in enumerate(rows):
+        alone = tokenize_rows(family, processor, [row])
+        n = alone.input_ids.shape[1]
+        assert batch.input_ids[i, :n].tolist() == alone.input_ids[0].tolist()
+        assert batch.labels[i, :n].tolist() == alone.labels[0].tolist()
+        assert (batch.labels[i, n:] == -100).all() and int(batch.attention_mask[i].sum()) == n

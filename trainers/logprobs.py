@@ -195,29 +195,50 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class _PlaceholderExpander:
-    """Tokenizes a row's text without preprocessing its image again.
+    """Tokenizes rows' texts without preprocessing their images again, all the texts of a batch in one call.
 
     A processor expands a prompt's image placeholder (LLaVA's ``<image>``, Qwen2-VL's ``<|image_pad|>``) into as many
     image tokens as the image's features, at the string level, then tokenizes. :meth:`image_inputs` runs the
-    processor once per unique image on a one-placeholder prompt and counts those tokens; :meth:`text_inputs`
-    tokenizes a text alone (placeholder unexpanded, one image token) and repeats that token as many times. The
-    result equals the processor's own output (tested); a text with other than one image token, or a processor
-    without an ``image_token_id``, goes through the processor with its image as before.
+    processor once per unique image on a one-placeholder prompt and counts those tokens. :meth:`tokenize` runs the
+    processor once, without images, over every distinct text of the batch (padded, then each text's padding cut
+    off again: the tokens of a text do not depend on the other texts of the call); :meth:`text_inputs` takes a
+    text's tokens (placeholder unexpanded, one image token) and repeats that token as many times as its image has.
+    The rows that share a response under different images (``m_w``, ``m_l``) share one text, tokenized once. The
+    result equals the processor's own output for each row alone (tested); a text with other than one image
+    token, or a processor without an ``image_token_id``, goes through the processor with its image as before.
     """
 
     def __init__(self, family: ModelFamily, processor: Any):
         self.family = family
         self.processor = processor
         self.token_id = getattr(processor, "image_token_id", None)
+        self._plain: dict[str, dict[str, torch.Tensor]] = {}
 
     def image_inputs(self, image: Any) -> dict[str, Any]:
         out = self.family.processor_inputs(self.processor, [self.family.render_prompt("", 1)], [[image]])
         n = int((out["input_ids"][0] == self.token_id).sum()) if self.token_id is not None else 0
         return {**out, "n_image_tokens": n}
 
+    def tokenize(self, texts: Sequence[str]) -> None:
+        """Tokenize (without images) those of ``texts`` not tokenized yet, in one processor call."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._plain))
+        if not todo:
+            return
+        out = self.family.processor_inputs(self.processor, todo, [[] for _ in todo])
+        for i, text in enumerate(todo):
+            keep = out["attention_mask"][i].bool()  # left padding: the text's own tokens are where the mask is 1
+            self._plain[text] = {k: v[i][keep][None] for k, v in out.items()
+                                 if isinstance(v, torch.Tensor) and v.shape == out["attention_mask"].shape}
+
+    def plain(self, text: str) -> dict[str, torch.Tensor]:
+        """The processor's inputs for ``text`` alone, without images."""
+        if text not in self._plain:
+            self.tokenize([text])
+        return self._plain[text]
+
     def text_inputs(self, text: str, n_tokens: int, image: Any) -> dict[str, torch.Tensor]:
         if self.token_id is not None and n_tokens > 0:
-            plain = self.family.processor_inputs(self.processor, [text], [[]])
+            plain = self.plain(text)
             ids = plain["input_ids"][0]
             where = (ids == self.token_id).nonzero().flatten()
             if len(where) == 1:
@@ -263,7 +284,7 @@ def tokenize_rows(
     def inputs(text: str, image: Any | None, img_key: Hashable | None) -> dict[str, torch.Tensor]:
         """The processor's inputs for one row's text; each unique image is preprocessed once per batch."""
         if image is None:
-            return family.processor_inputs(processor, [text], [[]])
+            return expander.plain(text)
         if img_key not in image_slot:
             first = expander.image_inputs(image)
             image_slot[img_key] = len(unique_pixels)
@@ -273,6 +294,21 @@ def tokenize_rows(
             image_tokens[img_key] = first["n_image_tokens"]
         return expander.text_inputs(text, image_tokens[img_key], image)
 
+    # every distinct text of the batch (full rows and prompts, a row with an image as its one-placeholder text),
+    # tokenized in one processor call
+    rendered: dict[tuple[str, int, str | None], str] = {}
+
+    def render(question: str, num_images: int, response: str | None = None) -> str:
+        key = (question, num_images, response)
+        if key not in rendered:
+            rendered[key] = family.render_prompt(question, num_images, response=response)
+        return rendered[key]
+
+    expander.tokenize([
+        render(row.question, 0 if row.image is None else 1, response)
+        for row in rows for response in (row.response, None)
+    ])
+
     seqs: list[dict[str, torch.Tensor]] = []
     prompt_lens: list[int] = []
     image_index: list[int] = []
@@ -281,15 +317,13 @@ def tokenize_rows(
         num_images = 1 if has_image else 0
         img_key = _image_key(row) if has_image else None
 
-        full_text = family.render_prompt(
-            row.question, num_images, response=row.response
-        )
+        full_text = render(row.question, num_images, row.response)
         full = inputs(full_text, row.image, img_key)
         ids = full["input_ids"][0]
 
         pkey = (row.question, img_key)
         if pkey not in prompt_cache:
-            prompt_text = family.render_prompt(row.question, num_images)
+            prompt_text = render(row.question, num_images)
             prompt_cache[pkey] = inputs(prompt_text, row.image, img_key)["input_ids"][0].tolist()
         prompt_ids = prompt_cache[pkey]
         prompt_len = min(len(prompt_ids), _common_prefix(prompt_ids, ids.tolist()))
