@@ -466,3 +466,30 @@ def test_texts_are_tokenized_in_one_call_and_rows_equal_a_row_by_row_tokenizatio
         assert batch.input_ids[i, :n].tolist() == alone.input_ids[0].tolist()
         assert batch.labels[i, :n].tolist() == alone.labels[0].tolist()
         assert (batch.labels[i, n:] == -100).all() and int(batch.attention_mask[i].sum()) == n
+
+
+def test_rows_sharing_a_prompt_are_packed_and_score_as_unpacked(vlm, rows):
+    """The LLaVA rows that share a prompt and image run as one packed sequence (prompt once, each response attending
+    to it and to itself); their log-probabilities and gradients equal the unpacked forward's (float64). Qwen2-VL's
+    rows are never packed."""
+    from trainers.logprobs import _pack, _packing_for, _parts
+
+    family, processor, model = vlm["family"], vlm["processor"], vlm["model"]
+    batch = tokenize_rows(family, processor, rows)
+    packing = _packing_for(_parts(model)[0], family.name, batch)
+    if family.name != "llava":
+        assert packing is None
+        return
+    assert packing is not None and packing.input_ids.shape[0] == 3  # m_w, m_l, no image: one sequence each
+    assert packing.source.numel() == int(batch.token_counts.sum())
+    assert _pack(batch.select([0, 2, 3])) is None  # no prompt shared: the rows as they are
+
+    weight = _parts(model)[2].weight
+    grads = []
+    for pack in (True, False):
+        weight.grad = None
+        logps = row_logps(model, family, batch, pack=pack)
+        logps.sum().backward()
+        grads.append((logps.detach(), weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=1e-10)

@@ -455,12 +455,101 @@ def _dummy_vision_output(
     return sum(f.sum() for f in feats) * 0.0
 
 
+# families whose language model takes plain one-dimensional positions (LLaVA's Llama decoder), which packing sets
+# itself; Qwen2-VL's M-RoPE positions are transformers' own, so its rows are never packed
+_PACKED_FAMILIES = frozenset({"llava"})
+
+
+@dataclass
+class _Packing:
+    """Rows that share a prompt (the same tokens before the response and the same image) packed into one sequence:
+    the prompt once, then each row's response tokens, each response attending to the prompt and to itself only,
+    at the positions it has in its own row. Every hidden state is then, mathematically, the one of the row's
+    own forward; only the prompt's is computed once for all the rows that share it."""
+
+    input_ids: torch.Tensor  # [n_groups, width], right-padded
+    attention_mask: torch.Tensor  # [n_groups, 1, width, width] bool: query attends key
+    position_ids: torch.Tensor  # [n_groups, width]
+    image_index: torch.Tensor  # [n_groups]: the unique image of each group, -1 for none
+    source: torch.Tensor  # [n_tokens]: flat packed position predicting each scored token, in row-major order
+    mm_token_type_ids: torch.Tensor | None = None  # [n_groups, width], when the batch has them
+
+
+def _pack(batch: RowBatch) -> _Packing | None:
+    """The packing of ``batch``'s rows by shared prompt; ``None`` when no two rows share one (nothing to gain)."""
+    ids = batch.input_ids.tolist()
+    types = batch.mm_token_type_ids.tolist() if batch.mm_token_type_ids is not None else None
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    scored = batch.response_mask
+    has_response = scored.any(dim=1)
+    starts = scored.int().argmax(dim=1).tolist()  # first response token of each row
+    images = batch.image_index.tolist()
+    if not bool(has_response.all()) or min(starts) < 1:
+        return None
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for r in range(len(ids)):
+        groups.setdefault((images[r], tuple(ids[r][:starts[r]])), []).append(r)
+    if len(groups) == len(ids):
+        return None
+    seqs, positions, segments, group_image, group_types = [], [], [], [], []
+    where: dict[int, tuple[int, int, int]] = {}  # row -> (group, packed index of its prompt's last token, of its 1st)
+    for g, ((image, prompt), rows) in enumerate(groups.items()):
+        p = len(prompt)
+        seq, pos, seg = list(prompt), list(range(p)), [0] * p
+        tt = list(types[rows[0]][:p]) if types is not None else []
+        for j, r in enumerate(rows, start=1):
+            where[r] = (g, p - 1, len(seq))
+            seq += ids[r][p:lengths[r]]
+            tt += types[r][p:lengths[r]] if types is not None else []
+            pos += range(p, lengths[r])
+            seg += [j] * (lengths[r] - p)
+        seqs.append(seq)
+        positions.append(pos)
+        segments.append(seg)
+        group_image.append(image)
+        group_types.append(tt)
+    width = max(len(s) for s in seqs)
+    n = len(seqs)
+    pad = ids[0][0]  # filler of the padding positions (a prompt's first token: never an image token)
+    input_ids = torch.full((n, width), pad, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)
+    mm = torch.zeros((n, width), dtype=batch.mm_token_type_ids.dtype) if types is not None else None
+    for g in range(n):
+        k = len(seqs[g])
+        input_ids[g, :k] = torch.tensor(seqs[g], dtype=torch.long)
+        position_ids[g, :k] = torch.tensor(positions[g], dtype=torch.long)
+        segment[g, :k] = torch.tensor(segments[g], dtype=torch.long)
+        if mm is not None:
+            mm[g, :k] = torch.tensor(group_types[g], dtype=mm.dtype)
+    q, k = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    mask = causal & (q >= 0) & ((k == 0) | (k == q))
+    mask |= torch.eye(width, dtype=torch.bool)  # a padding position attends to itself (no empty softmax)
+    # the positions that predict each scored token, row by row, left to right (as ``labels[:, 1:]`` orders them)
+    source: list[int] = []
+    for r in range(len(ids)):
+        g, last, first = where[r]
+        n_tokens = lengths[r] - starts[r]
+        source += [g * width + last] + [g * width + first + t for t in range(n_tokens - 1)]
+    return _Packing(input_ids, mask[:, None], position_ids, torch.tensor(group_image, dtype=torch.long),
+                    torch.tensor(source, dtype=torch.long), mm)
+
+
+def _packing_for(inner: nn.Module, family_name: str, batch: RowBatch) -> _Packing | None:
+    config = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
+    if family_name not in _PACKED_FAMILIES or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return None
+    return _pack(batch)
+
+
 def row_logps(
     model: nn.Module,
     family: ModelFamily | str,
     batch: RowBatch,
     *,
     one_vision_call: bool = True,
+    pack: bool = True,
 ) -> torch.Tensor:
     """Summed log-probabilities of each row's response tokens, ``[n_rows]``, from ONE forward.
 
@@ -470,6 +559,13 @@ def row_logps(
     the LM head is applied only to the positions whose next token is a response token, and the log-softmax is
     taken in float32 (float64 for a float64 model), the dtype of the result. Token counts are
     :attr:`RowBatch.token_counts`.
+
+    Rows that share a prompt (the same tokens before the response and the same image: the ``y_w`` and ``y_l`` rows
+    of a condition) are packed into one sequence when the family's decoder takes plain positions (LLaVA) and the
+    attention is SDPA or eager: the prompt once, then each row's response, which attends to the prompt and to
+    itself only, at the positions of its own row (a custom 4-D mask and ``position_ids``). Each scored position's
+    hidden state is mathematically that of the row's own forward, and the prompt is computed once instead of once
+    per row. ``pack=False`` runs the rows as they are (as Qwen2-VL's always are, for its M-RoPE positions).
 
     ``one_vision_call`` (default) makes even a batch without images call the vision tower once (on a blank
     input, contributing exactly zero), as sharded training needs the same calls on every rank.
@@ -484,45 +580,63 @@ def row_logps(
         )
     inner, vision, lm_head = _parts(model)
     device = lm_head.weight.device
+    packing = _packing_for(inner, family_name, batch) if pack else None
     batch = batch.to(device)
+    # the sequences the language model runs on: the rows, or the rows packed by shared prompt
+    image_index = packing.image_index.to(device) if packing is not None else batch.image_index
 
     extra: dict[str, Any] = {}
     zero: torch.Tensor | None = None
-    with_image = (batch.image_index >= 0).nonzero(as_tuple=True)[0]
+    with_image = (image_index >= 0).nonzero(as_tuple=True)[0]
     if batch.pixel_values is not None and len(with_image) > 0:
         unique = _encode_images(
             inner, vision, family_cls, batch.pixel_values, batch.image_grid_thw
         )
-        per_row = [unique[int(i)] for i in batch.image_index[with_image].tolist()]
+        per_row = [unique[int(i)] for i in image_index[with_image].tolist()]
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         extra["mm_encoder_outputs"] = {
             "image": BaseModelOutputWithPooling(pooler_output=tuple(per_row))
         }
         if batch.image_grid_thw is not None:
-            extra["image_grid_thw"] = batch.image_grid_thw[
-                batch.image_index[with_image]
-            ]
+            extra["image_grid_thw"] = batch.image_grid_thw[image_index[with_image]]
     elif one_vision_call:
         zero = _dummy_vision_output(inner, vision, family_cls, device)
-    if batch.mm_token_type_ids is not None:
+    if packing is not None and packing.mm_token_type_ids is not None:
+        extra["mm_token_type_ids"] = packing.mm_token_type_ids.to(device)
+    elif batch.mm_token_type_ids is not None:
         extra["mm_token_type_ids"] = batch.mm_token_type_ids
 
-    out = inner(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        use_cache=False,
-        return_dict=True,
-        **extra,
-    )
-    hidden = out.last_hidden_state  # [n_rows, seq_len, hidden]
+    if packing is not None:
+        mask = packing.attention_mask.to(device)
+        if getattr(inner.config.get_text_config(), "_attn_implementation", None) == "eager":  # additive mask
+            dtype = _param_dtype(lm_head)
+            mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+        out = inner(
+            input_ids=packing.input_ids.to(device),
+            attention_mask=mask,
+            position_ids=packing.position_ids.to(device),
+            use_cache=False,
+            return_dict=True,
+            **extra,
+        )
+    else:
+        out = inner(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            use_cache=False,
+            return_dict=True,
+            **extra,
+        )
+    hidden = out.last_hidden_state  # [n_sequences, seq_len, hidden]
 
     # position t predicts token t+1: keep the positions whose next token is a response token
     targets = batch.labels[:, 1:]
     predict = targets != IGNORE_INDEX  # [n_rows, seq_len-1]
-    h = hidden[:, :-1][
-        predict
-    ]  # [n_tokens, hidden], row-major: row by row, left to right
+    if packing is not None:  # the packed positions that predict the rows' response tokens, in the same order
+        h = hidden.reshape(-1, hidden.shape[-1])[packing.source.to(device)]
+    else:
+        h = hidden[:, :-1][predict]  # [n_tokens, hidden], row-major: row by row, left to right
     logits = lm_head(h)
     logits = logits.to(
         torch.promote_types(logits.dtype, torch.float32)
