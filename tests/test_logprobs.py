@@ -468,28 +468,39 @@ def test_texts_are_tokenized_in_one_call_and_rows_equal_a_row_by_row_tokenizatio
         assert (batch.labels[i, n:] == -100).all() and int(batch.attention_mask[i].sum()) == n
 
 
-def test_rows_sharing_a_prompt_are_packed_and_score_as_unpacked(vlm, rows):
-    """The LLaVA rows that share a prompt and image run as one packed sequence (prompt once, each response attending
-    to it and to itself); their log-probabilities and gradients equal the unpacked forward's (float64). Qwen2-VL's
-    rows are never packed."""
-    from trainers.logprobs import _pack, _packing_for, _parts
+def test_rows_sharing_a_prefix_are_packed_and_score_as_unpacked(vlm, rows, monkeypatch):
+    """LLaVA rows run as prefix trees (a prefix shared by rows, the same image included, computed once; each position
+    attending to its own row's earlier positions): their log-probabilities and gradients equal the unpacked
+    forward's (float64, to the float32 rounding of the model's rotary tables, as for batched vs single rows), whatever
+    the trees' size. Qwen2-VL's rows are never packed."""
+    import trainers.logprobs as logprobs
 
     family, processor, model = vlm["family"], vlm["processor"], vlm["model"]
     batch = tokenize_rows(family, processor, rows)
-    packing = _packing_for(_parts(model)[0], family.name, batch)
+    inner = logprobs._parts(model)[0]
+    packing = logprobs._packing_for(inner, family.name, batch)
     if family.name != "llava":
         assert packing is None
         return
-    assert packing is not None and packing.input_ids.shape[0] == 3  # m_w, m_l, no image: one sequence each
-    assert packing.source.numel() == int(batch.token_counts.sum())
-    assert _pack(batch.select([0, 2, 3])) is None  # no prompt shared: the rows as they are
+    token = inner.config.image_token_id
+    assert packing is not None and packing.source.numel() == int(batch.token_counts.sum())
+    assert int((packing.input_ids != packing.input_ids[0, 0]).sum()) < int(batch.attention_mask.sum())
+    assert logprobs._pack(batch, token, budget=1) is None  # one row per tree: nothing shared, the rows as they are
+    # the two images each appear once per tree that holds them
+    assert sorted(set(packing.image_index.tolist())) == [0, 1]
 
-    weight = _parts(model)[2].weight
-    grads = []
-    for pack in (True, False):
-        weight.grad = None
-        logps = row_logps(model, family, batch, pack=pack)
+    weight = logprobs._parts(model)[2].weight
+    vision = next(p for p in logprobs._parts(model)[1].parameters() if p.requires_grad)
+
+    def run(**kwargs):
+        weight.grad = vision.grad = None
+        logps = row_logps(model, family, batch, **kwargs)
         logps.sum().backward()
-        grads.append((logps.detach(), weight.grad.clone()))
-    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=1e-10)
-    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=1e-10)
+        return logps.detach(), weight.grad.clone(), vision.grad.clone()
+
+    plain = run(pack=False)
+    real = logprobs._pack
+    for budget in (None, 70, 10**6):
+        monkeypatch.setattr(logprobs, "_pack", lambda b, t, budget=budget: real(b, t, budget))
+        for got, want in zip(run(), plain):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)  # as batched vs single rows above

@@ -462,77 +462,137 @@ _PACKED_FAMILIES = frozenset({"llava"})
 
 @dataclass
 class _Packing:
-    """Rows that share a prompt (the same tokens before the response and the same image) packed into one sequence:
-    the prompt once, then each row's response tokens, each response attending to the prompt and to itself only,
-    at the positions it has in its own row. Every hidden state is then, mathematically, the one of the row's
-    own forward; only the prompt's is computed once for all the rows that share it."""
+    """The rows as prefix trees: rows that begin with the same tokens (the same image, when the tokens include
+    image tokens) share those positions, each computed once, and every position attends to the positions of its
+    own row before it (its ancestors in the tree) and to itself, at the position it has in its row. Every hidden
+    state is then, mathematically, the one of each row's own forward that holds it."""
 
-    input_ids: torch.Tensor  # [n_groups, width], right-padded
-    attention_mask: torch.Tensor  # [n_groups, 1, width, width] bool: query attends key
-    position_ids: torch.Tensor  # [n_groups, width]
-    image_index: torch.Tensor  # [n_groups]: the unique image of each group, -1 for none
+    input_ids: torch.Tensor  # [n_sequences, width], right-padded
+    attention_mask: torch.Tensor  # [n_sequences, 1, width, width] bool: query attends key
+    position_ids: torch.Tensor  # [n_sequences, width]
+    image_index: torch.Tensor  # [n_occurrences]: the unique image of each run of image tokens, in packed order
     source: torch.Tensor  # [n_tokens]: flat packed position predicting each scored token, in row-major order
-    mm_token_type_ids: torch.Tensor | None = None  # [n_groups, width], when the batch has them
+    mm_token_type_ids: torch.Tensor | None = None  # [n_sequences, width], when the batch has them
 
 
-def _pack(batch: RowBatch) -> _Packing | None:
-    """The packing of ``batch``'s rows by shared prompt; ``None`` when no two rows share one (nothing to gain)."""
+class _Tree:
+    """One packed sequence under construction: a prefix tree of token keys."""
+
+    def __init__(self) -> None:
+        self.child: dict[tuple[int, Any], int] = {}  # (parent node, key) -> node
+        self.keys: list[Any] = []
+        self.parent: list[int] = []
+        self.depth: list[int] = []
+
+    def matched(self, keys: Sequence[Any]) -> int:
+        node, n = -1, 0
+        for key in keys:
+            node = self.child.get((node, key), -2)
+            if node == -2:
+                break
+            n += 1
+        return n
+
+    def insert(self, keys: Sequence[Any]) -> list[int]:
+        path, node = [], -1
+        for depth, key in enumerate(keys):
+            nxt = self.child.get((node, key))
+            if nxt is None:
+                nxt = len(self.keys)
+                self.child[(node, key)] = nxt
+                self.keys.append(key)
+                self.parent.append(node)
+                self.depth.append(depth)
+            path.append(nxt)
+            node = nxt
+        return path
+
+    def preorder(self) -> list[int]:
+        """The nodes in depth-first order (children in insertion order): each subtree is then one contiguous run."""
+        children: list[list[int]] = [[] for _ in self.keys]
+        roots = []
+        for node, parent in enumerate(self.parent):
+            (children[parent] if parent >= 0 else roots).append(node)
+        order, stack = [], roots[::-1]
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(children[node][::-1])
+        return order
+
+
+def _pack(batch: RowBatch, image_token_id: int | None, budget: int | None = None) -> _Packing | None:
+    """``batch``'s rows as prefix trees (:class:`_Packing`), rows taken in order and a new tree begun when the next row
+    would make the current one longer than ``budget`` positions (default: twice the longest row); ``None`` when
+    the rows share no prefix worth packing or cannot be packed (no image token id, a row scored from its first
+    token)."""
+    if image_token_id is None:
+        return None
     ids = batch.input_ids.tolist()
     types = batch.mm_token_type_ids.tolist() if batch.mm_token_type_ids is not None else None
     lengths = batch.attention_mask.sum(dim=1).tolist()
     scored = batch.response_mask
-    has_response = scored.any(dim=1)
     starts = scored.int().argmax(dim=1).tolist()  # first response token of each row
     images = batch.image_index.tolist()
-    if not bool(has_response.all()) or min(starts) < 1:
+    if not bool(scored.any(dim=1).all()) or min(starts) < 1:
         return None
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for r in range(len(ids)):
-        groups.setdefault((images[r], tuple(ids[r][:starts[r]])), []).append(r)
-    if len(groups) == len(ids):
+    budget = budget or 2 * max(lengths)
+    trees: list[_Tree] = [_Tree()]
+    paths: list[tuple[int, list[int]]] = []
+    for r, row in enumerate(ids):
+        keys, shown = [], None  # from its first image token on, a row's tokens are keyed by its image too
+        for t in range(lengths[r]):
+            if row[t] == image_token_id:
+                shown = images[r]
+            keys.append((row[t], types[r][t] if types is not None else 0, shown))
+        tree = trees[-1]
+        if tree.keys and len(tree.keys) + len(keys) - tree.matched(keys) > budget:
+            trees.append(_Tree())
+            tree = trees[-1]
+        paths.append((len(trees) - 1, tree.insert(keys)))
+    n_positions = sum(len(t.keys) for t in trees)
+    if n_positions >= sum(lengths):
         return None
-    seqs, positions, segments, group_image, group_types = [], [], [], [], []
-    where: dict[int, tuple[int, int, int]] = {}  # row -> (group, packed index of its prompt's last token, of its 1st)
-    for g, ((image, prompt), rows) in enumerate(groups.items()):
-        p = len(prompt)
-        seq, pos, seg = list(prompt), list(range(p)), [0] * p
-        tt = list(types[rows[0]][:p]) if types is not None else []
-        for j, r in enumerate(rows, start=1):
-            where[r] = (g, p - 1, len(seq))
-            seq += ids[r][p:lengths[r]]
-            tt += types[r][p:lengths[r]] if types is not None else []
-            pos += range(p, lengths[r])
-            seg += [j] * (lengths[r] - p)
-        seqs.append(seq)
-        positions.append(pos)
-        segments.append(seg)
-        group_image.append(image)
-        group_types.append(tt)
-    width = max(len(s) for s in seqs)
-    n = len(seqs)
-    pad = ids[0][0]  # filler of the padding positions (a prompt's first token: never an image token)
-    input_ids = torch.full((n, width), pad, dtype=torch.long)
+    width = max(len(t.keys) for t in trees)
+    n = len(trees)
+    fill = ids[0][0]  # the padding positions' token (a prompt's first token: never an image token)
+    input_ids = torch.full((n, width), fill, dtype=torch.long)
     position_ids = torch.zeros((n, width), dtype=torch.long)
-    segment = torch.full((n, width), -1, dtype=torch.long)
     mm = torch.zeros((n, width), dtype=batch.mm_token_type_ids.dtype) if types is not None else None
-    for g in range(n):
-        k = len(seqs[g])
-        input_ids[g, :k] = torch.tensor(seqs[g], dtype=torch.long)
-        position_ids[g, :k] = torch.tensor(positions[g], dtype=torch.long)
-        segment[g, :k] = torch.tensor(segments[g], dtype=torch.long)
+    mask = torch.zeros((n, width, width), dtype=torch.bool)
+    where: list[list[int]] = []  # tree -> node -> packed position
+    occurrences: list[int] = []
+    for g, tree in enumerate(trees):
+        order = tree.preorder()
+        at = [0] * len(order)
+        for position, node in enumerate(order):
+            at[node] = position
+        where.append(at)
+        k = len(order)
+        keys = [tree.keys[node] for node in order]
+        input_ids[g, :k] = torch.tensor([key[0] for key in keys], dtype=torch.long)
+        position_ids[g, :k] = torch.tensor([tree.depth[node] for node in order], dtype=torch.long)
         if mm is not None:
-            mm[g, :k] = torch.tensor(group_types[g], dtype=mm.dtype)
-    q, k = segment[:, :, None], segment[:, None, :]
-    causal = torch.ones((width, width), dtype=torch.bool).tril()
-    mask = causal & (q >= 0) & ((k == 0) | (k == q))
+            mm[g, :k] = torch.tensor([key[1] for key in keys], dtype=mm.dtype)
+        # in depth-first order a node's subtree is the run [node, node + its size): a query attends the keys whose
+        # subtree holds it, i.e. its ancestors and itself
+        size = [1] * len(order)
+        for node in reversed(order):
+            if tree.parent[node] >= 0:
+                size[tree.parent[node]] += size[node]
+        start = torch.arange(k)
+        end = start + torch.tensor([size[node] for node in order], dtype=torch.long)
+        mask[g, :k, :k] = (start[None, :] <= start[:, None]) & (start[:, None] < end[None, :])
+        for position, node in enumerate(order):  # each run of image tokens is one occurrence of its image
+            key, parent = tree.keys[node], tree.parent[node]
+            if key[0] == image_token_id and (parent < 0 or tree.keys[parent][0] != image_token_id):
+                occurrences.append(key[2])
     mask |= torch.eye(width, dtype=torch.bool)  # a padding position attends to itself (no empty softmax)
     # the positions that predict each scored token, row by row, left to right (as ``labels[:, 1:]`` orders them)
     source: list[int] = []
-    for r in range(len(ids)):
-        g, last, first = where[r]
-        n_tokens = lengths[r] - starts[r]
-        source += [g * width + last] + [g * width + first + t for t in range(n_tokens - 1)]
-    return _Packing(input_ids, mask[:, None], position_ids, torch.tensor(group_image, dtype=torch.long),
+    for r, (g, path) in enumerate(paths):
+        source += [g * width + where[g][path[t]] for t in range(starts[r] - 1, lengths[r] - 1)]
+    return _Packing(input_ids, mask[:, None], position_ids, torch.tensor(occurrences, dtype=torch.long),
                     torch.tensor(source, dtype=torch.long), mm)
 
 
@@ -540,7 +600,13 @@ def _packing_for(inner: nn.Module, family_name: str, batch: RowBatch) -> _Packin
     config = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
     if family_name not in _PACKED_FAMILIES or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
         return None
-    return _pack(batch)
+    token = getattr(inner.config, "image_token_id", None)
+    token = token if token is not None else getattr(inner.config, "image_token_index", None)
+    cached = batch.__dict__.get("_packing")  # the policy and the reference forward pack the same batch
+    if cached is None or cached[0] != token:
+        cached = (token, _pack(batch, token))
+        batch.__dict__["_packing"] = cached
+    return cached[1]
 
 
 def row_logps(
