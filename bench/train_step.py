@@ -14,12 +14,17 @@ backward, reference forward, optimizer step), after a warm-up run of each traine
 for ``--repeats`` rounds (a load that changes during the run weighs on all of them alike) and the best run of each
 is kept. The ratios of single rounds are printed beside them: on a shared machine they spread widely.
 
-Measured with ``--steps 8 --repeats 8 --threads 1`` on 2 shared CPU cores (two runs): JoMPO/DPO 2.43 and 2.49
-(rounds 1.92-2.61), our DPO / trl 0.93 and 0.94 (rounds 0.83-1.22). A JoMPO micro-batch of 4 examples holds 24
-rows and 1,360 tokens against DPO's 8 rows and 496 tokens (3x rows, 2.7x tokens), and each part of the step grows
-with them (ms per example under cProfile, DPO -> JoMPO): collation 3.9 -> 14.3 (of which tokenizing the rows
-3.6 -> 13.4 and loading and preprocessing the images 0.25 -> 0.84, two unique images per example either way),
-policy forward 3.1 -> 9.4, reference forward 3.7 -> 15.4, backward 4.2 -> 19.1, optimizer step 0.2 -> 0.4.
+Measured with ``--steps 8 --repeats 8 --threads 1`` on 2 shared CPU cores (two runs): JoMPO/DPO 1.62 and 1.82
+(rounds 1.31-2.08), our DPO / trl 0.62 and 0.55 (rounds 0.48-0.72). A JoMPO micro-batch of 4 examples holds 24
+rows and 1,360 tokens against DPO's 8 rows and 496 tokens (3x rows, 2.7x tokens). Collation tokenizes every
+distinct text of the micro-batch in one processor call (the ``m_w`` and ``m_l`` rows of a response share one
+text). The language model runs on the rows packed as prefix trees (:func:`trainers.logprobs.row_logps`): a prefix
+that rows share (the system prompt, a prompt with its image, the start of the responses) is computed once, so the
+micro-batch is 4 sequences of 118 positions for JoMPO (472 against 1,488 padded row positions) and 2 of 100 for
+DPO (200 against 496). Per example, timed inside ``train()`` (ms, DPO -> JoMPO): policy forward 2.1 -> 3.5,
+reference forward 1.7 -> 3.1, the whole training step 5.8 -> 11.0 (unpacked rows and one tokenizer call per
+text: 3.0 -> 10.0, 2.7 -> 9.8 and 9.3 -> 32.1). The reference forward costs what the policy forward does; it runs
+under ``torch.inference_mode``, in eval mode, in the policy's dtype, and encodes the batch's unique images once.
 
 ``--gpu-7b`` instead times a JoMPO step in bf16 on a LLaVA-1.5-7B-sized random model on CUDA (LoRA r=256 on the
 language model, the reference is the adapter disabled; 4 examples = 24 rows of ~680 tokens) and prints tokens/s

@@ -442,3 +442,65 @@ def test_each_unique_image_is_preprocessed_once_and_inputs_equal_the_processors(
             start = sum(int(g.prod()) for g in batch.image_grid_thw[:slot]) if batch.image_grid_thw is not None else slot
             got = batch.pixel_values[start:start + pixels.shape[0]]
             torch.testing.assert_close(got, pixels)
+
+
+def test_texts_are_tokenized_in_one_call_and_rows_equal_a_row_by_row_tokenization(vlm, rows, monkeypatch):
+    """Collation calls the processor once per unique image and once for all the batch's texts (a text shared by
+    the ``m_w`` and ``m_l`` rows of a response tokenized once); the batch equals the rows tokenized one at a time
+    (each in a batch of its own), labels included."""
+    family, processor = vlm["family"], vlm["processor"]
+    calls: list[bool] = []
+    real = type(processor).__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs.get("images") is not None)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(processor), "__call__", counting)
+    batch = tokenize_rows(family, processor, rows)
+    assert calls.count(True) == 2 and calls.count(False) == 1
+    monkeypatch.undo()
+    for i, row in enumerate(rows):
+        alone = tokenize_rows(family, processor, [row])
+        n = alone.input_ids.shape[1]
+        assert batch.input_ids[i, :n].tolist() == alone.input_ids[0].tolist()
+        assert batch.labels[i, :n].tolist() == alone.labels[0].tolist()
+        assert (batch.labels[i, n:] == -100).all() and int(batch.attention_mask[i].sum()) == n
+
+
+def test_rows_sharing_a_prefix_are_packed_and_score_as_unpacked(vlm, rows, monkeypatch):
+    """LLaVA rows run as prefix trees (a prefix shared by rows, the same image included, computed once; each position
+    attending to its own row's earlier positions): their log-probabilities and gradients equal the unpacked
+    forward's (float64, to the float32 rounding of the model's rotary tables, as for batched vs single rows), whatever
+    the trees' size. Qwen2-VL's rows are never packed."""
+    import trainers.logprobs as logprobs
+
+    family, processor, model = vlm["family"], vlm["processor"], vlm["model"]
+    batch = tokenize_rows(family, processor, rows)
+    inner = logprobs._parts(model)[0]
+    packing = logprobs._packing_for(inner, family.name, batch)
+    if family.name != "llava":
+        assert packing is None
+        return
+    token = inner.config.image_token_id
+    assert packing is not None and packing.source.numel() == int(batch.token_counts.sum())
+    assert int((packing.input_ids != packing.input_ids[0, 0]).sum()) < int(batch.attention_mask.sum())
+    assert logprobs._pack(batch, token, budget=1) is None  # one row per tree: nothing shared, the rows as they are
+    # the two images each appear once per tree that holds them
+    assert sorted(set(packing.image_index.tolist())) == [0, 1]
+
+    weight = logprobs._parts(model)[2].weight
+    vision = next(p for p in logprobs._parts(model)[1].parameters() if p.requires_grad)
+
+    def run(**kwargs):
+        weight.grad = vision.grad = None
+        logps = row_logps(model, family, batch, **kwargs)
+        logps.sum().backward()
+        return logps.detach(), weight.grad.clone(), vision.grad.clone()
+
+    plain = run(pack=False)
+    real = logprobs._pack
+    for budget in (None, 70, 10**6):
+        monkeypatch.setattr(logprobs, "_pack", lambda b, t, budget=budget: real(b, t, budget))
+        for got, want in zip(run(), plain):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)  # as batched vs single rows above

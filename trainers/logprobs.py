@@ -195,29 +195,50 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class _PlaceholderExpander:
-    """Tokenizes a row's text without preprocessing its image again.
+    """Tokenizes rows' texts without preprocessing their images again, all the texts of a batch in one call.
 
     A processor expands a prompt's image placeholder (LLaVA's ``<image>``, Qwen2-VL's ``<|image_pad|>``) into as many
     image tokens as the image's features, at the string level, then tokenizes. :meth:`image_inputs` runs the
-    processor once per unique image on a one-placeholder prompt and counts those tokens; :meth:`text_inputs`
-    tokenizes a text alone (placeholder unexpanded, one image token) and repeats that token as many times. The
-    result equals the processor's own output (tested); a text with other than one image token, or a processor
-    without an ``image_token_id``, goes through the processor with its image as before.
+    processor once per unique image on a one-placeholder prompt and counts those tokens. :meth:`tokenize` runs the
+    processor once, without images, over every distinct text of the batch (padded, then each text's padding cut
+    off again: the tokens of a text do not depend on the other texts of the call); :meth:`text_inputs` takes a
+    text's tokens (placeholder unexpanded, one image token) and repeats that token as many times as its image has.
+    The rows that share a response under different images (``m_w``, ``m_l``) share one text, tokenized once. The
+    result equals the processor's own output for each row alone (tested); a text with other than one image
+    token, or a processor without an ``image_token_id``, goes through the processor with its image as before.
     """
 
     def __init__(self, family: ModelFamily, processor: Any):
         self.family = family
         self.processor = processor
         self.token_id = getattr(processor, "image_token_id", None)
+        self._plain: dict[str, dict[str, torch.Tensor]] = {}
 
     def image_inputs(self, image: Any) -> dict[str, Any]:
         out = self.family.processor_inputs(self.processor, [self.family.render_prompt("", 1)], [[image]])
         n = int((out["input_ids"][0] == self.token_id).sum()) if self.token_id is not None else 0
         return {**out, "n_image_tokens": n}
 
+    def tokenize(self, texts: Sequence[str]) -> None:
+        """Tokenize (without images) those of ``texts`` not tokenized yet, in one processor call."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._plain))
+        if not todo:
+            return
+        out = self.family.processor_inputs(self.processor, todo, [[] for _ in todo])
+        for i, text in enumerate(todo):
+            keep = out["attention_mask"][i].bool()  # left padding: the text's own tokens are where the mask is 1
+            self._plain[text] = {k: v[i][keep][None] for k, v in out.items()
+                                 if isinstance(v, torch.Tensor) and v.shape == out["attention_mask"].shape}
+
+    def plain(self, text: str) -> dict[str, torch.Tensor]:
+        """The processor's inputs for ``text`` alone, without images."""
+        if text not in self._plain:
+            self.tokenize([text])
+        return self._plain[text]
+
     def text_inputs(self, text: str, n_tokens: int, image: Any) -> dict[str, torch.Tensor]:
         if self.token_id is not None and n_tokens > 0:
-            plain = self.family.processor_inputs(self.processor, [text], [[]])
+            plain = self.plain(text)
             ids = plain["input_ids"][0]
             where = (ids == self.token_id).nonzero().flatten()
             if len(where) == 1:
@@ -263,7 +284,7 @@ def tokenize_rows(
     def inputs(text: str, image: Any | None, img_key: Hashable | None) -> dict[str, torch.Tensor]:
         """The processor's inputs for one row's text; each unique image is preprocessed once per batch."""
         if image is None:
-            return family.processor_inputs(processor, [text], [[]])
+            return expander.plain(text)
         if img_key not in image_slot:
             first = expander.image_inputs(image)
             image_slot[img_key] = len(unique_pixels)
@@ -273,6 +294,21 @@ def tokenize_rows(
             image_tokens[img_key] = first["n_image_tokens"]
         return expander.text_inputs(text, image_tokens[img_key], image)
 
+    # every distinct text of the batch (full rows and prompts, a row with an image as its one-placeholder text),
+    # tokenized in one processor call
+    rendered: dict[tuple[str, int, str | None], str] = {}
+
+    def render(question: str, num_images: int, response: str | None = None) -> str:
+        key = (question, num_images, response)
+        if key not in rendered:
+            rendered[key] = family.render_prompt(question, num_images, response=response)
+        return rendered[key]
+
+    expander.tokenize([
+        render(row.question, 0 if row.image is None else 1, response)
+        for row in rows for response in (row.response, None)
+    ])
+
     seqs: list[dict[str, torch.Tensor]] = []
     prompt_lens: list[int] = []
     image_index: list[int] = []
@@ -281,15 +317,13 @@ def tokenize_rows(
         num_images = 1 if has_image else 0
         img_key = _image_key(row) if has_image else None
 
-        full_text = family.render_prompt(
-            row.question, num_images, response=row.response
-        )
+        full_text = render(row.question, num_images, row.response)
         full = inputs(full_text, row.image, img_key)
         ids = full["input_ids"][0]
 
         pkey = (row.question, img_key)
         if pkey not in prompt_cache:
-            prompt_text = family.render_prompt(row.question, num_images)
+            prompt_text = render(row.question, num_images)
             prompt_cache[pkey] = inputs(prompt_text, row.image, img_key)["input_ids"][0].tolist()
         prompt_ids = prompt_cache[pkey]
         prompt_len = min(len(prompt_ids), _common_prefix(prompt_ids, ids.tolist()))
@@ -421,12 +455,167 @@ def _dummy_vision_output(
     return sum(f.sum() for f in feats) * 0.0
 
 
+# families whose language model takes plain one-dimensional positions (LLaVA's Llama decoder), which packing sets
+# itself; Qwen2-VL's M-RoPE positions are transformers' own, so its rows are never packed
+_PACKED_FAMILIES = frozenset({"llava"})
+
+
+@dataclass
+class _Packing:
+    """The rows as prefix trees: rows that begin with the same tokens (the same image, when the tokens include
+    image tokens) share those positions, each computed once, and every position attends to the positions of its
+    own row before it (its ancestors in the tree) and to itself, at the position it has in its row. Every hidden
+    state is then, mathematically, the one of each row's own forward that holds it."""
+
+    input_ids: torch.Tensor  # [n_sequences, width], right-padded
+    attention_mask: torch.Tensor  # [n_sequences, 1, width, width] bool: query attends key
+    position_ids: torch.Tensor  # [n_sequences, width]
+    image_index: torch.Tensor  # [n_occurrences]: the unique image of each run of image tokens, in packed order
+    source: torch.Tensor  # [n_tokens]: flat packed position predicting each scored token, in row-major order
+    mm_token_type_ids: torch.Tensor | None = None  # [n_sequences, width], when the batch has them
+
+
+class _Tree:
+    """One packed sequence under construction: a prefix tree of token keys."""
+
+    def __init__(self) -> None:
+        self.child: dict[tuple[int, Any], int] = {}  # (parent node, key) -> node
+        self.keys: list[Any] = []
+        self.parent: list[int] = []
+        self.depth: list[int] = []
+
+    def matched(self, keys: Sequence[Any]) -> int:
+        node, n = -1, 0
+        for key in keys:
+            node = self.child.get((node, key), -2)
+            if node == -2:
+                break
+            n += 1
+        return n
+
+    def insert(self, keys: Sequence[Any]) -> list[int]:
+        path, node = [], -1
+        for depth, key in enumerate(keys):
+            nxt = self.child.get((node, key))
+            if nxt is None:
+                nxt = len(self.keys)
+                self.child[(node, key)] = nxt
+                self.keys.append(key)
+                self.parent.append(node)
+                self.depth.append(depth)
+            path.append(nxt)
+            node = nxt
+        return path
+
+    def preorder(self) -> list[int]:
+        """The nodes in depth-first order (children in insertion order): each subtree is then one contiguous run."""
+        children: list[list[int]] = [[] for _ in self.keys]
+        roots = []
+        for node, parent in enumerate(self.parent):
+            (children[parent] if parent >= 0 else roots).append(node)
+        order, stack = [], roots[::-1]
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(children[node][::-1])
+        return order
+
+
+def _pack(batch: RowBatch, image_token_id: int | None, budget: int | None = None) -> _Packing | None:
+    """``batch``'s rows as prefix trees (:class:`_Packing`), rows taken in order and a new tree begun when the next row
+    would make the current one longer than ``budget`` positions (default: twice the longest row); ``None`` when
+    the rows share no prefix worth packing or cannot be packed (no image token id, a row scored from its first
+    token)."""
+    if image_token_id is None:
+        return None
+    ids = batch.input_ids.tolist()
+    types = batch.mm_token_type_ids.tolist() if batch.mm_token_type_ids is not None else None
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    scored = batch.response_mask
+    starts = scored.int().argmax(dim=1).tolist()  # first response token of each row
+    images = batch.image_index.tolist()
+    if not bool(scored.any(dim=1).all()) or min(starts) < 1:
+        return None
+    budget = budget or 2 * max(lengths)
+    trees: list[_Tree] = [_Tree()]
+    paths: list[tuple[int, list[int]]] = []
+    for r, row in enumerate(ids):
+        keys, shown = [], None  # from its first image token on, a row's tokens are keyed by its image too
+        for t in range(lengths[r]):
+            if row[t] == image_token_id:
+                shown = images[r]
+            keys.append((row[t], types[r][t] if types is not None else 0, shown))
+        tree = trees[-1]
+        if tree.keys and len(tree.keys) + len(keys) - tree.matched(keys) > budget:
+            trees.append(_Tree())
+            tree = trees[-1]
+        paths.append((len(trees) - 1, tree.insert(keys)))
+    n_positions = sum(len(t.keys) for t in trees)
+    if n_positions >= sum(lengths):
+        return None
+    width = max(len(t.keys) for t in trees)
+    n = len(trees)
+    fill = ids[0][0]  # the padding positions' token (a prompt's first token: never an image token)
+    input_ids = torch.full((n, width), fill, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    mm = torch.zeros((n, width), dtype=batch.mm_token_type_ids.dtype) if types is not None else None
+    mask = torch.zeros((n, width, width), dtype=torch.bool)
+    where: list[list[int]] = []  # tree -> node -> packed position
+    occurrences: list[int] = []
+    for g, tree in enumerate(trees):
+        order = tree.preorder()
+        at = [0] * len(order)
+        for position, node in enumerate(order):
+            at[node] = position
+        where.append(at)
+        k = len(order)
+        keys = [tree.keys[node] for node in order]
+        input_ids[g, :k] = torch.tensor([key[0] for key in keys], dtype=torch.long)
+        position_ids[g, :k] = torch.tensor([tree.depth[node] for node in order], dtype=torch.long)
+        if mm is not None:
+            mm[g, :k] = torch.tensor([key[1] for key in keys], dtype=mm.dtype)
+        # in depth-first order a node's subtree is the run [node, node + its size): a query attends the keys whose
+        # subtree holds it, i.e. its ancestors and itself
+        size = [1] * len(order)
+        for node in reversed(order):
+            if tree.parent[node] >= 0:
+                size[tree.parent[node]] += size[node]
+        start = torch.arange(k)
+        end = start + torch.tensor([size[node] for node in order], dtype=torch.long)
+        mask[g, :k, :k] = (start[None, :] <= start[:, None]) & (start[:, None] < end[None, :])
+        for position, node in enumerate(order):  # each run of image tokens is one occurrence of its image
+            key, parent = tree.keys[node], tree.parent[node]
+            if key[0] == image_token_id and (parent < 0 or tree.keys[parent][0] != image_token_id):
+                occurrences.append(key[2])
+    mask |= torch.eye(width, dtype=torch.bool)  # a padding position attends to itself (no empty softmax)
+    # the positions that predict each scored token, row by row, left to right (as ``labels[:, 1:]`` orders them)
+    source: list[int] = []
+    for r, (g, path) in enumerate(paths):
+        source += [g * width + where[g][path[t]] for t in range(starts[r] - 1, lengths[r] - 1)]
+    return _Packing(input_ids, mask[:, None], position_ids, torch.tensor(occurrences, dtype=torch.long),
+                    torch.tensor(source, dtype=torch.long), mm)
+
+
+def _packing_for(inner: nn.Module, family_name: str, batch: RowBatch) -> _Packing | None:
+    config = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
+    if family_name not in _PACKED_FAMILIES or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return None
+    token = getattr(inner.config, "image_token_id", None)
+    token = token if token is not None else getattr(inner.config, "image_token_index", None)
+    cached = batch.__dict__.get("_packing")  # the policy and the reference forward pack the same batch
+    if cached is None or cached[0] != token:
+        cached = (token, _pack(batch, token))
+        batch.__dict__["_packing"] = cached
+    return cached[1]
+
+
 def row_logps(
     model: nn.Module,
     family: ModelFamily | str,
     batch: RowBatch,
     *,
     one_vision_call: bool = True,
+    pack: bool = True,
 ) -> torch.Tensor:
     """Summed log-probabilities of each row's response tokens, ``[n_rows]``, from ONE forward.
 
@@ -436,6 +625,13 @@ def row_logps(
     the LM head is applied only to the positions whose next token is a response token, and the log-softmax is
     taken in float32 (float64 for a float64 model), the dtype of the result. Token counts are
     :attr:`RowBatch.token_counts`.
+
+    Rows that share a prompt (the same tokens before the response and the same image: the ``y_w`` and ``y_l`` rows
+    of a condition) are packed into one sequence when the family's decoder takes plain positions (LLaVA) and the
+    attention is SDPA or eager: the prompt once, then each row's response, which attends to the prompt and to
+    itself only, at the positions of its own row (a custom 4-D mask and ``position_ids``). Each scored position's
+    hidden state is mathematically that of the row's own forward, and the prompt is computed once instead of once
+    per row. ``pack=False`` runs the rows as they are (as Qwen2-VL's always are, for its M-RoPE positions).
 
     ``one_vision_call`` (default) makes even a batch without images call the vision tower once (on a blank
     input, contributing exactly zero), as sharded training needs the same calls on every rank.
@@ -450,45 +646,63 @@ def row_logps(
         )
     inner, vision, lm_head = _parts(model)
     device = lm_head.weight.device
+    packing = _packing_for(inner, family_name, batch) if pack else None
     batch = batch.to(device)
+    # the sequences the language model runs on: the rows, or the rows packed by shared prompt
+    image_index = packing.image_index.to(device) if packing is not None else batch.image_index
 
     extra: dict[str, Any] = {}
     zero: torch.Tensor | None = None
-    with_image = (batch.image_index >= 0).nonzero(as_tuple=True)[0]
+    with_image = (image_index >= 0).nonzero(as_tuple=True)[0]
     if batch.pixel_values is not None and len(with_image) > 0:
         unique = _encode_images(
             inner, vision, family_cls, batch.pixel_values, batch.image_grid_thw
         )
-        per_row = [unique[int(i)] for i in batch.image_index[with_image].tolist()]
+        per_row = [unique[int(i)] for i in image_index[with_image].tolist()]
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         extra["mm_encoder_outputs"] = {
             "image": BaseModelOutputWithPooling(pooler_output=tuple(per_row))
         }
         if batch.image_grid_thw is not None:
-            extra["image_grid_thw"] = batch.image_grid_thw[
-                batch.image_index[with_image]
-            ]
+            extra["image_grid_thw"] = batch.image_grid_thw[image_index[with_image]]
     elif one_vision_call:
         zero = _dummy_vision_output(inner, vision, family_cls, device)
-    if batch.mm_token_type_ids is not None:
+    if packing is not None and packing.mm_token_type_ids is not None:
+        extra["mm_token_type_ids"] = packing.mm_token_type_ids.to(device)
+    elif batch.mm_token_type_ids is not None:
         extra["mm_token_type_ids"] = batch.mm_token_type_ids
 
-    out = inner(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        use_cache=False,
-        return_dict=True,
-        **extra,
-    )
-    hidden = out.last_hidden_state  # [n_rows, seq_len, hidden]
+    if packing is not None:
+        mask = packing.attention_mask.to(device)
+        if getattr(inner.config.get_text_config(), "_attn_implementation", None) == "eager":  # additive mask
+            dtype = _param_dtype(lm_head)
+            mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+        out = inner(
+            input_ids=packing.input_ids.to(device),
+            attention_mask=mask,
+            position_ids=packing.position_ids.to(device),
+            use_cache=False,
+            return_dict=True,
+            **extra,
+        )
+    else:
+        out = inner(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            use_cache=False,
+            return_dict=True,
+            **extra,
+        )
+    hidden = out.last_hidden_state  # [n_sequences, seq_len, hidden]
 
     # position t predicts token t+1: keep the positions whose next token is a response token
     targets = batch.labels[:, 1:]
     predict = targets != IGNORE_INDEX  # [n_rows, seq_len-1]
-    h = hidden[:, :-1][
-        predict
-    ]  # [n_tokens, hidden], row-major: row by row, left to right
+    if packing is not None:  # the packed positions that predict the rows' response tokens, in the same order
+        h = hidden.reshape(-1, hidden.shape[-1])[packing.source.to(device)]
+    else:
+        h = hidden[:, :-1][predict]  # [n_tokens, hidden], row-major: row by row, left to right
     logits = lm_head(h)
     logits = logits.to(
         torch.promote_types(logits.dtype, torch.float32)

@@ -86,7 +86,8 @@ class ModelReference:
     Going through the root module, not its submodules, is what FSDP needs (its root pre-forward gathers the
     parameters that no wrapped layer owns).
 
-    The module is put in eval mode for the call (no dropout) and given back in the mode it was in."""
+    The module is put in eval mode for the call (no dropout) and given back in the mode it was in; the forward runs
+    under ``torch.inference_mode`` (no autograd bookkeeping at all) and its result is a plain tensor."""
 
     def __init__(self, module: nn.Module, *, adapter_off: bool = False, describe: str = ""):
         self.module = module
@@ -96,13 +97,16 @@ class ModelReference:
     def logps(self, batch: RowBatch) -> torch.Tensor:
         peft_model = unwrap_peft(self.module) if self.adapter_off else None
         was_training = self.module.training
-        self.module.eval()  # no dropout in the reference
+        if was_training:
+            self.module.eval()  # no dropout in the reference
         try:
-            with torch.no_grad(), (peft_model.disable_adapter() if peft_model is not None
-                                   else contextlib.nullcontext()):
-                return self.module(rows=batch)
+            with torch.inference_mode(), (peft_model.disable_adapter() if peft_model is not None
+                                          else contextlib.nullcontext()):
+                logps = self.module(rows=batch)
         finally:
-            self.module.train(was_training)
+            if was_training:
+                self.module.train(True)
+        return logps.clone()  # an inference tensor is not one autograd may save for the loss's backward
 
     def describe(self) -> dict[str, Any]:
         return {"reference": self._describe}
