@@ -238,10 +238,6 @@ def read_llava_questions(path: Path) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------- scoring
-def _fmt2(value: float) -> float:
-    return float(f"{value:.2f}")
-
-
 def _suffix_option(options: Mapping[str, Any]) -> str:
     value = options.get("scienceqa_suffix", SINGLE_PRED_SUFFIX)
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
@@ -380,7 +376,7 @@ class ScienceQAImg(scaffold.DataLayout, Task):
         if not unrounded:
             notes.append("no response to score: no accuracy")
             return Metrics(task=self.name, headline={}, counts=counts, notes=notes, records=records)
-        headline = {k: _fmt2(v) for k, v in unrounded.items()}
+        headline = {k: scaffold.fmt2(v) for k, v in unrounded.items()}
         return Metrics(task=self.name, headline=headline, breakdown={"unrounded": unrounded}, counts=counts,
                        notes=notes, records=records)
 
