@@ -203,8 +203,7 @@ def read_release(root: Path, split: str) -> list[SQAProblem]:
         if pid not in problems:
             raise DataError(f"pid {pid} of split {split!r} ({splits_path}) is not a problem of the file", path=problems_path)
         out.append(parse_problem(pid, problems[pid], problems_path, f"problem {pid}"))
-    if len(set(pids)) != len(pids):
-        raise DataError(f"split {split!r} names a pid twice", path=splits_path)
+    scaffold.require_unique(pids, lambda pid: pid, lambda _: f"split {split!r} names a pid twice", path=splits_path)
     return out
 
 
