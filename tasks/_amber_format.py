@@ -18,6 +18,7 @@ Attribute pools the three ``discriminative-attribute-*`` types, and Relation is 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,20 +78,27 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def read_queries(path: str | Path) -> list[AmberQuery]:
-    """Read a query file; a malformed entry raises :class:`DataError` naming the file and the id (or index)."""
-    path = Path(path)
+def _entries(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The ``(id, entry)`` of a JSON list of ``what`` (queries, annotations) whose every entry is an object with an
+    integer ``id``; else :class:`DataError` naming the file and the entry's index."""
     data = read_json(path)
     if not isinstance(data, list):
-        raise DataError(f"expected a JSON list of queries, got {type(data).__name__}", path=path)
-    out: list[AmberQuery] = []
-    seen = scaffold.UniqueIds(path)
+        raise DataError(f"expected a JSON list of {what}, got {type(data).__name__}", path=path)
     for index, entry in enumerate(data):
         if not isinstance(entry, dict):
             raise DataError(f"entry {index} is not a JSON object", path=path)
-        qid = entry.get("id")
-        if not _is_int(qid):
+        eid = entry.get("id")
+        if not _is_int(eid):
             raise DataError(f"entry {index} has no integer field 'id'", path=path)
+        yield eid, entry
+
+
+def read_queries(path: str | Path) -> list[AmberQuery]:
+    """Read a query file; a malformed entry raises :class:`DataError` naming the file and the id (or index)."""
+    path = Path(path)
+    out: list[AmberQuery] = []
+    seen = scaffold.UniqueIds(path)
+    for qid, entry in _entries(path, "queries"):
         for key in ("image", "query"):
             if not isinstance(entry.get(key), str):
                 raise DataError(f"query id {qid}: missing or non-string field {key!r}", path=path)
@@ -105,17 +113,9 @@ def read_annotations(path: str | Path) -> dict[int, dict[str, Any]]:
     A malformed entry raises :class:`DataError` naming the file and the id.
     """
     path = Path(path)
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise DataError(f"expected a JSON list of annotations, got {type(data).__name__}", path=path)
     out: dict[int, dict[str, Any]] = {}
     annotated = scaffold.UniqueIds(path)
-    for index, entry in enumerate(data):
-        if not isinstance(entry, dict):
-            raise DataError(f"entry {index} is not a JSON object", path=path)
-        aid = entry.get("id")
-        if not _is_int(aid):
-            raise DataError(f"entry {index} has no integer field 'id'", path=path)
+    for aid, entry in _entries(path, "annotations"):
         kind = entry.get("type")
         if kind not in KNOWN_TYPES:
             raise DataError(f"annotation id {aid}: field 'type' is {kind!r}, expected one of {', '.join(KNOWN_TYPES)}",

@@ -113,6 +113,11 @@ def run_judge(judge: Judge, ids: Sequence[str], request: Callable[[str, int], Ju
     return JudgeLoop(list(out.values()))
 
 
+def fmt2(value: float) -> float:
+    """The official scorers' ``'{:.2f}'.format(value)``, as a number."""
+    return float(f"{value:.2f}")
+
+
 def id_list(ids: Sequence[Any], limit: int = NOTE_IDS) -> str:
     """The first ``limit`` ids (strings, or objects with an ``id``) joined for a note, `` ...`` when there are more."""
     names = [i if isinstance(i, str) else i.id for i in ids]

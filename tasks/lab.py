@@ -64,10 +64,7 @@ import io
 import itertools
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -391,25 +388,6 @@ def caption_relation(a: LabGroup, b: LabGroup) -> str:
 
 # --- drawing ---------------------------------------------------------------------------------------------------------
 
-def _points(shape: str, box: tuple[int, int, int, int]) -> list[tuple[int, int]]:
-    left, top, right, bottom = box
-    x1, y1 = right - 1, bottom - 1
-    cx, cy = (left + x1) / 2, (top + y1) / 2
-    if shape == "triangle":
-        return [(left, y1), (x1, y1), (round(cx), top)]
-    if shape == "diamond":
-        return [(round(cx), top), (x1, round(cy)), (round(cx), y1), (left, round(cy))]
-    if shape == "star":
-        outer = (x1 - left) / 2
-        pts = []
-        for k in range(10):
-            radius = outer if k % 2 == 0 else outer * 0.45
-            angle = -math.pi / 2 + k * math.pi / 5
-            pts.append((round(cx + radius * math.cos(angle)), round(cy + radius * math.sin(angle))))
-        return pts
-    raise ValueError(f"unknown polygon shape {shape!r}")
-
-
 def render(scene: LabScene) -> Image:
     """Draw ``scene`` as a 96x96 RGB ``PIL.Image``: toy geometry, filled or outlined, no anti-aliasing."""
     from PIL import Image as PILImage
@@ -426,7 +404,7 @@ def render(scene: LabScene) -> Image:
         elif obj.shape == "square":
             draw.rectangle((left, top, right - 1, bottom - 1), **kw)
         else:
-            draw.polygon(_points(obj.shape, obj.box), **kw)
+            draw.polygon(toy.polygon_points(obj.shape, obj.box), **kw)
     return img
 
 
@@ -1102,40 +1080,22 @@ def _write_amber(root: Path, config: LabConfig) -> None:
     n = len(scenes)
     annotations: list[dict[str, Any]] = []
     queries: list[dict[str, Any]] = []
-    types: dict[int, str] = {}
     meta: dict[str, dict[str, Any]] = {}
     for scene in scenes:
         render(scene).save(root / IMAGE_DIR / scene.image)
         annotations.append({"id": scene.id, "type": amber.GENERATIVE, "truth": scene.present(),
                             "hallu": scene.absent()})
         queries.append({"id": scene.id, "image": scene.image, "query": GENERATIVE_QUERY})
-        types[scene.id] = amber.GENERATIVE
         meta[str(scene.id)] = {"image": scene.image, "prior": scene.probe, "label": scene.label, "role": "generative"}
     next_id = n + 1
     for k, scene in enumerate(scenes):
         for q in eval_questions(scene, k, config):
             annotations.append({"id": next_id, "type": q.type, "truth": q.truth})
             queries.append({"id": next_id, "image": scene.image, "query": q.query})
-            types[next_id] = q.type
             meta[str(next_id)] = {"image": scene.image, "prior": scene.probe, "label": scene.label,
                                   "role": q.role, "topic": q.topic}
             next_id += 1
-    subsets: dict[str, Callable[[str], bool]] = {
-        "all": lambda t: True,
-        "generative": lambda t: t == amber.GENERATIVE,
-        "discriminative": lambda t: t != amber.GENERATIVE,
-        "discriminative-existence": lambda t: amber.dimension(t) == "existence",
-        "discriminative-attribute": lambda t: amber.dimension(t) == "attribute",
-        "discriminative-relation": lambda t: t != amber.GENERATIVE and amber.dimension(t) == "relation",
-    }
-    for subset, keep in subsets.items():
-        (root / amber.QUERY_FILES[subset]).write_text(
-            amber.dumps([q for q in queries if keep(types[q["id"]])]), encoding="utf-8")
-    (root / "annotations.json").write_text(amber.dumps(annotations), encoding="utf-8")
-    relation = {**toy.ASSOCIATED, **{w: [] for w in toy.SAFE_WORDS}}
-    (root / "relation.json").write_text(amber.dumps(relation), encoding="utf-8")
-    (root / "safe_words.txt").write_text("\n".join(toy.SAFE_WORDS), encoding="utf-8")
-    (root / "metrics.txt").write_text(toy.METRICS_TXT, encoding="utf-8")
+    toy.write_amber_files(root, queries, annotations)
     (root / SCENES_FILE).write_text(json.dumps({"generator": GENERATOR, "scenes": [s.to_record() for s in scenes]},
                                                indent=1), encoding="utf-8")
     (root / META_FILE).write_text(json.dumps({"generator": GENERATOR, "kind": "amber", "samples": meta}, indent=1),
@@ -1192,11 +1152,7 @@ _WRITERS = {"amber": _write_amber, "objhal": _write_objhal}
 
 
 def _stamp(root: Path) -> dict[str, Any] | None:
-    try:
-        data = read_json(root / CONFIG_FILE)
-    except DataError:
-        return None
-    return data if isinstance(data, dict) and data.get("generator") == GENERATOR else None
+    return toy.read_stamp(root / CONFIG_FILE, GENERATOR)
 
 
 def generate_lab_benchmark(out_dir: str | Path, kind: str = "amber", config: LabConfig | None = None) -> Path:
@@ -1206,29 +1162,14 @@ def generate_lab_benchmark(out_dir: str | Path, kind: str = "amber", config: Lab
     if kind not in _WRITERS:
         raise ConfigError(f"unknown lab benchmark {kind!r}; expected one of {', '.join(_WRITERS)}")
     config = config or LabConfig()
-    out = Path(out_dir).expanduser().absolute()
     want = {"generator": GENERATOR, "format": FORMAT_VERSION, **config.to_dict()}
-    stamp = _stamp(out)
-    if stamp == want and (out / META_FILE).is_file() and read_json(out / META_FILE).get("kind") == kind:
-        return out
-    if out.exists() and (not out.is_dir() or (stamp is None and any(out.iterdir()))):
-        raise ConfigError(f"{out} exists and does not hold a lab dataset; choose an empty or new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
-        _WRITERS[kind](tmp, config)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.rename(out, old / "data")
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    def complete(root: Path) -> bool:
+        return (_stamp(root) == want and (root / META_FILE).is_file()
+                and read_json(root / META_FILE).get("kind") == kind)
+
+    return toy.write_folder(Path(out_dir), lambda root: _WRITERS[kind](root, config), complete=complete,
+                            stamp=_stamp, what="a lab dataset", recheck=False)
 
 
 def default_root(kind: str, config: LabConfig | None = None) -> Path:

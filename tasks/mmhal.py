@@ -390,11 +390,6 @@ class _Item:
     prompt: str
 
 
-def _fmt2(value: float) -> float:
-    """The official ``'{:.2f}'.format(value)``, as a number."""
-    return float(f"{value:.2f}")
-
-
 def _read_ratings(reply: str) -> tuple[list[int], bool]:
     """The ratings the official parser finds, and whether there is exactly one."""
     found = ratings_found(reply)
@@ -449,7 +444,7 @@ def _score_items(items: Sequence[_Item], judge: Judge, *, n_questions: int, task
     mean = sum(scores) / len(scores)
     hal_rate = sum(1 for s in scores if s < 3) / len(scores)
     informativeness = sum(s - 3 if s >= 3 else s for s in scores) / len(scores) / 3 * 100
-    headline = {"Score": _fmt2(mean), "HalRate": _fmt2(hal_rate), "Informativeness": _fmt2(informativeness)}
+    headline = {"Score": scaffold.fmt2(mean), "HalRate": scaffold.fmt2(hal_rate), "Informativeness": scaffold.fmt2(informativeness)}
     breakdown: dict[str, dict[str, float]] = {
         name: {"Score": round(sum(vals) / len(vals), 2), "n": len(vals)} for name, vals in by_type.items() if vals
     }

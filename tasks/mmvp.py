@@ -101,10 +101,10 @@ from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
-GRADER_SOURCE = ("MMVP scripts/gpt_grader.py, https://github.com/tsb0601/MMVP, "
-                 "commit 763500597e65c3446f09047837ceda76f4e264bf")
-GENERATION_SOURCE = ("MMVP scripts/evaluate_mllm.py, https://github.com/tsb0601/MMVP, "
-                     "commit 763500597e65c3446f09047837ceda76f4e264bf")
+#: The MMVP code read: the repository and commit.
+MMVP_CODE = "https://github.com/tsb0601/MMVP, commit 763500597e65c3446f09047837ceda76f4e264bf"
+GRADER_SOURCE = f"MMVP scripts/gpt_grader.py, {MMVP_CODE}"
+GENERATION_SOURCE = f"MMVP scripts/evaluate_mllm.py, {MMVP_CODE}"
 RULE_SOURCE = ("Cambrian eval/eval/mmvp/mmvp_test.py (prompt: mmvp_eval.py), "
                "https://github.com/cambrian-mllm/cambrian, commit 539ffc3254bba004e5d012b65c0ad6cb308897c5")
 DATA_SOURCE = ("MMVP: https://huggingface.co/datasets/MMVP/MMVP (Questions.csv and 'MMVP Images/'); "

@@ -203,8 +203,7 @@ def read_release(root: Path, split: str) -> list[SQAProblem]:
         if pid not in problems:
             raise DataError(f"pid {pid} of split {split!r} ({splits_path}) is not a problem of the file", path=problems_path)
         out.append(parse_problem(pid, problems[pid], problems_path, f"problem {pid}"))
-    if len(set(pids)) != len(pids):
-        raise DataError(f"split {split!r} names a pid twice", path=splits_path)
+    scaffold.require_unique(pids, lambda pid: pid, lambda _: f"split {split!r} names a pid twice", path=splits_path)
     return out
 
 
@@ -238,10 +237,6 @@ def read_llava_questions(path: Path) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------- scoring
-def _fmt2(value: float) -> float:
-    return float(f"{value:.2f}")
-
-
 def _suffix_option(options: Mapping[str, Any]) -> str:
     value = options.get("scienceqa_suffix", SINGLE_PRED_SUFFIX)
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
@@ -380,7 +375,7 @@ class ScienceQAImg(scaffold.DataLayout, Task):
         if not unrounded:
             notes.append("no response to score: no accuracy")
             return Metrics(task=self.name, headline={}, counts=counts, notes=notes, records=records)
-        headline = {k: _fmt2(v) for k, v in unrounded.items()}
+        headline = {k: scaffold.fmt2(v) for k, v in unrounded.items()}
         return Metrics(task=self.name, headline=headline, breakdown={"unrounded": unrounded}, counts=counts,
                        notes=notes, records=records)
 

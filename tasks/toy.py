@@ -35,7 +35,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,6 +201,31 @@ def make_scene(seed: int, index: int) -> Scene:
     return Scene(id=index + 1, image=f"TOY_{index + 1}.png", objects=tuple(objects))
 
 
+#: The shapes drawn as polygons (:func:`polygon_points`).
+POLYGONS = ("triangle", "diamond", "star")
+
+
+def polygon_points(shape: str, box: tuple[int, int, int, int]) -> list[tuple[int, int]]:
+    """The vertices of a triangle, diamond or star drawn in ``box`` (``(left, top, right, bottom)``, right and
+    bottom exclusive)."""
+    left, top, right, bottom = box
+    x1, y1 = right - 1, bottom - 1
+    cx, cy = (left + x1) / 2, (top + y1) / 2
+    if shape == "triangle":
+        return [(left, y1), (x1, y1), (round(cx), top)]
+    if shape == "diamond":
+        return [(round(cx), top), (x1, round(cy)), (round(cx), y1), (left, round(cy))]
+    if shape == "star":
+        outer = (x1 - left) / 2
+        pts = []
+        for k in range(10):
+            radius = outer if k % 2 == 0 else outer * 0.45
+            angle = -math.pi / 2 + k * math.pi / 5
+            pts.append((round(cx + radius * math.cos(angle)), round(cy + radius * math.sin(angle))))
+        return pts
+    raise ValueError(f"unknown polygon shape {shape!r}")
+
+
 def render(scene: Scene) -> Image:
     """Draw ``scene`` as an RGB ``PIL.Image`` (no anti-aliasing: every pixel is the background or a shape colour)."""
     from PIL import Image as PILImage
@@ -211,24 +236,12 @@ def render(scene: Scene) -> Image:
     for obj in scene.objects:
         fill = COLOURS[obj.colour]
         left, top, right, bottom = obj.box
-        x1, y1 = right - 1, bottom - 1
-        cx, cy = (left + x1) / 2, (top + y1) / 2
         if obj.shape == "circle":
-            draw.ellipse((left, top, x1, y1), fill=fill)
+            draw.ellipse((left, top, right - 1, bottom - 1), fill=fill)
         elif obj.shape == "square":
-            draw.rectangle((left, top, x1, y1), fill=fill)
-        elif obj.shape == "triangle":
-            draw.polygon([(left, y1), (x1, y1), (round(cx), top)], fill=fill)
-        elif obj.shape == "diamond":
-            draw.polygon([(round(cx), top), (x1, round(cy)), (round(cx), y1), (left, round(cy))], fill=fill)
-        elif obj.shape == "star":
-            outer = (x1 - left) / 2
-            points = []
-            for k in range(10):
-                radius = outer if k % 2 == 0 else outer * 0.45
-                angle = -math.pi / 2 + k * math.pi / 5
-                points.append((round(cx + radius * math.cos(angle)), round(cy + radius * math.sin(angle))))
-            draw.polygon(points, fill=fill)
+            draw.rectangle((left, top, right - 1, bottom - 1), fill=fill)
+        elif obj.shape in POLYGONS:
+            draw.polygon(polygon_points(obj.shape, obj.box), fill=fill)
         else:
             raise ValueError(f"unknown shape {obj.shape!r}")
     return img
@@ -341,15 +354,18 @@ def _expected_files(n_images: int) -> list[str]:
     return files
 
 
-def _stamp(root: Path) -> dict[str, Any] | None:
-    """The generation settings recorded in ``root/scenes.json``, or None if it is not a toy dataset."""
+def read_stamp(path: Path, generator: str) -> dict[str, Any] | None:
+    """The JSON object at ``path`` when it records ``"generator": generator``, else None (also when unreadable)."""
     try:
-        data = read_json(root / SCENES_FILE)
+        data = read_json(path)
     except DataError:
         return None
-    if not isinstance(data, dict) or data.get("generator") != GENERATOR:
-        return None
-    return data
+    return data if isinstance(data, dict) and data.get("generator") == generator else None
+
+
+def _stamp(root: Path) -> dict[str, Any] | None:
+    """The generation settings recorded in ``root/scenes.json``, or None if it is not a toy dataset."""
+    return read_stamp(root / SCENES_FILE, GENERATOR)
 
 
 def _is_complete(root: Path, n_images: int, seed: int) -> bool:
@@ -358,6 +374,32 @@ def _is_complete(root: Path, n_images: int, seed: int) -> bool:
             FORMAT_VERSION, seed, n_images):
         return False
     return all((root / rel).is_file() for rel in _expected_files(n_images))
+
+
+#: Which annotation types each query file of :data:`tasks._amber_format.QUERY_FILES` holds.
+SUBSETS: dict[str, Callable[[str], bool]] = {
+    "all": lambda t: True,
+    "generative": lambda t: t == amber.GENERATIVE,
+    "discriminative": lambda t: t != amber.GENERATIVE,
+    "discriminative-existence": lambda t: amber.dimension(t) == "existence",
+    "discriminative-attribute": lambda t: amber.dimension(t) == "attribute",
+    "discriminative-relation": lambda t: amber.dimension(t) == "relation",
+}
+
+
+def write_amber_files(root: Path, queries: list[dict[str, Any]], annotations: list[dict[str, Any]]) -> None:
+    """AMBER's files of a toy-world benchmark in ``root`` (whose ``query/`` exists): the six query files (of
+    ``queries``, split by the type their id has in ``annotations``), ``annotations.json``, and the toy world's
+    ``relation.json``, ``safe_words.txt`` and ``metrics.txt``."""
+    types = {a["id"]: a["type"] for a in annotations}
+    for subset, keep in SUBSETS.items():
+        (root / amber.QUERY_FILES[subset]).write_text(
+            amber.dumps([q for q in queries if keep(types[q["id"]])]), encoding="utf-8")
+    (root / "annotations.json").write_text(amber.dumps(annotations), encoding="utf-8")
+    relation = {**ASSOCIATED, **{w: [] for w in SAFE_WORDS}}
+    (root / "relation.json").write_text(amber.dumps(relation), encoding="utf-8")
+    (root / "safe_words.txt").write_text("\n".join(SAFE_WORDS), encoding="utf-8")
+    (root / "metrics.txt").write_text(METRICS_TXT, encoding="utf-8")
 
 
 def _write_dataset(root: Path, n_images: int, seed: int) -> None:
@@ -379,23 +421,7 @@ def _write_dataset(root: Path, n_images: int, seed: int) -> None:
             queries.append({"id": next_id, "image": scene.image, "query": q.query})
             next_id += 1
 
-    types = {a["id"]: a["type"] for a in annotations}
-    subsets = {
-        "all": lambda t: True,
-        "generative": lambda t: t == amber.GENERATIVE,
-        "discriminative": lambda t: t != amber.GENERATIVE,
-        "discriminative-existence": lambda t: amber.dimension(t) == "existence",
-        "discriminative-attribute": lambda t: amber.dimension(t) == "attribute",
-        "discriminative-relation": lambda t: amber.dimension(t) == "relation",
-    }
-    for subset, keep in subsets.items():
-        (root / amber.QUERY_FILES[subset]).write_text(
-            amber.dumps([q for q in queries if keep(types[q["id"]])]), encoding="utf-8")
-    (root / "annotations.json").write_text(amber.dumps(annotations), encoding="utf-8")
-    relation = {**ASSOCIATED, **{w: [] for w in SAFE_WORDS}}
-    (root / "relation.json").write_text(amber.dumps(relation), encoding="utf-8")
-    (root / "safe_words.txt").write_text("\n".join(SAFE_WORDS), encoding="utf-8")
-    (root / "metrics.txt").write_text(METRICS_TXT, encoding="utf-8")
+    write_amber_files(root, queries, annotations)
     (root / SCENES_FILE).write_text(amber.dumps({
         "generator": GENERATOR, "format": FORMAT_VERSION, "seed": seed, "n_images": n_images,
         "image_size": IMAGE_SIZE, "background": list(BACKGROUND),
@@ -416,24 +442,40 @@ def generate_toy_amber(out_dir: str | Path, n_images: int = DEFAULT_N_IMAGES, se
     """
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
         raise ConfigError(f"n_images must be a positive integer, got {n_images!r}")
-    out = Path(out_dir).expanduser().absolute()
-    if _is_complete(out, n_images, seed):
+    return write_folder(Path(out_dir), lambda root: _write_dataset(root, n_images, seed),
+                        complete=lambda root: _is_complete(root, n_images, seed), stamp=_stamp,
+                        what="a toy AMBER dataset")
+
+
+def write_folder(out_dir: Path, write: Callable[[Path], None], *, complete: Callable[[Path], bool],
+                 stamp: Callable[[Path], object | None], what: str, recheck: bool = True) -> Path:
+    """Write a generated dataset folder atomically and idempotently; return its absolute path.
+
+    A folder ``complete`` says holds the wanted dataset is left as it is. Otherwise ``write`` fills a temporary
+    sibling folder that is then renamed to ``out_dir``, replacing a folder that holds a dataset of other settings (one
+    ``stamp`` gives a value for). A file, or a non-empty folder without a stamp, raises :class:`ConfigError` (the
+    folder "does not hold ``what``"). With ``recheck``, a folder that appeared while writing is checked again: one
+    holding the wanted dataset (another process wrote it meanwhile) is kept, one without a stamp refused.
+    """
+    out = out_dir.expanduser().absolute()
+    refused = f"{out} exists and does not hold {what}; choose an empty or new folder"
+    if complete(out):
         return out
-    if out.exists() and (not out.is_dir() or (_stamp(out) is None and any(out.iterdir()))):
-        raise ConfigError(f"{out} exists and does not hold a toy AMBER dataset; choose an empty or new folder")
+    if out.exists() and (not out.is_dir() or (stamp(out) is None and any(out.iterdir()))):
+        raise ConfigError(refused)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         tmp.chmod(0o755)
-        _write_dataset(tmp, n_images, seed)
+        write(tmp)
         try:
             os.rename(tmp, out)  # succeeds when ``out`` is absent or an empty folder
         except OSError:
-            if _is_complete(out, n_images, seed):  # another process wrote the same dataset meanwhile
+            if recheck and complete(out):  # another process wrote the same dataset meanwhile
                 shutil.rmtree(tmp)
                 return out
-            if _stamp(out) is None:
-                raise ConfigError(f"{out} exists and does not hold a toy AMBER dataset; choose an empty or new folder")
+            if recheck and stamp(out) is None:
+                raise ConfigError(refused)
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.rename(out, old / "data")
             os.rename(tmp, out)
