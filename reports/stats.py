@@ -263,12 +263,32 @@ _MMHAL_STATS: tuple[SampleStat, ...] = (
                lambda rs: _cols(_mmhal_rated(rs), x=lambda r: bool(r["hallucination"])), mean_of("x")),
 )
 
+def _lab_probe(label: str) -> Callable[[Sequence[Mapping[str, Any]]], list[Mapping[str, Any]]]:
+    return lambda rs: [r for r in _amber_disc(rs) if r.get("lab_probe") and r.get("lab_label") == label]
+
+
+def _lab_objhal(label: str) -> Callable[[Sequence[Mapping[str, Any]]], list[Mapping[str, Any]]]:
+    return lambda rs: [r for r in _objhal_scored(rs) if r.get("lab_label") == label]
+
+
+# The laboratory's tasks (tasks.lab) write AMBER's and Object HalBench's records, tagged lab_label / lab_probe.
+_LAB_AMBER_STATS: tuple[SampleStat, ...] = (*_AMBER_STATS, *(
+    SampleStat(f"Yes/No error ({label})", f"share of wrong probe answers on prior-{label} images",
+               lambda rs, sel=_lab_probe(label): _cols(sel(rs), x=lambda r: not r["correct"]), mean_of("x"), 100.0)
+    for label in ("conflicting", "consistent")))
+_LAB_OBJHAL_STATS: tuple[SampleStat, ...] = (*_OBJHAL_STATS, *(
+    SampleStat(f"CHAIRs ({label})", f"share of responses with a hallucinated object, prior-{label} images",
+               lambda rs, sel=_lab_objhal(label): _cols(sel(rs), x=lambda r: r["CHAIRs"]), mean_of("x"), 100.0)
+    for label in ("conflicting", "consistent")))
+
 #: Task name -> the metrics whose CI the records allow (on the scale of the task's headline numbers).
 SAMPLE_STATS: dict[str, tuple[SampleStat, ...]] = {
     **{t: _AMBER_STATS for t in ("amber", "amber_g", "amber_d", "toy_amber")},
     **{t: _POPE_STATS for t in ("pope", "pope_random", "pope_popular", "pope_adversarial")},
     "object_halbench": _OBJHAL_STATS,
     "mmhal": _MMHAL_STATS,
+    "lab_amber": _LAB_AMBER_STATS,
+    "lab_objhal": _LAB_OBJHAL_STATS,
 }
 
 
@@ -300,6 +320,18 @@ PAIRED_OUTCOMES: dict[str, tuple[PairedOutcome, ...]] = {
                                       _when(lambda r: r.get("status") == "scored", lambda r: not r["CHAIRs"])),),
     "mmhal": (PairedOutcome("rating >= 3 (no hallucination)",
                             _when(lambda r: r.get("rating") is not None, lambda r: not r["hallucination"])),),
+    "lab_amber": (*_AMBER_OUTCOMES, *(
+        PairedOutcome(f"probe answer correct, prior-{label} image",
+                      _when(lambda r, label=label: r.get("kind") == "discriminative" and "correct" in r
+                            and bool(r.get("lab_probe")) and r.get("lab_label") == label,
+                            lambda r: bool(r["correct"])))
+        for label in ("conflicting", "consistent"))),
+    "lab_objhal": (PairedOutcome("response without hallucination",
+                                 _when(lambda r: r.get("status") == "scored", lambda r: not r["CHAIRs"])), *(
+        PairedOutcome(f"response without hallucination, prior-{label} image",
+                      _when(lambda r, label=label: r.get("status") == "scored" and r.get("lab_label") == label,
+                            lambda r: not r["CHAIRs"]))
+        for label in ("conflicting", "consistent"))),
 }
 
 

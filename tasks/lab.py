@@ -1310,6 +1310,18 @@ def prior_breakdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Map
     return out
 
 
+def tag_records(records: Iterable[dict[str, Any]], meta: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add the lab's labels to per-sample ``records`` in place (``scores.jsonl``), so intervals and paired tests can
+    take the prior-consistent / prior-conflicting split: ``lab_label`` (consistent or conflicting), ``lab_prior``
+    (the probed prior) and ``lab_probe`` (whether the sample is one of the probe questions)."""
+    for rec in records:
+        m = meta.get(str(rec.get("id")))
+        if m is not None:
+            rec["lab_label"] = m.get("label")
+            rec["lab_prior"] = m.get("prior")
+            rec["lab_probe"] = m.get("role") == "probe"
+
+
 def _lab_headline(breakdown: Mapping[str, Mapping[str, float]], keys: Mapping[str, tuple[str, str]]) -> dict[str, float]:
     out = {}
     for name, (group, number) in keys.items():
@@ -1370,6 +1382,7 @@ class LabAmber(_LabTask, Amber):
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
         metrics = super().score(samples, responses, judge)
         lab = prior_breakdown(metrics.records, self.lab_meta(), amber_numbers)
+        tag_records(metrics.records, self.lab_meta())
         metrics.breakdown.update({f"lab/{k}": v for k, v in lab.items()})
         metrics.headline.update(_lab_headline(lab, {
             "CHAIR (conflicting)": ("conflicting", "CHAIR"), "CHAIR (consistent)": ("consistent", "CHAIR"),
@@ -1413,6 +1426,7 @@ class LabObjectHalBench(_LabTask, ObjectHalBench):
     def _metrics(self, result: Any, judge: Any, extra_notes: Sequence[str]) -> Metrics:
         metrics = super()._metrics(result, judge, extra_notes)
         lab = prior_breakdown(metrics.records, self.lab_meta(), objhal_numbers)
+        tag_records(metrics.records, self.lab_meta())
         metrics.breakdown.update({f"lab/{k}": v for k, v in lab.items()})
         metrics.headline.update(_lab_headline(lab, {
             "CHAIRi (conflicting)": ("conflicting", "CHAIRi"), "CHAIRi (consistent)": ("consistent", "CHAIRi"),

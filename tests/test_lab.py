@@ -304,6 +304,23 @@ def test_lab_amber_is_scored_by_amber_scorer_with_the_breakdown(tmp_path):
     for key in ("CHAIR", "Cover", "Hal", "Cog", "Accuracy", "Precision", "Recall", "F1"):
         assert everything[key] == m.headline[key], key
 
+    # the records carry the split, so the report's intervals and paired tests take it
+    from reports import stats
+
+    assert {r["lab_label"] for r in m.records} == {"consistent", "conflicting"}
+    cis = stats.task_cis("lab_amber", m.records, n_resamples=200)
+    for label in ("conflicting", "consistent"):
+        key = f"Yes/No error ({label})"
+        assert cis[key].low <= m.headline[key] <= cis[key].high, key
+    assert cis["Yes/No error (consistent)"].high == 0.0 < cis["Yes/No error (conflicting)"].low
+    truthful_records = task.score(samples, _answers(task, samples, truthful)).records
+    tests = {oc.name: t for oc, t, _, _ in stats.paired_outcomes("lab_amber", truthful_records, m.records)}
+    conflict = tests["probe answer correct, prior-conflicting image"]
+    n_probe_conflicting = sum(1 for r in m.records if r.get("lab_probe") and r["lab_label"] == "conflicting")
+    assert conflict.n == n_probe_conflicting and conflict.only_b == 0
+    assert conflict.only_a == round(n_probe_conflicting * m.headline["Yes/No error (conflicting)"] / 100)
+    assert tests["probe answer correct, prior-consistent image"].only_a == 0
+
 
 def test_lab_objhal_is_scored_by_the_chair_code_with_the_breakdown(tmp_path):
     from harness.task import get_task
@@ -329,6 +346,16 @@ def test_lab_objhal_is_scored_by_the_chair_code_with_the_breakdown(tmp_path):
     assert m.headline["CHAIRs (consistent)"] == 0.0 and m.headline["CHAIRs (conflicting)"] == 100.0
     overall = lab.objhal_numbers(m.records)
     assert overall["CHAIRi"] == m.headline["CHAIRi"] and overall["CHAIRs"] == m.headline["CHAIRs"]
+
+    from reports import stats
+
+    cis = stats.task_cis("lab_objhal", m.records, n_resamples=200)
+    assert cis["CHAIRs (conflicting)"].low == 100.0 and cis["CHAIRs (consistent)"].high == 0.0
+    clean = task.score(samples, answers(False)).records
+    tests = {oc.name: t for oc, t, _, _ in stats.paired_outcomes("lab_objhal", clean, m.records)}
+    n_conflicting = sum(1 for r in m.records if r["lab_label"] == "conflicting")
+    assert tests["response without hallucination, prior-conflicting image"].only_a == n_conflicting
+    assert tests["response without hallucination, prior-consistent image"].only_a == 0
 
 
 # --- the lab model ---------------------------------------------------------------------------------------------------
