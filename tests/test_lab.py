@@ -409,6 +409,41 @@ def test_lab_model_training_is_deterministic(tmp_path):
     assert lm.lab_model_dir(settings, config) != lm.lab_model_dir(settings, LabConfig(n_train=9))
 
 
+def test_the_default_lab_model_is_the_shipped_checkpoint_copied_not_trained(tmp_path, monkeypatch):
+    """The package ships the lab model of the default settings; the cache gets a byte-identical copy and nothing is
+    trained. Changing a default setting without rebuilding the shipped checkpoint fails here."""
+    from trainers import lab_model as lm
+
+    assert lm.shipped_matches(), "the shipped lab model is not the default settings': python -m trainers.lab_model " \
+                                 "--rebuild-shipped"
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the default lab model was trained instead of copied")
+
+    monkeypatch.setattr(lm, "train_lab_model", no_training)
+    out = lm.default_model(progress=False)
+    assert out == lm.lab_model_dir() and out.is_relative_to(tmp_path / "cache")
+    for name in lm.SHIPPED_FILES:
+        assert (out / name).read_bytes() == (lm.SHIPPED_DIR / name).read_bytes(), name
+    assert lm.default_model(progress=False) == out  # cached
+    # other settings are not the shipped model: they are trained
+    assert not lm.shipped_matches(lm.LabModelSettings(steps=3))
+    with pytest.raises(AssertionError, match="trained instead"):
+        lm.ensure_lab_model(lm.LabModelSettings(steps=3), progress=False)
+
+
+@pytest.mark.slow
+def test_rebuilding_the_lab_model_reproduces_the_shipped_weights(tmp_path):
+    """The shipped checkpoint is what the recipe trains (about 6 minutes on one CPU thread)."""
+    from trainers import lab_model as lm
+
+    out = lm.train_lab_model(tmp_path / "lab", progress=False)
+    for name in lm.SHIPPED_FILES:
+        if name not in (lm.SETTINGS_FILE, lm.TRAIN_LOG):  # those two record the seconds the build took
+            assert (out / name).read_bytes() == (lm.SHIPPED_DIR / name).read_bytes(), name
+
+
 @pytest.mark.parametrize("setting, expected", [
     ("colour=1.5", "lab setting colour (prior strength) must be a number in [0, 1], got 1.5"),
     ("count=-0.1", "lab setting count (prior strength) must be a number in [0, 1], got -0.1"),

@@ -41,6 +41,11 @@ from harness.models import cache_dir
 LAB_MODEL_NAME = "lab-llava-v1"
 TRAIN_LOG = "lab_train_log.jsonl"
 SETTINGS_FILE = "lab_model.json"
+#: The lab model of the default settings, shipped with the package (1.5 MB; rebuilt byte for byte by
+#: ``python -m trainers.lab_model --rebuild-shipped``): :func:`ensure_lab_model` copies it instead of training.
+SHIPPED_DIR = Path(__file__).resolve().parent / "lab_checkpoint"
+SHIPPED_FILES = ("chat_template.jinja", "config.json", "generation_config.json", SETTINGS_FILE, TRAIN_LOG,
+                 "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class LabModelSettings:
     position_std: float = 1.0
     # SFT
     questions_per_scene: int = 3
-    steps: int = 3000
+    steps: int = 9000
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -87,14 +92,30 @@ def _lab_config(config: Any = None) -> Any:
     return config if config is not None else LabConfig()
 
 
-def lab_model_dir(settings: LabModelSettings | None = None, config: Any = None) -> Path:
-    """Where :func:`ensure_lab_model` keeps the model of these settings: ``<cache>/models/lab-llava-v1-<hash>``."""
+def _cache_key(settings: LabModelSettings | None = None, config: Any = None) -> dict[str, Any]:
     from tasks.lab import FORMAT_VERSION
 
-    settings = settings or LabModelSettings()
-    key = {"settings": settings.to_dict(), "lab": _lab_config(config).to_dict(), "format": FORMAT_VERSION}
+    return {"settings": (settings or LabModelSettings()).to_dict(), "lab": _lab_config(config).to_dict(),
+            "format": FORMAT_VERSION}
+
+
+def lab_model_dir(settings: LabModelSettings | None = None, config: Any = None) -> Path:
+    """Where :func:`ensure_lab_model` keeps the model of these settings: ``<cache>/models/lab-llava-v1-<hash>``."""
+    key = _cache_key(settings, config)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir() / "models" / f"{LAB_MODEL_NAME}-{digest}"
+
+
+def shipped_matches(settings: LabModelSettings | None = None, config: Any = None) -> bool:
+    """Whether the shipped checkpoint (:data:`SHIPPED_DIR`) is the lab model of these settings: its
+    ``lab_model.json`` records the same settings, lab settings and data format, and every file is present."""
+    try:
+        recorded = json.loads((SHIPPED_DIR / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    key = _cache_key(settings, config)
+    same = all(recorded.get(k) == v for k, v in key.items())
+    return same and all((SHIPPED_DIR / name).is_file() for name in SHIPPED_FILES)
 
 
 # --------------------------------------------------------------------------------------------------- the base model
@@ -401,8 +422,7 @@ def train_lab_model(out_dir: str | Path, settings: LabModelSettings | None = Non
             model.save_pretrained(out)
         rewrite_llava_keys(out)
         (out / TRAIN_LOG).write_text("".join(json.dumps(e) + "\n" for e in log), encoding="utf-8")
-        (out / SETTINGS_FILE).write_text(json.dumps({"settings": s.to_dict(), "lab": config.to_dict(),
-                                                     "records": len(records), "images": int(enc.pixel_values.shape[0]),
+        (out / SETTINGS_FILE).write_text(json.dumps({**_cache_key(s, config), "records": len(records), "images": int(enc.pixel_values.shape[0]),
                                                      "seconds": round(time.perf_counter() - start, 1)},
                                                     indent=2, sort_keys=True) + "\n", encoding="utf-8")
     finally:
@@ -417,7 +437,8 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def ensure_lab_model(settings: LabModelSettings | None = None, config: Any = None, *, progress: bool = True) -> Path:
-    """The lab model of these settings, trained on first use (about two minutes on 2 CPU cores) and cached.
+    """The lab model of these settings, cached: a copy of the shipped checkpoint for the default settings, else
+    trained on first use (about six minutes on one CPU thread at the default recipe).
 
     Built in a temporary folder beside its final place and renamed into place, so interrupted builds never leave a
     partial checkpoint; concurrent callers wait on a lock file for the first build instead of training twice."""
@@ -433,7 +454,11 @@ def ensure_lab_model(settings: LabModelSettings | None = None, config: Any = Non
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            train_lab_model(tmp, settings, config, progress=progress)
+            if shipped_matches(settings, config):
+                for name in SHIPPED_FILES:
+                    shutil.copyfile(SHIPPED_DIR / name, tmp / name)
+            else:
+                train_lab_model(tmp, settings, config, progress=progress)
             try:
                 os.rename(tmp, target)
             except OSError:
@@ -450,12 +475,15 @@ def default_model(*, progress: bool = True) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m trainers.lab_model [OUT] [--set key=value ...]``: train the lab model (into OUT, or the cache)
-    and print its folder."""
+    """``python -m trainers.lab_model [OUT] [--set key=value ...] [--rebuild-shipped]``: train the lab model (into
+    OUT, or the cache: a copy of the shipped checkpoint at the default settings) and print its folder;
+    ``--rebuild-shipped`` trains the default model afresh into the package's shipped checkpoint."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m trainers.lab_model")
     parser.add_argument("output", nargs="?")
+    parser.add_argument("--rebuild-shipped", action="store_true",
+                        help=f"train the default lab model into {SHIPPED_DIR} (what the package ships)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a LabModelSettings field")
     args = parser.parse_args(argv)
@@ -469,7 +497,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         values[key] = float(raw) if kind == "float" else (raw.lower() in ("1", "true", "yes")) if kind == "bool" \
             else int(raw)
     settings = LabModelSettings(**values)
-    if args.output:
+    if args.rebuild_shipped:
+        if values or args.output:
+            parser.error("--rebuild-shipped trains the default settings into the package; no OUT or --set")
+        tmp = Path(tempfile.mkdtemp(prefix=".lab_checkpoint-", dir=SHIPPED_DIR.parent))
+        try:
+            train_lab_model(tmp, settings)
+            SHIPPED_DIR.mkdir(exist_ok=True)
+            for name in SHIPPED_FILES:
+                os.replace(tmp / name, SHIPPED_DIR / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(SHIPPED_DIR)
+    elif args.output:
         print(train_lab_model(args.output, settings))
     else:
         print(ensure_lab_model(settings))
