@@ -1,15 +1,16 @@
 """The tidy frame every table and figure of a report is built from.
 
 ``load_runs(paths)`` finds the run directories under ``paths`` and reads, for each ``OUTPUT/RUN/TASK/`` directory
-(:mod:`harness.store`), its ``metrics.json`` and ``manifest.json``. The frame (:data:`COLUMNS`) has one row per
-(run, task, category, metric) with the run's description beside it: model, model size, method, data size, beta,
-epochs, seed, rejected-image strategy and engine. Headline metrics have ``category == ""``; a per-category
+(:mod:`harness.store`), its ``metrics.json`` and ``manifest.json`` (:class:`harness.records.Manifest`). The frame
+(:data:`COLUMNS`) has one row per (run, task, category, metric) with the run's description beside it: model, model
+size, method, data size, beta, epochs, seed, rejected-image strategy and engine. Headline metrics have ``category == ""``; a per-category
 breakdown (AMBER dimension, MMHal question type, POPE split, ...) has the category's name. A report never
 recomputes a metric: values come from ``metrics.json`` as the scorer wrote them.
 
 What a run *is* (method, data size, ...) is read from, first to last, each field from the first source that has it:
 
-1. ``RUN/job.json`` (or ``RUN/TASK/job.json``), written by a sweep next to the run's task directories::
+1. ``RUN/job.json`` (or ``RUN/TASK/job.json``, :class:`harness.records.JobInfo`), written by a sweep next to the
+   run's task directories::
 
        {"method": "jompo", "data_size": 5000, "beta": 0.05, "epochs": 2, "seed": 1234,
         "model": "llava-1.5-7b-hf", "model_size": "7B", "rejected_image": "crop", "name": "jompo-5k"}
