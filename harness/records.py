@@ -70,9 +70,9 @@ ENVIRONMENT_KEYS: tuple[str, ...] = ("command", "python", "platform", "packages"
 class Manifest:
     """``manifest.json`` of one ``RUN/TASK`` directory.
 
-    ``model``, ``engine``, ``task``, ``sweep`` and ``settings`` are JSON objects (None when the file lacks one, or holds something
-    else there); ``extra`` keeps keys this class does not know, so that reading and writing a manifest loses
-    nothing. ``fingerprint`` and ``settings`` are added by :meth:`harness.store.RunStore.open` and left out of
+    ``model``, ``engine``, ``task``, ``sweep`` and ``settings`` are JSON objects (None when the file lacks one, or
+    holds something else there); ``extra`` keeps keys this class does not know, so that reading and writing a
+    manifest loses nothing. ``fingerprint`` and ``settings`` are added by :meth:`harness.store.RunStore.open` and left out of
     :meth:`to_dict` while None.
     """
 

@@ -3,9 +3,9 @@
 ``load_runs(paths)`` finds the run directories under ``paths`` and reads, for each ``OUTPUT/RUN/TASK/`` directory
 (:mod:`harness.store`), its ``metrics.json`` and ``manifest.json`` (:class:`harness.records.Manifest`). The frame
 (:data:`COLUMNS`) has one row per (run, task, category, metric) with the run's description beside it: model, model
-size, method, data size, beta, epochs, seed, rejected-image strategy and engine. Headline metrics have ``category == ""``; a per-category
-breakdown (AMBER dimension, MMHal question type, POPE split, ...) has the category's name. A report never
-recomputes a metric: values come from ``metrics.json`` as the scorer wrote them.
+size, method, data size, beta, epochs, seed, rejected-image strategy and engine. Headline metrics have
+``category == ""``; a per-category breakdown (AMBER dimension, MMHal question type, POPE split, ...) has the
+category's name. A report never recomputes a metric: values come from ``metrics.json`` as the scorer wrote them.
 
 What a run *is* (method, data size, ...) is read from, first to last, each field from the first source that has it:
 
