@@ -72,8 +72,8 @@ class Manifest:
 
     ``model``, ``engine``, ``task``, ``sweep`` and ``settings`` are JSON objects (None when the file lacks one, or
     holds something else there); ``extra`` keeps keys this class does not know, so that reading and writing a
-    manifest loses nothing. ``fingerprint`` and ``settings`` are added by :meth:`harness.store.RunStore.open` and left out of
-    :meth:`to_dict` while None.
+    manifest loses nothing. ``fingerprint`` and ``settings`` are added by :meth:`harness.store.RunStore.open` and
+    left out of :meth:`to_dict` while None.
     """
 
     model: dict[str, Any] | None = None
