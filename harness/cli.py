@@ -10,9 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,6 @@ from harness.errors import ConfigError, HarnessError
 from harness.task import task_flags
 
 log = logging.getLogger("harness")
-
-# Engine description keys that do not change predictions (left out of the run fingerprint).
-_NON_SEMANTIC = {"batch_size", "concurrency", "timeout_s", "max_retries"}
 
 
 # --------------------------------------------------------------------------- parsing
@@ -43,23 +38,6 @@ def _limit(text: str) -> int | float:
     if value >= 1 and value == int(value):
         return int(value)
     raise argparse.ArgumentTypeError(f"expected an integer >= 1 or a fraction in (0, 1), got {text!r}")
-
-
-def limited_samples(task: Any, limit: int | float | None) -> list:
-    """The task's samples, the first ``limit`` of them (a fraction: ceil(fraction x samples), at least 1); a
-    warning when an integer limit exceeds the task's samples."""
-    import math
-
-    if limit is None:
-        return task.samples()
-    if isinstance(limit, float):
-        every = task.samples()
-        return every[:max(1, math.ceil(len(every) * limit))]
-    samples = task.samples(limit)
-    if len(samples) < limit:
-        log.warning("%s: --limit %d is more than its %d samples; running all %d", task.name, limit, len(samples),
-                    len(samples))
-    return samples
 
 
 class _SamplesAlwaysLogged(argparse.Action):
@@ -219,125 +197,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- helpers
-def _per_task(values: list[str], task_names: list[str], flag: str) -> dict[str, str]:
-    """Parse repeated ``[TASK=]DIR`` values into a mapping (key ``""`` = every task)."""
-    out: dict[str, str] = {}
-    for value in values:
-        name, eq, path = value.partition("=")
-        if eq and name in task_names:
-            out[name] = path
-        elif eq and re.fullmatch(r"[A-Za-z0-9_:.-]+", name) and not Path(value).exists():
-            raise ConfigError(f"{flag} {value}: {name!r} is not one of the tasks of this run ({', '.join(task_names)})")
-        else:
-            out[""] = value
-    return out
-
-
-def _slug(text: str) -> str:
-    text = text.rstrip("/\\")
-    base = Path(text).name or text
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_") or "model"
+def _flag_options(args) -> tuple[dict[str, Any], dict[str, str]]:
+    """(task options set by the tasks' dedicated flags, the flag of each)."""
+    values: dict[str, Any] = {}
+    flags: dict[str, str] = {}
+    for key, flag in ((f.key, f.flag) for f in task_flags()):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+            flags[key] = flag
+    return values, flags
 
 
 def _task_options(args, classes: list | None = None) -> dict[str, Any]:
     """The task options of ``--option KEY=VALUE`` and the dedicated flags. With ``classes`` (the requested task
     classes), a key that none of them reads is a :class:`ConfigError` naming the closest known keys."""
-    from harness.task import check_option_keys
+    from harness.evaluate import task_options
 
-    options: dict[str, Any] = {}
-    for item in args.option:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"--option {item!r}: expected KEY=VALUE")
-        options[key.strip()] = value
-    flagged = {}
-    for key, flag in ((f.key, f.flag) for f in task_flags()):
-        if getattr(args, key, None) is not None:
-            options[key] = getattr(args, key)
-            flagged[key] = flag
-    if classes is not None:
-        check_option_keys(classes, options, flagged)
-    return options
+    return task_options(args.option, *_flag_options(args), classes)
 
 
-def _make_judge(args, task, reviews: str | None = None):
-    """The judge for ``task``: saved replies (``reviews``), an OpenAI-compatible judge, or None if unneeded."""
-    if reviews is not None:
-        return task.read_reviews(reviews)
-    if not task.needs_judge():
-        return None
-    from harness.judge_openai import OpenAIJudge
+def eval_config(args):
+    """The :class:`harness.evaluate.EvalConfig` of ``harness run``'s arguments."""
+    from harness.evaluate import EvalConfig
 
-    model = args.judge_model or task.default_judge_model
-    if model is None:
-        raise ConfigError(f"task {task.name} needs a judge: pass --judge-model")
-    return OpenAIJudge(model, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
-                       concurrency=args.judge_concurrency, use_cache=not args.no_judge_cache,
-                       timeout_s=getattr(args, "judge_timeout", 120.0),
-                       max_retries=getattr(args, "judge_max_retries", 6))
-
-
-def _embedded_model(progress: bool = True) -> str:
-    """The default model: the lab model (:mod:`trainers.lab_model`), trained on first use and cached."""
-    from trainers.lab_model import default_model
-
-    return str(default_model(progress=progress))
-
-
-def _resolve_tasks(args) -> list:
-    from harness.task import get_task
-
-    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if not names:
-        raise ConfigError("--tasks is empty; `harness tasks` lists the task names")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"--tasks names a task twice: {args.tasks}")
-    classes = [get_task(n) for n in names]  # unknown names fail here, before any model loads
-    data_roots = _per_task(args.data_root, names, "--data-root")
-    image_roots = _per_task(args.image_root, names, "--image-root")
-    options = _task_options(args, classes)
-    tasks = []
-    for cls in classes:
-        data_root = data_roots.get(cls.name, data_roots.get(""))
-        image_root = image_roots.get(cls.name, image_roots.get(""))
-        if data_root is not None and not Path(data_root).is_dir():
-            raise ConfigError(f"--data-root {data_root} (task {cls.name}) is not a directory")
-        task = cls(data_root=data_root, image_root=image_root, options=options)
-        task.check_files()
-        tasks.append(task)
-    return tasks
-
-
-def _describe_model(args, engine_name: str) -> tuple[str, dict[str, Any], str, Any]:
-    """(model string handed to the engine, manifest entry, default run name, model family adapter or None)."""
-    from harness import engines
-    from harness.models import resolve_model
-
-    model = args.model
-    if model is None:
-        if engine_name == "openai":
-            raise ConfigError("--engine openai needs --model (the served model name, or its checkpoint path)")
-        from trainers.lab_model import LAB_MODEL_NAME
-
-        model = _embedded_model(progress=not getattr(args, "no_progress", False))
-        default_name = LAB_MODEL_NAME
-    else:
-        default_name = _slug(args.served_model or model)
-    if engine_name == "openai" and not Path(model).exists():
-        return model, {"name": model, "path": None, "content_hash": None}, default_name, None
-    if model in engines.ENGINES and not Path(model).exists():
-        raise ConfigError(f"--model {model}: no such checkpoint; {model!r} is an engine: choose it with --engine "
-                          f"{model} (--model is a checkpoint directory or, with --engine openai, a served model)")
-    info, family = resolve_model(model, args.template)
-    entry = {"name": default_name, "path": str(Path(model).resolve()), "content_hash": info.content_hash,
-             "architecture": info.architecture, "family": info.family}
-    return model, entry, default_name, family
+    values, flags = _flag_options(args)
+    return EvalConfig(
+        tasks=args.tasks, model=args.model, engine=args.engine, output_path=args.output_path,
+        run_name=args.run_name, limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        data_root=list(args.data_root), image_root=list(args.image_root), option=list(args.option),
+        options=values, option_flags=flags, template=args.template, dtype=args.dtype, device=args.device,
+        seed=args.seed, on_image_error=args.on_image_error, overwrite=args.overwrite,
+        progress=not args.no_progress, tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size, enforce_eager=args.enforce_eager,
+        max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+        base_url=args.base_url, api_key_env=args.api_key_env, served_model=args.served_model,
+        concurrency=args.concurrency, timeout=args.timeout, max_retries=args.max_retries,
+        judge_model=args.judge_model, judge_base_url=args.judge_base_url,
+        judge_api_key_env=args.judge_api_key_env, judge_concurrency=args.judge_concurrency,
+        judge_timeout=args.judge_timeout, judge_max_retries=args.judge_max_retries,
+        no_judge_cache=args.no_judge_cache, argv=getattr(args, "argv", None),
+    )
 
 
 # --------------------------------------------------------------------------- commands
 def cmd_score(args) -> int:
     import json
 
+    from harness.evaluate import make_judge
     from harness.io import dumps_record
     from harness.task import get_task
 
@@ -349,7 +255,7 @@ def cmd_score(args) -> int:
     if args.records:
         _check_writable_file(args.records, "--records")  # before scoring, which can take long
     task = cls(data_root=args.data_root, image_root=args.image_root, options=options)
-    judge = _make_judge(args, task, args.reviews)
+    judge = make_judge(args, task, args.reviews)
     metrics, coverage = task.score_file(args.responses, judge)
     out = metrics.to_dict()
     out["coverage"] = coverage
@@ -456,12 +362,16 @@ def _lab_value(key: str, raw: str) -> Any:
 
 
 def cmd_run(args) -> int:
-    """``harness run``. SIGTERM is handled as Ctrl-C (exit 143 instead of 130); a full disk, quota, read-only file
-    system or permission error while writing the run is a one-line error; finished predictions are kept."""
-    from harness.runner import disk_errors
+    """``harness run``: :func:`harness.evaluate.evaluate` of the arguments, then the summary table. SIGTERM is
+    handled as Ctrl-C (exit 143 instead of 130); a full disk, quota, read-only file system or permission error
+    while writing the run is a one-line error; finished predictions are kept."""
+    from harness.evaluate import evaluate
 
-    with _sigterm_as_interrupt(), disk_errors(Path(args.output_path)):
-        return _run_tasks(args)
+    config = eval_config(args)
+    with _sigterm_as_interrupt():
+        record = evaluate(config)
+    print_summary(record)
+    return 0
 
 
 @contextlib.contextmanager
@@ -487,96 +397,6 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _log_interrupted(store, started: float, exc: KeyboardInterrupt, limit: int | None) -> None:
-    """Record an interrupted invocation in ``runs.jsonl`` with its counts so far (best effort)."""
-    counts = getattr(exc, "run_counts", {})
-    info = {"started": started, **counts, "limit": limit, "interrupted": getattr(exc, "signal_name", "SIGINT")}
-    if counts.get("seconds"):
-        info["samples_per_s"] = round(counts.get("generated", 0) / counts["seconds"], 3)
-    try:
-        store.log_run(info)
-    except OSError as err:
-        log.warning("%s: could not record the interrupted run: %s", store.dir, err.strerror or err)
-
-
-def _run_tasks(args) -> int:
-    from harness import engines
-    from harness.cache import content_hash
-    from harness.engines import EngineOptions, create_engine
-    from harness.io import atomic_write_json
-    from harness.manifest import environment
-    from harness.runner import disk_errors, evaluate
-    from harness.store import RunStore
-    from harness.types import Decoding
-
-    tasks = _resolve_tasks(args)
-    engine_name = args.engine or engines.default_engine()
-    model, model_entry, default_name, family = _describe_model(args, engine_name)
-    run_name = args.run_name or default_name
-
-    stores = {t.name: RunStore(Path(args.output_path) / run_name / t.name) for t in tasks}
-    for store in stores.values():
-        store._ensure_writable()  # fail before loading a model
-
-    api_key = os.environ.get(args.api_key_env) if engine_name == "openai" else None
-    options = EngineOptions(
-        batch_size=args.batch_size, dtype=args.dtype, device=args.device, template=args.template,
-        tensor_parallel_size=args.tensor_parallel_size, data_parallel_size=args.data_parallel_size,
-        enforce_eager=args.enforce_eager, max_model_len=args.max_model_len,
-        gpu_memory_utilization=args.gpu_memory_utilization, base_url=args.base_url, api_key=api_key,
-        served_model=args.served_model, concurrency=args.concurrency, timeout_s=args.timeout,
-        max_retries=args.max_retries,
-        extra_body=dict(family.server_request_fields) if (family and engine_name == "openai") else None,
-    )
-    judges = {t.name: _make_judge(args, t) for t in tasks}  # judge settings fail before any model loads
-    decoding = Decoding(seed=args.seed)
-    env = environment(getattr(args, "argv", None))  # the command as given, secrets redacted
-    results = []
-    started = time.time()
-    with create_engine(engine_name, model, decoding, options) as engine:
-        described = engine.describe()
-        for task in tasks:
-            samples = limited_samples(task, args.limit)
-            data_hashes = {str(p.relative_to(task.data_root)): content_hash(p) for p in task.check_files()}
-            settings = {
-                "model": {k: model_entry.get(k) for k in ("path", "content_hash")} | {"name": model_entry["name"]},
-                "engine": {k: v for k, v in described.items() if k not in _NON_SEMANTIC},
-                "task": {"name": task.name, "version": task.version, "data": data_hashes},
-                "max_new_tokens": args.max_new_tokens,
-            }
-            manifest = {
-                "model": model_entry, "engine": described, "task": {"name": task.name, "version": task.version,
-                                                                    "data_root": str(task.data_root),
-                                                                    "data_files": data_hashes},
-                "scorer": task.provenance(),
-                "decoding": decoding.to_dict(), "max_new_tokens_override": args.max_new_tokens,
-                **env,
-            }
-            store = stores[task.name]
-            with disk_errors(store.dir / "manifest.json"):
-                store.open(manifest, settings, overwrite=args.overwrite)
-            log.info("%s: %d samples -> %s", task.name, len(samples), store.dir)
-            t0 = time.time()
-            judge = judges[task.name]
-            try:
-                result = evaluate(task, engine, store, samples, max_new_tokens=args.max_new_tokens,
-                                  on_image_error=args.on_image_error, progress=not args.no_progress, judge=judge)
-            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: still logged in runs.jsonl
-                _log_interrupted(store, t0, exc, args.limit)
-                raise
-            with disk_errors(store.dir / "judge.json"):
-                if judge is not None:
-                    atomic_write_json(store.dir / "judge.json",
-                                      {**judge.describe(), "ledger": judge.ledger().to_dict()})
-            with disk_errors(store.dir / "runs.jsonl"):
-                store.log_run({"started": t0, "seconds": round(result.seconds, 3), "generated": result.n_generated,
-                               "resumed": result.n_resumed, "failed": result.n_failed,
-                               "samples_per_s": round(result.samples_per_s, 3), "limit": args.limit})
-            results.append((result, store))
-    print_summary(results, engine_name, run_name, time.time() - started)
-    return 0
-
-
 def parse_counts(counts: dict[str, Any]) -> tuple[int, int] | None:
     """(parsed, unparsed) answers of a task whose scorer parses responses or judge replies, from its counts:
     AMBER's yes/no answers (``answered_other``: neither "Yes" nor "No"), ScienceQA's option letters
@@ -591,13 +411,14 @@ def parse_counts(counts: dict[str, Any]) -> tuple[int, int] | None:
     return None
 
 
-def print_summary(results, engine_name: str, run_name: str, seconds: float) -> None:
-    """A one-screen table of the headline metrics (stdout), with how many answers the task's parser could read."""
+def print_summary(record) -> None:
+    """A one-screen table of the headline metrics of a :class:`harness.records.RunRecord` (stdout), with how many
+    answers the task's parser could read."""
     rows = []
     warnings = []
-    for result, store in results:
-        metrics = " ".join(f"{k}={v}" for k, v in result.metrics.headline.items())
-        parsed = parse_counts(result.metrics.counts)
+    for result in record.tasks:
+        metrics = " ".join(f"{k}={v}" for k, v in result.headline.items())
+        parsed = parse_counts(result.counts)
         read = "" if parsed is None else f"{parsed[0]}/{parsed[0] + parsed[1]}"
         if parsed is not None and parsed[1]:
             warnings.append(f"{result.task}: {parsed[1]} of {parsed[0] + parsed[1]} answers could not be parsed "
@@ -607,15 +428,15 @@ def print_summary(results, engine_name: str, run_name: str, seconds: float) -> N
     header = ("task", "samples", "resumed", "failed", "samples/s", "parsed", "metrics")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    print(f"\n{run_name} · engine {engine_name} · {seconds:.1f}s")
+    print(f"\n{record.run_name} · engine {record.engine} · {record.seconds:.1f}s")
     print(line)
     print("-" * len(line))
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     for w in warnings:
         print(w)
-    for result, store in results:
-        print(f"{result.task}: {store.dir}")
+    for result in record.tasks:
+        print(f"{result.task}: {result.dir}")
 
 
 def cmd_train(args) -> int:

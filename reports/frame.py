@@ -1,15 +1,16 @@
 """The tidy frame every table and figure of a report is built from.
 
 ``load_runs(paths)`` finds the run directories under ``paths`` and reads, for each ``OUTPUT/RUN/TASK/`` directory
-(:mod:`harness.store`), its ``metrics.json`` and ``manifest.json``. The frame (:data:`COLUMNS`) has one row per
-(run, task, category, metric) with the run's description beside it: model, model size, method, data size, beta,
-epochs, seed, rejected-image strategy and engine. Headline metrics have ``category == ""``; a per-category
-breakdown (AMBER dimension, MMHal question type, POPE split, ...) has the category's name. A report never
-recomputes a metric: values come from ``metrics.json`` as the scorer wrote them.
+(:mod:`harness.store`), its ``metrics.json`` and ``manifest.json`` (:class:`harness.records.Manifest`). The frame
+(:data:`COLUMNS`) has one row per (run, task, category, metric) with the run's description beside it: model, model
+size, method, data size, beta, epochs, seed, rejected-image strategy and engine. Headline metrics have
+``category == ""``; a per-category breakdown (AMBER dimension, MMHal question type, POPE split, ...) has the
+category's name. A report never recomputes a metric: values come from ``metrics.json`` as the scorer wrote them.
 
 What a run *is* (method, data size, ...) is read from, first to last, each field from the first source that has it:
 
-1. ``RUN/job.json`` (or ``RUN/TASK/job.json``), written by a sweep next to the run's task directories::
+1. ``RUN/job.json`` (or ``RUN/TASK/job.json``, :class:`harness.records.JobInfo`), written by a sweep next to the
+   run's task directories::
 
        {"method": "jompo", "data_size": 5000, "beta": 0.05, "epochs": 2, "seed": 1234,
         "model": "llava-1.5-7b-hf", "model_size": "7B", "rejected_image": "crop", "name": "jompo-5k"}
@@ -46,6 +47,7 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import DataError
+from harness.records import JobInfo, Manifest, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +74,7 @@ META_COLUMNS: tuple[str, ...] = (
 #: ``text``: the number as its source printed it (published rows; empty for runs), shown as is in tables.
 COLUMNS: tuple[str, ...] = (*META_COLUMNS, "task", "category", "metric", "value", "text")
 
-_JOB_KEYS = ("method", "data_size", "beta", "epochs", "seed", "model", "model_size", "rejected_image", "name")
-
-
 # --------------------------------------------------------------------------------------------------- values
-def parse_size(value: Any) -> int | None:
-    """A data size: ``5000``, ``"5000"``, ``"5k"``, ``"1.5k"``, ``"2m"`` -> int; anything else -> None."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value) if math.isfinite(value) and value >= 0 else None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", str(value))
-    if not m:
-        return None
-    mult = {"": 1, "k": 1000, "m": 1_000_000}[m.group(2).lower()]
-    return round(float(m.group(1)) * mult)
-
-
 def format_size(size: int | None) -> str:
     """``5000`` -> ``"5k"``, ``1500`` -> ``"1.5k"``, ``800`` -> ``"800"``, None -> ``""``."""
     if size is None:
@@ -167,30 +153,9 @@ def parse_run_name(name: str) -> dict[str, Any]:
 
 
 def _clean_job(raw: Mapping[str, Any], where: str, warnings: list[str]) -> dict[str, Any]:
-    """The known keys of a job description, typed; a bad value is warned about and dropped."""
-    out: dict[str, Any] = {}
-    for key in _JOB_KEYS:
-        if key not in raw or raw[key] is None:
-            continue
-        value = raw[key]
-        if key == "data_size":
-            parsed: Any = parse_size(value)
-        elif key in ("beta", "epochs"):
-            parsed = _number(value) if not isinstance(value, str) else _number(_float_or_none(value))
-        elif key == "seed":
-            parsed = int(value) if (isinstance(value, int) and not isinstance(value, bool)) or (
-                isinstance(value, str) and value.strip().isdigit()) else None
-        elif key == "model_size":
-            parsed = str(value).strip()
-            if re.fullmatch(r"\d+(?:\.\d+)?[bB]", parsed):
-                parsed = parsed[:-1] + "B"
-        else:
-            parsed = str(value)
-        if parsed is None:
-            warnings.append(f"{where}: {key} {value!r} is not usable; ignored")
-            continue
-        out[key] = parsed
-    return out
+    """The keys a job description (:class:`harness.records.JobInfo`) gives, typed; a bad value is warned about
+    and dropped."""
+    return JobInfo.from_dict(raw, where, warnings).given()
 
 
 def _float_or_none(text: str) -> float | None:
@@ -215,7 +180,7 @@ def _read_json_dict(path: Path, warnings: list[str], what: str) -> dict[str, Any
     return data
 
 
-def describe_run(run_dir: Path, manifests: Sequence[Mapping[str, Any]], warnings: list[str],
+def describe_run(run_dir: Path, manifests: Sequence[Manifest], warnings: list[str],
                  task_dirs: Sequence[Path] = ()) -> RunInfo:
     """The :class:`RunInfo` of ``run_dir`` from its sources, in the order of the module docstring."""
     layers: list[dict[str, Any]] = []
@@ -226,12 +191,11 @@ def describe_run(run_dir: Path, manifests: Sequence[Mapping[str, Any]], warnings
                 layers.append(_clean_job(job, str(job_path), warnings))
             break
     for manifest in manifests:
-        sweep = manifest.get("sweep")
-        if isinstance(sweep, Mapping):
-            layers.append(_clean_job(sweep, f"{run_dir} manifest 'sweep'", warnings))
+        if manifest.sweep is not None:
+            layers.append(_clean_job(manifest.sweep, f"{run_dir} manifest 'sweep'", warnings))
             break
-    model_entry = next((m.get("model") for m in manifests if isinstance(m.get("model"), Mapping)), {}) or {}
-    model_path = model_entry.get("path")
+    with_model = next((m for m in manifests if m.model is not None), None)
+    model_path = with_model.model_path if with_model is not None else None
     if isinstance(model_path, str) and model_path:
         cfg_path = Path(model_path) / TRAIN_CONFIG
         if cfg_path.is_file():
@@ -248,8 +212,8 @@ def describe_run(run_dir: Path, manifests: Sequence[Mapping[str, Any]], warnings
     for layer in layers:
         for key, value in layer.items():
             merged.setdefault(key, value)
-    engine = next((m["engine"].get("engine") for m in manifests if isinstance(m.get("engine"), Mapping)), "") or ""
-    model = merged.get("model") or str(model_entry.get("name") or "")
+    engine = next((m.engine_name for m in manifests if m.engine is not None), "") or ""
+    model = merged.get("model") or str((with_model.model_name if with_model is not None else None) or "")
     return RunInfo(
         run=str(merged.get("name") or run_dir.name), path=str(run_dir), model=model,
         model_size=str(merged.get("model_size") or model_size_of(model) or model_size_of(run_dir.name)),
@@ -268,7 +232,7 @@ class TaskRun:
     task: str
     dir: Path
     metrics: dict[str, Any]
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def scores_path(self) -> Path:
@@ -280,11 +244,10 @@ class TaskRun:
 
     def signature(self) -> tuple[str, str] | None:
         """(task version, data file hashes) from the manifest; None when the manifest does not say."""
-        task = self.manifest.get("task")
-        if not isinstance(task, Mapping):
+        if self.manifest.task is None:
             return None
-        files = task.get("data_files")
-        return (str(task.get("version")), json.dumps(files, sort_keys=True) if files is not None else "")
+        files = self.manifest.data_files
+        return (str(self.manifest.task_version), json.dumps(files, sort_keys=True) if files is not None else "")
 
     def n_samples(self) -> int | None:
         counts = self.metrics.get("counts") or {}
@@ -357,7 +320,7 @@ def _subdirs(path: Path) -> list[Path]:
         return []
 
 
-def _read_task_dir(task_dir: Path, warnings: list[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def _read_task_dir(task_dir: Path, warnings: list[str]) -> tuple[dict[str, Any], Manifest] | None:
     """(metrics, manifest) of a task directory, or None (warned) when it cannot be used."""
     metrics_path = task_dir / METRICS
     if not metrics_path.is_file():
@@ -369,8 +332,8 @@ def _read_task_dir(task_dir: Path, warnings: list[str]) -> tuple[dict[str, Any],
     if not isinstance(metrics.get("task"), str) or not isinstance(metrics.get("headline"), Mapping):
         warnings.append(f"{metrics_path}: not a metrics file (expected 'task' and 'headline'); left out")
         return None
-    manifest = _read_json_dict(task_dir / MANIFEST, warnings, MANIFEST) or {}
-    manifest_task = manifest.get("task", {}).get("name") if isinstance(manifest.get("task"), Mapping) else None
+    manifest = Manifest.from_dict(_read_json_dict(task_dir / MANIFEST, warnings, MANIFEST) or {})
+    manifest_task = manifest.task_name
     if manifest_task is not None and manifest_task != metrics["task"]:
         warnings.append(f"{task_dir}: mismatched task: {METRICS} is for {metrics['task']!r} but {MANIFEST} is for "
                         f"{manifest_task!r}; left out")
@@ -403,7 +366,7 @@ def load_runs(paths: Iterable[str | Path], *, log_warnings: bool = True) -> RunS
                 seen.add(key)
                 task_dirs.append(d)
 
-    by_run: dict[Path, list[tuple[Path, dict[str, Any], dict[str, Any]]]] = {}
+    by_run: dict[Path, list[tuple[Path, dict[str, Any], Manifest]]] = {}
     for d in task_dirs:
         read = _read_task_dir(d, warnings)
         if read is not None:

@@ -54,15 +54,15 @@ def toy_root(tmp_path_factory):
 
 @pytest.fixture
 def fake_engine(monkeypatch):
-    import harness.cli
     import harness.engines
+    import harness.evaluate
 
     FakeEngine.n = 0
     FakeEngine.hook = None
     FakeEngine.text = "there is a red circle ."
     monkeypatch.setattr(harness.engines, "create_engine",
                         lambda name, model, decoding, options: FakeEngine(model, decoding, options))
-    monkeypatch.setattr(harness.cli, "_describe_model",
+    monkeypatch.setattr(harness.evaluate, "_describe_model",
                         lambda args, engine: ("m", {"name": "fake", "path": None, "content_hash": None}, "fake", None))
     return FakeEngine
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError, DataError
+from harness.records import JobInfo
 from harness.sweep.flags import _SWEEP_SET_EVAL, _check_flags, _flags
 from harness.sweep.layout import KINDS, MANIFEST_FILE, TRAIN_YAML
 from harness.sweep.resources import slurm_parameters
@@ -66,7 +67,7 @@ class Job:
     ``argv`` are the arguments after ``python -m harness``; ``outputs`` and ``expect`` (the files that exist when
     the job is done) are relative to the sweep folder; ``train_config`` (training jobs) is the complete
     :class:`~trainers.config.TrainConfig` written to ``jobs/ID/train.yaml``; ``job_json`` (evaluation jobs) the
-    run description written to ``runs/NAME/job.json``.
+    run description written to ``runs/NAME/job.json`` (:meth:`harness.records.JobInfo.to_dict`).
     """
 
     id: str
@@ -494,10 +495,10 @@ def _eval_job(name: str, deps: tuple[str, ...], model: str | None, model_key: st
     argv += _flags(settings.eval)
     fp = fingerprint({"kind": "eval", "model": model_key, "tasks": settings.tasks, "limit": settings.limit,
                       "engine": settings.engine, "eval": settings.eval})
-    job_json = {"method": params.get("method"), "data_size": params.get("data_size"), "beta": params.get("beta"),
-                "epochs": params.get("epochs"), "seed": params.get("seed"), "model": model_name,
-                "model_size": model_size_of(model_name), "rejected_image": params.get("rejected_image"),
-                "name": name}
+    job_json = JobInfo(method=params.get("method"), data_size=params.get("data_size"), beta=params.get("beta"),
+                       epochs=params.get("epochs"), seed=params.get("seed"), model=model_name,
+                       model_size=model_size_of(model_name), rejected_image=params.get("rejected_image"),
+                       name=name).to_dict()
     return Job(id=f"eval-{name}", kind="eval", name=name, deps=deps, params=params, fingerprint=fp, argv=argv,
                outputs={"run": f"runs/{name}"}, expect=[f"runs/{name}/{t}/metrics.json" for t in settings.tasks],
                job_json=job_json)
