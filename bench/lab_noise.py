@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import harness  # noqa: F401  (import hook before transformers)
+import harness  # noqa: E402, F401  (import hook before transformers)
 
 #: The lab's preference recipe, fixed before any method was run: the paper's beta, full fine-tuning of the language
 #: model and projector, one tenth of the SFT learning rate, constant, two epochs of the 300 pairs at batch 8.
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from trainers.lab_model import ensure_lab_model
     from tasks.lab import LabConfig, generate_lab_preferences
+    from trainers.lab_model import ensure_lab_model
 
     out = Path(args.output).absolute()
     methods = [m for m in args.methods.split(",") if m]

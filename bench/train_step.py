@@ -49,7 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import harness  # noqa: F401  (torchvision import hook before transformers)
+import harness  # noqa: E402, F401  (torchvision import hook before transformers)
 
 COLOURS = ["red", "blue", "green", "yellow"]
 SHAPES = ["circle", "square"]

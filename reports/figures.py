@@ -186,7 +186,7 @@ def figure_rejected(frame: pd.DataFrame, specs: Sequence[MetricSpec] = TABLE1_SP
     fig, axes = _new_figure(len(panels))
     width = 0.8 / len(series)
     for ax, spec in zip(axes, panels):
-        for i, (key, rs) in enumerate(series.items()):
+        for i, rs in enumerate(series.values()):
             by_strategy = {r.get("rejected_image"): values.spec_value(r, spec) for r in rs}
             xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(strategies))]
             ys = [by_strategy.get(s) for s in strategies]

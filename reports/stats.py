@@ -274,11 +274,13 @@ def _lab_objhal(label: str) -> Callable[[Sequence[Mapping[str, Any]]], list[Mapp
 # The laboratory's tasks (tasks.lab) write AMBER's and Object HalBench's records, tagged lab_label / lab_probe.
 _LAB_AMBER_STATS: tuple[SampleStat, ...] = (*_AMBER_STATS, *(
     SampleStat(f"Yes/No error ({label})", f"share of wrong probe answers on prior-{label} images",
-               lambda rs, sel=_lab_probe(label): _cols(sel(rs), x=lambda r: not r["correct"]), mean_of("x"), 100.0)
+               lambda rs, sel=_lab_probe(label): _cols(sel(rs), x=lambda r: not r["correct"]),  # noqa: B008 (binds label)
+               mean_of("x"), 100.0)
     for label in ("conflicting", "consistent")))
 _LAB_OBJHAL_STATS: tuple[SampleStat, ...] = (*_OBJHAL_STATS, *(
     SampleStat(f"CHAIRs ({label})", f"share of responses with a hallucinated object, prior-{label} images",
-               lambda rs, sel=_lab_objhal(label): _cols(sel(rs), x=lambda r: r["CHAIRs"]), mean_of("x"), 100.0)
+               lambda rs, sel=_lab_objhal(label): _cols(sel(rs), x=lambda r: r["CHAIRs"]),  # noqa: B008 (binds label)
+               mean_of("x"), 100.0)
     for label in ("conflicting", "consistent")))
 
 #: Task name -> the metrics whose CI the records allow (on the scale of the task's headline numbers).

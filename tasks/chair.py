@@ -360,7 +360,7 @@ def compute_chair(answers: Sequence[Answer], gt: Mapping[int, frozenset[str]], f
         hallucinated: list[tuple[str, str]] = []
         hallucination_idxs: list[int] = []
         correct_classes: list[str] = []
-        for word, node_word, idx in zip(cw.words, cw.node_words, cw.idxs):
+        for _word, node_word, idx in zip(cw.words, cw.node_words, cw.idxs):
             if node_word[-1] not in gt_objects:
                 hallucinated_word_count += 1
                 hallucinated.append(node_word)

@@ -277,7 +277,7 @@ def read_questions(path: str | Path) -> list[MMVPQuestion]:
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
-            raise DataError("empty file; expected the header Index,Question,Options,Correct Answer", path=path)
+            raise DataError("empty file; expected the header Index,Question,Options,Correct Answer", path=path) from None
         index_col = next((header.index(c) for c in INDEX_COLUMNS if c in header), None)
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if index_col is None or missing:

@@ -107,7 +107,7 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hashed(path: str) -> str:
     return _sha256_of(Path(path))
 
@@ -154,7 +154,7 @@ def pos_tag(tokens: Sequence[str]) -> list[tuple[str, str]]:
         raise _translate_lookup((TAGGER_ENG,)) from exc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lemmatize(word: str, pos: str) -> str:
     _nltk()
     from nltk.stem import WordNetLemmatizer

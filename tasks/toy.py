@@ -475,7 +475,7 @@ def write_folder(out_dir: Path, write: Callable[[Path], None], *, complete: Call
                 shutil.rmtree(tmp)
                 return out
             if recheck and stamp(out) is None:
-                raise ConfigError(refused)
+                raise ConfigError(refused) from None
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.rename(out, old / "data")
             os.rename(tmp, out)

@@ -9,8 +9,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import harness  # noqa: F401  (import hook, before anything imports transformers)
 import pytest
+
+import harness  # noqa: F401  (import hook, before anything imports transformers)
 
 #: Benchmark files and golden cases (responses with the numbers the official scorers printed); see its README.
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -67,7 +67,7 @@ def test_the_sft_records_carry_the_priors_in_text():
 def test_the_evaluation_world_is_balanced_and_breaks_only_its_probe():
     config = LabConfig(n_eval=300)
     scenes = lab.eval_scenes(config)
-    assert Counter((s.probe, s.label) for s in scenes) == {(p, l): 30 for p in lab.PRIORS for l in lab.LABELS}
+    assert Counter((s.probe, s.label) for s in scenes) == {(p, lb): 30 for p in lab.PRIORS for lb in lab.LABELS}
     for k, s in enumerate(scenes):
         assert s.prior_status(s.probe) == s.label
         others = {s.prior_status(p) for p in lab.PRIORS if p != s.probe}
@@ -364,8 +364,8 @@ def test_lab_model_records_are_tokenized_as_the_trainers_do_and_the_prefix_loss_
     import torch
     import transformers
 
-    from trainers import lab_model as lm
     from harness.models.llava import LlavaFamily
+    from trainers import lab_model as lm
     from trainers.logprobs import Row, tokenize_rows
 
     settings = lm.LabModelSettings(steps=2, warmup_steps=1, batch_size=4)

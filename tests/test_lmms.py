@@ -4,8 +4,8 @@ scored end to end through ``evaluate()`` with a fake engine (skipped unless lmms
 from __future__ import annotations
 
 import importlib.util
-import sys
 import json
+import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 

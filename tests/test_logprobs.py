@@ -53,8 +53,12 @@ def vlm(request, tiny_llava_path, tiny_qwen2vl_path) -> dict[str, Any]:
 def rows(shape_image) -> list[Row]:
     """A JoMPO-like micro-batch: two responses under a matched image, a contrast image and no image; the
     images are shared between rows (distinct PIL objects, the same ``image_id``) and have different sizes."""
-    red = lambda: shape_image("red", "circle", 48)
-    blue = lambda: shape_image("blue", "square", 64)
+    def red():
+        return shape_image("red", "circle", 48)
+
+    def blue():
+        return shape_image("blue", "square", 64)
+
     return [
         Row(QUESTION, Y_W, red(), key=("ex0", "w", "w"), image_id="red"),
         Row(QUESTION, Y_L, red(), key=("ex0", "w", "l"), image_id="red"),

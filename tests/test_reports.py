@@ -618,7 +618,7 @@ def test_latex_numbers_tables_and_figures_as_the_paper(sweep: Path, tmp_path: Pa
     tex = render_latex(report)
     for table in report.tables:
         if table.number:
-            assert re.search(r"\\renewcommand\{\\thetable\}\{%d\}\n?(\\centering|\\begin\{longtable\}[^\n]*)\n"
+            assert re.search(r"\\renewcommand\{\\thetable\}\{%d\}\n?(\\centering|\\begin\{longtable\}[^\n]*)\n"  # noqa: UP031
                              r"\\caption\{%s\}" % (table.number, re.escape(table.title)), tex), table.title
         else:
             assert f"\\caption*{{{latex_escape(table.title)}}}" in tex

@@ -382,9 +382,9 @@ def test_random_never_picks_itself(tmp_path: Path):
 
 
 def test_contrast_uses_image_l(tmp_path: Path):
-    w, l = _draw(tmp_path / "w.png", "red"), _draw(tmp_path / "l.png", "blue")
-    out = rejected_image(_example(0, w, l), "contrast")
-    assert out.tobytes() == Image.open(l).convert("RGB").tobytes()
+    w, lose = _draw(tmp_path / "w.png", "red"), _draw(tmp_path / "l.png", "blue")
+    out = rejected_image(_example(0, w, lose), "contrast")
+    assert out.tobytes() == Image.open(lose).convert("RGB").tobytes()
     with pytest.raises(DataError, match="'ex-1'.*image_l"):
         rejected_image(_example(1, w), "contrast")
 

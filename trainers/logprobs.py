@@ -583,7 +583,7 @@ def _pack(batch: RowBatch, image_token_id: int | None, budget: int | None = None
         start = torch.arange(k)
         end = start + torch.tensor([size[node] for node in order], dtype=torch.long)
         mask[g, :k, :k] = (start[None, :] <= start[:, None]) & (start[:, None] < end[None, :])
-        for position, node in enumerate(order):  # each run of image tokens is one occurrence of its image
+        for node in order:  # each run of image tokens is one occurrence of its image
             key, parent = tree.keys[node], tree.parent[node]
             if key[0] == image_token_id and (parent < 0 or tree.keys[parent][0] != image_token_id):
                 occurrences.append(key[2])

@@ -18,7 +18,6 @@ from harness.errors import ModelError
 from harness.models.base import ModelFamily, families, family_for, read_config, register_family
 
 
-
 @dataclass(frozen=True)
 class ModelInfo:
     """What the manifest records about a model: where it is, what it is, and what exactly it is."""

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError, DataError
-from harness.models.weights import safetensors_header, same_weights, weight_files  # noqa: F401
 from harness.io import atomic_write_json, atomic_write_text
+from harness.models.weights import safetensors_header, same_weights, weight_files  # noqa: F401
 from harness.sweep.layout import (
     DONE_FILE,
     INDEX_FILE,
