@@ -85,10 +85,13 @@ class AmberLike(Task):
             if i < self._n_images:
                 prompt, budget = "Describe this image.", self._gen_tokens
             else:
-                prompt, budget = f"Is there a {SHAPES[(i // self._n_images) % len(SHAPES)]} in this image?", \
-                    self._disc_tokens
-            samples.append(Sample(id=str(i + 1), prompt=prompt, images=(ImageRef(path=paths[k]),),
-                                  max_new_tokens=budget))
+                prompt, budget = (
+                    f"Is there a {SHAPES[(i // self._n_images) % len(SHAPES)]} in this image?",
+                    self._disc_tokens,
+                )
+            samples.append(
+                Sample(id=str(i + 1), prompt=prompt, images=(ImageRef(path=paths[k]),), max_new_tokens=budget)
+            )
         return samples
 
     def score(self, samples: Sequence[Sample], responses, judge: Any = None) -> Metrics:
@@ -113,7 +116,7 @@ def bare_batches(engine: Engine, samples, budget, batch: int) -> float:
     t0 = time.perf_counter()
     requests = decoded_requests(samples, budget)
     for i in range(0, len(requests), batch):
-        for _ in engine.generate(requests[i:i + batch]):
+        for _ in engine.generate(requests[i : i + batch]):
             pass
     return len(samples) / (time.perf_counter() - t0)
 
@@ -129,8 +132,9 @@ def bare_openai(engine: Any, samples, budget, concurrency: int) -> float:
 
     def one(req: Request) -> None:
         messages = build_messages(req, lambda img: urls[id(img)])
-        client.chat.completions.create(model=engine.served_model, messages=messages,
-                                       **engine.sampling_params(req.max_new_tokens))
+        client.chat.completions.create(
+            model=engine.served_model, messages=messages, **engine.sampling_params(req.max_new_tokens)
+        )
 
     t0 = time.perf_counter()
     requests = decoded_requests(samples, budget)
@@ -175,8 +179,10 @@ def measure(label: str, engine: Engine, task: Task, samples, bare: Callable[[], 
     print(f"harness generation loop:            {g:.2f} samples/s   runs: {runs(loop)}")
     print(f"harness evaluate (incl. scoring):   {h:.2f} samples/s   runs: {runs(harn)}")
     paired = [x / y for x, y in zip(loop, base, strict=True)]  # each harness run against the bare run before it
-    print(f"ratio generation loop/bare: {g / b:.3f}  (goal >= 0.95)   paired runs: {runs(paired)}, "
-          f"median {statistics.median(paired):.3f}")
+    print(
+        f"ratio generation loop/bare: {g / b:.3f}  (goal >= 0.95)   paired runs: {runs(paired)}, "
+        f"median {statistics.median(paired):.3f}"
+    )
     print(f"ratio evaluate/bare:        {h / b:.3f}")
     sys.stdout.flush()
     return {"engine": label, "bare": b, "loop": g, "evaluate": h, "paired": statistics.median(paired)}
@@ -202,8 +208,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         if args.task == "toy_amber":
             task: Task = get_task("toy_amber")()
-            samples = [Sample(s.id, s.prompt, s.images, s.reference, s.meta, args.max_new_tokens)
-                       for s in task.samples(args.n)]
+            samples = [
+                Sample(s.id, s.prompt, s.images, s.reference, s.meta, args.max_new_tokens) for s in task.samples(args.n)
+            ]
         else:
             task = AmberLike(Path(data_dir), args.n, args.images, args.gen_tokens, args.disc_tokens)
             samples = task.samples()
@@ -217,21 +224,37 @@ def main() -> None:
             if name == "hf":
                 opts = EngineOptions(batch_size=args.batch_size, dtype="float32", device="cpu")
                 with create_engine("hf", model, Decoding(), opts) as engine:
-                    results.append(measure(f"hf batch={args.batch_size}", engine, task, samples,
-                                           lambda: bare_batches(engine, samples, budget, args.batch_size),
-                                           args.repeats))
+                    results.append(
+                        measure(
+                            f"hf batch={args.batch_size}",
+                            engine,
+                            task,
+                            samples,
+                            lambda: bare_batches(engine, samples, budget, args.batch_size),
+                            args.repeats,
+                        )
+                    )
             elif name == "vllm":
                 opts = EngineOptions(dtype="float32", enforce_eager=True, max_model_len=1024)
                 with create_engine("vllm", model, Decoding(), opts) as engine:
-                    results.append(measure("vllm offline", engine, task, samples,
-                                           lambda: bare_batches(engine, samples, budget, len(samples)),
-                                           args.repeats))
+                    results.append(
+                        measure(
+                            "vllm offline",
+                            engine,
+                            task,
+                            samples,
+                            lambda: bare_batches(engine, samples, budget, len(samples)),
+                            args.repeats,
+                        )
+                    )
             else:
                 results.append(bench_openai(args, model, task, samples, budget))
     print("\nsummary (harness/bare samples per second, same run):")
     for r in results:
-        print(f"  {r['engine']:<32} generation loop {r['loop'] / r['bare']:.3f} (paired median {r['paired']:.3f})"
-              f"   evaluate {r['evaluate'] / r['bare']:.3f}")
+        print(
+            f"  {r['engine']:<32} generation loop {r['loop'] / r['bare']:.3f} (paired median {r['paired']:.3f})"
+            f"   evaluate {r['evaluate'] / r['bare']:.3f}"
+        )
 
 
 def bench_openai(args, model: str, task: Task, samples, budget) -> dict:
@@ -243,8 +266,16 @@ def bench_openai(args, model: str, task: Task, samples, budget) -> dict:
         from harness.serve import start_vllm_server, stop_server
 
         process, base_url = start_vllm_server(
-            model, extra_args=["--dtype", "float32", "--max-model-len", "1024",
-                               "--max-num-seqs", str(max(args.concurrency, 8))])
+            model,
+            extra_args=[
+                "--dtype",
+                "float32",
+                "--max-model-len",
+                "1024",
+                "--max-num-seqs",
+                str(max(args.concurrency, 8)),
+            ],
+        )
         extra = dict(LlavaFamily.server_request_fields)
 
         def stop() -> None:
@@ -264,11 +295,18 @@ def bench_openai(args, model: str, task: Task, samples, budget) -> dict:
         stop = server.stop
         label = f"openai (fake server, {args.fake_delay * 1000:.0f} ms) c={args.concurrency}"
     try:
-        opts = EngineOptions(base_url=base_url, served_model=model, concurrency=args.concurrency,
-                             extra_body=extra, timeout_s=600)
+        opts = EngineOptions(
+            base_url=base_url, served_model=model, concurrency=args.concurrency, extra_body=extra, timeout_s=600
+        )
         with OpenAIEngine(model, Decoding(), opts) as engine:
-            return measure(label, engine, task, samples,
-                           lambda: bare_openai(engine, samples, budget, args.concurrency), args.repeats)
+            return measure(
+                label,
+                engine,
+                task,
+                samples,
+                lambda: bare_openai(engine, samples, budget, args.concurrency),
+                args.repeats,
+            )
     finally:
         stop()
 

@@ -47,7 +47,38 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-WORDS = ["there", "is", "a", "red", "blue", "green", "yellow", "circle", "square", "triangle", "on", "the", "left", "right", "above", "below", "image", "shows", "small", "large", "shape", "what", "colour", "how", "many", "shapes", "are", "two", "describe", "it"]
+WORDS = [
+    "there",
+    "is",
+    "a",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "circle",
+    "square",
+    "triangle",
+    "on",
+    "the",
+    "left",
+    "right",
+    "above",
+    "below",
+    "image",
+    "shows",
+    "small",
+    "large",
+    "shape",
+    "what",
+    "colour",
+    "how",
+    "many",
+    "shapes",
+    "are",
+    "two",
+    "describe",
+    "it",
+]
 METHOD_ROWS = {"dpo": 2, "mpo": 3, "jompo": 6}
 
 
@@ -73,8 +104,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.dry_run:
         args.size = "small"
     small = args.size == "small"
-    defaults = {"batch": (4, 2), "steps": (3, 2), "response_tokens": (300, 24), "gen_requests": (32, 4),
-                "gen_tokens": (128, 8), "lora_r": (256, 8), "threads": (None, 1)}
+    defaults = {
+        "batch": (4, 2),
+        "steps": (3, 2),
+        "response_tokens": (300, 24),
+        "gen_requests": (32, 4),
+        "gen_tokens": (128, 8),
+        "lora_r": (256, 8),
+        "threads": (None, 1),
+    }
     for name, (big, tiny) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, tiny if small else big)
@@ -97,26 +135,40 @@ def build_skeleton(folder: Path, size: str) -> tuple[Any, int, dict[str, int]]:
 
     def tokenizer_with(fillers: int) -> Any:
         corpus = [" ".join(WORDS), tiny.LLAVA_TEMPLATE_TEXT, " ".join(f"tok{i}" for i in range(fillers))]
-        return tiny.word_level_tokenizer(corpus, tiny.LLAVA_SPECIALS, bos="<s>", unk_token="<unk>",
-                                          bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                          extra_special_tokens={"image_token": "<image>"})
+        return tiny.word_level_tokenizer(
+            corpus,
+            tiny.LLAVA_SPECIALS,
+            bos="<s>",
+            unk_token="<unk>",
+            bos_token="<s>",
+            eos_token="</s>",
+            pad_token="<pad>",
+            extra_special_tokens={"image_token": "<image>"},
+        )
 
     base = len(tokenizer_with(0))
     tokenizer = tokenizer_with(vocab_size - base)
     if len(tokenizer) != vocab_size:
         raise RuntimeError(f"tokenizer has {len(tokenizer)} ids, expected {vocab_size}")
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in
-           (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>"), ("image", "<image>"))}
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(tok)
+        for name, tok in (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>"), ("image", "<image>"))
+    }
     config, image_tokens = _llava_config(size, token_ids=ids, vocab_size=vocab_size)
     config.architectures = ["LlavaForConditionalGeneration"]
     folder.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(folder)
     side = config.vision_config.image_size
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
-                                           do_center_crop=True),
-        tokenizer=tokenizer, patch_size=config.vision_config.patch_size, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=tiny.LLAVA_V1_CHAT_TEMPLATE)
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_center_crop=True
+        ),
+        tokenizer=tokenizer,
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tiny.LLAVA_V1_CHAT_TEMPLATE,
+    )
     processor.save_pretrained(folder)
     tokenizer.chat_template = tiny.LLAVA_V1_CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)
@@ -132,8 +184,9 @@ def build_model(config: Any, device: Any, dtype: Any) -> Any:
     with torch.device(device):
         model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
     text = config.text_config
-    model.generation_config = GenerationConfig(bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,
-                                               pad_token_id=text.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
+    )
     # random weights: EOS, padding and the image token are never generated, so every request runs to its budget
     model.generation_config.suppress_tokens = [text.eos_token_id, text.pad_token_id, config.image_token_index]
     return model
@@ -194,12 +247,19 @@ def phase_generation(args: argparse.Namespace, folder: Path, model: Any, device:
 
     dtype = "bfloat16" if device.type == "cuda" else "float32"
     with mock.patch.object(transformers.AutoModelForImageTextToText, "from_pretrained", return_value=model):
-        engine = HFEngine(str(folder), Decoding(max_new_tokens=args.gen_tokens),
-                          EngineOptions(batch_size=args.gen_batch, dtype=dtype, device=device.type))
+        engine = HFEngine(
+            str(folder),
+            Decoding(max_new_tokens=args.gen_tokens),
+            EngineOptions(batch_size=args.gen_batch, dtype=dtype, device=device.type),
+        )
     side = model.config.vision_config.image_size
     images = [Image.new("RGB", (side, side), colour) for colour in ("red", "blue", "green", "yellow")]
-    requests = [Request(sample_id=str(i), prompt="describe the image .", images=(images[i % 4],),
-                        max_new_tokens=args.gen_tokens) for i in range(args.gen_requests)]
+    requests = [
+        Request(
+            sample_id=str(i), prompt="describe the image .", images=(images[i % 4],), max_new_tokens=args.gen_tokens
+        )
+        for i in range(args.gen_requests)
+    ]
     list(engine.generate(requests[: min(len(requests), args.gen_batch)]))  # warm-up
     clock.reset_peak()
     clock.sync()
@@ -208,11 +268,18 @@ def phase_generation(args: argparse.Namespace, folder: Path, model: Any, device:
     clock.sync()
     seconds = time.perf_counter() - t0
     generated = sum(r.completion_tokens or 0 for r in responses)
-    return {"engine": "hf", "requests": len(responses), "batch_size": args.gen_batch,
-            "new_tokens_per_request": args.gen_tokens, "generated_tokens": generated, "seconds": seconds,
-            "generated_tokens_per_s": generated / seconds, "requests_per_s": len(responses) / seconds,
-            "prompt_tokens_per_request": responses[0].prompt_tokens if responses else None,
-            "peak_memory_gib": clock.peak_gib()}
+    return {
+        "engine": "hf",
+        "requests": len(responses),
+        "batch_size": args.gen_batch,
+        "new_tokens_per_request": args.gen_tokens,
+        "generated_tokens": generated,
+        "seconds": seconds,
+        "generated_tokens_per_s": generated / seconds,
+        "requests_per_s": len(responses) / seconds,
+        "prompt_tokens_per_request": responses[0].prompt_tokens if responses else None,
+        "peak_memory_gib": clock.peak_gib(),
+    }
 
 
 def add_lora(model: Any, args: argparse.Namespace) -> Any:
@@ -221,16 +288,31 @@ def add_lora(model: Any, args: argparse.Namespace) -> Any:
     from trainers.trainer import enable_row_forward, lora_target_modules
 
     enable_row_forward(model, "llava")
-    model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
-                                             target_modules=lora_target_modules(model, ["language_model"])))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=args.lora_r,
+            lora_alpha=2 * args.lora_r,
+            lora_dropout=0.0,
+            target_modules=lora_target_modules(model, ["language_model"]),
+        ),
+    )
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     model.train()
     return model
 
 
-def phase_steps(args: argparse.Namespace, model: Any, config: Any, image_tokens: int, counts: dict[str, int],
-                device: Any, clock: Clock, deadline: float) -> dict:
+def phase_steps(
+    args: argparse.Namespace,
+    model: Any,
+    config: Any,
+    image_tokens: int,
+    counts: dict[str, int],
+    device: Any,
+    clock: Clock,
+    deadline: float,
+) -> dict:
     """One raw step per method: policy forward + backward, adapter-disabled reference forward, AdamW."""
     import torch
     from train_step import preference_rows
@@ -244,8 +326,9 @@ def phase_steps(args: argparse.Namespace, model: Any, config: Any, image_tokens:
             continue
         loss_config = get_method(method)
         rows_needed = list(required_rows(loss_config))
-        batch = preference_rows(config, image_tokens, rows_needed, args.batch, args.prompt_tokens,
-                                args.response_tokens, device)
+        batch = preference_rows(
+            config, image_tokens, rows_needed, args.batch, args.prompt_tokens, args.response_tokens, device
+        )
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
         step = functools.partial(_raw_step, model, batch, loss_config, rows_needed, args.batch, optimizer)
         step()  # warm-up
@@ -259,10 +342,17 @@ def phase_steps(args: argparse.Namespace, model: Any, config: Any, image_tokens:
         tokens = int(batch.attention_mask.sum())
         image_rows = int((batch.image_index >= 0).sum())
         flops = model_flops(counts, tokens, image_rows * image_tokens)
-        out[method] = {"rows": len(batch), "rows_per_example": len(rows_needed), "tokens": tokens, "step_seconds": seconds,
-                       "seconds_per_example": seconds / args.batch, "tokens_per_s": tokens / seconds,
-                       "model_tflops_per_step": flops / 1e12, "mfu": _mfu(flops, seconds, args, device),
-                       "peak_memory_gib": clock.peak_gib()}
+        out[method] = {
+            "rows": len(batch),
+            "rows_per_example": len(rows_needed),
+            "tokens": tokens,
+            "step_seconds": seconds,
+            "seconds_per_example": seconds / args.batch,
+            "tokens_per_s": tokens / seconds,
+            "model_tflops_per_step": flops / 1e12,
+            "mfu": _mfu(flops, seconds, args, device),
+            "peak_memory_gib": clock.peak_gib(),
+        }
         del optimizer, batch, step
         _free(device)
     if "step_seconds" in out.get("jompo", {}) and "step_seconds" in out.get("dpo", {}):
@@ -324,8 +414,16 @@ def make_records(root: Path, n: int, side: int, response_tokens: int) -> list[An
         def words(seed: int) -> str:
             return " ".join(WORDS[(seed * 7 + k * 3) % len(WORDS)] for k in range(response_tokens - 1))
 
-        examples.append(PreferenceExample(id=f"ex{i}", question="describe the image .", image_w=paths[0],
-                                          image_l=paths[1], y_w=words(i), y_l=words(i + 1)))
+        examples.append(
+            PreferenceExample(
+                id=f"ex{i}",
+                question="describe the image .",
+                image_w=paths[0],
+                image_l=paths[1],
+                y_w=words(i),
+                y_l=words(i + 1),
+            )
+        )
     return examples
 
 
@@ -348,8 +446,17 @@ def _step_seconds(timer: Any) -> float:
     return statistics.median(gaps) if gaps else float("nan")
 
 
-def phase_trainers(args: argparse.Namespace, folder: Path, model: Any, counts: dict[str, int], image_tokens: int,
-                   device: Any, clock: Clock, deadline: float, tmp: Path) -> dict:
+def phase_trainers(
+    args: argparse.Namespace,
+    folder: Path,
+    model: Any,
+    counts: dict[str, int],
+    image_tokens: int,
+    device: Any,
+    clock: Clock,
+    deadline: float,
+    tmp: Path,
+) -> dict:
     """A DPO step through our PreferenceTrainer and through trl.DPOTrainer, same records, model and settings."""
     import torch
     import transformers
@@ -373,23 +480,45 @@ def phase_trainers(args: argparse.Namespace, folder: Path, model: Any, counts: d
     tokens = int(batch.attention_mask.sum())
     flops = model_flops(counts, tokens, int((batch.image_index >= 0).sum()) * image_tokens)
     bf16 = device.type == "cuda"
-    common = {"per_device_train_batch_size": args.batch, "max_steps": args.steps + 1, "learning_rate": 1e-6,
-              "lr_scheduler_type": "constant", "logging_steps": 10**6, "save_strategy": "no", "report_to": [],
-              "bf16": bf16, "disable_tqdm": True, "dataloader_pin_memory": False, "remove_unused_columns": False,
-              "use_cpu": device.type != "cuda"}
+    common = {
+        "per_device_train_batch_size": args.batch,
+        "max_steps": args.steps + 1,
+        "learning_rate": 1e-6,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 10**6,
+        "save_strategy": "no",
+        "report_to": [],
+        "bf16": bf16,
+        "disable_tqdm": True,
+        "dataloader_pin_memory": False,
+        "remove_unused_columns": False,
+        "use_cpu": device.type != "cuda",
+    }
     out: dict[str, Any] = {"tokens_per_step": tokens, "model_tflops_per_step": flops / 1e12}
 
     def record(name: str, timer: Any) -> None:
         seconds = _step_seconds(timer)
-        out[name] = {"step_seconds": seconds, "tokens_per_s": tokens / seconds,
-                     "mfu": _mfu(flops, seconds, args, device), "peak_memory_gib": clock.peak_gib()}
+        out[name] = {
+            "step_seconds": seconds,
+            "tokens_per_s": tokens / seconds,
+            "mfu": _mfu(flops, seconds, args, device),
+            "peak_memory_gib": clock.peak_gib(),
+        }
 
     clock.reset_peak()
     timer = _step_timer(clock)
     ours = PreferenceTrainer(
-        model=model, args=transformers.TrainingArguments(output_dir=str(tmp / "ours"), **common),
-        train_dataset=PreferenceDataset(examples), data_collator=collator, processing_class=processor,
-        loss_config=loss_config, rows_needed=rows_needed, reference="adapter", family=family, callbacks=[timer])
+        model=model,
+        args=transformers.TrainingArguments(output_dir=str(tmp / "ours"), **common),
+        train_dataset=PreferenceDataset(examples),
+        data_collator=collator,
+        processing_class=processor,
+        loss_config=loss_config,
+        rows_needed=rows_needed,
+        reference="adapter",
+        family=family,
+        callbacks=[timer],
+    )
     ours.train()
     record("ours_dpo", timer)
     del ours
@@ -407,15 +536,28 @@ def phase_trainers(args: argparse.Namespace, folder: Path, model: Any, counts: d
         out["trl_dpo"] = {"skipped": f"trl does not import: {type(exc).__name__}: {exc}"[:300]}
         return out
     # TRL's vision collator tokenizes prompt and completions without special tokens: the prompt carries the BOS
-    records = [{"image": Image.open(e.image_w).convert("RGB"), "prompt": "<s>" + family.render_prompt(e.question, 1),
-                "chosen": f" {e.y_w}</s>", "rejected": f" {e.y_l}</s>"} for e in examples]
+    records = [
+        {
+            "image": Image.open(e.image_w).convert("RGB"),
+            "prompt": "<s>" + family.render_prompt(e.question, 1),
+            "chosen": f" {e.y_w}</s>",
+            "rejected": f" {e.y_l}</s>",
+        }
+        for e in examples
+    ]
     clock.reset_peak()
     timer = _step_timer(clock)
     trl_common = {k: v for k, v in common.items() if k != "remove_unused_columns"}
-    trainer = DPOTrainer(model=model, ref_model=None,
-                         args=DPOConfig(output_dir=str(tmp / "trl"), beta=0.1, max_length=None,
-                                        gradient_checkpointing=False, **trl_common),
-                         train_dataset=Dataset.from_list(records), processing_class=processor, callbacks=[timer])
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=DPOConfig(
+            output_dir=str(tmp / "trl"), beta=0.1, max_length=None, gradient_checkpointing=False, **trl_common
+        ),
+        train_dataset=Dataset.from_list(records),
+        processing_class=processor,
+        callbacks=[timer],
+    )
     trainer.train()
     record("trl_dpo", timer)
     out["trl_version"] = trl.__version__
@@ -440,8 +582,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     clock = Clock(device)
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     result: dict[str, Any] = {
-        "size": args.size, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
+        "size": args.size,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
         "settings": {k: v for k, v in vars(args).items() if k not in ("json",)},
     }
     if args.size == "7b" and device.type != "cuda":
@@ -465,8 +609,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work = {
             "generation": lambda: phase_generation(args, folder, state["model"], device, clock),
             "steps": lambda: phase_steps(args, lora_model(), config, image_tokens, counts, device, clock, deadline),
-            "trainers": lambda: phase_trainers(args, folder, lora_model(), counts, image_tokens, device, clock,
-                                               deadline, tmp),
+            "trainers": lambda: phase_trainers(
+                args, folder, lora_model(), counts, image_tokens, device, clock, deadline, tmp
+            ),
         }
         for name in ("generation", "steps", "trainers"):  # generation first: the model before LoRA wraps it
             if name not in phases:
@@ -478,8 +623,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 result[name] = work[name]()
             except Exception as exc:  # noqa: BLE001 - one failed phase must not hide the others
-                result[name] = {"error": f"{type(exc).__name__}: {exc}"[:500],
-                                "traceback": traceback.format_exc()[-2000:]}
+                result[name] = {
+                    "error": f"{type(exc).__name__}: {exc}"[:500],
+                    "traceback": traceback.format_exc()[-2000:],
+                }
             result[name]["phase_seconds"] = time.perf_counter() - t0
             _free(device)
     result["seconds"] = time.monotonic() - start

@@ -37,9 +37,17 @@ import harness  # noqa: E402, F401  (import hook before transformers)
 #: The lab's preference recipe, fixed before any method was run: the paper's beta, full fine-tuning of the language
 #: model and projector, one tenth of the SFT learning rate, constant, two epochs of the 300 pairs at batch 8.
 RECIPE = {
-    "beta": "0.05", "lr": "1e-4", "lr-scheduler": "constant", "warmup-ratio": "0", "max-steps": "75",
-    "batch-size": "8", "grad-accum": "1", "modules": "language_model,projector", "save-steps": "100000",
-    "report-to": "none", "logging-steps": "5",
+    "beta": "0.05",
+    "lr": "1e-4",
+    "lr-scheduler": "constant",
+    "warmup-ratio": "0",
+    "max-steps": "75",
+    "batch-size": "8",
+    "grad-accum": "1",
+    "modules": "language_model,projector",
+    "save-steps": "100000",
+    "report-to": "none",
+    "logging-steps": "5",
 }
 TASKS = "lab_amber,lab_objhal"
 #: The headline numbers compared: (task, key, the breakdown count of the items a rate is taken over, or None).
@@ -47,18 +55,28 @@ METRICS = [
     ("lab_amber", "Yes/No error (conflicting)", "lab/probe:conflicting:questions"),
     ("lab_amber", "Yes/No error (consistent)", "lab/probe:consistent:questions"),
     ("lab_amber", "lab/probe:gap:error", "gap"),
-    ("lab_amber", "Accuracy", None), ("lab_amber", "CHAIR (conflicting)", None),
-    ("lab_amber", "CHAIR (consistent)", None), ("lab_amber", "CHAIR", None),
-    ("lab_amber", "Hal (conflicting)", "lab/conflicting:responses"), ("lab_amber", "Hal", None),
-    ("lab_amber", "Cog", None), ("lab_amber", "Cover", None),
-    ("lab_objhal", "CHAIRi (conflicting)", None), ("lab_objhal", "CHAIRi (consistent)", None),
+    ("lab_amber", "Accuracy", None),
+    ("lab_amber", "CHAIR (conflicting)", None),
+    ("lab_amber", "CHAIR (consistent)", None),
+    ("lab_amber", "CHAIR", None),
+    ("lab_amber", "Hal (conflicting)", "lab/conflicting:responses"),
+    ("lab_amber", "Hal", None),
+    ("lab_amber", "Cog", None),
+    ("lab_amber", "Cover", None),
+    ("lab_objhal", "CHAIRi (conflicting)", None),
+    ("lab_objhal", "CHAIRi (consistent)", None),
     ("lab_objhal", "CHAIRs (conflicting)", "lab/conflicting:responses"),
-    ("lab_objhal", "CHAIRs (consistent)", "lab/consistent:responses"), ("lab_objhal", "Object Recall", None),
+    ("lab_objhal", "CHAIRs (consistent)", "lab/consistent:responses"),
+    ("lab_objhal", "Object Recall", None),
 ]
 HIGHER_IS_BETTER = {"Accuracy", "Cover", "Object Recall"}
 #: The prior-driven hallucination: what a method should lower.
-PRIOR_DRIVEN = [("lab_amber", "Yes/No error (conflicting)"), ("lab_amber", "CHAIR (conflicting)"),
-                ("lab_objhal", "CHAIRi (conflicting)"), ("lab_objhal", "CHAIRs (conflicting)")]
+PRIOR_DRIVEN = [
+    ("lab_amber", "Yes/No error (conflicting)"),
+    ("lab_amber", "CHAIR (conflicting)"),
+    ("lab_objhal", "CHAIRi (conflicting)"),
+    ("lab_objhal", "CHAIRs (conflicting)"),
+]
 
 
 def _cli(args: list[str]) -> None:
@@ -73,12 +91,35 @@ def _cli(args: list[str]) -> None:
 def evaluate(model: Path, runs: Path, name: str) -> dict[str, dict[str, float]]:
     out = {}
     if not all((runs / name / t / "metrics.json").is_file() for t in TASKS.split(",")):
-        _cli(["run", "--model", str(model), "--tasks", TASKS, "--output-path", str(runs), "--run-name", name,
-              "--batch-size", "64", "--no-progress", "--engine", "hf"])
+        _cli(
+            [
+                "run",
+                "--model",
+                str(model),
+                "--tasks",
+                TASKS,
+                "--output-path",
+                str(runs),
+                "--run-name",
+                name,
+                "--batch-size",
+                "64",
+                "--no-progress",
+                "--engine",
+                "hf",
+            ]
+        )
     for task in TASKS.split(","):
         data = json.loads((runs / name / task / "metrics.json").read_text())
-        out[task] = {**data["headline"], **{f"{k}:{kk}": vv for k, v in data.get("breakdown", {}).items()
-                                            if k.startswith("lab/") for kk, vv in v.items()}}
+        out[task] = {
+            **data["headline"],
+            **{
+                f"{k}:{kk}": vv
+                for k, v in data.get("breakdown", {}).items()
+                if k.startswith("lab/")
+                for kk, vv in v.items()
+            },
+        }
     return out
 
 
@@ -87,8 +128,24 @@ def train(method: str, seed: int, sft: Path, pairs: Path, models: Path) -> Path:
     if (out / "train_manifest.json").is_file():
         return out
     flags = [f"--{k}={v}" for k, v in RECIPE.items()]
-    _cli(["train", "--method", method, "--model", str(sft), "--data", str(pairs), "--output", str(out), "--full",
-          "--no-bf16", "--seed", str(seed), *flags])
+    _cli(
+        [
+            "train",
+            "--method",
+            method,
+            "--model",
+            str(sft),
+            "--data",
+            str(pairs),
+            "--output",
+            str(out),
+            "--full",
+            "--no-bf16",
+            "--seed",
+            str(seed),
+            *flags,
+        ]
+    )
     return out
 
 
@@ -106,7 +163,10 @@ def summarise(results: dict[str, dict[str, dict[str, float]]], methods: list[str
         if n_key == "gap":  # conflicting minus consistent probe error: the two sampling errors combined
             parts = []
             for label in ("conflicting", "consistent"):
-                p, n = results["sft"][task][f"lab/probe:{label}:error"], results["sft"][task][f"lab/probe:{label}:questions"]
+                p, n = (
+                    results["sft"][task][f"lab/probe:{label}:error"],
+                    results["sft"][task][f"lab/probe:{label}:questions"],
+                )
                 parts.append(p / 100 * (1 - p / 100) / n)
             se = round(100 * sum(parts) ** 0.5, 2)
         elif n_key is not None and results["sft"][task].get(n_key):
@@ -122,17 +182,24 @@ def summarise(results: dict[str, dict[str, dict[str, float]]], methods: list[str
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             better = (mean - sft) if key in HIGHER_IS_BETTER else (sft - mean)
             floor = max(sd, se or 0.0)
-            row[m] = {"values": vals, "mean": round(mean, 2), "sd": round(sd, 2),
-                      "range": [min(vals), max(vals)], "improvement": round(better, 2),
-                      "beyond_3sd": bool(better > 3 * sd and better > 0),
-                      "beyond_3_noise": bool(better > 3 * floor and better > 0)}
+            row[m] = {
+                "values": vals,
+                "mean": round(mean, 2),
+                "sd": round(sd, 2),
+                "range": [min(vals), max(vals)],
+                "improvement": round(better, 2),
+                "beyond_3sd": bool(better > 3 * sd and better > 0),
+                "beyond_3_noise": bool(better > 3 * floor and better > 0),
+            }
         summary["metrics"][f"{task}/{key}"] = row
     return summary
 
 
 def markdown(summary: dict, methods: list[str]) -> str:
-    lines = ["| metric | SFT (sampling se) | " + " | ".join(f"{m} mean ± sd [min, max]" for m in methods) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in methods) + " |"]
+    lines = [
+        "| metric | SFT (sampling se) | " + " | ".join(f"{m} mean ± sd [min, max]" for m in methods) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in methods) + " |",
+    ]
     for name, row in summary["metrics"].items():
         cells = []
         for m in methods:

@@ -78,19 +78,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--target", type=int, default=17_000_000, help="pool size of the estimate (default 17M)")
     p.add_argument("--tmp", default=None, help="folder of the temporary memory-mapped vectors")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default="batch,faiss,faiss-ivf,faiss-hnsw",
-                   help="comma-separated: batch, faiss (exact), faiss-ivf, faiss-hnsw")
+    p.add_argument(
+        "--methods",
+        default="batch,faiss,faiss-ivf,faiss-hnsw",
+        help="comma-separated: batch, faiss (exact), faiss-ivf, faiss-hnsw",
+    )
     p.add_argument("--recall-queries", type=int, default=1000, help="queries of the recall against exact search")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists scanned per query (default: mining's, 32)")
     p.add_argument("--nlist", type=int, default=0, help="IVF lists (0: 4 sqrt(N), the mining default)")
     p.add_argument("--hnsw-m", type=int, default=None, help="HNSW links per node (default: mining's, 32)")
     p.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch (default: mining's, 128)")
-    p.add_argument("--clusters", type=int, default=0,
-                   help="draw the CLIP vectors around this many random centres (0: uniform on the sphere)")
-    p.add_argument("--spread", type=float, default=1.0,
-                   help="with --clusters: noise per coordinate around a unit-variance centre")
-    p.add_argument("--gpu-tflops", type=float, default=30.0,
-                   help="sustained FP32 TFLOP/s for the GPU estimate of the global searches (an assumption)")
+    p.add_argument(
+        "--clusters",
+        type=int,
+        default=0,
+        help="draw the CLIP vectors around this many random centres (0: uniform on the sphere)",
+    )
+    p.add_argument(
+        "--spread", type=float, default=1.0, help="with --clusters: noise per coordinate around a unit-variance centre"
+    )
+    p.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=30.0,
+        help="sustained FP32 TFLOP/s for the GPU estimate of the global searches (an assumption)",
+    )
     p.add_argument("--json", help="also write the results to this JSON file")
     return p.parse_args(argv)
 
@@ -122,8 +134,9 @@ class RandomRows:
         return self.take(np.arange(start, stop))
 
 
-def make_clip(path: Path, n: int, dim: int, planted: float, seed: int, clusters: int = 0,
-              spread: float = 1.0) -> tuple[Any, set[tuple[int, int]]]:
+def make_clip(
+    path: Path, n: int, dim: int, planted: float, seed: int, clusters: int = 0, spread: float = 1.0
+) -> tuple[Any, set[tuple[int, int]]]:
     """A memory-mapped (n, dim) float32 file of unit rows (uniform, or around ``clusters`` centres) with planted near
     pairs; returns it and the planted pairs."""
     import numpy as np
@@ -136,7 +149,7 @@ def make_clip(path: Path, n: int, dim: int, planted: float, seed: int, clusters:
         block = rng.standard_normal((min(chunk, n - s), dim), dtype=np.float32)
         if centres is not None:
             block = centres[rng.integers(0, clusters, len(block))] + spread * block
-        clip[s:s + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        clip[s : s + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     k = int(planted * n)
     rows = np.sort(rng.choice(n, size=k, replace=False))
     partners = rng.integers(0, n - 1, size=k)  # a random other row, anywhere in the pool
@@ -207,10 +220,14 @@ def bench_size(n: int, args: argparse.Namespace, tmp: Path, methods: list[str], 
     from trainers.vtc.mine import MineConfig, search_faiss, search_within_batches
 
     t0 = time.perf_counter()
-    clip, planted = make_clip(tmp / f"clip-{n}.npy", n, args.clip_dim, args.planted, args.seed, args.clusters,
-                              args.spread)
-    print(f"N={n:,}: drew {n:,} x {args.clip_dim} CLIP vectors with {len(planted):,} planted pairs "
-          f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    clip, planted = make_clip(
+        tmp / f"clip-{n}.npy", n, args.clip_dim, args.planted, args.seed, args.clusters, args.spread
+    )
+    print(
+        f"N={n:,}: drew {n:,} x {args.clip_dim} CLIP vectors with {len(planted):,} planted pairs "
+        f"({time.perf_counter() - t0:.1f} s)",
+        file=sys.stderr,
+    )
     dino = RandomRows(n, args.dino_dim, args.seed + 1)
     config = MineConfig(batch_size=args.batch_size, faiss_k=args.faiss_k)
     results: list[dict[str, Any]] = []
@@ -219,13 +236,22 @@ def bench_size(n: int, args: argparse.Namespace, tmp: Path, methods: list[str], 
         found, seconds, peak = measure(partial(search_within_batches, clip[:rows], dino, config))
         got = set(found.candidates.as_tuples())
         inside = {p for p in planted if p[1] < rows}
-        results.append({
-            "method": "batch", "n": n, "rows_searched": rows, "seconds": seconds,
-            "pairs_per_s": found.compared / seconds, "compared": found.compared,
-            "found": len(got), "planted_in_rows": len(inside),
-            "recall": len(got & inside) / len(inside) if inside else None,
-            "full_seconds": seconds * n / rows, "numpy_peak_bytes": peak, "index_bytes": 0,
-        })
+        results.append(
+            {
+                "method": "batch",
+                "n": n,
+                "rows_searched": rows,
+                "seconds": seconds,
+                "pairs_per_s": found.compared / seconds,
+                "compared": found.compared,
+                "found": len(got),
+                "planted_in_rows": len(inside),
+                "recall": len(got & inside) / len(inside) if inside else None,
+                "full_seconds": seconds * n / rows,
+                "numpy_peak_bytes": peak,
+                "index_bytes": 0,
+            }
+        )
     if "faiss" in methods:
         q = n if args.faiss_queries <= 0 else min(n, args.faiss_queries)
         queries = np.random.default_rng(args.seed + 2).choice(n, size=q, replace=False)
@@ -235,21 +261,31 @@ def bench_size(n: int, args: argparse.Namespace, tmp: Path, methods: list[str], 
         t1 = time.perf_counter()
         index = faiss.IndexFlatIP(args.clip_dim)
         for s in range(0, n, 16384):
-            index.add(np.ascontiguousarray(clip[s:s + 16384]))
+            index.add(np.ascontiguousarray(clip[s : s + 16384]))
         build = time.perf_counter() - t1
         del index
         search = max(seconds - build, 1e-9)
         qset = set(queries.tolist())
         touched = {p for p in planted if p[0] in qset or p[1] in qset}
         got = set(found.candidates.as_tuples())
-        results.append({
-            "method": "faiss", "n": n, "queries": q, "seconds": seconds, "build_seconds": build,
-            "search_seconds": search, "pairs_per_s": found.compared / search, "compared": found.compared,
-            "found": len(got), "planted_in_rows": len(touched),
-            "recall": len(got & touched) / len(touched) if touched else None,
-            "full_seconds": build + search * n / q, "numpy_peak_bytes": peak,
-            "index_bytes": n * args.clip_dim * 4,
-        })
+        results.append(
+            {
+                "method": "faiss",
+                "n": n,
+                "queries": q,
+                "seconds": seconds,
+                "build_seconds": build,
+                "search_seconds": search,
+                "pairs_per_s": found.compared / search,
+                "compared": found.compared,
+                "found": len(got),
+                "planted_in_rows": len(touched),
+                "recall": len(got & touched) / len(touched) if touched else None,
+                "full_seconds": build + search * n / q,
+                "numpy_peak_bytes": peak,
+                "index_bytes": n * args.clip_dim * 4,
+            }
+        )
     for method in (m for m in methods if m in ("faiss-ivf", "faiss-hnsw")):
         results.append(bench_approximate(method, clip, dino, planted, config, args))
     del clip
@@ -266,8 +302,9 @@ def approx_config(method: str, config: Any, args: argparse.Namespace) -> Any:
     return replace(config, **changes)
 
 
-def bench_approximate(method: str, clip: Any, dino: Any, planted: set[tuple[int, int]], config: Any,
-                      args: argparse.Namespace) -> dict[str, Any]:
+def bench_approximate(
+    method: str, clip: Any, dino: Any, planted: set[tuple[int, int]], config: Any, args: argparse.Namespace
+) -> dict[str, Any]:
     """Build, search and recall of one approximate index over the pool."""
     from functools import partial
 
@@ -284,23 +321,34 @@ def bench_approximate(method: str, clip: Any, dino: Any, planted: set[tuple[int,
     q = n if args.faiss_queries <= 0 else min(n, args.faiss_queries)
     queries = np.random.default_rng(args.seed + 2).choice(n, size=q, replace=False)
     found, search, peak = measure(partial(search_faiss, clip, dino, cfg, queries=queries, index=index))
-    recall = index_recall(clip, cfg, index=index, sample=args.recall_queries, k=args.faiss_k,
-                          seed=args.seed + 3)
+    recall = index_recall(clip, cfg, index=index, sample=args.recall_queries, k=args.faiss_k, seed=args.seed + 3)
     del index
     qset = set(queries.tolist())
     touched = {p for p in planted if p[0] in qset or p[1] in qset}
     got = set(found.candidates.as_tuples())
     nlist = ivf_lists(n, cfg) if method == "faiss-ivf" else None
     row = {
-        "method": method, "n": n, "queries": q, "build_seconds": build, "search_seconds": search,
-        "seconds": build + search, "pairs_per_s": found.compared / max(search, 1e-9), "compared": found.compared,
-        "found": len(got), "planted_in_rows": len(touched),
+        "method": method,
+        "n": n,
+        "queries": q,
+        "build_seconds": build,
+        "search_seconds": search,
+        "seconds": build + search,
+        "pairs_per_s": found.compared / max(search, 1e-9),
+        "compared": found.compared,
+        "found": len(got),
+        "planted_in_rows": len(touched),
         "recall": len(got & touched) / len(touched) if touched else None,
-        "recall_at_k": recall["recall_at_k"], "recall_above": recall["recall_above"],
-        "recall_queries": recall["queries"], "neighbours_above": recall["neighbours_above"],
+        "recall_at_k": recall["recall_at_k"],
+        "recall_above": recall["recall_above"],
+        "recall_queries": recall["queries"],
+        "neighbours_above": recall["neighbours_above"],
         "exact_seconds_per_query": recall["exact_seconds"] / recall["queries"],
-        "search_seconds_per_query": search / q, "full_seconds": build + search * n / q,
-        "numpy_peak_bytes": peak, "nlist": nlist, "nprobe": cfg.faiss_nprobe if nlist else None,
+        "search_seconds_per_query": search / q,
+        "full_seconds": build + search * n / q,
+        "numpy_peak_bytes": peak,
+        "nlist": nlist,
+        "nprobe": cfg.faiss_nprobe if nlist else None,
         "hnsw_m": cfg.hnsw_m if method == "faiss-hnsw" else None,
         "ef_search": cfg.hnsw_ef_search if method == "faiss-hnsw" else None,
         "index_bytes": n * (args.clip_dim * 4 + (8 if method == "faiss-ivf" else cfg.hnsw_m * 2 * 4 * 1.1)),
@@ -310,8 +358,10 @@ def bench_approximate(method: str, clip: Any, dino: Any, planted: set[tuple[int,
 
 def estimate(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Time and memory for ``args.target`` images, from the largest size measured per method."""
-    out: dict[str, Any] = {"target": args.target,
-                           "embeddings_disk_bytes": args.target * (args.clip_dim + args.dino_dim) * 4}
+    out: dict[str, Any] = {
+        "target": args.target,
+        "embeddings_disk_bytes": args.target * (args.clip_dim + args.dino_dim) * 4,
+    }
     import math
 
     t = args.target
@@ -331,7 +381,7 @@ def estimate(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
             memory = t * args.clip_dim * 4 + r["numpy_peak_bytes"]
             compared = t * (t - 1) / 2
         elif method == "faiss-ivf":
-            seconds = r["build_seconds"] * scale ** 1.5 + per_query * math.sqrt(scale) * t
+            seconds = r["build_seconds"] * scale**1.5 + per_query * math.sqrt(scale) * t
             memory = t * (args.clip_dim * 4 + 8) + r["numpy_peak_bytes"]
             nlist = r["nlist"] if args.nlist else max(1, min(int(4 * math.sqrt(t)), t // 39))
             # the queries' scan of nprobe lists plus every row's assignment to a list, in similarity evaluations
@@ -351,47 +401,71 @@ def estimate(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
 
 
 def report(data: dict[str, Any]) -> str:
-    header = (f"{'method':<10} {'N':>10} {'searched':>12} {'pairs/s':>12} {'found':>7} {'recall':>7} "
-              f"{'full pool':>11} {'memory':>11}")
+    header = (
+        f"{'method':<10} {'N':>10} {'searched':>12} {'pairs/s':>12} {'found':>7} {'recall':>7} "
+        f"{'full pool':>11} {'memory':>11}"
+    )
     lines = [header]
     for r in data["results"]:
         searched = f"{r['rows_searched']:,} rows" if r["method"] == "batch" else f"{r['queries']:,} q"
         recall = "-" if r["recall"] is None else f"{r['recall']:.3f}"
         memory = r["numpy_peak_bytes"] + r["index_bytes"]
-        lines.append(f"{r['method']:<10} {r['n']:>10,} {searched:>12} {r['pairs_per_s']:>12.3g} {r['found']:>7,} "
-                     f"{recall:>7} {duration(r['full_seconds']):>11} {gib(memory):>11}")
+        lines.append(
+            f"{r['method']:<10} {r['n']:>10,} {searched:>12} {r['pairs_per_s']:>12.3g} {r['found']:>7,} "
+            f"{recall:>7} {duration(r['full_seconds']):>11} {gib(memory):>11}"
+        )
     approx = [r for r in data["results"] if r["method"] in ("faiss-ivf", "faiss-hnsw")]
     if approx:
         lines.append("")
-        lines.append("Approximate indexes against exact search (recall on random queries; speed-up per query and "
-                     "for the full pool, build included, over the exact flat search):")
-        lines.append(f"{'method':<10} {'N':>10} {'settings':>20} {'build':>9} {'ms/query':>9} {'speed-up':>9} "
-                     f"{'pool':>7} {'recall@k':>9} {'recall>thr':>11} {'(n)':>6}")
+        lines.append(
+            "Approximate indexes against exact search (recall on random queries; speed-up per query and "
+            "for the full pool, build included, over the exact flat search):"
+        )
+        lines.append(
+            f"{'method':<10} {'N':>10} {'settings':>20} {'build':>9} {'ms/query':>9} {'speed-up':>9} "
+            f"{'pool':>7} {'recall@k':>9} {'recall>thr':>11} {'(n)':>6}"
+        )
         for r in approx:
             exact = next((e for e in data["results"] if e["method"] == "faiss" and e["n"] == r["n"]), None)
             exact_per_q = exact["search_seconds"] / exact["queries"] if exact else r["exact_seconds_per_query"]
-            settings = (f"nlist {r['nlist']}, nprobe {r['nprobe']}" if r["method"] == "faiss-ivf"
-                        else f"M {r['hnsw_m']}, ef {r['ef_search']}")
+            settings = (
+                f"nlist {r['nlist']}, nprobe {r['nprobe']}"
+                if r["method"] == "faiss-ivf"
+                else f"M {r['hnsw_m']}, ef {r['ef_search']}"
+            )
             above = "-" if r["recall_above"] is None else f"{r['recall_above']:.3f}"
             pool = f"{exact['full_seconds'] / r['full_seconds']:.1f}x" if exact else "-"
-            lines.append(f"{r['method']:<10} {r['n']:>10,} {settings:>20} {duration(r['build_seconds']):>9} "
-                         f"{r['search_seconds_per_query'] * 1e3:>9.3f} "
-                         f"{exact_per_q / max(r['search_seconds_per_query'], 1e-12):>8.1f}x {pool:>7} "
-                         f"{r['recall_at_k']:>9.3f} {above:>11} {r['neighbours_above']:>6}")
+            lines.append(
+                f"{r['method']:<10} {r['n']:>10,} {settings:>20} {duration(r['build_seconds']):>9} "
+                f"{r['search_seconds_per_query'] * 1e3:>9.3f} "
+                f"{exact_per_q / max(r['search_seconds_per_query'], 1e-12):>8.1f}x {pool:>7} "
+                f"{r['recall_at_k']:>9.3f} {above:>11} {r['neighbours_above']:>6}"
+            )
     est = data["estimate"]
     lines.append("")
-    lines.append(f"Estimate for {est['target']:,} images (embeddings on disk: {gib(est['embeddings_disk_bytes'])} "
-                 "float32, read through mmap):")
-    for method, what in (("batch", "within batches"), ("faiss", "faiss flat, global"),
-                         ("faiss-ivf", "faiss IVF, global"), ("faiss-hnsw", "faiss HNSW, global")):
+    lines.append(
+        f"Estimate for {est['target']:,} images (embeddings on disk: {gib(est['embeddings_disk_bytes'])} "
+        "float32, read through mmap):"
+    )
+    for method, what in (
+        ("batch", "within batches"),
+        ("faiss", "faiss flat, global"),
+        ("faiss-ivf", "faiss IVF, global"),
+        ("faiss-hnsw", "faiss HNSW, global"),
+    ):
         if method in est:
             e = est[method]
-            gpu = (f"; GPU ~{duration(e['gpu_seconds'])} at {data['settings']['gpu_tflops']:.0f} TFLOP/s (assumed)"
-                   if "gpu_seconds" in e else "")
-            rec = (f"; recall@k {e['recall_at_k']:.3f} at N={e['from_n']:,}" if "recall_at_k" in e else "")
-            lines.append(f"  {what:<19} {duration(e['seconds']):>10} on this machine's threads, memory "
-                         f"{gib(e['memory_bytes'])}, {e['pairs_compared']:.3g} pairs compared "
-                         f"(scaled from N={e['from_n']:,}){gpu}{rec}")
+            gpu = (
+                f"; GPU ~{duration(e['gpu_seconds'])} at {data['settings']['gpu_tflops']:.0f} TFLOP/s (assumed)"
+                if "gpu_seconds" in e
+                else ""
+            )
+            rec = f"; recall@k {e['recall_at_k']:.3f} at N={e['from_n']:,}" if "recall_at_k" in e else ""
+            lines.append(
+                f"  {what:<19} {duration(e['seconds']):>10} on this machine's threads, memory "
+                f"{gib(e['memory_bytes'])}, {e['pairs_compared']:.3g} pairs compared "
+                f"(scaled from N={e['from_n']:,}){gpu}{rec}"
+            )
     return "\n".join(lines)
 
 

@@ -38,8 +38,10 @@ sys.path.insert(0, str(REPO))
 COLOURS = ["red", "blue", "green", "yellow"]
 SHAPES = ["circle", "square"]
 CORPUS = [
-    "there is a red circle on the left .", "there is a blue square on the right .",
-    "a green triangle is above a yellow circle .", "what colour is the shape ? it is red .",
+    "there is a red circle on the left .",
+    "there is a blue square on the right .",
+    "a green triangle is above a yellow circle .",
+    "what colour is the shape ? it is red .",
     "describe the image . the image shows a small blue triangle and a large green circle .",
 ]
 
@@ -58,9 +60,18 @@ def make_data(root: Path, n: int, size: int) -> Path:
             box = (size // 8 + i % 7, size // 8, size - size // 8, size - size // 8 - i % 5)
             (ImageDraw.Draw(img).ellipse if shape == "circle" else ImageDraw.Draw(img).rectangle)(box, fill=colour)
             img.save(root / f"img/{i}{tag}.png")
-        lines.append(json.dumps({"id": f"ex{i}", "question": "describe the image .",
-                                 "image_w": str(root / f"img/{i}w.png"), "image_l": str(root / f"img/{i}l.png"),
-                                 "y_w": f"the image shows a {c1} {shape} .", "y_l": f"the image shows a {c2} {shape} ."}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"ex{i}",
+                    "question": "describe the image .",
+                    "image_w": str(root / f"img/{i}w.png"),
+                    "image_l": str(root / f"img/{i}l.png"),
+                    "y_w": f"the image shows a {c1} {shape} .",
+                    "y_l": f"the image shows a {c2} {shape} .",
+                }
+            )
+        )
     path = root / "pref.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -87,23 +98,39 @@ def child(args: argparse.Namespace) -> None:
     )
 
     out = Path(args.out)
-    config = TrainConfig(method=args.method, model=args.model, data=args.data, output=str(out.parent / "o"),
-                         lora=False, bf16=False, batch_size=args.batch, report_to=["none"],
-                         reference=f"cache:{out}")
+    config = TrainConfig(
+        method=args.method,
+        model=args.model,
+        data=args.data,
+        output=str(out.parent / "o"),
+        lora=False,
+        bf16=False,
+        batch_size=args.batch,
+        report_to=["none"],
+        reference=f"cache:{out}",
+    )
     _, family = resolve_model(config.model)
     processor = load_processor(config.model)
     rows_needed = required_rows(loss_config_for(config))
     examples = read_preferences(config.data)
-    collator = PreferenceCollator(family, processor, rows_needed, strategy=config.rejected_image,
-                                  seed=config.corruption_seed)
+    collator = PreferenceCollator(
+        family, processor, rows_needed, strategy=config.rejected_image, seed=config.corruption_seed
+    )
     t0 = time.perf_counter()
     if args.mode == "legacy":
         from trainers.reference import precompute_reference
 
         rows = [row for ex in examples for row in collator.rows([ex])]  # every image decoded up front
-        precompute_reference(load_model(config.model), family, processor, rows, out,
-                             reference_meta(config, family, rows_needed),
-                             batch_size=args.batch * len(rows_needed), progress=False)
+        precompute_reference(
+            load_model(config.model),
+            family,
+            processor,
+            rows,
+            out,
+            reference_meta(config, family, rows_needed),
+            batch_size=args.batch * len(rows_needed),
+            progress=False,
+        )
         rank = 0
     else:
         import logging
@@ -115,19 +142,44 @@ def child(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     if rank == 0:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        print("RESULT " + json.dumps({"seconds": seconds, "peak_rss_bytes": peak, "rows": len(examples) * len(rows_needed),
-                                      "world": int(os.environ.get("WORLD_SIZE", "1"))}), flush=True)
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "seconds": seconds,
+                    "peak_rss_bytes": peak,
+                    "rows": len(examples) * len(rows_needed),
+                    "world": int(os.environ.get("WORLD_SIZE", "1")),
+                }
+            ),
+            flush=True,
+        )
 
 
 def launch(args: argparse.Namespace, mode: str, data: Path, model: str, out: Path, n_proc: int = 1) -> dict:
-    base = [__file__, "--child", "--mode", mode, "--data", str(data), "--model", model, "--out", str(out),
-            "--method", args.method, "--batch", str(args.batch), "--threads", str(args.threads)]
+    base = [
+        __file__,
+        "--child",
+        "--mode",
+        mode,
+        "--data",
+        str(data),
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--method",
+        args.method,
+        "--batch",
+        str(args.batch),
+        "--threads",
+        str(args.threads),
+    ]
     if n_proc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n_proc), *base]
     else:
         cmd = [sys.executable, *base]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TRANSFORMERS_VERBOSITY": "error",
-           "TQDM_DISABLE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     total = time.perf_counter() - t0
@@ -144,8 +196,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="examples per micro-batch (--batch-size)")
     p.add_argument("--image-size", type=int, default=336, help="side of the images on disk (default 336)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    p.add_argument("--legacy", action=argparse.BooleanOptionalAction, default=True,
-                   help="also measure the rows-in-memory pass")
+    p.add_argument(
+        "--legacy", action=argparse.BooleanOptionalAction, default=True, help="also measure the rows-in-memory pass"
+    )
     p.add_argument("--json", help="also write the results here")
     # child mode
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -171,8 +224,11 @@ def main() -> None:
             for mode in ("streamed", "legacy") if args.legacy else ("streamed",):
                 r = launch(args, mode, data[n], model, root / f"{mode}-{n}.jsonl")
                 results.append({"examples": n, **r})
-                print(f"{mode:<9} {n:>6,} examples ({r['rows']:,} rows): peak RSS {r['peak_rss_bytes'] / 2**20:7.1f} MiB,"
-                      f" precompute {r['seconds']:6.2f} s", file=sys.stderr)
+                print(
+                    f"{mode:<9} {n:>6,} examples ({r['rows']:,} rows): peak RSS {r['peak_rss_bytes'] / 2**20:7.1f} MiB,"
+                    f" precompute {r['seconds']:6.2f} s",
+                    file=sys.stderr,
+                )
         n = max(sizes)
         two = launch(args, "streamed", data[n], model, root / f"two-{n}.jsonl", n_proc=2)
         results.append({"examples": n, **two})
@@ -187,26 +243,38 @@ def main() -> None:
         "two_process_file_identical": identical,
     }
     if args.legacy:
-        summary["legacy_peak_growth"] = (by[("legacy", hi, 1)]["peak_rss_bytes"]
-                                         / by[("legacy", lo, 1)]["peak_rss_bytes"] - 1)
-        summary["legacy_bytes_per_example"] = ((by[("legacy", hi, 1)]["peak_rss_bytes"]
-                                                - by[("legacy", lo, 1)]["peak_rss_bytes"]) / (hi - lo))
-    print(f"tiny LLaVA-1.5, {args.method}, {args.image_size}-px images, micro-batch {args.batch} examples, "
-          f"{args.threads} thread(s) per process")
+        summary["legacy_peak_growth"] = (
+            by[("legacy", hi, 1)]["peak_rss_bytes"] / by[("legacy", lo, 1)]["peak_rss_bytes"] - 1
+        )
+        summary["legacy_bytes_per_example"] = (
+            by[("legacy", hi, 1)]["peak_rss_bytes"] - by[("legacy", lo, 1)]["peak_rss_bytes"]
+        ) / (hi - lo)
+    print(
+        f"tiny LLaVA-1.5, {args.method}, {args.image_size}-px images, micro-batch {args.batch} examples, "
+        f"{args.threads} thread(s) per process"
+    )
     print(f"{'pass':<10}{'examples':>9}{'procs':>6}{'peak RSS MiB':>14}{'precompute s':>14}")
     for r in results:
-        print(f"{r['mode']:<10}{r['examples']:>9,}{r['processes']:>6}{r['peak_rss_bytes'] / 2**20:>14.1f}"
-              f"{r['seconds']:>14.2f}")
-    print(f"streamed peak RSS {lo:,} -> {hi:,} examples: {streamed_growth * 100:+.1f}% "
-          f"({'flat' if summary['streamed_flat_within_10pct'] else 'NOT flat'} within 10%)")
+        print(
+            f"{r['mode']:<10}{r['examples']:>9,}{r['processes']:>6}{r['peak_rss_bytes'] / 2**20:>14.1f}"
+            f"{r['seconds']:>14.2f}"
+        )
+    print(
+        f"streamed peak RSS {lo:,} -> {hi:,} examples: {streamed_growth * 100:+.1f}% "
+        f"({'flat' if summary['streamed_flat_within_10pct'] else 'NOT flat'} within 10%)"
+    )
     if args.legacy:
-        print(f"in-memory peak RSS {lo:,} -> {hi:,} examples: {summary['legacy_peak_growth'] * 100:+.1f}% "
-              f"({summary['legacy_bytes_per_example'] / 2**20:.2f} MiB per example)")
-    print(f"2 processes vs 1 at {hi:,} examples: {summary['two_vs_one_speedup']:.2f}x; "
-          f"file byte-identical: {identical}")
+        print(
+            f"in-memory peak RSS {lo:,} -> {hi:,} examples: {summary['legacy_peak_growth'] * 100:+.1f}% "
+            f"({summary['legacy_bytes_per_example'] / 2**20:.2f} MiB per example)"
+        )
+    print(
+        f"2 processes vs 1 at {hi:,} examples: {summary['two_vs_one_speedup']:.2f}x; file byte-identical: {identical}"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "results": results, "summary": summary},
-                                              indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"settings": vars(args), "results": results, "summary": summary}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

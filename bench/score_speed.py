@@ -67,8 +67,10 @@ def synthetic_responses(scorer: AmberScorer) -> list[dict]:
             t = [truth[k % len(truth)] for k in range(3)] if truth else ["scene"] * 3
             assoc = scorer.association.get(t[2]) or [t[2]]
             other1, other2 = vocab[(7 * i) % len(vocab)], vocab[(13 * i + 5) % len(vocab)]
-            sentences = [f"The image shows {_a(t[0])} next to {_a(t[1])}.",
-                         f"There is {_a(assoc[i % len(assoc)])} in the middle, and {_a(other1)} can be seen nearby."]
+            sentences = [
+                f"The image shows {_a(t[0])} next to {_a(t[1])}.",
+                f"There is {_a(assoc[i % len(assoc)])} in the middle, and {_a(other1)} can be seen nearby.",
+            ]
             if hallu:
                 sentences.append(f"On the left, {_a(hallu[i % len(hallu)])} stands beside {_a(other2)}.")
             sentences.append("The overall atmosphere is calm and peaceful.")
@@ -103,23 +105,34 @@ def run(data_root: Path, similarity: str) -> None:
     assert on_res.generative == off_res.generative and on_res.discriminative == off_res.discriminative
     g, d = on_res.generative, on_res.discriminative
     print(f"AMBER scorer, {len(responses)} responses ({len(generative)} generative), similarity {similarity}")
-    print(f"  numbers: CHAIR {g.CHAIR} Cover {g.Cover} Hal {g.Hal} Cog {g.Cog} | "
-          f"Acc {d.overall.Accuracy} P {d.overall.Precision} R {d.overall.Recall} F1 {d.overall.F1} | "
-          f"AMBER Score {on_res.amber_score}")
+    print(
+        f"  numbers: CHAIR {g.CHAIR} Cover {g.Cover} Hal {g.Hal} Cog {g.Cog} | "
+        f"Acc {d.overall.Accuracy} P {d.overall.Precision} R {d.overall.Recall} F1 {d.overall.F1} | "
+        f"AMBER Score {on_res.amber_score}"
+    )
     print(f"  per-pair cache on : {on_s:8.2f} s  ({on_calls} similarity computations)")
     print(f"  per-pair cache off: {off_s:8.2f} s  ({off_calls} similarity computations, as the official scorer)")
     print(f"  ratio off/on      : {off_s / on_s:8.2f}x")
     verdict = "ok" if gen_s < GENERATIVE_TARGET_S else "OVER TARGET"
-    print(f"  generative only (cache on, cold): {gen_s:.2f} s for {len(generative)} "
-          f"(target < {GENERATIVE_TARGET_S:.0f} s: {verdict})")
+    print(
+        f"  generative only (cache on, cold): {gen_s:.2f} s for {len(generative)} "
+        f"(target < {GENERATIVE_TARGET_S:.0f} s: {verdict})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=AMBER_DATA,
-                        help="AMBER data/ folder (annotations.json, relation.json, safe_words.txt, metrics.txt)")
-    parser.add_argument("--similarity", default="hash",
-                        help="hash (default, built-in stand-in), none, spacy:<model> or table:<file.json>")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=AMBER_DATA,
+        help="AMBER data/ folder (annotations.json, relation.json, safe_words.txt, metrics.txt)",
+    )
+    parser.add_argument(
+        "--similarity",
+        default="hash",
+        help="hash (default, built-in stand-in), none, spacy:<model> or table:<file.json>",
+    )
     args = parser.parse_args(argv)
     run(args.data_root, args.similarity)
     return 0

@@ -54,8 +54,10 @@ import harness  # noqa: E402, F401  (torchvision import hook before transformers
 COLOURS = ["red", "blue", "green", "yellow"]
 SHAPES = ["circle", "square"]
 CORPUS = [
-    "there is a red circle on the left .", "there is a blue square on the right .",
-    "a green triangle is above a yellow circle .", "what colour is the shape ? it is red .",
+    "there is a red circle on the left .",
+    "there is a blue square on the right .",
+    "a green triangle is above a yellow circle .",
+    "what colour is the shape ? it is red .",
     "describe the image . the image shows a small blue triangle and a large green circle .",
 ]
 
@@ -79,9 +81,18 @@ def make_data(root: Path, n: int) -> Path:
         shape = SHAPES[(i // 4) % 2]
         _draw(c1, shape).save(root / f"img/{i}w.png")
         _draw(c2, shape).save(root / f"img/{i}l.png")
-        lines.append(json.dumps({"id": f"ex{i}", "question": "describe the image .", "image_w": f"img/{i}w.png",
-                                 "image_l": f"img/{i}l.png", "y_w": f"the image shows a {c1} {shape} .",
-                                 "y_l": f"the image shows a {c2} {shape} ."}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"ex{i}",
+                    "question": "describe the image .",
+                    "image_w": f"img/{i}w.png",
+                    "image_l": f"img/{i}l.png",
+                    "y_w": f"the image shows a {c1} {shape} .",
+                    "y_l": f"the image shows a {c2} {shape} .",
+                }
+            )
+        )
     path = root / "pref.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -111,10 +122,24 @@ def ours(method: str, model: str, data: Path, out: Path, steps: int, batch: int)
     from trainers.config import TrainConfig
     from trainers.trainer import build_preference_trainer
 
-    config = TrainConfig(method=method, model=model, data=str(data), output=str(out), lora=False, bf16=False,
-                         reference="copy", batch_size=batch, grad_accum=1, max_steps=steps, lr=1e-5,
-                         warmup_ratio=0.0, lr_scheduler="constant", logging_steps=steps, save_steps=10**6,
-                         report_to=["none"])
+    config = TrainConfig(
+        method=method,
+        model=model,
+        data=str(data),
+        output=str(out),
+        lora=False,
+        bf16=False,
+        reference="copy",
+        batch_size=batch,
+        grad_accum=1,
+        max_steps=steps,
+        lr=1e-5,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        logging_steps=steps,
+        save_steps=10**6,
+        report_to=["none"],
+    )
     trainer = build_preference_trainer(config)
     trainer.args.disable_tqdm = True
     return _quiet(trainer)
@@ -132,16 +157,37 @@ def trl_dpo(model: str, data: Path, out: Path, steps: int, batch: int):
 
     _, family = resolve_model(model)
     examples = read_preferences(data)
-    records = [{"image": Image.open(e.image_w).convert("RGB"), "prompt": "<s>" + family.render_prompt(e.question, 1),
-                "chosen": f" {e.y_w}</s>", "rejected": f" {e.y_l}</s>"} for e in examples]
-    args = DPOConfig(output_dir=str(out), beta=0.05, per_device_train_batch_size=batch, max_steps=steps,
-                     learning_rate=1e-5, lr_scheduler_type="constant", logging_steps=steps, save_steps=10**6,
-                     report_to=[], max_length=None, bf16=False, gradient_checkpointing=False, disable_tqdm=True,
-                     dataloader_pin_memory=False)
+    records = [
+        {
+            "image": Image.open(e.image_w).convert("RGB"),
+            "prompt": "<s>" + family.render_prompt(e.question, 1),
+            "chosen": f" {e.y_w}</s>",
+            "rejected": f" {e.y_l}</s>",
+        }
+        for e in examples
+    ]
+    args = DPOConfig(
+        output_dir=str(out),
+        beta=0.05,
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        logging_steps=steps,
+        save_steps=10**6,
+        report_to=[],
+        max_length=None,
+        bf16=False,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
     trainer = DPOTrainer(
         model=AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32),
         ref_model=AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32),
-        args=args, train_dataset=Dataset.from_list(records), processing_class=AutoProcessor.from_pretrained(model),
+        args=args,
+        train_dataset=Dataset.from_list(records),
+        processing_class=AutoProcessor.from_pretrained(model),
     )
     return _quiet(trainer)
 
@@ -161,26 +207,34 @@ def cpu_benchmark(args: argparse.Namespace) -> None:
         runs = interleaved_runtimes(trainers, args.repeats)
     per_example = {k: [t / (args.steps * args.batch) for t in v] for k, v in runs.items()}
     times = {k: min(v) for k, v in per_example.items()}
-    print(f"tiny LLaVA-1.5, CPU ({args.threads} thread(s)), per-device batch {args.batch}, {args.steps} steps, "
-          f"best of {args.repeats} interleaved runs")
+    print(
+        f"tiny LLaVA-1.5, CPU ({args.threads} thread(s)), per-device batch {args.batch}, {args.steps} steps, "
+        f"best of {args.repeats} interleaved runs"
+    )
     print(f"{'step':<18}{'rows/example':>13}{'ms/example':>12}{'ratio':>8}{'slowest run':>13}")
     rows = {"dpo": 2, "mpo": 3, "jompo": 6, "trl_dpo": 2}
     labels = {"dpo": "DPO (ours)", "mpo": "MPO (ours)", "jompo": "JoMPO (ours)", "trl_dpo": "DPO (trl)"}
     for key in ("dpo", "mpo", "jompo", "trl_dpo"):
         base = times["trl_dpo"] if key == "trl_dpo" else times["dpo"]
-        print(f"{labels[key]:<18}{rows[key]:>13}{times[key] * 1e3:>12.2f}{times[key] / base:>8.2f}"
-              f"{max(per_example[key]) * 1e3:>13.2f}")
+        print(
+            f"{labels[key]:<18}{rows[key]:>13}{times[key] * 1e3:>12.2f}{times[key] / base:>8.2f}"
+            f"{max(per_example[key]) * 1e3:>13.2f}"
+        )
     jompo_ratio = times["jompo"] / times["dpo"]
     trl_ratio = times["dpo"] / times["trl_dpo"]
     # the ratios of each round of the interleaved runs: their spread is the noise of this machine
     rounds = [(j / d, d / t) for d, j, t in zip(runs["dpo"], runs["jompo"], runs["trl_dpo"], strict=True)]
     spread_j = f"{min(r[0] for r in rounds):.2f}-{max(r[0] for r in rounds):.2f}"
     spread_t = f"{min(r[1] for r in rounds):.2f}-{max(r[1] for r in rounds):.2f}"
-    print(f"JoMPO/DPO time ratio: {jompo_ratio:.2f} (goal <= {args.goal_jompo}: "
-          f"{'met' if jompo_ratio <= args.goal_jompo else 'NOT met'}; per round {spread_j})")
+    print(
+        f"JoMPO/DPO time ratio: {jompo_ratio:.2f} (goal <= {args.goal_jompo}: "
+        f"{'met' if jompo_ratio <= args.goal_jompo else 'NOT met'}; per round {spread_j})"
+    )
     print(f"MPO/DPO time ratio: {times['mpo'] / times['dpo']:.2f}")
-    print(f"our DPO / trl.DPOTrainer ratio: {trl_ratio:.2f} (goal <= {args.goal_trl}: "
-          f"{'met' if trl_ratio <= args.goal_trl else 'NOT met'}; per round {spread_t})")
+    print(
+        f"our DPO / trl.DPOTrainer ratio: {trl_ratio:.2f} (goal <= {args.goal_trl}: "
+        f"{'met' if trl_ratio <= args.goal_trl else 'NOT met'}; per round {spread_t})"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ GPU, 7B-sized
@@ -194,22 +248,55 @@ def _llava_config(size: str, token_ids: dict[str, int] | None = None, vocab_size
 
     ids = dict(token_ids or {})
     if size == "7b":  # LLaVA-1.5-7B: CLIP ViT-L/14-336, Vicuna-7B
-        vision = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
-                                  num_hidden_layers=24, num_attention_heads=16, projection_dim=768)
-        text = LlamaConfig(vocab_size=vocab_size or 32064, hidden_size=4096, intermediate_size=11008,
-                           num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                           max_position_embeddings=4096, **_special_ids(ids))
+        vision = CLIPVisionConfig(
+            image_size=336,
+            patch_size=14,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            projection_dim=768,
+        )
+        text = LlamaConfig(
+            vocab_size=vocab_size or 32064,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=4096,
+            **_special_ids(ids),
+        )
     else:
-        vision = CLIPVisionConfig(image_size=56, patch_size=14, hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=2, projection_dim=64)
-        text = LlamaConfig(vocab_size=vocab_size or 1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
-                           **_special_ids(ids))
+        vision = CLIPVisionConfig(
+            image_size=56,
+            patch_size=14,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            projection_dim=64,
+        )
+        text = LlamaConfig(
+            vocab_size=vocab_size or 1000,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=4096,
+            **_special_ids(ids),
+        )
     image_tokens = (vision.image_size // vision.patch_size) ** 2
-    config = LlavaConfig(vision_config=vision, text_config=text,
-                         image_token_index=ids.get("image", text.vocab_size - 1),
-                         image_seq_length=image_tokens, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", tie_word_embeddings=False)
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=ids.get("image", text.vocab_size - 1),
+        image_seq_length=image_tokens,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
     return config, image_tokens
 
 
@@ -217,8 +304,9 @@ def _special_ids(ids: dict[str, int]) -> dict[str, int]:
     return {f"{name}_token_id": ids[name] for name in ("bos", "eos", "pad") if name in ids}
 
 
-def preference_rows(config, image_tokens: int, rows_needed, n_examples: int, prompt_len: int, response_len: int,
-                    device):
+def preference_rows(
+    config, image_tokens: int, rows_needed, n_examples: int, prompt_len: int, response_len: int, device
+):
     """A micro-batch of ``rows_needed`` ((condition, response) pairs, the collator's order: example-major) as the
     collator would give it, random token ids: per example a prompt, two responses and three images (``m_w``,
     ``m_l``, the rejected image ``rej``), of which the rows show those they need; ``none`` rows show none."""
@@ -257,9 +345,16 @@ def preference_rows(config, image_tokens: int, rows_needed, n_examples: int, pro
         lab[i, : len(x)] = l_
     size = config.vision_config.image_size
     pixels = torch.randn((len(conditions) * n_examples, 3, size, size), generator=gen) if conditions else None
-    batch = RowBatch(input_ids=input_ids, attention_mask=mask, labels=lab,
-                     image_index=torch.tensor(image_index), keys=[(i,) for i in range(n)], pixel_values=pixels,
-                     family="llava", template="llava_v1")
+    batch = RowBatch(
+        input_ids=input_ids,
+        attention_mask=mask,
+        labels=lab,
+        image_index=torch.tensor(image_index),
+        keys=[(i,) for i in range(n)],
+        pixel_values=pixels,
+        family="llava",
+        template="llava_v1",
+    )
     return batch.to(device)
 
 
@@ -286,9 +381,15 @@ def gpu_benchmark(args: argparse.Namespace) -> None:
         model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
     lm_params = sum(p.numel() for n, p in model.named_parameters() if "language_model" in n or "lm_head" in n)
-    model = get_peft_model(model, LoraConfig(r=256 if args.size == "7b" else 8, lora_alpha=512 if args.size == "7b"
-                                             else 16, lora_dropout=0.0,
-                                             target_modules=lora_target_modules(model, ["language_model"])))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=256 if args.size == "7b" else 8,
+            lora_alpha=512 if args.size == "7b" else 16,
+            lora_dropout=0.0,
+            target_modules=lora_target_modules(model, ["language_model"]),
+        ),
+    )
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -328,15 +429,21 @@ def gpu_benchmark(args: argparse.Namespace) -> None:
     # gradients; LoRA weight gradients are negligible) + reference forward 2NT, N = language-model parameters, T =
     # tokens; the vision tower's share (0.3B params on 2 images per example) is left out.
     flops = 6 * lm_params * tokens
-    print(f"JoMPO step, LLaVA-1.5-{args.size}-sized random model ({n_params / 1e9:.2f}B params), {device.type}, "
-          f"{str(dtype).replace('torch.', '')}, LoRA on the LM, gradient checkpointing "
-          f"{'on' if args.gradient_checkpointing else 'off'}")
-    print(f"{args.batch} examples = {len(batch)} rows, {tokens} tokens per step; {seconds:.3f} s/step, "
-          f"{seconds / args.batch:.3f} s/example, {tokens / seconds:,.0f} tokens/s")
+    print(
+        f"JoMPO step, LLaVA-1.5-{args.size}-sized random model ({n_params / 1e9:.2f}B params), {device.type}, "
+        f"{str(dtype).replace('torch.', '')}, LoRA on the LM, gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'}"
+    )
+    print(
+        f"{args.batch} examples = {len(batch)} rows, {tokens} tokens per step; {seconds:.3f} s/step, "
+        f"{seconds / args.batch:.3f} s/example, {tokens / seconds:,.0f} tokens/s"
+    )
     if device.type == "cuda":
-        print(f"model FLOPs utilization: {flops / seconds / (args.peak_tflops * 1e12) * 100:.1f}% "
-              f"of {args.peak_tflops:.0f} TFLOP/s ({torch.cuda.get_device_name()}); "
-              f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        print(
+            f"model FLOPs utilization: {flops / seconds / (args.peak_tflops * 1e12) * 100:.1f}% "
+            f"of {args.peak_tflops:.0f} TFLOP/s ({torch.cuda.get_device_name()}); "
+            f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+        )
 
 
 def main() -> None:

@@ -88,6 +88,8 @@ class MissingPackage(ConfigError):
 
     def __init__(self, package: str, needed_for: str, *specs: str, detail: str = ""):
         why = f" ({detail})" if detail else ""
-        super().__init__(f"{needed_for} needs the package {package}, which is not installed{why}; install it with "
-                         f"{install_command(*(specs or (package,)))}")
+        super().__init__(
+            f"{needed_for} needs the package {package}, which is not installed{why}; install it with "
+            f"{install_command(*(specs or (package,)))}"
+        )
         self.package = package

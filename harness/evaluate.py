@@ -113,11 +113,12 @@ def limited_samples(task: Any, limit: int | float | None) -> list:
         return task.samples()
     if isinstance(limit, float):
         every = task.samples()
-        return every[:max(1, math.ceil(len(every) * limit))]
+        return every[: max(1, math.ceil(len(every) * limit))]
     samples = task.samples(limit)
     if len(samples) < limit:
-        log.warning("%s: --limit %d is more than its %d samples; running all %d", task.name, limit, len(samples),
-                    len(samples))
+        log.warning(
+            "%s: --limit %d is more than its %d samples; running all %d", task.name, limit, len(samples), len(samples)
+        )
     return samples
 
 
@@ -141,8 +142,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_") or "model"
 
 
-def task_options(items: Sequence[str], flagged_values: Mapping[str, Any], flags: Mapping[str, str],
-                 classes: list | None = None) -> dict[str, Any]:
+def task_options(
+    items: Sequence[str], flagged_values: Mapping[str, Any], flags: Mapping[str, str], classes: list | None = None
+) -> dict[str, Any]:
     """The task options of ``KEY=VALUE`` ``items`` and of ``flagged_values`` (which win; ``flags`` names the flag
     of each). With ``classes`` (the requested task classes), a key that none of them reads is a
     :class:`ConfigError` naming the closest known keys."""
@@ -172,10 +174,15 @@ def make_judge(settings: Any, task: Any, reviews: str | None = None):
     model = settings.judge_model or task.default_judge_model
     if model is None:
         raise ConfigError(f"task {task.name} needs a judge: pass --judge-model")
-    return OpenAIJudge(model, base_url=settings.judge_base_url, api_key_env=settings.judge_api_key_env,
-                       concurrency=settings.judge_concurrency, use_cache=not settings.no_judge_cache,
-                       timeout_s=getattr(settings, "judge_timeout", 120.0),
-                       max_retries=getattr(settings, "judge_max_retries", 6))
+    return OpenAIJudge(
+        model,
+        base_url=settings.judge_base_url,
+        api_key_env=settings.judge_api_key_env,
+        concurrency=settings.judge_concurrency,
+        use_cache=not settings.no_judge_cache,
+        timeout_s=getattr(settings, "judge_timeout", 120.0),
+        max_retries=getattr(settings, "judge_max_retries", 6),
+    )
 
 
 def _embedded_model(progress: bool = True) -> str:
@@ -227,11 +234,18 @@ def _describe_model(config: EvalConfig, engine_name: str) -> tuple[str, dict[str
     if engine_name == "openai" and not Path(model).exists():
         return model, {"name": model, "path": None, "content_hash": None}, default_name, None
     if model in engines.ENGINES and not Path(model).exists():
-        raise ConfigError(f"--model {model}: no such checkpoint; {model!r} is an engine: choose it with --engine "
-                          f"{model} (--model is a checkpoint directory or, with --engine openai, a served model)")
+        raise ConfigError(
+            f"--model {model}: no such checkpoint; {model!r} is an engine: choose it with --engine "
+            f"{model} (--model is a checkpoint directory or, with --engine openai, a served model)"
+        )
     info, family = resolve_model(model, config.template)
-    entry = {"name": default_name, "path": str(Path(model).resolve()), "content_hash": info.content_hash,
-             "architecture": info.architecture, "family": info.family}
+    entry = {
+        "name": default_name,
+        "path": str(Path(model).resolve()),
+        "content_hash": info.content_hash,
+        "architecture": info.architecture,
+        "family": info.family,
+    }
     return model, entry, default_name, family
 
 
@@ -282,11 +296,20 @@ def _evaluate(config: EvalConfig) -> RunRecord:
 
     api_key = os.environ.get(config.api_key_env) if engine_name == "openai" else None
     options = EngineOptions(
-        batch_size=config.batch_size, dtype=config.dtype, device=config.device, template=config.template,
-        tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
-        enforce_eager=config.enforce_eager, max_model_len=config.max_model_len,
-        gpu_memory_utilization=config.gpu_memory_utilization, base_url=config.base_url, api_key=api_key,
-        served_model=config.served_model, concurrency=config.concurrency, timeout_s=config.timeout,
+        batch_size=config.batch_size,
+        dtype=config.dtype,
+        device=config.device,
+        template=config.template,
+        tensor_parallel_size=config.tensor_parallel_size,
+        data_parallel_size=config.data_parallel_size,
+        enforce_eager=config.enforce_eager,
+        max_model_len=config.max_model_len,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        base_url=config.base_url,
+        api_key=api_key,
+        served_model=config.served_model,
+        concurrency=config.concurrency,
+        timeout_s=config.timeout,
         max_retries=config.max_retries,
         extra_body=dict(family.server_request_fields) if (family and engine_name == "openai") else None,
     )
@@ -307,11 +330,18 @@ def _evaluate(config: EvalConfig) -> RunRecord:
                 "max_new_tokens": config.max_new_tokens,
             }
             manifest = Manifest(
-                model=model_entry, engine=described,
-                task={"name": task.name, "version": task.version, "data_root": str(task.data_root),
-                      "data_files": data_hashes},
-                scorer=task.provenance(), decoding=decoding.to_dict(),
-                max_new_tokens_override=config.max_new_tokens, **env,
+                model=model_entry,
+                engine=described,
+                task={
+                    "name": task.name,
+                    "version": task.version,
+                    "data_root": str(task.data_root),
+                    "data_files": data_hashes,
+                },
+                scorer=task.provenance(),
+                decoding=decoding.to_dict(),
+                max_new_tokens_override=config.max_new_tokens,
+                **env,
             )
             store = stores[task.name]
             with disk_errors(store.dir / "manifest.json"):
@@ -320,22 +350,54 @@ def _evaluate(config: EvalConfig) -> RunRecord:
             t0 = time.time()
             judge = judges[task.name]
             try:
-                result = run_task(task, engine, store, samples, max_new_tokens=config.max_new_tokens,
-                                  on_image_error=config.on_image_error, progress=config.progress, judge=judge)
+                result = run_task(
+                    task,
+                    engine,
+                    store,
+                    samples,
+                    max_new_tokens=config.max_new_tokens,
+                    on_image_error=config.on_image_error,
+                    progress=config.progress,
+                    judge=judge,
+                )
             except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: still logged in runs.jsonl
                 _log_interrupted(store, t0, exc, config.limit)
                 raise
             with disk_errors(store.dir / "judge.json"):
                 if judge is not None:
-                    atomic_write_json(store.dir / "judge.json",
-                                      {**judge.describe(), "ledger": judge.ledger().to_dict()})
+                    atomic_write_json(
+                        store.dir / "judge.json", {**judge.describe(), "ledger": judge.ledger().to_dict()}
+                    )
             with disk_errors(store.dir / "runs.jsonl"):
-                store.log_run({"started": t0, "seconds": round(result.seconds, 3), "generated": result.n_generated,
-                               "resumed": result.n_resumed, "failed": result.n_failed,
-                               "samples_per_s": round(result.samples_per_s, 3), "limit": config.limit})
-            records.append(TaskRecord(
-                task=result.task, dir=store.dir, headline=dict(result.metrics.headline),
-                counts=dict(result.metrics.counts), n_samples=result.n_samples, n_resumed=result.n_resumed,
-                n_generated=result.n_generated, n_failed=result.n_failed, seconds=result.seconds))
-    return RunRecord(run_name=run_name, run_dir=run_dir, engine=engine_name, model=str(model_entry.get("name") or ""),
-                     tasks=tuple(records), seconds=time.time() - started)
+                store.log_run(
+                    {
+                        "started": t0,
+                        "seconds": round(result.seconds, 3),
+                        "generated": result.n_generated,
+                        "resumed": result.n_resumed,
+                        "failed": result.n_failed,
+                        "samples_per_s": round(result.samples_per_s, 3),
+                        "limit": config.limit,
+                    }
+                )
+            records.append(
+                TaskRecord(
+                    task=result.task,
+                    dir=store.dir,
+                    headline=dict(result.metrics.headline),
+                    counts=dict(result.metrics.counts),
+                    n_samples=result.n_samples,
+                    n_resumed=result.n_resumed,
+                    n_generated=result.n_generated,
+                    n_failed=result.n_failed,
+                    seconds=result.seconds,
+                )
+            )
+    return RunRecord(
+        run_name=run_name,
+        run_dir=run_dir,
+        engine=engine_name,
+        model=str(model_entry.get("name") or ""),
+        tasks=tuple(records),
+        seconds=time.time() - started,
+    )

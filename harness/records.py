@@ -185,8 +185,12 @@ class JobInfo:
             elif key in ("beta", "epochs"):
                 parsed = _number(value) if not isinstance(value, str) else _number(_float_or_none(value))
             elif key == "seed":
-                parsed = int(value) if (isinstance(value, int) and not isinstance(value, bool)) or (
-                    isinstance(value, str) and value.strip().isdigit()) else None
+                parsed = (
+                    int(value)
+                    if (isinstance(value, int) and not isinstance(value, bool))
+                    or (isinstance(value, str) and value.strip().isdigit())
+                    else None
+                )
             elif key == "model_size":
                 parsed = str(value).strip()
                 if re.fullmatch(r"\d+(?:\.\d+)?[bB]", parsed):
@@ -245,16 +249,31 @@ class TaskRecord:
         return self.dir / RUNS
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "dir": str(self.dir), "headline": dict(self.headline),
-                "counts": dict(self.counts), "n_samples": self.n_samples, "n_resumed": self.n_resumed,
-                "n_generated": self.n_generated, "n_failed": self.n_failed, "seconds": self.seconds}
+        return {
+            "task": self.task,
+            "dir": str(self.dir),
+            "headline": dict(self.headline),
+            "counts": dict(self.counts),
+            "n_samples": self.n_samples,
+            "n_resumed": self.n_resumed,
+            "n_generated": self.n_generated,
+            "n_failed": self.n_failed,
+            "seconds": self.seconds,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskRecord:
-        return cls(task=str(data["task"]), dir=Path(data["dir"]), headline=dict(data.get("headline") or {}),
-                   counts=dict(data.get("counts") or {}), n_samples=int(data.get("n_samples") or 0),
-                   n_resumed=int(data.get("n_resumed") or 0), n_generated=int(data.get("n_generated") or 0),
-                   n_failed=int(data.get("n_failed") or 0), seconds=float(data.get("seconds") or 0.0))
+        return cls(
+            task=str(data["task"]),
+            dir=Path(data["dir"]),
+            headline=dict(data.get("headline") or {}),
+            counts=dict(data.get("counts") or {}),
+            n_samples=int(data.get("n_samples") or 0),
+            n_resumed=int(data.get("n_resumed") or 0),
+            n_generated=int(data.get("n_generated") or 0),
+            n_failed=int(data.get("n_failed") or 0),
+            seconds=float(data.get("seconds") or 0.0),
+        )
 
 
 @dataclass(frozen=True)
@@ -282,12 +301,22 @@ class RunRecord:
         return {t.task: dict(t.headline) for t in self.tasks}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_name": self.run_name, "run_dir": str(self.run_dir), "engine": self.engine, "model": self.model,
-                "tasks": [t.to_dict() for t in self.tasks], "seconds": self.seconds}
+        return {
+            "run_name": self.run_name,
+            "run_dir": str(self.run_dir),
+            "engine": self.engine,
+            "model": self.model,
+            "tasks": [t.to_dict() for t in self.tasks],
+            "seconds": self.seconds,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
-        return cls(run_name=str(data["run_name"]), run_dir=Path(data["run_dir"]), engine=str(data.get("engine") or ""),
-                   model=str(data.get("model") or ""),
-                   tasks=tuple(TaskRecord.from_dict(t) for t in data.get("tasks") or ()),
-                   seconds=float(data.get("seconds") or 0.0))
+        return cls(
+            run_name=str(data["run_name"]),
+            run_dir=Path(data["run_dir"]),
+            engine=str(data.get("engine") or ""),
+            model=str(data.get("model") or ""),
+            tasks=tuple(TaskRecord.from_dict(t) for t in data.get("tasks") or ()),
+            seconds=float(data.get("seconds") or 0.0),
+        )

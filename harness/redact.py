@@ -42,9 +42,11 @@ _secrets: set[str] = set()
 _ordered: tuple[str, ...] = ()
 
 _URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#\"'<>`\\]+@")
-_SECRET_PARAMS = (r"api[_-]?key|apikey|key|token|access[_-]?token|refresh[_-]?token|id[_-]?token|auth|"
-                  r"auth[_-]?token|password|passwd|pwd|secret|client[_-]?secret|sig|signature|x-api-key|"
-                  r"x-goog-api-key|code")
+_SECRET_PARAMS = (
+    r"api[_-]?key|apikey|key|token|access[_-]?token|refresh[_-]?token|id[_-]?token|auth|"
+    r"auth[_-]?token|password|passwd|pwd|secret|client[_-]?secret|sig|signature|x-api-key|"
+    r"x-goog-api-key|code"
+)
 _QUERY_SECRET = re.compile(rf"([?&;](?:{_SECRET_PARAMS})=)[^&#\s\"'<>`]*", re.IGNORECASE)
 _HEADER = re.compile(
     r"\b((?:proxy-)?authorization|x-api-key|api-key|openai-api-key|x-goog-api-key)"

@@ -43,7 +43,9 @@ DECODE_WORKERS = min(4, os.cpu_count() or 1)  # threads decoding images ahead of
 DECODE_AHEAD = 64  # samples whose images are decoded (or being decoded) before the engine asks for them
 
 #: OSError numbers that mean "the run directory cannot be written" (a user error, not a bug).
-DISK_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES") if hasattr(errno, name))
+DISK_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES") if hasattr(errno, name)
+)
 
 
 class DiskWriteError(HarnessError):
@@ -54,8 +56,10 @@ class DiskWriteError(HarnessError):
         self.errno = exc.errno
         verb = "cannot access" if exc.errno == errno.EACCES else "cannot write"
         fix = "fix the permissions" if exc.errno in (errno.EACCES, errno.EROFS) else "free some space"
-        super().__init__(f"{verb} {self.path}: {exc.strerror or exc} (errno {exc.errno}); finished predictions are "
-                         f"kept; {fix} and rerun the same command to resume")
+        super().__init__(
+            f"{verb} {self.path}: {exc.strerror or exc} (errno {exc.errno}); finished predictions are "
+            f"kept; {fix} and rerun the same command to resume"
+        )
 
 
 @contextmanager
@@ -121,9 +125,16 @@ class RequestFeed:
     started; it is safe to call more than once.
     """
 
-    def __init__(self, samples: Sequence[Sample], budget: Callable[[Sample], int], images: ImageCache,
-                 on_image_error: Callable[[ImageError], bool], *, workers: int = DECODE_WORKERS,
-                 ahead: int = DECODE_AHEAD):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        budget: Callable[[Sample], int],
+        images: ImageCache,
+        on_image_error: Callable[[ImageError], bool],
+        *,
+        workers: int = DECODE_WORKERS,
+        ahead: int = DECODE_AHEAD,
+    ):
         self._samples = samples
         self._budget = budget
         self._images = images
@@ -202,13 +213,18 @@ def evaluate(
     try:
         return _evaluate(task, engine, store, samples, max_new_tokens, on_image_error, progress, judge, started, state)
     except KeyboardInterrupt as exc:
-        exc.run_counts = {"seconds": round(time.perf_counter() - started, 3), "generated": state["generated"],
-                          "resumed": state["resumed"], "failed": len(state["failures"])}
+        exc.run_counts = {
+            "seconds": round(time.perf_counter() - started, 3),
+            "generated": state["generated"],
+            "resumed": state["resumed"],
+            "failed": len(state["failures"]),
+        }
         raise
 
 
-def _evaluate(task, engine, store, samples, max_new_tokens, on_image_error, progress, judge, started,
-              state) -> RunResult:
+def _evaluate(
+    task, engine, store, samples, max_new_tokens, on_image_error, progress, judge, started, state
+) -> RunResult:
     from tqdm import tqdm
 
     with disk_errors(store.predictions_path):
@@ -218,21 +234,32 @@ def _evaluate(task, engine, store, samples, max_new_tokens, on_image_error, prog
         if rec is not None and rec.get("prompt") != s.prompt:
             raise HarnessError(
                 f"{store.predictions_path}: sample {s.id} was answered for another prompt ({rec.get('prompt')!r}, now "
-                f"{s.prompt!r}); a task option changed the prompts. Use another --output-path, or --overwrite")
+                f"{s.prompt!r}); a task option changed the prompts. Use another --output-path, or --overwrite"
+            )
     pending = [s for s in samples if s.id not in finished]
     failures: list[dict[str, Any]] = state["failures"]
     state["resumed"] = len(samples) - len(pending)
 
-    bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=task.name, unit="sample",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=len(samples),
+        initial=len(samples) - len(pending),
+        desc=task.name,
+        unit="sample",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
     with disk_errors(store.predictions_path):
-        n_generated = _generate(task, engine, store, pending, finished, failures, bar, max_new_tokens,
-                                on_image_error, state)
+        n_generated = _generate(
+            task, engine, store, pending, finished, failures, bar, max_new_tokens, on_image_error, state
+        )
     gen_seconds = time.perf_counter() - started
 
     responses = {sid: response_from_record(rec) for sid, rec in finished.items()}
-    task.check_response_lengths({s.id: responses[s.id] for s in samples if s.id in responses},
-                                source=store.predictions_path)
+    task.check_response_lengths(
+        {s.id: responses[s.id] for s in samples if s.id in responses}, source=store.predictions_path
+    )
     metrics = task.score(samples, responses, judge)
     metrics.counts.setdefault("samples", len(samples))
     metrics.counts["failed"] = sum(1 for s in samples if s.id not in responses)
@@ -240,13 +267,18 @@ def _evaluate(task, engine, store, samples, max_new_tokens, on_image_error, prog
         store.write_failures(failures)
         store.write_metrics(metrics.to_dict(), metrics.records)
     return RunResult(
-        task=task.name, metrics=metrics, n_samples=len(samples), n_resumed=len(samples) - len(pending),
-        n_generated=n_generated, n_failed=len(failures), seconds=gen_seconds, failures=failures,
+        task=task.name,
+        metrics=metrics,
+        n_samples=len(samples),
+        n_resumed=len(samples) - len(pending),
+        n_generated=n_generated,
+        n_failed=len(failures),
+        seconds=gen_seconds,
+        failures=failures,
     )
 
 
-def _generate(task, engine, store, pending, finished, failures, bar, max_new_tokens, on_image_error,
-              state) -> int:
+def _generate(task, engine, store, pending, finished, failures, bar, max_new_tokens, on_image_error, state) -> int:
     """Stream ``pending`` through the engine, appending finished records in sample order; the number generated."""
     n_generated = 0
 
@@ -284,8 +316,9 @@ def _generate(task, engine, store, pending, finished, failures, bar, max_new_tok
                 bar.update(len(ready))
         missing = [sid for sid in order if sid not in done]
         if missing:
-            raise EngineError(f"engine {engine.name} returned no response for {len(missing)} samples "
-                              f"(first: {missing[0]})")
+            raise EngineError(
+                f"engine {engine.name} returned no response for {len(missing)} samples (first: {missing[0]})"
+            )
         if feed.stopped is not None:
             raise feed.stopped
     finally:
@@ -296,6 +329,9 @@ def _generate(task, engine, store, pending, finished, failures, bar, max_new_tok
         bar.close()
         store.close()
         if len(failures) > MAX_LOGGED_FAILURES:
-            log.warning("%d more samples skipped for unreadable images; all are listed in %s",
-                        len(failures) - MAX_LOGGED_FAILURES, store.dir / "failures.jsonl")
+            log.warning(
+                "%d more samples skipped for unreadable images; all are listed in %s",
+                len(failures) - MAX_LOGGED_FAILURES,
+                store.dir / "failures.jsonl",
+            )
     return n_generated

@@ -56,7 +56,6 @@ RUNS = "runs.jsonl"
 LOCK = ".lock"
 
 
-
 def _process_start_time() -> float:
     """When this process started (Linux: from /proc), else when this module was imported."""
     try:
@@ -215,8 +214,9 @@ class RunStore:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
             except OSError as exc:
-                raise HarnessError(f"output directory {self.dir} is not writable: cannot open {path.name} "
-                                   f"({exc.strerror})") from exc
+                raise HarnessError(
+                    f"output directory {self.dir} is not writable: cannot open {path.name} ({exc.strerror})"
+                ) from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -228,8 +228,10 @@ class RunStore:
                 ) from None
             except OSError as exc:
                 os.close(fd)
-                raise HarnessError(f"cannot lock {path}: {exc.strerror}; the file system must support flock "
-                                   "(use another --output-path)") from exc
+                raise HarnessError(
+                    f"cannot lock {path}: {exc.strerror}; the file system must support flock "
+                    "(use another --output-path)"
+                ) from exc
             data = (json.dumps(_holder_info(), ensure_ascii=False) + "\n").encode("utf-8")
             os.ftruncate(fd, 0)
             os.pwrite(fd, data, 0)
@@ -281,7 +283,8 @@ class RunStore:
             except (ValueError, UnicodeDecodeError) as exc:
                 raise DataError(
                     f"corrupt prediction record ({exc}); fix or delete the line, or rerun with --overwrite",
-                    path=path, line=lineno,
+                    path=path,
+                    line=lineno,
                 ) from exc
             sid = str(rec["id"])
             if sid in records:

@@ -61,8 +61,12 @@ class Task(ABC):
     max_response_chars: ClassVar[int] = 100_000  # longer responses are refused by scoring (see above)
     responses_accept_directory: ClassVar[bool] = False  # ``harness score --responses`` may name a folder
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         self.data_root_given = Path(data_root) if data_root is not None else None
         self._data_root = self.data_root_given
         self._image_root = Path(image_root) if image_root is not None else None
@@ -143,11 +147,12 @@ class Task(ABC):
         known = {s.id for s in samples}
         unknown = [sid for sid in responses if sid not in known]
         if unknown:
-            raise DataError(f"{len(unknown)} responses name samples that task {self.name} does not have "
-                            f"(first: {unknown[0]})", path=path)
+            raise DataError(
+                f"{len(unknown)} responses name samples that task {self.name} does not have (first: {unknown[0]})",
+                path=path,
+            )
         metrics = self.score(samples, responses, judge)
-        return metrics, {"samples": len(samples), "responses": len(responses),
-                         "missing": len(samples) - len(responses)}
+        return metrics, {"samples": len(samples), "responses": len(responses), "missing": len(samples) - len(responses)}
 
     def check_response_lengths(self, responses: Mapping[str, Response], source: str | Path | None = None) -> None:
         """:class:`DataError` (naming ``source``, the sample id and the length) for the first response longer than
@@ -177,17 +182,27 @@ class Task(ABC):
 MAX_RESPONSE_CHARS = Task.max_response_chars
 
 
-def check_response_text(sample_id: str, text: str | None, *, source: str | Path | None = None,
-                        line: int | None = None, cap: int = MAX_RESPONSE_CHARS) -> None:
+def check_response_text(
+    sample_id: str,
+    text: str | None,
+    *,
+    source: str | Path | None = None,
+    line: int | None = None,
+    cap: int = MAX_RESPONSE_CHARS,
+) -> None:
     """:class:`DataError` when the response ``text`` of ``sample_id`` is longer than ``cap`` characters."""
     if text is not None and len(text) > cap:
-        raise DataError(f"sample {sample_id}: response is {len(text):,} characters, over the {cap:,}-character "
-                        f"limit for scoring (overlong responses are refused, not truncated); shorten or remove it",
-                        path=source, line=line)
+        raise DataError(
+            f"sample {sample_id}: response is {len(text):,} characters, over the {cap:,}-character "
+            f"limit for scoring (overlong responses are refused, not truncated); shorten or remove it",
+            path=source,
+            line=line,
+        )
 
 
-def check_option_keys(classes: Sequence[type[Task]], options: Mapping[str, Any],
-                      flags: Mapping[str, str] | None = None) -> None:
+def check_option_keys(
+    classes: Sequence[type[Task]], options: Mapping[str, Any], flags: Mapping[str, str] | None = None
+) -> None:
     """:class:`ConfigError` for the first key of ``options`` that none of the task ``classes`` reads
     (:attr:`Task.option_names`), naming the closest known keys. ``flags`` maps option keys set by a dedicated
     command-line flag to that flag, for the message."""
@@ -198,11 +213,14 @@ def check_option_keys(classes: Sequence[type[Task]], options: Mapping[str, Any],
         if key in known:
             continue
         what = f"{flags[key]} (task option {key})" if key in flags else f"task option {key!r}"
-        listing = f"options of {names}: {', '.join(known)}" if known else f"{names} take{'s' if len(classes) == 1 else ''} no options"
+        listing = (
+            f"options of {names}: {', '.join(known)}"
+            if known
+            else f"{names} take{'s' if len(classes) == 1 else ''} no options"
+        )
         owners = sorted(name for name, cls in all_tasks().items() if key in cls.option_names)
         if owners:
-            raise ConfigError(f"{what} is not used by {names}; it is an option of {', '.join(owners)} "
-                              f"({listing})")
+            raise ConfigError(f"{what} is not used by {names}; it is an option of {', '.join(owners)} ({listing})")
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise ConfigError(f"unknown {what} for {names}{hint} ({listing})")
@@ -230,8 +248,10 @@ def _entry_points(group: str) -> list[Any]:
 
     found = list(entry_points(group=group))
     if not found:
-        raise ConfigError(f"no entry point in group {group}: halluc-harness is not installed in this environment "
-                          "(or its metadata is stale); install it with `bash scripts/install.sh`")
+        raise ConfigError(
+            f"no entry point in group {group}: halluc-harness is not installed in this environment "
+            "(or its metadata is stale); install it with `bash scripts/install.sh`"
+        )
     return found
 
 

@@ -19,15 +19,29 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "load_runs": "reports.frame", "load_baselines": "reports.frame", "RunSet": "reports.frame",
-    "RunInfo": "reports.frame", "TaskRun": "reports.frame",
-    "Table": "reports.tables", "table1": "reports.tables", "table2": "reports.tables", "table3": "reports.tables",
-    "table5": "reports.tables", "breakdown_tables": "reports.tables",
-    "figure_data_size": "reports.figures", "figure_rejected": "reports.figures",
-    "bootstrap_ci": "reports.stats", "mcnemar_exact": "reports.stats",
-    "Report": "reports.render", "build_report": "reports.render", "write_report": "reports.render",
-    "render_html": "reports.render", "render_latex": "reports.render", "latex_escape": "reports.render",
-    "cmd_report": "reports.cli", "add_report_parser": "reports.cli",
+    "load_runs": "reports.frame",
+    "load_baselines": "reports.frame",
+    "RunSet": "reports.frame",
+    "RunInfo": "reports.frame",
+    "TaskRun": "reports.frame",
+    "Table": "reports.tables",
+    "table1": "reports.tables",
+    "table2": "reports.tables",
+    "table3": "reports.tables",
+    "table5": "reports.tables",
+    "breakdown_tables": "reports.tables",
+    "figure_data_size": "reports.figures",
+    "figure_rejected": "reports.figures",
+    "bootstrap_ci": "reports.stats",
+    "mcnemar_exact": "reports.stats",
+    "Report": "reports.render",
+    "build_report": "reports.render",
+    "write_report": "reports.render",
+    "render_html": "reports.render",
+    "render_latex": "reports.render",
+    "latex_escape": "reports.render",
+    "cmd_report": "reports.cli",
+    "add_report_parser": "reports.cli",
 }
 
 __all__ = [  # noqa: RUF022 - grouped by module

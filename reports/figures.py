@@ -91,10 +91,21 @@ def figure_data_size(frame: pd.DataFrame, specs: Sequence[MetricSpec] = TABLE1_S
     lines: dict[tuple, list[RowKey]] = {}
     for r in rows:
         if r.get("data_size") is not None and r.get("method") not in (None, "base"):
-            lines.setdefault((r.get("model_size"), r.get("method"), setting(r, "beta"), setting(r, "epochs"),
-                              setting(r, "rejected_image")), []).append(r)
-    lines = {k: sorted(v, key=lambda r: r.get("data_size")) for k, v in lines.items()
-             if len({r.get("data_size") for r in v}) > 1}
+            lines.setdefault(
+                (
+                    r.get("model_size"),
+                    r.get("method"),
+                    setting(r, "beta"),
+                    setting(r, "epochs"),
+                    setting(r, "rejected_image"),
+                ),
+                [],
+            ).append(r)
+    lines = {
+        k: sorted(v, key=lambda r: r.get("data_size"))
+        for k, v in lines.items()
+        if len({r.get("data_size") for r in v}) > 1
+    }
     if not lines:
         return None
     # the dashed reference per model size: the SFT model the methods started from, else the untrained base
@@ -121,8 +132,9 @@ def figure_data_size(frame: pd.DataFrame, specs: Sequence[MetricSpec] = TABLE1_S
             v = values.spec_value(base, spec)
             if v is not None and any(k[0] == size for k in lines):
                 name = _REFERENCE_NAMES[base.get("method")]
-                ax.axhline(v, linestyle="--", linewidth=1, color="0.5",
-                           label=mpl_text(f"{name} · {size}" if size else name))
+                ax.axhline(
+                    v, linestyle="--", linewidth=1, color="0.5", label=mpl_text(f"{name} · {size}" if size else name)
+                )
                 drawn.add(name)
         ax.set_xscale("log")
         ax.set_xticks(sizes, [format_size(s) for s in sizes])
@@ -133,11 +145,17 @@ def figure_data_size(frame: pd.DataFrame, specs: Sequence[MetricSpec] = TABLE1_S
         ax.grid(True, alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     seen = dict(zip(labels, handles))
-    for ax in axes[1:len(panels)]:
+    for ax in axes[1 : len(panels)]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
-    fig.legend(list(seen.values()), list(seen.keys()), loc="outside lower center", ncols=min(4, len(seen)),
-               fontsize=8, frameon=False)
+    fig.legend(
+        list(seen.values()),
+        list(seen.keys()),
+        loc="outside lower center",
+        ncols=min(4, len(seen)),
+        fontsize=8,
+        frameon=False,
+    )
     fig.references = sorted(drawn)  # what the dashed lines show, for the caption
     fig.has_error_bars = any(len(r.runs) > 1 for rs in lines.values() for r in rs)
     return fig
@@ -148,8 +166,7 @@ _REFERENCE_NAMES = {"base": "base", "sft": "SFT"}
 
 def _seed_error(values: Values, row: RowKey, spec: MetricSpec) -> float:
     """Half-width of the 95% t-interval over the row's seeds (0 for a single run)."""
-    per_seed = [v for run in row.runs
-                if (v := values.spec_value(RowKey((run,), row.meta), spec)) is not None]
+    per_seed = [v for run in row.runs if (v := values.spec_value(RowKey((run,), row.meta), spec)) is not None]
     interval = seed_interval(per_seed)
     return 0.0 if interval is None else interval[1]
 
@@ -172,8 +189,9 @@ def figure_rejected(frame: pd.DataFrame, specs: Sequence[MetricSpec] = TABLE1_SP
     values = Values(frame)
     series: dict[tuple, list[RowKey]] = {}
     for r in rows:
-        series.setdefault((r.get("model_size"), r.get("method"), r.get("data_size"), setting(r, "beta"),
-                           setting(r, "epochs")), []).append(r)
+        series.setdefault(
+            (r.get("model_size"), r.get("method"), r.get("data_size"), setting(r, "beta"), setting(r, "epochs")), []
+        ).append(r)
     series = {k: v for k, v in series.items() if len({r.get("rejected_image") for r in v}) > 1}
     if not series:
         return None
@@ -193,15 +211,17 @@ def figure_rejected(frame: pd.DataFrame, specs: Sequence[MetricSpec] = TABLE1_SP
             label = _line_label(rs[0])
             if rs[0].get("data_size") is not None:
                 label += f" · {format_size(rs[0].get('data_size'))}"
-            ax.bar([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], width=width,
-                   label=label)
+            ax.bar(
+                [x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], width=width, label=label
+            )
         ax.set_xticks(range(len(strategies)), [mpl_text(s) for s in strategies])
         arrow = "\u2193" if spec.better == DOWN else "\u2191"
         ax.set_title(mpl_text(f"{spec.group} {spec.label} {arrow}"))
         ax.grid(True, axis="y", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, max(1, len(labels))), fontsize=8,
-               frameon=False)
+    fig.legend(
+        handles, labels, loc="outside lower center", ncols=min(4, max(1, len(labels))), fontsize=8, frameon=False
+    )
     return fig
 
 
@@ -214,8 +234,9 @@ def save_figure(fig: Figure, out_dir: Path, fid: str, title: str, caption: str) 
         fig.savefig(png_path, format="png", dpi=150, metadata={"Software": None})
     png = base64.b64encode(png_path.read_bytes()).decode("ascii")
     svg = base64.b64encode(svg_path.read_bytes()).decode("ascii")
-    return FigureFiles(fid, title, caption, svg_path, png_path, f"data:image/png;base64,{png}",
-                       f"data:image/svg+xml;base64,{svg}")
+    return FigureFiles(
+        fid, title, caption, svg_path, png_path, f"data:image/png;base64,{png}", f"data:image/svg+xml;base64,{svg}"
+    )
 
 
 def all_figures(frame: pd.DataFrame, out_dir: Path) -> list[FigureFiles]:
@@ -225,9 +246,17 @@ def all_figures(frame: pd.DataFrame, out_dir: Path) -> list[FigureFiles]:
         fig3 = figure_data_size(frame)
         fig4 = figure_rejected(frame)
     if fig3 is not None:
-        out.append(save_figure(fig3, out_dir, "figure3", "Figure 3: metrics vs preference data size",
-                               figure3_caption(fig3)))
+        out.append(
+            save_figure(fig3, out_dir, "figure3", "Figure 3: metrics vs preference data size", figure3_caption(fig3))
+        )
     if fig4 is not None:
-        out.append(save_figure(fig4, out_dir, "figure4", "Figure 4: rejected-image strategies",
-                               "Metrics of models trained with each rejected-image strategy."))
+        out.append(
+            save_figure(
+                fig4,
+                out_dir,
+                "figure4",
+                "Figure 4: rejected-image strategies",
+                "Metrics of models trained with each rejected-image strategy.",
+            )
+        )
     return out

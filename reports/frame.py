@@ -60,19 +60,38 @@ TRAIN_CONFIG = "train_config.json"
 
 #: Method names known to the trainers (``trainers.losses.METHODS``), plus ``base`` (no training) and ``sft``.
 KNOWN_METHODS: tuple[str, ...] = (
-    "base", "sft", "dpo", "mpo", "jompo",
-    "jompo_no_ranking", "jompo_no_symmetry", "jompo_no_both", "jompo_no_ranking_text", "jompo_no_ranking_noimage",
+    "base",
+    "sft",
+    "dpo",
+    "mpo",
+    "jompo",
+    "jompo_no_ranking",
+    "jompo_no_symmetry",
+    "jompo_no_both",
+    "jompo_no_ranking_text",
+    "jompo_no_ranking_noimage",
 )
 #: Rejected-image strategies of the trainers (``trainers.data.STRATEGIES``; Figure 4).
 STRATEGIES: tuple[str, ...] = ("crop", "diffusion", "black", "random", "contrast")
 
 #: The run-description columns of the frame, then the value columns.
 META_COLUMNS: tuple[str, ...] = (
-    "source", "run", "run_dir", "model", "model_size", "method", "data_size", "beta", "epochs", "seed",
-    "rejected_image", "engine",
+    "source",
+    "run",
+    "run_dir",
+    "model",
+    "model_size",
+    "method",
+    "data_size",
+    "beta",
+    "epochs",
+    "seed",
+    "rejected_image",
+    "engine",
 )
 #: ``text``: the number as its source printed it (published rows; empty for runs), shown as is in tables.
 COLUMNS: tuple[str, ...] = (*META_COLUMNS, "task", "category", "metric", "value", "text")
+
 
 # --------------------------------------------------------------------------------------------------- values
 def format_size(size: int | None) -> str:
@@ -124,10 +143,20 @@ class RunInfo:
     source: str = "run"  # "run" (read from a run directory) or "paper" (published numbers)
 
     def meta(self) -> dict[str, Any]:
-        return {"source": self.source, "run": self.run, "run_dir": self.path, "model": self.model,
-                "model_size": self.model_size, "method": self.method, "data_size": self.data_size,
-                "beta": self.beta, "epochs": self.epochs, "seed": self.seed, "rejected_image": self.rejected_image,
-                "engine": self.engine}
+        return {
+            "source": self.source,
+            "run": self.run,
+            "run_dir": self.path,
+            "model": self.model,
+            "model_size": self.model_size,
+            "method": self.method,
+            "data_size": self.data_size,
+            "beta": self.beta,
+            "epochs": self.epochs,
+            "seed": self.seed,
+            "rejected_image": self.rejected_image,
+            "engine": self.engine,
+        }
 
 
 def parse_run_name(name: str) -> dict[str, Any]:
@@ -180,8 +209,9 @@ def _read_json_dict(path: Path, warnings: list[str], what: str) -> dict[str, Any
     return data
 
 
-def describe_run(run_dir: Path, manifests: Sequence[Manifest], warnings: list[str],
-                 task_dirs: Sequence[Path] = ()) -> RunInfo:
+def describe_run(
+    run_dir: Path, manifests: Sequence[Manifest], warnings: list[str], task_dirs: Sequence[Path] = ()
+) -> RunInfo:
     """The :class:`RunInfo` of ``run_dir`` from its sources, in the order of the module docstring."""
     layers: list[dict[str, Any]] = []
     for job_path in [run_dir / JOB, *(d / JOB for d in task_dirs)]:
@@ -215,10 +245,16 @@ def describe_run(run_dir: Path, manifests: Sequence[Manifest], warnings: list[st
     engine = next((m.engine_name for m in manifests if m.engine is not None), "") or ""
     model = merged.get("model") or str((with_model.model_name if with_model is not None else None) or "")
     return RunInfo(
-        run=str(merged.get("name") or run_dir.name), path=str(run_dir), model=model,
+        run=str(merged.get("name") or run_dir.name),
+        path=str(run_dir),
+        model=model,
         model_size=str(merged.get("model_size") or model_size_of(model) or model_size_of(run_dir.name)),
-        method=merged.get("method"), data_size=merged.get("data_size"), beta=merged.get("beta"),
-        epochs=merged.get("epochs"), seed=merged.get("seed"), rejected_image=merged.get("rejected_image"),
+        method=merged.get("method"),
+        data_size=merged.get("data_size"),
+        beta=merged.get("beta"),
+        epochs=merged.get("epochs"),
+        seed=merged.get("seed"),
+        rejected_image=merged.get("rejected_image"),
         engine=str(engine),
     )
 
@@ -308,8 +344,7 @@ def discover(path: Path, warnings: list[str], max_depth: int = 4) -> list[Path]:
         if not frontier:
             break
     if not found:
-        warnings.append(f"{path}: holds no run directory (no TASK/metrics.json or manifest.json below it); "
-                        "left out")
+        warnings.append(f"{path}: holds no run directory (no TASK/metrics.json or manifest.json below it); left out")
     return found
 
 
@@ -335,8 +370,10 @@ def _read_task_dir(task_dir: Path, warnings: list[str]) -> tuple[dict[str, Any],
     manifest = Manifest.from_dict(_read_json_dict(task_dir / MANIFEST, warnings, MANIFEST) or {})
     manifest_task = manifest.task_name
     if manifest_task is not None and manifest_task != metrics["task"]:
-        warnings.append(f"{task_dir}: mismatched task: {METRICS} is for {metrics['task']!r} but {MANIFEST} is for "
-                        f"{manifest_task!r}; left out")
+        warnings.append(
+            f"{task_dir}: mismatched task: {METRICS} is for {metrics['task']!r} but {MANIFEST} is for "
+            f"{manifest_task!r}; left out"
+        )
         return None
     return metrics, manifest
 
@@ -372,8 +409,12 @@ def load_runs(paths: Iterable[str | Path], *, log_warnings: bool = True) -> RunS
         if read is not None:
             by_run.setdefault(d.parent, []).append((d, *read))
 
-    infos = _unique_names([describe_run(run_dir, [m for _, _, m in items], warnings, [d for d, _, _ in items])
-                           for run_dir, items in by_run.items()])
+    infos = _unique_names(
+        [
+            describe_run(run_dir, [m for _, _, m in items], warnings, [d for d, _, _ in items])
+            for run_dir, items in by_run.items()
+        ]
+    )
     task_runs: list[TaskRun] = []
     for info, items in zip(infos, by_run.values()):
         tasks_here: set[str] = set()
@@ -409,14 +450,18 @@ def _drop_mismatched(task_runs: list[TaskRun], warnings: list[str]) -> list[Task
                 sig = tr.signature()
                 if sig is not None and sig != top:
                     what = "task version" if sig[0] != top[0] else "data files"
-                    warnings.append(f"{tr.dir}: mismatched task: {task} {what} differ from those of run "
-                                    f"{ref.info.run} ({ref.dir}); left out")
+                    warnings.append(
+                        f"{tr.dir}: mismatched task: {task} {what} differ from those of run "
+                        f"{ref.info.run} ({ref.dir}); left out"
+                    )
                     dropped.add(id(tr))
         sizes = {tr.info.run: n for tr in trs if (n := tr.n_samples()) is not None}
         if len(set(sizes.values())) > 1:
             listing = ", ".join(f"{run}: {n}" for run, n in sizes.items())
-            warnings.append(f"{task}: runs scored different numbers of samples ({listing}); their numbers are not "
-                            "directly comparable")
+            warnings.append(
+                f"{task}: runs scored different numbers of samples ({listing}); their numbers are not "
+                "directly comparable"
+            )
     keep = [tr for tr in task_runs if id(tr) not in dropped]
     return keep
 
@@ -451,14 +496,16 @@ def frame_of(task_runs: Iterable[TaskRun]) -> pd.DataFrame:
                     continue
                 for metric, value in values.items():
                     if (v := _number(value)) is not None:
-                        rows.append({**meta, "task": tr.task, "category": str(category), "metric": str(metric),
-                                     "value": v})
+                        rows.append(
+                            {**meta, "task": tr.task, "category": str(category), "metric": str(metric), "value": v}
+                        )
     return _typed(pd.DataFrame(rows, columns=list(COLUMNS)))
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.astype({"data_size": "Int64", "seed": "Int64", "beta": "float64", "epochs": "float64",
-                          "value": "float64"})
+    frame = frame.astype(
+        {"data_size": "Int64", "seed": "Int64", "beta": "float64", "epochs": "float64", "value": "float64"}
+    )
     for col in ("source", "run", "run_dir", "model", "model_size", "engine", "task", "category", "metric", "text"):
         frame[col] = frame[col].astype(object).fillna("").astype(str)
     for col in ("method", "rejected_image"):
@@ -472,8 +519,11 @@ PAPER_BASELINES = PAPER_DIR / "jompo_table1.csv"
 PAPER_PREFIX = "paper \u00b7 "
 #: The JoMPO paper's Table 2 variant names -> the method names of this project (docs/methods.md).
 TABLE2_VARIANTS: dict[str, str] = {
-    "JoMPO": "jompo", "w/o ranking": "jompo_no_ranking", "w/o sym": "jompo_no_symmetry",
-    "w/o ranking, sym": "jompo_no_both", "w/o ranking, text": "jompo_no_ranking_text",
+    "JoMPO": "jompo",
+    "w/o ranking": "jompo_no_ranking",
+    "w/o sym": "jompo_no_symmetry",
+    "w/o ranking, sym": "jompo_no_both",
+    "w/o ranking, text": "jompo_no_ranking_text",
     "w/o ranking, no-image": "jompo_no_ranking_noimage",
 }
 _PAPER_7B = {"model": "LLaVA-1.5-7B", "model_size": "7B"}
@@ -493,7 +543,7 @@ def paper_table(run: str) -> int | None:
     """The number of the paper's table a published row comes from; None for a run."""
     if not run.startswith(PAPER_PREFIX):
         return None
-    return int(run[len(PAPER_PREFIX):].split(" \u00b7 ", 1)[0].removeprefix("Table "))
+    return int(run[len(PAPER_PREFIX) :].split(" \u00b7 ", 1)[0].removeprefix("Table "))
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -507,25 +557,60 @@ def _paper_records(table: int, frame: pd.DataFrame) -> list[dict[str, Any]]:
     for rec in frame.to_dict("records"):
         metrics = {k: v for k, v in rec.items() if ":" in k}
         if table == 2:
-            out.append({"label": rec["variant"], **_PAPER_7B, "method": TABLE2_VARIANTS[rec["variant"]],
-                        "data_size": "5k", **metrics})
+            out.append(
+                {
+                    "label": rec["variant"],
+                    **_PAPER_7B,
+                    "method": TABLE2_VARIANTS[rec["variant"]],
+                    "data_size": "5k",
+                    **metrics,
+                }
+            )
         elif table == 3:
             base = not rec["model"].startswith("+")
-            out.append({"label": rec["model"], **_PAPER_7B, "method": "base" if base else "jompo",
-                        "data_size": "" if base else "5k", **metrics})
+            out.append(
+                {
+                    "label": rec["model"],
+                    **_PAPER_7B,
+                    "method": "base" if base else "jompo",
+                    "data_size": "" if base else "5k",
+                    **metrics,
+                }
+            )
         elif table == 4:
             base = not rec["model"].startswith("+")
-            out.append({"label": rec["model"], "model": "Qwen2-VL-7B-Instruct", "model_size": "Qwen2-VL-7B",
-                        "method": "base" if base else "jompo", "data_size": "" if base else "5k", **metrics})
+            out.append(
+                {
+                    "label": rec["model"],
+                    "model": "Qwen2-VL-7B-Instruct",
+                    "model_size": "Qwen2-VL-7B",
+                    "method": "base" if base else "jompo",
+                    "data_size": "" if base else "5k",
+                    **metrics,
+                }
+            )
         elif table == 5:
-            out.append({"label": f"beta={rec['beta']}, {rec['epochs']} ep", **_PAPER_7B, "method": "jompo",
-                        "data_size": "5k", "beta": rec["beta"], "epochs": rec["epochs"], **metrics})
+            out.append(
+                {
+                    "label": f"beta={rec['beta']}, {rec['epochs']} ep",
+                    **_PAPER_7B,
+                    "method": "jompo",
+                    "data_size": "5k",
+                    "beta": rec["beta"],
+                    "epochs": rec["epochs"],
+                    **metrics,
+                }
+            )
     return out
 
 
 #: The shipped files of the paper's tables 2-5 (Table 6, the VTC contrast types, is read by the VTC report).
-PAPER_TABLE_FILES: dict[int, str] = {2: "jompo_table2_ablations.csv", 3: "jompo_table3_general.csv",
-                                     4: "jompo_table4_qwen2vl.csv", 5: "jompo_table5_beta_epochs.csv"}
+PAPER_TABLE_FILES: dict[int, str] = {
+    2: "jompo_table2_ablations.csv",
+    3: "jompo_table3_general.csv",
+    4: "jompo_table4_qwen2vl.csv",
+    5: "jompo_table5_beta_epochs.csv",
+}
 
 
 def load_baselines(spec: str | Path) -> tuple[pd.DataFrame, list[str]]:
@@ -559,8 +644,9 @@ def load_baselines(spec: str | Path) -> tuple[pd.DataFrame, list[str]]:
     return _typed(pd.DataFrame(rows, columns=list(COLUMNS))), warnings
 
 
-def _published_rows(table: int, path: Path, records: Sequence[Mapping[str, Any]],
-                    warnings: list[str]) -> list[dict[str, Any]]:
+def _published_rows(
+    table: int, path: Path, records: Sequence[Mapping[str, Any]], warnings: list[str]
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     first_row: dict[str, int] = {}
     for i, rec in enumerate(records, start=1):
@@ -568,15 +654,23 @@ def _published_rows(table: int, path: Path, records: Sequence[Mapping[str, Any]]
         # one published row per (table, model, label): "+DPO" of LLaVA-1.5-7B and of -13B are two rows
         run = paper_run_id(rec.get("model") or rec.get("model_size") or "", label, table)
         if run in first_row:
-            raise DataError(f"row {i} repeats the model and label of row {first_row[run]} ({label!r}, "
-                            f"{rec.get('model') or rec.get('model_size')!r}); each published row needs its own",
-                            path=path)
+            raise DataError(
+                f"row {i} repeats the model and label of row {first_row[run]} ({label!r}, "
+                f"{rec.get('model') or rec.get('model_size')!r}); each published row needs its own",
+                path=path,
+            )
         first_row[run] = i
-        info = RunInfo(run=run, path=str(path), model=rec.get("model", ""),
-                       model_size=rec.get("model_size", "") or model_size_of(rec.get("model")),
-                       method=rec.get("method") or None, data_size=parse_size(rec.get("data_size")),
-                       beta=_float_or_none(str(rec.get("beta") or "")), epochs=_float_or_none(str(rec.get("epochs") or "")),
-                       source="paper")
+        info = RunInfo(
+            run=run,
+            path=str(path),
+            model=rec.get("model", ""),
+            model_size=rec.get("model_size", "") or model_size_of(rec.get("model")),
+            method=rec.get("method") or None,
+            data_size=parse_size(rec.get("data_size")),
+            beta=_float_or_none(str(rec.get("beta") or "")),
+            epochs=_float_or_none(str(rec.get("epochs") or "")),
+            source="paper",
+        )
         for col in (c for c in rec if ":" in c):
             text = str(rec.get(col) or "").strip()
             if not text:
@@ -586,6 +680,5 @@ def _published_rows(table: int, path: Path, records: Sequence[Mapping[str, Any]]
                 warnings.append(f"{path}, row {i}, column {col}: {text!r} is not a number; ignored")
                 continue
             task, metric = col.split(":", 1)
-            rows.append({**info.meta(), "task": task, "category": "", "metric": metric, "value": value,
-                         "text": text})
+            rows.append({**info.meta(), "task": task, "category": "", "metric": metric, "value": value, "text": text})
     return rows

@@ -45,15 +45,38 @@ class Tex(str):
 
 
 _LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
-    "|": r"\textbar{}", '"': r"\textquotedbl{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    '"': r"\textquotedbl{}",
 }
 #: Non-ASCII characters pdflatex (utf8 inputenc, T1 fonts) prints; others are written as ``[U+XXXX]``.
 _LATEX_UNICODE = {
-    "\u2013": "--", "\u2014": "---", "\u2018": "`", "\u2019": "'", "\u201c": "``", "\u201d": "''",
-    "\u2026": r"\ldots{}", "\u2020": r"$^\dagger$", "\u2191": r"$\uparrow$", "\u2193": r"$\downarrow$",
-    "\u00b7": r"$\cdot$", "\u00a0": "~", "\u00d7": r"$\times$", "\u00b1": r"$\pm$", "\u03b2": r"$\beta$",
+    "\u2013": "--",
+    "\u2014": "---",
+    "\u2018": "`",
+    "\u2019": "'",
+    "\u201c": "``",
+    "\u201d": "''",
+    "\u2026": r"\ldots{}",
+    "\u2020": r"$^\dagger$",
+    "\u2191": r"$\uparrow$",
+    "\u2193": r"$\downarrow$",
+    "\u00b7": r"$\cdot$",
+    "\u00a0": "~",
+    "\u00d7": r"$\times$",
+    "\u00b1": r"$\pm$",
+    "\u03b2": r"$\beta$",
 }
 
 
@@ -93,13 +116,28 @@ def _tex_finalize(value: Any) -> str:
 
 def _environments() -> tuple[jinja2.Environment, jinja2.Environment]:
     loader = jinja2.FileSystemLoader(str(TEMPLATES))
-    html = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
-                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    html = jinja2.Environment(
+        loader=loader,
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     tex = jinja2.Environment(
-        loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, finalize=_tex_finalize,
-        block_start_string="((*", block_end_string="*))", variable_start_string="(((",
-        variable_end_string=")))", comment_start_string="((=", comment_end_string="=))",
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        loader=loader,
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        finalize=_tex_finalize,
+        block_start_string="((*",
+        block_end_string="*))",
+        variable_start_string="(((",
+        variable_end_string=")))",
+        comment_start_string="((=",
+        comment_end_string="=))",
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
     tex.filters["raw"] = Tex
     tex.filters["colspec"] = lambda table: Tex("".join("r" if c.numeric else "l" for c in table.columns))
@@ -162,19 +200,33 @@ def _run_rows(runset: RunSet) -> list[dict[str, Any]]:
     rows = []
     for info in runset.runs:
         tasks = [tr.task for tr in runset.task_runs if tr.info.run == info.run]
-        rows.append({"run": info.run, "path": info.path, "model": info.model, "model_size": info.model_size,
-                     "method": info.method or "", "data_size": format_size(info.data_size),
-                     "beta": "" if info.beta is None else f"{info.beta:g}",
-                     "epochs": "" if info.epochs is None else f"{info.epochs:g}",
-                     "seed": "" if info.seed is None else str(info.seed),
-                     "rejected_image": info.rejected_image or "", "engine": info.engine,
-                     "tasks": ", ".join(sorted(tasks))})
+        rows.append(
+            {
+                "run": info.run,
+                "path": info.path,
+                "model": info.model,
+                "model_size": info.model_size,
+                "method": info.method or "",
+                "data_size": format_size(info.data_size),
+                "beta": "" if info.beta is None else f"{info.beta:g}",
+                "epochs": "" if info.epochs is None else f"{info.epochs:g}",
+                "seed": "" if info.seed is None else str(info.seed),
+                "rejected_image": info.rejected_image or "",
+                "engine": info.engine,
+                "tasks": ", ".join(sorted(tasks)),
+            }
+        )
     return rows
 
 
-def confidence_intervals(runset: RunSet, *, n_resamples: int = stats.DEFAULT_RESAMPLES,
-                         seed: int = stats.DEFAULT_SEED, warnings: list[str] | None = None,
-                         without_records: list[str] | None = None) -> list[dict[str, Any]]:
+def confidence_intervals(
+    runset: RunSet,
+    *,
+    n_resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = stats.DEFAULT_SEED,
+    warnings: list[str] | None = None,
+    without_records: list[str] | None = None,
+) -> list[dict[str, Any]]:
     """One row per (run, task, metric) whose CI the records allow: the metrics.json value and the CI.
 
     An unreadable ``scores.jsonl`` is a warning; a missing one (scored elsewhere, or before records were kept)
@@ -196,8 +248,17 @@ def confidence_intervals(runset: RunSet, *, n_resamples: int = stats.DEFAULT_RES
             value = headline.get(metric)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            rows.append({"run": tr.info.run, "task": tr.task, "metric": metric, "value": float(value),
-                         "low": ci.low, "high": ci.high, "n": ci.n})
+            rows.append(
+                {
+                    "run": tr.info.run,
+                    "task": tr.task,
+                    "metric": metric,
+                    "value": float(value),
+                    "low": ci.low,
+                    "high": ci.high,
+                    "n": ci.n,
+                }
+            )
     return rows
 
 
@@ -230,8 +291,11 @@ def default_pairs(runset: RunSet) -> list[tuple[str, str]]:
 
     for info in runs:
         if info.method == "jompo":
-            pairs += [(other.run, info.run) for other in runs
-                      if other.method in ("dpo", "mpo") and setting(other) == setting(info)]
+            pairs += [
+                (other.run, info.run)
+                for other in runs
+                if other.method in ("dpo", "mpo") and setting(other) == setting(info)
+            ]
     if not pairs and len(runs) == 2:
         pairs = [(runs[0].run, runs[1].run)]
     return list(dict.fromkeys(pairs))
@@ -256,8 +320,9 @@ def paired_tests(runset: RunSet, pairs: Iterable[tuple[str, str]], warnings: lis
     for a, b in pairs:
         missing = [r for r in (a, b) if r not in known]
         if missing:
-            warnings.append(f"paired test {a} vs {b}: no run named {', '.join(missing)} "
-                            f"(runs: {', '.join(sorted(known))})")
+            warnings.append(
+                f"paired test {a} vs {b}: no run named {', '.join(missing)} (runs: {', '.join(sorted(known))})"
+            )
             continue
         shared = [t for t in runset.tasks if runset.task_run(a, t) and runset.task_run(b, t)]
         for task in shared:
@@ -273,12 +338,25 @@ def paired_tests(runset: RunSet, pairs: Iterable[tuple[str, str]], warnings: lis
                 warnings.append(f"paired test {a} vs {b} on {task}: no sample in common")
             for oc, test, only_a_ids, only_b_ids in results:
                 if only_a_ids or only_b_ids:
-                    warnings.append(f"paired test {a} vs {b} on {task} ({oc.name}): {only_a_ids} samples only in "
-                                    f"{a} and {only_b_ids} only in {b} left out; the test covers the {test.n} "
-                                    "samples both have")
-                rows.append({"task": task, "outcome": oc.name, "run_a": a, "run_b": b, "n": test.n,
-                             "rate_a": 100 * test.rate_a, "rate_b": 100 * test.rate_b, "only_a": test.only_a,
-                             "only_b": test.only_b, "p": test.p_value})
+                    warnings.append(
+                        f"paired test {a} vs {b} on {task} ({oc.name}): {only_a_ids} samples only in "
+                        f"{a} and {only_b_ids} only in {b} left out; the test covers the {test.n} "
+                        "samples both have"
+                    )
+                rows.append(
+                    {
+                        "task": task,
+                        "outcome": oc.name,
+                        "run_a": a,
+                        "run_b": b,
+                        "n": test.n,
+                        "rate_a": 100 * test.rate_a,
+                        "rate_b": 100 * test.rate_b,
+                        "only_a": test.only_a,
+                        "only_b": test.only_b,
+                        "p": test.p_value,
+                    }
+                )
     return rows
 
 
@@ -298,8 +376,9 @@ def collect_examples(runset: RunSet, per_task: int) -> list[Example]:
             by_run[tr.info.run] = _read_predictions(tr.predictions_path, set(ids), None)
         for sid in ids:
             prompt = str(first[sid].get("prompt", ""))
-            responses = [(run, _clip(str(preds[sid].get("response", "")))) for run, preds in by_run.items()
-                         if sid in preds]
+            responses = [
+                (run, _clip(str(preds[sid].get("response", "")))) for run, preds in by_run.items() if sid in preds
+            ]
             out.append(Example(task, sid, _clip(prompt), responses))
     return out
 
@@ -329,19 +408,42 @@ def _read_predictions(path: Path, wanted: set[str] | None, limit: int | None) ->
     return out
 
 
-CI_COLUMNS = [Column("run", "Run", numeric=False), Column("task", "Task", numeric=False),
-              Column("metric", "Metric", numeric=False), Column("value", "Value"), Column("low", "95% CI low"),
-              Column("high", "95% CI high"), Column("n", "Samples")]
-PAIRED_COLUMNS = [Column("task", "Task", numeric=False), Column("outcome", "Outcome", numeric=False),
-                  Column("run_a", "Run A", numeric=False), Column("run_b", "Run B", numeric=False),
-                  Column("n", "Paired samples"), Column("rate_a", "A rate (%)"), Column("rate_b", "B rate (%)"),
-                  Column("only_a", "A only"), Column("only_b", "B only"), Column("p", "p (exact McNemar)")]
+CI_COLUMNS = [
+    Column("run", "Run", numeric=False),
+    Column("task", "Task", numeric=False),
+    Column("metric", "Metric", numeric=False),
+    Column("value", "Value"),
+    Column("low", "95% CI low"),
+    Column("high", "95% CI high"),
+    Column("n", "Samples"),
+]
+PAIRED_COLUMNS = [
+    Column("task", "Task", numeric=False),
+    Column("outcome", "Outcome", numeric=False),
+    Column("run_a", "Run A", numeric=False),
+    Column("run_b", "Run B", numeric=False),
+    Column("n", "Paired samples"),
+    Column("rate_a", "A rate (%)"),
+    Column("rate_b", "B rate (%)"),
+    Column("only_a", "A only"),
+    Column("only_b", "B only"),
+    Column("p", "p (exact McNemar)"),
+]
 
 
-def build_report(runset: RunSet, *, baselines: pd.DataFrame | None = None, figures_dir: Path | None = None,
-                 pairs: Sequence[tuple[str, str]] | None = None, ci: bool = True,
-                 n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED, examples: int = 2,
-                 title: str = "Hallucination report", extra_warnings: Sequence[str] = ()) -> Report:
+def build_report(
+    runset: RunSet,
+    *,
+    baselines: pd.DataFrame | None = None,
+    figures_dir: Path | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    ci: bool = True,
+    n_resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = stats.DEFAULT_SEED,
+    examples: int = 2,
+    title: str = "Hallucination report",
+    extra_warnings: Sequence[str] = (),
+) -> Report:
     """Everything a report shows: tables from the frame (plus published ``baselines`` rows), figures (saved under
     ``figures_dir`` when given), CIs, paired tests, example responses and the warnings."""
     warnings = [*runset.warnings, *extra_warnings]
@@ -357,28 +459,42 @@ def build_report(runset: RunSet, *, baselines: pd.DataFrame | None = None, figur
     report = Report(title=title, runs=_run_rows(runset), tables=tables, figures=figures)
     without_records: list[str] = []
     if ci:
-        rows = confidence_intervals(runset, n_resamples=n_resamples, seed=seed, warnings=warnings,
-                                    without_records=without_records)
+        rows = confidence_intervals(
+            runset, n_resamples=n_resamples, seed=seed, warnings=warnings, without_records=without_records
+        )
         if rows:
             decimals = {"value": lambda v: f"{v:.2f}", "low": lambda v: f"{v:.2f}", "high": lambda v: f"{v:.2f}"}
             report.ci_table = plain_table(
-                rows, "ci", "95% bootstrap confidence intervals",
+                rows,
+                "ci",
+                "95% bootstrap confidence intervals",
                 f"Percentile bootstrap over samples ({n_resamples} resamples, seed {seed}) from scores.jsonl; the "
-                "value is metrics.json's.", CI_COLUMNS, decimals)
+                "value is metrics.json's.",
+                CI_COLUMNS,
+                decimals,
+            )
         report.stats_notes.append(
             "Intervals: AMBER Accuracy/Hal and POPE Accuracy are per-sample means, CHAIR-type rates ratios of "
-            "per-sample sums, F1 recomputed on each resample from the answers (unrounded P and R).")
+            "per-sample sums, F1 recomputed on each resample from the answers (unrounded P and R)."
+        )
     if without_records:
-        listing = ", ".join(without_records[:12]) + (f" and {len(without_records) - 12} more"
-                                                     if len(without_records) > 12 else "")
-        report.stats_notes.append(f"No per-sample records (scores.jsonl) for {listing}: no interval or paired "
-                                  "test for them.")
+        listing = ", ".join(without_records[:12]) + (
+            f" and {len(without_records) - 12} more" if len(without_records) > 12 else ""
+        )
+        report.stats_notes.append(
+            f"No per-sample records (scores.jsonl) for {listing}: no interval or paired test for them."
+        )
     paired = paired_tests(runset, default_pairs(runset) if pairs is None else pairs, warnings)
     if paired:
         report.paired_table = plain_table(
-            paired, "paired", "Paired tests (McNemar, exact)",
+            paired,
+            "paired",
+            "Paired tests (McNemar, exact)",
             "Same samples, two runs: A only / B only count samples where the outcome holds for one run alone; "
-            "two-sided exact binomial p-value.", PAIRED_COLUMNS, {"p": fmt_p})
+            "two-sided exact binomial p-value.",
+            PAIRED_COLUMNS,
+            {"p": fmt_p},
+        )
     report.examples = collect_examples(runset, examples)
     already = {*runset.warnings, *extra_warnings}  # logged where they arose
     for w in warnings:
@@ -392,8 +508,11 @@ def build_report(runset: RunSet, *, baselines: pd.DataFrame | None = None, figur
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML page (every text escaped)."""
     html, _ = _environments()
-    return html.get_template("report.html.j2").render(report=report, css=Markup((TEMPLATES / "report.css").read_text()),
-                                                      script=Markup((TEMPLATES / "sort.js").read_text()))
+    return html.get_template("report.html.j2").render(
+        report=report,
+        css=Markup((TEMPLATES / "report.css").read_text()),
+        script=Markup((TEMPLATES / "sort.js").read_text()),
+    )
 
 
 def render_latex(report: Report) -> str:

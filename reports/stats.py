@@ -46,21 +46,25 @@ def mean_of(column: str) -> Statistic:
 
 def ratio_of(numerator: str, denominator: str) -> Statistic:
     """``sum(numerator) / sum(denominator)`` (e.g. CHAIR: hallucinated mentions / mentions); NaN when 0/0."""
+
     def stat(c: Columns) -> np.ndarray:
         den = c[denominator].sum(axis=-1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, c[numerator].sum(axis=-1) / np.where(den > 0, den, 1), np.nan)
+
     return stat
 
 
 def f1_of(predicted: str, actual: str) -> Statistic:
     """F1 of the positive class from 0/1 columns ``predicted`` and ``actual``; 0 when undefined."""
+
     def stat(c: Columns) -> np.ndarray:
         tp = (c[predicted] * c[actual]).sum(axis=-1)
         pp = c[predicted].sum(axis=-1)
         ap = c[actual].sum(axis=-1)
         den = pp + ap
         return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0)
+
     return stat
 
 
@@ -77,9 +81,16 @@ class CI:
     seed: int
 
 
-def bootstrap_ci(data: Columns | Sequence[float] | np.ndarray, statistic: Statistic | None = None, *,
-                 n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, level: float = DEFAULT_LEVEL,
-                 scale: float = 1.0, chunk: int = 0) -> CI | None:
+def bootstrap_ci(
+    data: Columns | Sequence[float] | np.ndarray,
+    statistic: Statistic | None = None,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    level: float = DEFAULT_LEVEL,
+    scale: float = 1.0,
+    chunk: int = 0,
+) -> CI | None:
     """Percentile bootstrap CI of ``statistic`` over the samples (the rows of ``data``), times ``scale``.
 
     ``data`` is a mapping of equally long 1-D columns, or one sequence (then ``statistic`` defaults to its mean).
@@ -116,14 +127,51 @@ def bootstrap_ci(data: Columns | Sequence[float] | np.ndarray, statistic: Statis
         return None
     alpha = (1 - level) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
-    return CI(low=float(low) * scale, high=float(high) * scale, estimate=estimate, n=n, resamples=n_resamples,
-              level=level, seed=seed)
+    return CI(
+        low=float(low) * scale,
+        high=float(high) * scale,
+        estimate=estimate,
+        n=n,
+        resamples=n_resamples,
+        level=level,
+        seed=seed,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- seeds
 #: Student's t quantile 0.975 for 1..30 degrees of freedom (two-sided 95%); 1.96 beyond.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def seed_interval(values: Sequence[float]) -> tuple[float, float] | None:
@@ -168,7 +216,7 @@ def binomial_two_sided_p(k: int, n: int) -> float:
     for i in range(k + 1):
         tail += term
         term = term * (n - i) // (i + 1)
-    return min(1.0, float(Fraction(2 * tail, 2 ** n)))
+    return min(1.0, float(Fraction(2 * tail, 2**n)))
 
 
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> McNemar:
@@ -179,8 +227,14 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> McNemar:
     only_a = sum(1 for x, y in zip(a, b) if x and not y)
     only_b = sum(1 for x, y in zip(a, b) if y and not x)
     neither = len(a) - both - only_a - only_b
-    return McNemar(n=len(a), both=both, only_a=only_a, only_b=only_b, neither=neither,
-                   p_value=binomial_two_sided_p(only_a, only_a + only_b))
+    return McNemar(
+        n=len(a),
+        both=both,
+        only_a=only_a,
+        only_b=only_b,
+        neither=neither,
+        p_value=binomial_two_sided_p(only_a, only_a + only_b),
+    )
 
 
 # --------------------------------------------------------------------------------------------------- per task
@@ -198,7 +252,9 @@ class SampleStat:
     scale: float = 1.0
 
 
-def _cols(records: Iterable[Mapping[str, Any]], **getters: Callable[[Mapping[str, Any]], float]) -> dict[str, np.ndarray]:
+def _cols(
+    records: Iterable[Mapping[str, Any]], **getters: Callable[[Mapping[str, Any]], float]
+) -> dict[str, np.ndarray]:
     recs = list(records)
     return {name: np.array([float(g(r)) for r in recs], dtype=float) for name, g in getters.items()}
 
@@ -224,44 +280,89 @@ def _pope(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 _AMBER_STATS: tuple[SampleStat, ...] = (
-    SampleStat("Accuracy", "mean of the discriminative records' correct",
-               lambda rs: _cols(_amber_disc(rs), x=lambda r: bool(r["correct"])), mean_of("x"), 100.0),
-    SampleStat("F1", "F1 of answer 'No' against truth 'no' (unrounded P and R)",
-               lambda rs: _cols(_amber_disc(rs), p=lambda r: r.get("answer") == "No", t=lambda r: r.get("truth") == "no"),
-               f1_of("p", "t"), 100.0),
-    SampleStat("CHAIR", "hallucinated mentions / kept mentions",
-               lambda rs: _cols(_amber_gen(rs), h=lambda r: len(r["hallucinated"]), m=lambda r: len(r["mentions"])),
-               ratio_of("h", "m"), 100.0),
-    SampleStat("Cover", "covered truth objects / truth objects",
-               lambda rs: _cols(_amber_gen(rs), c=lambda r: len(r["covered"]), t=lambda r: len(r["truth"])),
-               ratio_of("c", "t"), 100.0),
-    SampleStat("Hal", "share of descriptions with a hallucinated mention",
-               lambda rs: _cols(_amber_gen(rs), x=lambda r: len(r["hallucinated"]) > 0), mean_of("x"), 100.0),
-    SampleStat("Cog", "mentioned hallucination-list objects / hallucination-list objects",
-               lambda rs: _cols(_amber_gen(rs), c=lambda r: len(r["hallu_mentioned"]), t=lambda r: len(r["hallu"])),
-               ratio_of("c", "t"), 100.0),
+    SampleStat(
+        "Accuracy",
+        "mean of the discriminative records' correct",
+        lambda rs: _cols(_amber_disc(rs), x=lambda r: bool(r["correct"])),
+        mean_of("x"),
+        100.0,
+    ),
+    SampleStat(
+        "F1",
+        "F1 of answer 'No' against truth 'no' (unrounded P and R)",
+        lambda rs: _cols(_amber_disc(rs), p=lambda r: r.get("answer") == "No", t=lambda r: r.get("truth") == "no"),
+        f1_of("p", "t"),
+        100.0,
+    ),
+    SampleStat(
+        "CHAIR",
+        "hallucinated mentions / kept mentions",
+        lambda rs: _cols(_amber_gen(rs), h=lambda r: len(r["hallucinated"]), m=lambda r: len(r["mentions"])),
+        ratio_of("h", "m"),
+        100.0,
+    ),
+    SampleStat(
+        "Cover",
+        "covered truth objects / truth objects",
+        lambda rs: _cols(_amber_gen(rs), c=lambda r: len(r["covered"]), t=lambda r: len(r["truth"])),
+        ratio_of("c", "t"),
+        100.0,
+    ),
+    SampleStat(
+        "Hal",
+        "share of descriptions with a hallucinated mention",
+        lambda rs: _cols(_amber_gen(rs), x=lambda r: len(r["hallucinated"]) > 0),
+        mean_of("x"),
+        100.0,
+    ),
+    SampleStat(
+        "Cog",
+        "mentioned hallucination-list objects / hallucination-list objects",
+        lambda rs: _cols(_amber_gen(rs), c=lambda r: len(r["hallu_mentioned"]), t=lambda r: len(r["hallu"])),
+        ratio_of("c", "t"),
+        100.0,
+    ),
 )
 _POPE_STATS: tuple[SampleStat, ...] = (
-    SampleStat("Accuracy", "mean of the records' correct",
-               lambda rs: _cols(_pope(rs), x=lambda r: bool(r["correct"])), mean_of("x")),
-    SampleStat("F1", "F1 of answer yes against label yes",
-               lambda rs: _cols(_pope(rs), p=lambda r: r["answer"] == "yes", t=lambda r: r.get("label") == "yes"),
-               f1_of("p", "t")),
+    SampleStat(
+        "Accuracy",
+        "mean of the records' correct",
+        lambda rs: _cols(_pope(rs), x=lambda r: bool(r["correct"])),
+        mean_of("x"),
+    ),
+    SampleStat(
+        "F1",
+        "F1 of answer yes against label yes",
+        lambda rs: _cols(_pope(rs), p=lambda r: r["answer"] == "yes", t=lambda r: r.get("label") == "yes"),
+        f1_of("p", "t"),
+    ),
 )
 _OBJHAL_STATS: tuple[SampleStat, ...] = (
-    SampleStat("CHAIRs", "share of responses with a hallucinated object",
-               lambda rs: _cols(_objhal_scored(rs), x=lambda r: r["CHAIRs"]), mean_of("x"), 100.0),
-    SampleStat("CHAIRi", "hallucinated mentions / COCO mentions",
-               lambda rs: _cols(_objhal_scored(rs), h=lambda r: len(r["hallucinated"]),
-                                m=lambda r: len(r["mentioned"])),
-               ratio_of("h", "m"), 100.0),
+    SampleStat(
+        "CHAIRs",
+        "share of responses with a hallucinated object",
+        lambda rs: _cols(_objhal_scored(rs), x=lambda r: r["CHAIRs"]),
+        mean_of("x"),
+        100.0,
+    ),
+    SampleStat(
+        "CHAIRi",
+        "hallucinated mentions / COCO mentions",
+        lambda rs: _cols(_objhal_scored(rs), h=lambda r: len(r["hallucinated"]), m=lambda r: len(r["mentioned"])),
+        ratio_of("h", "m"),
+        100.0,
+    ),
 )
 _MMHAL_STATS: tuple[SampleStat, ...] = (
-    SampleStat("Score", "mean judge rating", lambda rs: _cols(_mmhal_rated(rs), x=lambda r: r["rating"]),
-               mean_of("x")),
-    SampleStat("HalRate", "share of ratings below 3",
-               lambda rs: _cols(_mmhal_rated(rs), x=lambda r: bool(r["hallucination"])), mean_of("x")),
+    SampleStat("Score", "mean judge rating", lambda rs: _cols(_mmhal_rated(rs), x=lambda r: r["rating"]), mean_of("x")),
+    SampleStat(
+        "HalRate",
+        "share of ratings below 3",
+        lambda rs: _cols(_mmhal_rated(rs), x=lambda r: bool(r["hallucination"])),
+        mean_of("x"),
+    ),
 )
+
 
 def _lab_probe(label: str) -> Callable[[Sequence[Mapping[str, Any]]], list[Mapping[str, Any]]]:
     return lambda rs: [r for r in _amber_disc(rs) if r.get("lab_probe") and r.get("lab_label") == label]
@@ -272,16 +373,32 @@ def _lab_objhal(label: str) -> Callable[[Sequence[Mapping[str, Any]]], list[Mapp
 
 
 # The laboratory's tasks (tasks.lab) write AMBER's and Object HalBench's records, tagged lab_label / lab_probe.
-_LAB_AMBER_STATS: tuple[SampleStat, ...] = (*_AMBER_STATS, *(
-    SampleStat(f"Yes/No error ({label})", f"share of wrong probe answers on prior-{label} images",
-               lambda rs, sel=_lab_probe(label): _cols(sel(rs), x=lambda r: not r["correct"]),  # noqa: B008 (binds label)
-               mean_of("x"), 100.0)
-    for label in ("conflicting", "consistent")))
-_LAB_OBJHAL_STATS: tuple[SampleStat, ...] = (*_OBJHAL_STATS, *(
-    SampleStat(f"CHAIRs ({label})", f"share of responses with a hallucinated object, prior-{label} images",
-               lambda rs, sel=_lab_objhal(label): _cols(sel(rs), x=lambda r: r["CHAIRs"]),  # noqa: B008 (binds label)
-               mean_of("x"), 100.0)
-    for label in ("conflicting", "consistent")))
+_LAB_AMBER_STATS: tuple[SampleStat, ...] = (
+    *_AMBER_STATS,
+    *(
+        SampleStat(
+            f"Yes/No error ({label})",
+            f"share of wrong probe answers on prior-{label} images",
+            lambda rs, sel=_lab_probe(label): _cols(sel(rs), x=lambda r: not r["correct"]),  # noqa: B008 (binds label)
+            mean_of("x"),
+            100.0,
+        )
+        for label in ("conflicting", "consistent")
+    ),
+)
+_LAB_OBJHAL_STATS: tuple[SampleStat, ...] = (
+    *_OBJHAL_STATS,
+    *(
+        SampleStat(
+            f"CHAIRs ({label})",
+            f"share of responses with a hallucinated object, prior-{label} images",
+            lambda rs, sel=_lab_objhal(label): _cols(sel(rs), x=lambda r: r["CHAIRs"]),  # noqa: B008 (binds label)
+            mean_of("x"),
+            100.0,
+        )
+        for label in ("conflicting", "consistent")
+    ),
+)
 
 #: Task name -> the metrics whose CI the records allow (on the scale of the task's headline numbers).
 SAMPLE_STATS: dict[str, tuple[SampleStat, ...]] = {
@@ -307,33 +424,66 @@ def _when(cond: Callable[[Mapping[str, Any]], bool], value: Callable[[Mapping[st
 
 
 _AMBER_OUTCOMES = (
-    PairedOutcome("discriminative answer correct",
-                  _when(lambda r: r.get("kind") == "discriminative" and "correct" in r, lambda r: bool(r["correct"]))),
-    PairedOutcome("description without hallucination",
-                  _when(lambda r: r.get("kind") == "generative" and "hallucinated" in r,
-                        lambda r: len(r["hallucinated"]) == 0)),
+    PairedOutcome(
+        "discriminative answer correct",
+        _when(lambda r: r.get("kind") == "discriminative" and "correct" in r, lambda r: bool(r["correct"])),
+    ),
+    PairedOutcome(
+        "description without hallucination",
+        _when(lambda r: r.get("kind") == "generative" and "hallucinated" in r, lambda r: len(r["hallucinated"]) == 0),
+    ),
 )
 #: Task name -> the binary outcomes McNemar's test compares between two runs.
 PAIRED_OUTCOMES: dict[str, tuple[PairedOutcome, ...]] = {
     **{t: _AMBER_OUTCOMES for t in ("amber", "amber_g", "amber_d", "toy_amber")},
-    **{t: (PairedOutcome("answer correct", _when(lambda r: "correct" in r, lambda r: bool(r["correct"]))),)
-       for t in ("pope", "pope_random", "pope_popular", "pope_adversarial")},
-    "object_halbench": (PairedOutcome("response without hallucination",
-                                      _when(lambda r: r.get("status") == "scored", lambda r: not r["CHAIRs"])),),
-    "mmhal": (PairedOutcome("rating >= 3 (no hallucination)",
-                            _when(lambda r: r.get("rating") is not None, lambda r: not r["hallucination"])),),
-    "lab_amber": (*_AMBER_OUTCOMES, *(
-        PairedOutcome(f"probe answer correct, prior-{label} image",
-                      _when(lambda r, label=label: r.get("kind") == "discriminative" and "correct" in r
-                            and bool(r.get("lab_probe")) and r.get("lab_label") == label,
-                            lambda r: bool(r["correct"])))
-        for label in ("conflicting", "consistent"))),
-    "lab_objhal": (PairedOutcome("response without hallucination",
-                                 _when(lambda r: r.get("status") == "scored", lambda r: not r["CHAIRs"])), *(
-        PairedOutcome(f"response without hallucination, prior-{label} image",
-                      _when(lambda r, label=label: r.get("status") == "scored" and r.get("lab_label") == label,
-                            lambda r: not r["CHAIRs"]))
-        for label in ("conflicting", "consistent"))),
+    **{
+        t: (PairedOutcome("answer correct", _when(lambda r: "correct" in r, lambda r: bool(r["correct"]))),)
+        for t in ("pope", "pope_random", "pope_popular", "pope_adversarial")
+    },
+    "object_halbench": (
+        PairedOutcome(
+            "response without hallucination", _when(lambda r: r.get("status") == "scored", lambda r: not r["CHAIRs"])
+        ),
+    ),
+    "mmhal": (
+        PairedOutcome(
+            "rating >= 3 (no hallucination)",
+            _when(lambda r: r.get("rating") is not None, lambda r: not r["hallucination"]),
+        ),
+    ),
+    "lab_amber": (
+        *_AMBER_OUTCOMES,
+        *(
+            PairedOutcome(
+                f"probe answer correct, prior-{label} image",
+                _when(
+                    lambda r, label=label: (
+                        r.get("kind") == "discriminative"
+                        and "correct" in r
+                        and bool(r.get("lab_probe"))
+                        and r.get("lab_label") == label
+                    ),
+                    lambda r: bool(r["correct"]),
+                ),
+            )
+            for label in ("conflicting", "consistent")
+        ),
+    ),
+    "lab_objhal": (
+        PairedOutcome(
+            "response without hallucination", _when(lambda r: r.get("status") == "scored", lambda r: not r["CHAIRs"])
+        ),
+        *(
+            PairedOutcome(
+                f"response without hallucination, prior-{label} image",
+                _when(
+                    lambda r, label=label: r.get("status") == "scored" and r.get("lab_label") == label,
+                    lambda r: not r["CHAIRs"],
+                ),
+            )
+            for label in ("conflicting", "consistent")
+        ),
+    ),
 }
 
 
@@ -355,8 +505,14 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         raise RecordsError(str(exc)) from exc
 
 
-def task_cis(task: str, records: Sequence[Mapping[str, Any]], *, n_resamples: int = DEFAULT_RESAMPLES,
-             seed: int = DEFAULT_SEED, level: float = DEFAULT_LEVEL) -> dict[str, CI]:
+def task_cis(
+    task: str,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    level: float = DEFAULT_LEVEL,
+) -> dict[str, CI]:
     """The CIs the records of ``task`` allow, by metric name (metrics with no usable record are absent)."""
     out: dict[str, CI] = {}
     for stat in SAMPLE_STATS.get(task, ()):
@@ -370,8 +526,9 @@ def task_cis(task: str, records: Sequence[Mapping[str, Any]], *, n_resamples: in
     return out
 
 
-def paired_outcomes(task: str, records_a: Sequence[Mapping[str, Any]], records_b: Sequence[Mapping[str, Any]]
-                    ) -> list[tuple[PairedOutcome, McNemar, int, int]]:
+def paired_outcomes(
+    task: str, records_a: Sequence[Mapping[str, Any]], records_b: Sequence[Mapping[str, Any]]
+) -> list[tuple[PairedOutcome, McNemar, int, int]]:
     """McNemar's test for each binary outcome of ``task`` over the sample ids both runs have.
 
     Returns ``(outcome, test, ids only in A, ids only in B)`` for each outcome with at least one common sample.

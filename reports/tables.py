@@ -32,6 +32,7 @@ from reports.frame import format_size, paper_label, paper_table
 
 UP, DOWN = "up", "down"
 
+
 # ------------------------------------------------------------------------------------------------------ values
 @dataclass(frozen=True)
 class Column:
@@ -117,31 +118,54 @@ class MetricSpec:
     category: str = ""  # "" = the headline; else a breakdown category of metrics.json
 
 
-_AMBER_METRICS = (("Acc", "Accuracy", UP), ("F1", "F1", UP), ("CHAIR", "CHAIR", DOWN), ("Cover", "Cover", UP),
-                  ("Hal", "Hal", DOWN), ("Cog", "Cog", DOWN))
+_AMBER_METRICS = (
+    ("Acc", "Accuracy", UP),
+    ("F1", "F1", UP),
+    ("CHAIR", "CHAIR", DOWN),
+    ("Cover", "Cover", UP),
+    ("Hal", "Hal", DOWN),
+    ("Cog", "Cog", DOWN),
+)
 
 #: Table 1 columns, in the paper's order. AMBER numbers come from ``amber`` (both halves) or ``amber_d`` /
 #: ``amber_g``; the embedded toy benchmark has its own group so that it is never compared with AMBER's.
 TABLE1_SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("objhal_chairs", "Object HalBench", "CHAIRs", ("object_halbench",), "CHAIRs", DOWN),
     MetricSpec("objhal_chairi", "Object HalBench", "CHAIRi", ("object_halbench",), "CHAIRi", DOWN),
-    *(MetricSpec(f"amber_{label.lower()}", "AMBER", label,
-                 ("amber", "amber_d") if metric in ("Accuracy", "F1") else ("amber", "amber_g"), metric, better)
-      for label, metric, better in _AMBER_METRICS),
+    *(
+        MetricSpec(
+            f"amber_{label.lower()}",
+            "AMBER",
+            label,
+            ("amber", "amber_d") if metric in ("Accuracy", "F1") else ("amber", "amber_g"),
+            metric,
+            better,
+        )
+        for label, metric, better in _AMBER_METRICS
+    ),
     MetricSpec("mmhal_score", "MMHal", "Score", ("mmhal",), "Score", UP, 2),
     MetricSpec("mmhal_halrate", "MMHal", "HalRate", ("mmhal",), "HalRate", DOWN, 2),
-    *(MetricSpec(f"toy_{label.lower()}", "Toy AMBER", label, ("toy_amber",), metric, better)
-      for label, metric, better in _AMBER_METRICS),
+    *(
+        MetricSpec(f"toy_{label.lower()}", "Toy AMBER", label, ("toy_amber",), metric, better)
+        for label, metric, better in _AMBER_METRICS
+    ),
     # the laboratory (docs/lab.md): the probe questions' error on prior-conflicting / prior-consistent images, the
     # gap between them (the prior-driven hallucination), the captions' CHAIR, Cover and Hal
     MetricSpec("lab_err_conflicting", "Lab AMBER", "Err confl.", ("lab_amber",), "Yes/No error (conflicting)", DOWN),
     MetricSpec("lab_err_consistent", "Lab AMBER", "Err cons.", ("lab_amber",), "Yes/No error (consistent)", DOWN),
     MetricSpec("lab_gap", "Lab AMBER", "Gap", ("lab_amber",), "error", DOWN, category="lab/probe:gap"),
-    *(MetricSpec(f"lab_{label.lower()}", "Lab AMBER", label, ("lab_amber",), metric, better)
-      for label, metric, better in (("Acc", "Accuracy", UP), ("CHAIR", "CHAIR", DOWN), ("Cover", "Cover", UP),
-                                    ("Hal", "Hal", DOWN))),
-    MetricSpec("labobj_chairs_conflicting", "Lab ObjHal", "CHAIRs confl.", ("lab_objhal",), "CHAIRs (conflicting)",
-               DOWN),
+    *(
+        MetricSpec(f"lab_{label.lower()}", "Lab AMBER", label, ("lab_amber",), metric, better)
+        for label, metric, better in (
+            ("Acc", "Accuracy", UP),
+            ("CHAIR", "CHAIR", DOWN),
+            ("Cover", "Cover", UP),
+            ("Hal", "Hal", DOWN),
+        )
+    ),
+    MetricSpec(
+        "labobj_chairs_conflicting", "Lab ObjHal", "CHAIRs confl.", ("lab_objhal",), "CHAIRs (conflicting)", DOWN
+    ),
     MetricSpec("labobj_chairs", "Lab ObjHal", "CHAIRs", ("lab_objhal",), "CHAIRs", DOWN),
     MetricSpec("labobj_chairi", "Lab ObjHal", "CHAIRi", ("lab_objhal",), "CHAIRi", DOWN),
 )
@@ -158,7 +182,11 @@ TABLE3_TASKS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
 
 #: Display names of the methods (``trainers.losses.METHODS``) and of the Table 2 ablations.
 METHOD_NAMES: dict[str, str] = {
-    "base": "Base", "sft": "SFT", "dpo": "DPO", "mpo": "MPO", "jompo": "JoMPO",
+    "base": "Base",
+    "sft": "SFT",
+    "dpo": "DPO",
+    "mpo": "MPO",
+    "jompo": "JoMPO",
     "jompo_no_ranking": "w/o ranking (pairwise m_w vs m_l)",
     "jompo_no_symmetry": "w/o symmetry",
     "jompo_no_both": "w/o ranking, w/o symmetry",
@@ -221,8 +249,9 @@ def run_meta(frame: pd.DataFrame) -> list[dict[str, Any]]:
     meta = frame.drop_duplicates("run")[cols]
     out = []
     for rec in meta.to_dict("records"):
-        out.append({k: (None if (v is pd.NA or (isinstance(v, float) and math.isnan(v))) else v)
-                    for k, v in rec.items()})
+        out.append(
+            {k: (None if (v is pd.NA or (isinstance(v, float) and math.isnan(v))) else v) for k, v in rec.items()}
+        )
     return out
 
 
@@ -240,8 +269,16 @@ def group_rows(metas: Iterable[Mapping[str, Any]]) -> list[RowKey]:
 def _sort_key(row: RowKey) -> tuple:
     method = row.get("method")
     order = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return (_size_key(row.get("model_size")), row.get("source") != "paper", order, method or row.runs[0],
-            row.get("data_size") or 0, row.get("beta") or 0, row.get("epochs") or 0, row.get("rejected_image") or "")
+    return (
+        _size_key(row.get("model_size")),
+        row.get("source") != "paper",
+        order,
+        method or row.runs[0],
+        row.get("data_size") or 0,
+        row.get("beta") or 0,
+        row.get("epochs") or 0,
+        row.get("rejected_image") or "",
+    )
 
 
 def _size_key(size: str | None) -> tuple[float, str]:
@@ -294,14 +331,16 @@ class Values:
         keys = list(zip(frame["run"], frame["task"], frame["category"], frame["metric"]))
         self._v: dict[tuple[str, str, str, str], float] = dict(zip(keys, frame["value"]))
         self._text: dict[tuple[str, str, str, str], str] = {
-            k: t for k, t in zip(keys, frame["text"] if "text" in frame else [""] * len(keys)) if t}
+            k: t for k, t in zip(keys, frame["text"] if "text" in frame else [""] * len(keys)) if t
+        }
 
     def spec_text(self, row: RowKey, spec: MetricSpec) -> str | None:
         """The number as its source printed it, for a one-run row of published numbers; None otherwise."""
         if len(row.runs) != 1:
             return None
-        return next((t for task in spec.tasks if (t := self._text.get((row.runs[0], task, spec.category,
-                                                                          spec.metric)))), None)
+        return next(
+            (t for task in spec.tasks if (t := self._text.get((row.runs[0], task, spec.category, spec.metric)))), None
+        )
 
     def get(self, run: str, task: str, metric: str, category: str = "") -> float | None:
         return self._v.get((run, task, category, metric))
@@ -353,13 +392,26 @@ def mark_best(values: Sequence[float | None], better: str | None, decimals: int)
         return marks
     best = distinct[0]
     second = distinct[1] if len(distinct) > 1 else None
-    return [(v is not None and round(v, decimals) == best,
-             v is not None and second is not None and round(v, decimals) == second) for v in values]
+    return [
+        (
+            v is not None and round(v, decimals) == best,
+            v is not None and second is not None and round(v, decimals) == second,
+        )
+        for v in values
+    ]
 
 
-def _metric_table(tid: str, title: str, caption: str, rows: Sequence[RowKey], specs: Sequence[MetricSpec],
-                  values: Values, lead: Sequence[tuple[Column, Callable[[RowKey], Cell]]],
-                  group_of: Callable[[RowKey], str], keep: Collection[str] = ()) -> Table | None:
+def _metric_table(
+    tid: str,
+    title: str,
+    caption: str,
+    rows: Sequence[RowKey],
+    specs: Sequence[MetricSpec],
+    values: Values,
+    lead: Sequence[tuple[Column, Callable[[RowKey], Cell]]],
+    group_of: Callable[[RowKey], str],
+    keep: Collection[str] = (),
+) -> Table | None:
     """Rows x metric columns (those with a value, and those whose key is in ``keep``), marks per group of rows."""
     specs = [s for s in specs if s.key in keep or any(values.spec_value(r, s) is not None for r in rows)]
     rows = [r for r in rows if any(values.spec_value(r, s) is not None for s in specs)]
@@ -387,8 +439,10 @@ def _metric_table(tid: str, title: str, caption: str, rows: Sequence[RowKey], sp
         names = " and ".join(f"Table {n}" for n in numbers)
         notes.append(f"\u2020 published in the JoMPO paper ({names}), not produced from a run here.")
     if any(len(r.runs) > 1 for r in rows):
-        notes.append("Rows of runs that differ only by seed show the mean over the seeds \u00b1 the half-width of "
-                     "its 95% t-interval (bold and underline compare the means).")
+        notes.append(
+            "Rows of runs that differ only by seed show the mean over the seeds \u00b1 the half-width of "
+            "its 95% t-interval (bold and underline compare the means)."
+        )
     return Table(tid, title, caption, columns, body, groups, notes)
 
 
@@ -431,8 +485,11 @@ def _only_defaults(rows: Sequence[RowKey]) -> list[RowKey]:
     """Per (source, model, size, method, data size): the runs at the paper's defaults, if there are any."""
     buckets: dict[tuple, list[RowKey]] = {}
     for r in rows:
-        buckets.setdefault(tuple(r.get(k) for k in ("source", "model_size", "method", "data_size")) + (
-            () if r.get("method") is not None and r.get("source") != "paper" else r.runs), []).append(r)
+        buckets.setdefault(
+            tuple(r.get(k) for k in ("source", "model_size", "method", "data_size"))
+            + (() if r.get("method") is not None and r.get("source") != "paper" else r.runs),
+            [],
+        ).append(r)
     out = []
     for rs in buckets.values():
         defaults = [r for r in rs if _is_default(r)]
@@ -452,8 +509,9 @@ def _numbered(number: int, table: Table | None) -> Table | None:
 
 def _rows(frame: pd.DataFrame, tables: Collection[int]) -> list[RowKey]:
     """The rows of the runs, and of the published rows that come from the paper's ``tables``."""
-    return [r for r in group_rows(run_meta(frame))
-            if r.get("source") != "paper" or (paper_table(r.runs[0]) or 1) in tables]
+    return [
+        r for r in group_rows(run_meta(frame)) if r.get("source") != "paper" or (paper_table(r.runs[0]) or 1) in tables
+    ]
 
 
 def table1(frame: pd.DataFrame) -> Table | None:
@@ -464,12 +522,24 @@ def table1(frame: pd.DataFrame) -> Table | None:
     varying = _varying(rows, ("beta", "epochs", "rejected_image"))
     if len({r.get("model") for r in rows if not r.get("model_size")}) > 1:
         varying.append("model")
-    lead = [(Column("model", "Model", numeric=False), _model_cell),
-            (Column("method", "Method", numeric=False), lambda r: Cell(method_label(r, varying), method_label(r, varying))),
-            (Column("data", "Data", numeric=True), _data_cell)]
-    return _numbered(1, _metric_table("table1", "hallucination benchmarks",
-                         "Arrows: better direction. Bold: best, underlined: second best, per model size.",
-                         rows, TABLE1_SPECS, Values(frame), lead, _group_of))
+    lead = [
+        (Column("model", "Model", numeric=False), _model_cell),
+        (Column("method", "Method", numeric=False), lambda r: Cell(method_label(r, varying), method_label(r, varying))),
+        (Column("data", "Data", numeric=True), _data_cell),
+    ]
+    return _numbered(
+        1,
+        _metric_table(
+            "table1",
+            "hallucination benchmarks",
+            "Arrows: better direction. Bold: best, underlined: second best, per model size.",
+            rows,
+            TABLE1_SPECS,
+            Values(frame),
+            lead,
+            _group_of,
+        ),
+    )
 
 
 def table2(frame: pd.DataFrame) -> Table | None:
@@ -479,17 +549,36 @@ def table2(frame: pd.DataFrame) -> Table | None:
     if not any(r.get("method") in ABLATIONS for r in ran):
         return None
     settings = {(r.get("model_size"), r.get("data_size")) for r in ran if r.get("method") in ABLATIONS}
-    rows = [r for r in all_rows if r.get("source") == "paper" or r.get("method") in ABLATIONS
-            or (r.get("method") == "jompo" and (r.get("model_size"), r.get("data_size")) in settings)]
+    rows = [
+        r
+        for r in all_rows
+        if r.get("source") == "paper"
+        or r.get("method") in ABLATIONS
+        or (r.get("method") == "jompo" and (r.get("model_size"), r.get("data_size")) in settings)
+    ]
     rows = sorted(_only_defaults(rows), key=_sort_key)
     varying = _varying(rows, ("beta", "epochs"))
-    lead = [(Column("model", "Model", numeric=False), _model_cell),
-            (Column("method", "Variant", numeric=False), lambda r: Cell(method_label(r, varying), method_label(r, varying))),
-            (Column("data", "Data", numeric=True), _data_cell)]
-    return _numbered(2, _metric_table("table2", "ablations of JoMPO",
-                         "Definitions of the ablations: docs/methods.md. Bold: best, underlined: second best.",
-                         rows, TABLE1_SPECS, Values(frame), lead,
-                         lambda r: f"{_group_of(r)}|{r.get('data_size')}"))
+    lead = [
+        (Column("model", "Model", numeric=False), _model_cell),
+        (
+            Column("method", "Variant", numeric=False),
+            lambda r: Cell(method_label(r, varying), method_label(r, varying)),
+        ),
+        (Column("data", "Data", numeric=True), _data_cell),
+    ]
+    return _numbered(
+        2,
+        _metric_table(
+            "table2",
+            "ablations of JoMPO",
+            "Definitions of the ablations: docs/methods.md. Bold: best, underlined: second best.",
+            rows,
+            TABLE1_SPECS,
+            Values(frame),
+            lead,
+            lambda r: f"{_group_of(r)}|{r.get('data_size')}",
+        ),
+    )
 
 
 def table3(frame: pd.DataFrame) -> Table | None:
@@ -504,23 +593,44 @@ def table3(frame: pd.DataFrame) -> Table | None:
         have = set(frame.loc[(frame["task"] == task) & (frame["category"] == ""), "metric"])
         metric = next((m for m in metrics if m in have), None) or next(iter(sorted(have)), None)
         if metric is not None:
-            values = frame.loc[(frame["task"] == task) & (frame["category"] == "") & (frame["metric"] == metric),
-                               "value"]
+            values = frame.loc[
+                (frame["task"] == task) & (frame["category"] == "") & (frame["metric"] == metric), "value"
+            ]
             # CV-Bench and MMVP's grader print fractions, as their official scripts do: show them to 4 decimals
             decimals = 4 if len(values) and values.abs().max() <= 1.0 else 1
-            specs.append(MetricSpec(f"t3_{task}", "", f"{label} ({metric})" if metric not in metrics[:1] else label,
-                                    tasks, metric, UP, decimals))
+            specs.append(
+                MetricSpec(
+                    f"t3_{task}",
+                    "",
+                    f"{label} ({metric})" if metric not in metrics[:1] else label,
+                    tasks,
+                    metric,
+                    UP,
+                    decimals,
+                )
+            )
     if not specs:
         return None
-    rows = sorted(_only_defaults([r for r in _rows(frame, (3,)) if r.get("method") not in ABLATIONS]),
-                  key=_sort_key)
+    rows = sorted(_only_defaults([r for r in _rows(frame, (3,)) if r.get("method") not in ABLATIONS]), key=_sort_key)
     varying = _varying(rows, ("beta", "epochs", "rejected_image"))
-    lead = [(Column("model", "Model", numeric=False), _model_cell),
-            (Column("method", "Method", numeric=False), lambda r: Cell(method_label(r, varying), method_label(r, varying))),
-            (Column("data", "Data", numeric=True), _data_cell)]
-    return _numbered(3, _metric_table("table3", "general and vision-centric benchmarks",
-                         "Higher is better. Bold: best, underlined: second best, per model size.",
-                         rows, specs, Values(frame), lead, _group_of))
+    lead = [
+        (Column("model", "Model", numeric=False), _model_cell),
+        (Column("method", "Method", numeric=False), lambda r: Cell(method_label(r, varying), method_label(r, varying))),
+        (Column("data", "Data", numeric=True), _data_cell),
+    ]
+    return _numbered(
+        3,
+        _metric_table(
+            "table3",
+            "general and vision-centric benchmarks",
+            "Higher is better. Bold: best, underlined: second best, per model size.",
+            rows,
+            specs,
+            Values(frame),
+            lead,
+            _group_of,
+        ),
+    )
 
 
 def table5(frame: pd.DataFrame) -> Table | None:
@@ -529,30 +639,55 @@ def table5(frame: pd.DataFrame) -> Table | None:
     rows = _rows(frame, (5,))
     blocks: dict[tuple, list[RowKey]] = {}
     for r in rows:
-        blocks.setdefault((r.get("model_size"), r.get("method"), r.get("data_size"), setting(r, "rejected_image")),
-                          []).append(r)
-    chosen = [r for rs in blocks.values() if len({(r.get("beta"), r.get("epochs")) for r in rs}) > 1
-              and all(r.get("beta") is not None or r.get("epochs") is not None for r in rs) for r in rs]
+        blocks.setdefault(
+            (r.get("model_size"), r.get("method"), r.get("data_size"), setting(r, "rejected_image")), []
+        ).append(r)
+    chosen = [
+        r
+        for rs in blocks.values()
+        if len({(r.get("beta"), r.get("epochs")) for r in rs}) > 1
+        and all(r.get("beta") is not None or r.get("epochs") is not None for r in rs)
+        for r in rs
+    ]
     if not any(r.get("source") != "paper" for r in chosen):
         return None
     chosen.sort(key=_sort_key)
-    lead = [(Column("model", "Model", numeric=False), _model_cell),
-            (Column("method", "Method", numeric=False), lambda r: Cell(method_label(r), method_label(r))),
-            (Column("data", "Data", numeric=True), _data_cell),
-            (Column("beta", "beta", numeric=True),
-             lambda r: Cell("" if r.get("beta") is None else f"{r.get('beta'):g}", r.get("beta"))),
-            (Column("epochs", "Epochs", numeric=True),
-             lambda r: Cell("" if r.get("epochs") is None else f"{r.get('epochs'):g}", r.get("epochs")))]
-    return _numbered(5, _metric_table("table5", "beta x epochs",
-                         "Bold: best, underlined: second best, within each model size, method and data size.",
-                         chosen, TABLE1_SPECS, Values(frame), lead,
-                         lambda r: f"{r.get('model_size')}|{r.get('method')}|{r.get('data_size')}"))
+    lead = [
+        (Column("model", "Model", numeric=False), _model_cell),
+        (Column("method", "Method", numeric=False), lambda r: Cell(method_label(r), method_label(r))),
+        (Column("data", "Data", numeric=True), _data_cell),
+        (
+            Column("beta", "beta", numeric=True),
+            lambda r: Cell("" if r.get("beta") is None else f"{r.get('beta'):g}", r.get("beta")),
+        ),
+        (
+            Column("epochs", "Epochs", numeric=True),
+            lambda r: Cell("" if r.get("epochs") is None else f"{r.get('epochs'):g}", r.get("epochs")),
+        ),
+    ]
+    return _numbered(
+        5,
+        _metric_table(
+            "table5",
+            "beta x epochs",
+            "Bold: best, underlined: second best, within each model size, method and data size.",
+            chosen,
+            TABLE1_SPECS,
+            Values(frame),
+            lead,
+            lambda r: f"{r.get('model_size')}|{r.get('method')}|{r.get('data_size')}",
+        ),
+    )
 
 
 def breakdown_tables(frame: pd.DataFrame) -> list[Table]:
     """Per-category tables: one per (task, metric), runs x categories."""
-    sub = frame[(frame["category"] != "") & (frame["source"] != "paper")
-                & ~frame["category"].isin(NOT_CATEGORIES) & ~frame["metric"].isin(COUNT_METRICS)]
+    sub = frame[
+        (frame["category"] != "")
+        & (frame["source"] != "paper")
+        & ~frame["category"].isin(NOT_CATEGORIES)
+        & ~frame["metric"].isin(COUNT_METRICS)
+    ]
     tables: list[Table] = []
     for task in sorted(set(sub["task"])):
         t = sub[sub["task"] == task]
@@ -569,17 +704,36 @@ def breakdown_tables(frame: pd.DataFrame) -> list[Table]:
         unasked = [c for c in categories if all((run, c) in zero for r in rows for run in r.runs)]
         varying = _varying(rows, ("data_size", "beta", "epochs", "rejected_image"))
         for metric, better in metrics:
-            specs = [MetricSpec(f"{task}:{c}", "", f"{c} (n = 0)" if c in unasked else c, (task,), metric, better,
-                                2 if fam == "mmhal" else 1, c)
-                     for c in categories]
+            specs = [
+                MetricSpec(
+                    f"{task}:{c}",
+                    "",
+                    f"{c} (n = 0)" if c in unasked else c,
+                    (task,),
+                    metric,
+                    better,
+                    2 if fam == "mmhal" else 1,
+                    c,
+                )
+                for c in categories
+            ]
             table = _metric_table(
-                f"breakdown-{task}-{metric}".replace(" ", "_"), f"{task}: {metric} per category", "",
-                rows, specs, values,
-                [(Column("model", "Model", numeric=False), _model_cell),
-                 (Column("method", "Run", numeric=False),
-                  lambda r, v=varying: Cell(_run_label(r, v), _run_label(r, v)))],
-                _group_of, keep={f"{task}:{c}" for c in categories if any(
-                    (run, c) in zero for r in rows for run in r.runs)})
+                f"breakdown-{task}-{metric}".replace(" ", "_"),
+                f"{task}: {metric} per category",
+                "",
+                rows,
+                specs,
+                values,
+                [
+                    (Column("model", "Model", numeric=False), _model_cell),
+                    (
+                        Column("method", "Run", numeric=False),
+                        lambda r, v=varying: Cell(_run_label(r, v), _run_label(r, v)),
+                    ),
+                ],
+                _group_of,
+                keep={f"{task}:{c}" for c in categories if any((run, c) in zero for r in rows for run in r.runs)},
+            )
             if table is not None:
                 arrow = {UP: " (higher is better)", DOWN: " (lower is better)"}.get(better or "", "")
                 table.caption = f"{metric}{arrow} per category, from the scorer's breakdown in metrics.json."
@@ -602,8 +756,14 @@ def all_tables(frame: pd.DataFrame) -> list[Table]:
     return main + breakdown_tables(frame)
 
 
-def plain_table(rows: Sequence[Mapping[str, Any]], tid: str, title: str, caption: str,
-                columns: Sequence[Column], formats: Mapping[str, Callable[[float], str]] | None = None) -> Table:
+def plain_table(
+    rows: Sequence[Mapping[str, Any]],
+    tid: str,
+    title: str,
+    caption: str,
+    columns: Sequence[Column],
+    formats: Mapping[str, Callable[[float], str]] | None = None,
+) -> Table:
     """A table from dict rows keyed by the columns' keys; floats printed by ``formats[key]`` (default: 2
     significant decimals), every cell sortable."""
     body = []

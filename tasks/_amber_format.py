@@ -118,16 +118,18 @@ def read_annotations(path: str | Path) -> dict[int, dict[str, Any]]:
     for aid, entry in _entries(path, "annotations"):
         kind = entry.get("type")
         if kind not in KNOWN_TYPES:
-            raise DataError(f"annotation id {aid}: field 'type' is {kind!r}, expected one of {', '.join(KNOWN_TYPES)}",
-                            path=path)
+            raise DataError(
+                f"annotation id {aid}: field 'type' is {kind!r}, expected one of {', '.join(KNOWN_TYPES)}", path=path
+            )
         if kind == GENERATIVE:
             for key in ("truth", "hallu"):
                 value = entry.get(key)
                 if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
                     raise DataError(f"annotation id {aid}: field {key!r} must be a list of words", path=path)
         elif entry.get("truth") not in ("yes", "no"):
-            raise DataError(f"annotation id {aid}: field 'truth' must be \"yes\" or \"no\", got {entry.get('truth')!r}",
-                            path=path)
+            raise DataError(
+                f'annotation id {aid}: field \'truth\' must be "yes" or "no", got {entry.get("truth")!r}', path=path
+            )
         annotated.add(aid, f"annotation id {aid} appears twice")
         out[aid] = entry
     return out
@@ -155,8 +157,14 @@ def read_safe_words(path: str | Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def load_samples(data_root: Path, image_dir: Path, *, query_file: str = QUERY_FILES["all"],
-                 generative_tokens: int | None = None, discriminative_tokens: int | None = None) -> list[Sample]:
+def load_samples(
+    data_root: Path,
+    image_dir: Path,
+    *,
+    query_file: str = QUERY_FILES["all"],
+    generative_tokens: int | None = None,
+    discriminative_tokens: int | None = None,
+) -> list[Sample]:
     """Join a query file with ``annotations.json`` into samples, in the query file's order.
 
     Each sample has ``id = str(AMBER id)``, the query as prompt, one image under ``image_dir``, the annotation
@@ -171,12 +179,14 @@ def load_samples(data_root: Path, image_dir: Path, *, query_file: str = QUERY_FI
         if entry is None:
             raise DataError(f"query id {q.id} has no entry in annotations.json", path=query_path)
         generative = entry["type"] == GENERATIVE
-        samples.append(Sample(
-            id=str(q.id),
-            prompt=q.query,
-            images=(ImageRef(path=str(image_dir / q.image)),),
-            reference=entry,
-            meta={"type": entry["type"]},
-            max_new_tokens=generative_tokens if generative else discriminative_tokens,
-        ))
+        samples.append(
+            Sample(
+                id=str(q.id),
+                prompt=q.query,
+                images=(ImageRef(path=str(image_dir / q.image)),),
+                reference=entry,
+                meta={"type": entry["type"]},
+                max_new_tokens=generative_tokens if generative else discriminative_tokens,
+            )
+        )
     return samples

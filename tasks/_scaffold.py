@@ -84,8 +84,14 @@ class JudgeLoop(Generic[T]):
         return [j.id for j in self.judged if j.unparsed]
 
 
-def run_judge(judge: Judge, ids: Sequence[str], request: Callable[[str, int], JudgeRequest],
-              parse: Callable[[str], tuple[T, bool]], *, attempts: int = 1) -> JudgeLoop[T]:
+def run_judge(
+    judge: Judge,
+    ids: Sequence[str],
+    request: Callable[[str, int], JudgeRequest],
+    parse: Callable[[str], tuple[T, bool]],
+    *,
+    attempts: int = 1,
+) -> JudgeLoop[T]:
     """Judge every id of ``ids``: call ``attempt`` (0 first) of sample ``id`` is ``request(id, attempt)``, all the
     samples of one call in one batch, in ``ids`` order. ``parse(reply)`` is ``(value, parsed)``; a sample whose reply
     does not parse is asked again while calls remain (``attempts`` in all). A failed call ends the sample's loop.
@@ -133,8 +139,10 @@ def no_judge(who: str, model: str, *, grader: bool = False, about: str = "", alt
     """The error of scoring without a judge: ``who`` needs one; the official ``model`` (a ``grader`` or a judge),
     ``about`` said before it, ``alternative`` after the message."""
     role = "grader" if grader else "judge"
-    return ConfigError(f"{who} needs a judge: give --judge-model ({about}the official {'grader' if grader else 'one'} "
-                       f"is {model}) or --reviews FILE with saved {role} replies{alternative}")
+    return ConfigError(
+        f"{who} needs a judge: give --judge-model ({about}the official {'grader' if grader else 'one'} "
+        f"is {model}) or --reviews FILE with saved {role} replies{alternative}"
+    )
 
 
 def no_score(task: str, counts: dict[str, int], notes: list[str], records: list[dict[str, Any]]) -> Metrics:
@@ -153,9 +161,14 @@ def format_choices(release_format: str = "jsonl") -> tuple[str, ...]:
     return ("auto", release_format, "parquet")
 
 
-def select_layout(fmt: str, *, release: Sequence[Path] | Callable[[], Sequence[Path] | None],
-                  parquet: Callable[[], Sequence[Path] | None], missing: Callable[[], Exception],
-                  release_format: str = "jsonl") -> tuple[str, list[Path]]:
+def select_layout(
+    fmt: str,
+    *,
+    release: Sequence[Path] | Callable[[], Sequence[Path] | None],
+    parquet: Callable[[], Sequence[Path] | None],
+    missing: Callable[[], Exception],
+    release_format: str = "jsonl",
+) -> tuple[str, list[Path]]:
     """The format option ``auto|<release_format>|parquet``: ``(format, files)``, the release files (``release``: all
     of these paths, or what the callable finds) when the option allows them and they are there, else the parquet
     files found; else ``missing()`` is raised."""
@@ -173,8 +186,9 @@ def select_layout(fmt: str, *, release: Sequence[Path] | Callable[[], Sequence[P
     raise missing()
 
 
-def missing_layout(fmt: str, release: Sequence[Path], release_source: str, parquet: tuple[Path, str], *,
-                   auto_source: str | None = None) -> MissingDataFile:
+def missing_layout(
+    fmt: str, release: Sequence[Path], release_source: str, parquet: tuple[Path, str], *, auto_source: str | None = None
+) -> MissingDataFile:
     """What :func:`select_layout` raises when nothing is found: with ``parquet`` asked for, ``parquet``'s
     ``(path, source)``; else the first missing release file, from ``release_source`` (``auto_source`` under
     ``auto``)."""
@@ -214,13 +228,19 @@ class DataLayout:
         return first_glob(self.data_root, self.parquet_globs)
 
     def missing_layout_error(self) -> MissingDataFile:
-        return missing_layout(self.format, self.release_paths(), self.layout_source,
-                              (self.data_root / "*.parquet", self.layout_source))
+        return missing_layout(
+            self.format, self.release_paths(), self.layout_source, (self.data_root / "*.parquet", self.layout_source)
+        )
 
     def layout(self) -> tuple[str, list[Path]]:
         """``(format, files)``: :attr:`release_format` and the release files, or ``parquet`` and the parquet files."""
-        return select_layout(self.format, release=self.release_paths(), parquet=self.parquet_paths,
-                             missing=self.missing_layout_error, release_format=self.release_format)
+        return select_layout(
+            self.format,
+            release=self.release_paths(),
+            parquet=self.parquet_paths,
+            missing=self.missing_layout_error,
+            release_format=self.release_format,
+        )
 
     def check_files(self) -> list[Path]:
         return self.layout()[1]
@@ -261,16 +281,36 @@ class UniqueIds:
     def __len__(self) -> int:
         return len(self._first)
 
-    def add(self, key: Hashable, message: str, *, line: int | None = None, at: str | None = None,
-            cite_first: bool = False, path: str | Path | None = None) -> None:
+    def add(
+        self,
+        key: Hashable,
+        message: str,
+        *,
+        line: int | None = None,
+        at: str | None = None,
+        cite_first: bool = False,
+        path: str | Path | None = None,
+    ) -> None:
         if key in self._first:
-            raise DataError(f"{message} (first {self._first[key]})" if cite_first else message,
-                            path=path if path is not None else self.path, line=line)
+            raise DataError(
+                f"{message} (first {self._first[key]})" if cite_first else message,
+                path=path if path is not None else self.path,
+                line=line,
+            )
         self._first[key] = at if at is not None else f"on line {line}"
 
 
-def add_response(out: dict[str, Response], sample_id: str, text: str, *, known: Collection[str], unknown: str,
-                 second: str, path: str | Path, line: int | None = None) -> None:
+def add_response(
+    out: dict[str, Response],
+    sample_id: str,
+    text: str,
+    *,
+    known: Collection[str],
+    unknown: str,
+    second: str,
+    path: str | Path,
+    line: int | None = None,
+) -> None:
     """``out[sample_id] = Response(sample_id, text, "stop")``, a response read from an answer file; an id not in
     ``known`` (message ``unknown``) or already answered (message ``second``) is a :class:`DataError` naming the file
     and line."""
@@ -281,8 +321,9 @@ def add_response(out: dict[str, Response], sample_id: str, text: str, *, known: 
     out[sample_id] = Response(sample_id, text, "stop")
 
 
-def require_unique(items: Iterable[T], key: Callable[[T], Hashable], message: Callable[[T], str], *,
-                   path: str | Path | None = None) -> None:
+def require_unique(
+    items: Iterable[T], key: Callable[[T], Hashable], message: Callable[[T], str], *, path: str | Path | None = None
+) -> None:
     """:class:`DataError` ``message(item)`` naming ``path`` for the first item whose ``key`` an earlier one had."""
     seen: set[Hashable] = set()
     for item in items:

@@ -77,8 +77,9 @@ from tasks import _amber_format as fmt
 from tasks import _scaffold as scaffold
 from tasks.text import extract_nouns, nltk_provenance, require_nltk_resources
 
-OFFICIAL_SOURCE = ("AMBER inference.py, https://github.com/junyangwang0410/AMBER, "
-                   "commit 534babf6bbfcce2e735c26289dedfb21cef3c939")
+OFFICIAL_SOURCE = (
+    "AMBER inference.py, https://github.com/junyangwang0410/AMBER, commit 534babf6bbfcce2e735c26289dedfb21cef3c939"
+)
 DATA_SOURCE = "AMBER: https://github.com/junyangwang0410/AMBER (data/)"
 
 #: ``--similarity_score`` default of the official scorer; a pair is a synonym if its similarity is strictly greater.
@@ -141,16 +142,19 @@ class TableSimilarity(WordSimilarity):
         return value
 
     @classmethod
-    def from_records(cls, records: Any, *, source: str | Path = "similarity table",
-                     name: str | None = None) -> TableSimilarity:
+    def from_records(
+        cls, records: Any, *, source: str | Path = "similarity table", name: str | None = None
+    ) -> TableSimilarity:
         """Build from a list of ``{"word1", "word2", "similarity"}`` objects (other keys are ignored).
 
         A malformed entry, or one pair listed twice with different similarities, raises :class:`DataError`
         naming ``source`` and the entry.
         """
         if not isinstance(records, list):
-            raise DataError(f"expected a JSON list of {{\"word1\", \"word2\", \"similarity\"}} objects, "
-                            f"got {type(records).__name__}", path=source)
+            raise DataError(
+                f'expected a JSON list of {{"word1", "word2", "similarity"}} objects, got {type(records).__name__}',
+                path=source,
+            )
         pairs: dict[tuple[str, str], float] = {}
         for index, rec in enumerate(records):
             if not isinstance(rec, dict):
@@ -159,12 +163,15 @@ class TableSimilarity(WordSimilarity):
             if not isinstance(w1, str) or not isinstance(w2, str):
                 raise DataError(f"entry {index}: fields 'word1' and 'word2' must be strings", path=source)
             if isinstance(sim, bool) or not isinstance(sim, (int, float)) or not math.isfinite(sim):
-                raise DataError(f"entry {index} ({w1!r}, {w2!r}): field 'similarity' must be a number, got {sim!r}",
-                                path=source)
+                raise DataError(
+                    f"entry {index} ({w1!r}, {w2!r}): field 'similarity' must be a number, got {sim!r}", path=source
+                )
             old = pairs.get((w1, w2))
             if old is not None and old != sim:
-                raise DataError(f"entry {index}: pair ({w1!r}, {w2!r}) listed twice with different similarities "
-                                f"({old} and {sim})", path=source)
+                raise DataError(
+                    f"entry {index}: pair ({w1!r}, {w2!r}) listed twice with different similarities ({old} and {sim})",
+                    path=source,
+                )
             pairs[(w1, w2)] = float(sim)
         return cls(pairs, name=name or f"table:{source}")
 
@@ -175,16 +182,20 @@ class TableSimilarity(WordSimilarity):
 
 
 def _spacy_hint(model: str) -> str:
-    return (f"install it with {install_command('spacy')} and `{sys.executable} -m spacy download {model}` "
-            f"(online), or `{sys.executable} -m pip install {model}-<version>.whl` from a downloaded model wheel")
+    return (
+        f"install it with {install_command('spacy')} and `{sys.executable} -m spacy download {model}` "
+        f"(online), or `{sys.executable} -m pip install {model}-<version>.whl` from a downloaded model wheel"
+    )
 
 
 def _import_spacy(model: str):
     try:
         import spacy
     except ImportError as exc:
-        raise HarnessError(f"AMBER similarity spacy:{model} needs spaCy, which is not installed; {_spacy_hint(model)}"
-                           f" (or choose another similarity: table:<file.json> or none)") from exc
+        raise HarnessError(
+            f"AMBER similarity spacy:{model} needs spaCy, which is not installed; {_spacy_hint(model)}"
+            f" (or choose another similarity: table:<file.json> or none)"
+        ) from exc
     return spacy
 
 
@@ -208,8 +219,9 @@ class SpacySimilarity(WordSimilarity):
     def check(self) -> None:
         spacy = _import_spacy(self.model)
         if not (Path(self.model).is_dir() or spacy.util.is_package(self.model)):
-            raise HarnessError(f"spaCy model {self.model!r} is not installed; "
-                               f"install it with `python -m spacy download {self.model}`")
+            raise HarnessError(
+                f"spaCy model {self.model!r} is not installed; install it with `python -m spacy download {self.model}`"
+            )
 
     def _doc(self, word: str) -> Any:
         doc = self._docs.get(word)
@@ -219,8 +231,9 @@ class SpacySimilarity(WordSimilarity):
                 try:
                     self._nlp = spacy.load(self.model)
                 except OSError as exc:
-                    raise HarnessError(f"cannot load spaCy model {self.model!r}: {exc}; "
-                                       f"{_spacy_hint(self.model)}") from exc
+                    raise HarnessError(
+                        f"cannot load spaCy model {self.model!r}: {exc}; {_spacy_hint(self.model)}"
+                    ) from exc
             doc = self._docs[word] = self._nlp(word)
         return doc
 
@@ -253,8 +266,10 @@ def parse_similarity(spec: str) -> WordSimilarity:
             raise ConfigError(f"AMBER similarity {spec!r} names no table file; {expected}")
         path = Path(arg.strip())
         if not path.is_file():
-            raise ConfigError(f"AMBER similarity table {path} does not exist (a JSON list of "
-                              f"{{\"word1\", \"word2\", \"similarity\"}} objects)")
+            raise ConfigError(
+                f"AMBER similarity table {path} does not exist (a JSON list of "
+                f'{{"word1", "word2", "similarity"}} objects)'
+            )
         return TableSimilarity.from_file(path)
     raise ConfigError(f"unknown AMBER similarity {spec!r}; {expected}")
 
@@ -288,15 +303,24 @@ class SynonymChecker:
 # --------------------------------------------------------------------------------------------------- data
 #: The counters of ``metrics.txt``; the scorer needs all of them.
 COUNTER_NAMES: tuple[str, ...] = (
-    "chair_score", "chair_num", "safe_cover_score", "safe_cover_num", "hallu_cover_score", "hallu_cover_num",
-    "non_hallu_score", "non_hallu_num",
-    *(f"{p}qa_{kind}_{sn}" for p in ("", "as_", "an_", "aa_", "asso_", "ha_")
-      for kind in ("correct", "no", "ans_no") for sn in ("score", "num")),
+    "chair_score",
+    "chair_num",
+    "safe_cover_score",
+    "safe_cover_num",
+    "hallu_cover_score",
+    "hallu_cover_num",
+    "non_hallu_score",
+    "non_hallu_num",
+    *(
+        f"{p}qa_{kind}_{sn}"
+        for p in ("", "as_", "an_", "aa_", "asso_", "ha_")
+        for kind in ("correct", "no", "ans_no")
+        for sn in ("score", "num")
+    ),
 )
 
 #: Counter prefix per discriminative type, as in ``inference.py`` (any other type is a relation question).
-_TYPE_PREFIX = {fmt.ATTRIBUTE_STATE: "as", fmt.ATTRIBUTE_NUMBER: "an", fmt.ATTRIBUTE_ACTION: "aa",
-                fmt.EXISTENCE: "ha"}
+_TYPE_PREFIX = {fmt.ATTRIBUTE_STATE: "as", fmt.ATTRIBUTE_NUMBER: "an", fmt.ATTRIBUTE_ACTION: "aa", fmt.EXISTENCE: "ha"}
 
 
 _PREFIX_DIMENSION = {"ha": "Existence", "as": "State", "an": "Number", "aa": "Action", "asso": "Relation"}
@@ -334,8 +358,9 @@ def read_counters(path: str | Path) -> dict[str, float]:
         try:
             value = ast.literal_eval(parts[1].strip())
         except (ValueError, SyntaxError) as exc:
-            raise DataError(f"counter {name!r}: value {parts[1].strip()!r} is not a number", path=path,
-                            line=lineno) from exc
+            raise DataError(
+                f"counter {name!r}: value {parts[1].strip()!r} is not a number", path=path, line=lineno
+            ) from exc
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DataError(f"counter {name!r}: value {value!r} is not a number", path=path, line=lineno)
         counters[name] = value
@@ -349,8 +374,7 @@ def load_responses(path: str | Path) -> list[dict[str, Any]]:
     """Read a response file in AMBER's format, ``[{"id": int, "response": str}, ...]`` (checked when scored)."""
     data = read_json(path)
     if not isinstance(data, list):
-        raise DataError(f"expected a JSON list of {{\"id\", \"response\"}} objects, got {type(data).__name__}",
-                        path=path)
+        raise DataError(f'expected a JSON list of {{"id", "response"}} objects, got {type(data).__name__}', path=path)
     return data
 
 
@@ -360,11 +384,11 @@ class GenerativeRecord:
     """What the scorer found in one generative response."""
 
     id: int
-    mentions: tuple[str, ...]           # nouns kept: lemmas in the hallucination vocabulary, in text order
-    safe_listed: tuple[str, ...]        # mentions skipped because they are in safe_words.txt (still counted)
-    hallucinated: tuple[str, ...]       # mentions counted as hallucinated (CHAIR numerator)
-    covered: tuple[str, ...]            # truth objects covered (Cover numerator)
-    hallu_mentioned: tuple[str, ...]    # hallucination-list objects mentioned (Cog numerator)
+    mentions: tuple[str, ...]  # nouns kept: lemmas in the hallucination vocabulary, in text order
+    safe_listed: tuple[str, ...]  # mentions skipped because they are in safe_words.txt (still counted)
+    hallucinated: tuple[str, ...]  # mentions counted as hallucinated (CHAIR numerator)
+    covered: tuple[str, ...]  # truth objects covered (Cover numerator)
+    hallu_mentioned: tuple[str, ...]  # hallucination-list objects mentioned (Cog numerator)
     similar: tuple[tuple[str, str], ...]  # (noun, annotation word) pairs matched by similarity, not exactly
     truth: tuple[str, ...]
     hallu: tuple[str, ...]
@@ -380,10 +404,10 @@ class DiscriminativeRecord:
 
     id: int
     type: str
-    dimension: str          # Existence | Attribute | Relation
-    truth: str              # "yes" | "no"
+    dimension: str  # Existence | Attribute | Relation
+    truth: str  # "yes" | "no"
     response: str
-    answer: str             # what was compared with 'Yes' / 'No'
+    answer: str  # what was compared with 'Yes' / 'No'
     correct: bool
 
 
@@ -459,7 +483,7 @@ ANSWER_MODES = {
     "official": "response compared as is with 'Yes'/'No' (official inference.py: exact, case-sensitive, no strip)",
     "strip": "response stripped of surrounding whitespace, then compared exactly with 'Yes'/'No' (not official)",
     "yes-no": "answer extracted from the response's first word, case-insensitive ('yes, there is...' -> 'Yes'), "
-              "then compared with 'Yes'/'No' (not official)",
+    "then compared with 'Yes'/'No' (not official)",
 }
 
 _FIRST_WORD = re.compile(r"^\W*([A-Za-z]+)")
@@ -492,8 +516,7 @@ def _f1(precision: float, recall: float, eps: float) -> float:
 def _prf(c: Mapping[str, float], p: str, eps: float = 0.0001) -> PRF:
     precision = _pct(c[f"{p}qa_ans_no_score"], c[f"{p}qa_ans_no_num"])
     recall = _pct(c[f"{p}qa_no_score"], c[f"{p}qa_no_num"])
-    return PRF(_pct(c[f"{p}qa_correct_score"], c[f"{p}qa_correct_num"]), precision, recall,
-               _f1(precision, recall, eps))
+    return PRF(_pct(c[f"{p}qa_correct_score"], c[f"{p}qa_correct_num"]), precision, recall, _f1(precision, recall, eps))
 
 
 def _pooled_attribute(c: Mapping[str, float]) -> PRF:
@@ -515,15 +538,22 @@ class AmberScorer:
     fresh counters, like one run of ``inference.py``.
     """
 
-    def __init__(self, data_root: str | Path, similarity: WordSimilarity | str, *,
-                 threshold: float = SIMILARITY_THRESHOLD, cache: bool = True):
+    def __init__(
+        self,
+        data_root: str | Path,
+        similarity: WordSimilarity | str,
+        *,
+        threshold: float = SIMILARITY_THRESHOLD,
+        cache: bool = True,
+    ):
         self.data_root = Path(data_root)
         backend = parse_similarity(similarity) if isinstance(similarity, str) else similarity
         self.synonym = SynonymChecker(backend, threshold=threshold, cache=cache)
         self.counters_init = read_counters(self.data_root / "metrics.txt")
         self.association = fmt.read_relation(self.data_root / "relation.json")
         self.vocabulary: frozenset[str] = frozenset(
-            [*self.association, *(w for words in self.association.values() for w in words)])
+            [*self.association, *(w for words in self.association.values() for w in words)]
+        )
         self.global_safe_words: frozenset[str] = frozenset(fmt.read_safe_words(self.data_root / "safe_words.txt"))
         self.annotations = self._read_annotations()
 
@@ -537,22 +567,28 @@ class AmberScorer:
         entries = list(by_id.values())
         for index, entry in enumerate(entries):
             if entry["id"] != index + 1:
-                raise DataError(f"entry {index} has id {entry['id']}, expected {index + 1}: the official scorer "
-                                f"reads the annotation of id i at position i-1", path=path)
+                raise DataError(
+                    f"entry {index} has id {entry['id']}, expected {index + 1}: the official scorer "
+                    f"reads the annotation of id i at position i-1",
+                    path=path,
+                )
             if entry["type"] == fmt.GENERATIVE:
                 for word in (*entry["truth"], *entry["hallu"]):
                     if word not in self.association:
-                        raise DataError(f"annotation id {entry['id']}: object {word!r} is not a key of "
-                                        f"relation.json", path=path)
+                        raise DataError(
+                            f"annotation id {entry['id']}: object {word!r} is not a key of relation.json", path=path
+                        )
         return entries
 
     # ---------------------------------------------------------------- input checks
-    def _check_responses(self, responses: Sequence[Mapping[str, Any]], source: str | Path,
-                         only: str | None) -> list[tuple[dict[str, Any], str]]:
+    def _check_responses(
+        self, responses: Sequence[Mapping[str, Any]], source: str | Path, only: str | None
+    ) -> list[tuple[dict[str, Any], str]]:
         """``(annotation, response text)`` per response, in order; a bad record raises :class:`DataError`."""
         if isinstance(responses, (str, bytes)) or not isinstance(responses, Sequence):
-            raise DataError(f"expected a list of {{\"id\", \"response\"}} records, got {type(responses).__name__}",
-                            path=source)
+            raise DataError(
+                f'expected a list of {{"id", "response"}} records, got {type(responses).__name__}', path=source
+            )
         out = []
         seen = scaffold.UniqueIds(source)
         n = len(self.annotations)
@@ -575,19 +611,22 @@ class AmberScorer:
         return out
 
     # ---------------------------------------------------------------- scoring
-    def score_generative(self, responses: Sequence[Mapping[str, Any]], *,
-                         source: str | Path = "responses") -> AmberResult:
+    def score_generative(
+        self, responses: Sequence[Mapping[str, Any]], *, source: str | Path = "responses"
+    ) -> AmberResult:
         """Score generative responses (ids 1-1004): CHAIR, Cover, Hal, Cog. Other ids raise :class:`DataError`."""
         return self._score(self._check_responses(responses, source, "generative"), "official")
 
-    def score_discriminative(self, responses: Sequence[Mapping[str, Any]], *, answer_mode: str = "official",
-                             source: str | Path = "responses") -> AmberResult:
+    def score_discriminative(
+        self, responses: Sequence[Mapping[str, Any]], *, answer_mode: str = "official", source: str | Path = "responses"
+    ) -> AmberResult:
         """Score yes/no responses: Accuracy, Precision, Recall, F1 overall and per dimension."""
         normalize_answer("", answer_mode)  # validate the mode
         return self._score(self._check_responses(responses, source, "discriminative"), answer_mode)
 
-    def score(self, responses: Sequence[Mapping[str, Any]], *, answer_mode: str = "official",
-              source: str | Path = "responses") -> AmberResult:
+    def score(
+        self, responses: Sequence[Mapping[str, Any]], *, answer_mode: str = "official", source: str | Path = "responses"
+    ) -> AmberResult:
         """Score a mix of responses; each half is computed when it has responses, and the AMBER Score when both do."""
         normalize_answer("", answer_mode)
         return self._score(self._check_responses(responses, source, None), answer_mode)
@@ -676,16 +715,21 @@ class AmberScorer:
             c["non_hallu_score"] += 1
         c["non_hallu_num"] += 1
         return GenerativeRecord(
-            id=entry["id"], mentions=tuple(mentions), safe_listed=tuple(safe_listed),
+            id=entry["id"],
+            mentions=tuple(mentions),
+            safe_listed=tuple(safe_listed),
             hallucinated=tuple(hallucinated),
             covered=tuple(w for w, hit in zip(truth, covered) if hit),
             hallu_mentioned=tuple(w for w, hit in zip(hallu, mentioned) if hit),
-            similar=tuple(similar), truth=tuple(truth), hallu=tuple(hallu),
+            similar=tuple(similar),
+            truth=tuple(truth),
+            hallu=tuple(hallu),
         )
 
     @staticmethod
-    def _discriminative_one(entry: Mapping[str, Any], response: str, c: dict[str, float],
-                            answer_mode: str) -> DiscriminativeRecord:
+    def _discriminative_one(
+        entry: Mapping[str, Any], response: str, c: dict[str, float], answer_mode: str
+    ) -> DiscriminativeRecord:
         """One yes/no answer, counted as in ``inference.py`` (positive class "No")."""
         p = _TYPE_PREFIX.get(entry["type"], "asso")
         answer = normalize_answer(response, answer_mode)
@@ -713,8 +757,15 @@ class AmberScorer:
                 c["qa_ans_no_score"] += 1
                 c[f"{p}_qa_ans_no_score"] += 1
         dim = {"ha": "Existence", "asso": "Relation"}.get(p, "Attribute")
-        return DiscriminativeRecord(id=entry["id"], type=entry["type"], dimension=dim, truth=truth,
-                                    response=response, answer=answer, correct=correct)
+        return DiscriminativeRecord(
+            id=entry["id"],
+            type=entry["type"],
+            dimension=dim,
+            truth=truth,
+            response=response,
+            answer=answer,
+            correct=correct,
+        )
 
     @staticmethod
     def _generative_scores(c: Mapping[str, float], records: Sequence[Any]) -> GenerativeScores:
@@ -746,8 +797,14 @@ class AmberScorer:
         }
         yes = sum(r.answer == "Yes" for r in disc)
         no = sum(r.answer == "No" for r in disc)
-        return DiscriminativeScores(overall=_prf(c, ""), dimensions=dims, questions=len(disc), answered_yes=yes,
-                                    answered_no=no, answered_other=len(disc) - yes - no)
+        return DiscriminativeScores(
+            overall=_prf(c, ""),
+            dimensions=dims,
+            questions=len(disc),
+            answered_yes=yes,
+            answered_no=no,
+            answered_other=len(disc) - yes - no,
+        )
 
 
 # --------------------------------------------------------------------------------------------------- tasks
@@ -765,14 +822,26 @@ class _AmberTask(Task):
     default_max_new_tokens: ClassVar[int] = GENERATIVE_MAX_NEW_TOKENS
     option_names: ClassVar[tuple[str, ...]] = ("amber_answer", "amber_similarity")
     flags: ClassVar[tuple[TaskFlag, ...]] = (
-        TaskFlag("amber_similarity", "--amber-similarity", "AMBER word similarity: spacy:MODEL (default "
-                 "spacy:en_core_web_lg), none, or table:FILE", metavar="SPEC"),
-        TaskFlag("amber_answer", "--amber-answer", "AMBER yes/no answers: official (exact 'Yes'/'No', default), "
-                 "strip, or yes-no", metavar="MODE"),
+        TaskFlag(
+            "amber_similarity",
+            "--amber-similarity",
+            "AMBER word similarity: spacy:MODEL (default spacy:en_core_web_lg), none, or table:FILE",
+            metavar="SPEC",
+        ),
+        TaskFlag(
+            "amber_answer",
+            "--amber-answer",
+            "AMBER yes/no answers: official (exact 'Yes'/'No', default), strip, or yes-no",
+            metavar="MODE",
+        ),
     )
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
         self.answer_mode = str(self.options.get("amber_answer", "official"))
         if self.answer_mode not in ANSWER_MODES:
@@ -787,8 +856,10 @@ class _AmberTask(Task):
         self._scorer: AmberScorer | None = None
 
     def default_data_root(self) -> Path:
-        raise ConfigError(f"task {self.name} needs --data-root: the folder holding {self._file_list()} "
-                          f"(the data/ folder of {DATA_SOURCE.split(': ', 1)[1]})")
+        raise ConfigError(
+            f"task {self.name} needs --data-root: the folder holding {self._file_list()} "
+            f"(the data/ folder of {DATA_SOURCE.split(': ', 1)[1]})"
+        )
 
     def default_image_root(self) -> Path:
         return self.data_root / "image"
@@ -797,9 +868,13 @@ class _AmberTask(Task):
         return {"nltk_data": nltk_provenance()} if self.generative else {}
 
     def load_samples(self) -> list[Sample]:
-        return fmt.load_samples(self.data_root, self.image_root, query_file=self.query_file,
-                                generative_tokens=GENERATIVE_MAX_NEW_TOKENS,
-                                discriminative_tokens=DISCRIMINATIVE_MAX_NEW_TOKENS)
+        return fmt.load_samples(
+            self.data_root,
+            self.image_root,
+            query_file=self.query_file,
+            generative_tokens=GENERATIVE_MAX_NEW_TOKENS,
+            discriminative_tokens=DISCRIMINATIVE_MAX_NEW_TOKENS,
+        )
 
     def scorer(self) -> AmberScorer:
         if self._scorer is None:
@@ -808,8 +883,11 @@ class _AmberTask(Task):
 
     def read_responses(self, path: str | Path) -> dict[str, Response]:
         """AMBER's response format ``[{"id": int, "response": str}]``; ids must belong to this task's half."""
-        only = None if (self.generative and self.discriminative) else (
-            "generative" if self.generative else "discriminative")
+        only = (
+            None
+            if (self.generative and self.discriminative)
+            else ("generative" if self.generative else "discriminative")
+        )
         rows = self.scorer()._check_responses(load_responses(path), path, only)
         return {str(entry["id"]): Response(str(entry["id"]), text, "stop") for entry, text in rows}
 
@@ -830,10 +908,15 @@ class _AmberTask(Task):
             g = result.generative
             if g is not None:
                 headline.update(g.headline())
-                counts.update(generative=g.responses, mentions=g.mentions,
-                              hallucinated_mentions=g.hallucinated_mentions, truth_objects=g.truth_objects,
-                              covered_objects=g.covered_objects, hallu_objects=g.hallu_objects,
-                              hallu_mentioned=g.hallu_mentioned)
+                counts.update(
+                    generative=g.responses,
+                    mentions=g.mentions,
+                    hallucinated_mentions=g.hallucinated_mentions,
+                    truth_objects=g.truth_objects,
+                    covered_objects=g.covered_objects,
+                    hallu_objects=g.hallu_objects,
+                    hallu_mentioned=g.hallu_mentioned,
+                )
             else:
                 notes.append("no generative responses: CHAIR, Cover, Hal and Cog not computed")
         if self.discriminative:
@@ -843,10 +926,18 @@ class _AmberTask(Task):
                 headline.update(d.overall.as_dict())
                 asked = dimension_counts(r for r in result.records if isinstance(r, DiscriminativeRecord))
                 # the official numbers of every dimension; "n": 0 marks one without a question (printed as 0)
-                breakdown.update({name: {**prf.as_dict(), **({"n": 0} if not asked[name] else {})}
-                                  for name, prf in d.dimensions.items()})
-                counts.update(discriminative=d.questions, answered_yes=d.answered_yes, answered_no=d.answered_no,
-                              answered_other=d.answered_other)
+                breakdown.update(
+                    {
+                        name: {**prf.as_dict(), **({"n": 0} if not asked[name] else {})}
+                        for name, prf in d.dimensions.items()
+                    }
+                )
+                counts.update(
+                    discriminative=d.questions,
+                    answered_yes=d.answered_yes,
+                    answered_no=d.answered_no,
+                    answered_other=d.answered_other,
+                )
             else:
                 notes.append("no discriminative responses: Accuracy, Precision, Recall and F1 not computed")
         if self.generative and self.discriminative:
@@ -854,10 +945,17 @@ class _AmberTask(Task):
                 headline["AMBER Score"] = result.amber_score
             else:
                 notes.append("AMBER Score needs both generative and discriminative responses")
-        records = [{**asdict(r), "id": str(r.id), "kind": "generative" if isinstance(r, GenerativeRecord)
-                    else "discriminative"} for r in result.records]
-        return Metrics(task=self.name, headline=headline, breakdown=breakdown, counts=counts, notes=notes,
-                       records=records)
+        records = [
+            {
+                **asdict(r),
+                "id": str(r.id),
+                "kind": "generative" if isinstance(r, GenerativeRecord) else "discriminative",
+            }
+            for r in result.records
+        ]
+        return Metrics(
+            task=self.name, headline=headline, breakdown=breakdown, counts=counts, notes=notes, records=records
+        )
 
 
 _COMMON_FILES = (
@@ -885,8 +983,10 @@ class AmberDiscriminative(_AmberTask):
     """AMBER discriminative: 14,216 yes/no questions; Accuracy, Precision, Recall, F1 ("No" positive)."""
 
     name = "amber_d"
-    description = ("AMBER discriminative (14,216 yes/no questions): Accuracy, Precision, Recall, F1 per dimension "
-                   "(official inference.py)")
+    description = (
+        "AMBER discriminative (14,216 yes/no questions): Accuracy, Precision, Recall, F1 per dimension "
+        "(official inference.py)"
+    )
     query_file = fmt.QUERY_FILES["discriminative"]
     data_files = (*_COMMON_FILES, DataFile(query_file, DATA_SOURCE))
     generative = False

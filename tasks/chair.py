@@ -36,9 +36,11 @@ CAPTION_FILES = ("captions_val2014.json", "captions_train2014.json")
 COCO_FILES = (*INSTANCE_FILES, *CAPTION_FILES)
 
 SYNONYMS_SOURCE = "RLHF-V eval/data/synonyms_refine.txt (https://github.com/RLHF-V/RLHF-V)"
-COCO_SOURCE = ("MSCOCO 2014 annotations (cocodataset.org): "
-               "http://images.cocodataset.org/annotations/annotations_trainval2014.zip, "
-               f"unzipped, its annotations/*.json placed in {COCO_DIR}/")
+COCO_SOURCE = (
+    "MSCOCO 2014 annotations (cocodataset.org): "
+    "http://images.cocodataset.org/annotations/annotations_trainval2014.zip, "
+    f"unzipped, its annotations/*.json placed in {COCO_DIR}/"
+)
 
 ANIMAL_WORDS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub")
 VEHICLE_WORDS = ("jet", "train")
@@ -111,7 +113,7 @@ class CocoVocabulary:
         idxs: list[int] = []
         while i < len(words):
             idxs.append(i)
-            double_word = " ".join(words[i:i + 2])
+            double_word = " ".join(words[i : i + 2])
             if double_word in self.double_word_dict:
                 merged.append(self.double_word_dict[double_word])
                 i += 2
@@ -193,8 +195,12 @@ class CocoGroundTruth:
         for p in self.paths():
             st = p.stat()
             files.append([p.name, st.st_size, st.st_mtime_ns])
-        key = {"format": GT_CACHE_FORMAT, "files": files, "synonyms_sha256": self.vocab.digest,
-               "nltk": nltk.__version__}
+        key = {
+            "format": GT_CACHE_FORMAT,
+            "files": files,
+            "synonyms_sha256": self.vocab.digest,
+            "nltk": nltk.__version__,
+        }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         return cache_dir() / "object_halbench" / f"gt-{digest}.json", key
 
@@ -241,8 +247,9 @@ class CocoGroundTruth:
                 try:
                     id_to_name = {cat["id"]: cat["name"] for cat in data["categories"]}
                 except (TypeError, KeyError) as exc:
-                    raise DataError(f"expected a 'categories' list of {{id, name}} objects ({exc!r})",
-                                    path=path) from exc
+                    raise DataError(
+                        f"expected a 'categories' list of {{id, name}} objects ({exc!r})", path=path
+                    ) from exc
             seen.update(_image_ids(data, path) & wanted)
             for index, ann in enumerate(data["annotations"]):
                 try:
@@ -253,8 +260,11 @@ class CocoGroundTruth:
             del data
         for path, imid, cat_id in instance_hits:
             if cat_id not in id_to_name:
-                raise DataError(f"an annotation of image {imid} names category {cat_id!r}, which is not in the "
-                                f"categories of instances_train2014.json", path=path)
+                raise DataError(
+                    f"an annotation of image {imid} names category {cat_id!r}, which is not in the "
+                    f"categories of instances_train2014.json",
+                    path=path,
+                )
             cat_name = id_to_name[cat_id]
             if cat_name not in self.vocab.inverse_synonym_dict:
                 raise DataError(f"COCO category {cat_name!r} is not in {SYNONYMS_FILE}", path=path)
@@ -336,8 +346,12 @@ def caption_objects(answers: Sequence[Answer], vocab: CocoVocabulary) -> dict[st
     return {a.id: FoundObjects(vocab.caption_to_words(a.caption), {}) for a in answers}
 
 
-def compute_chair(answers: Sequence[Answer], gt: Mapping[int, frozenset[str]], found: Mapping[str, FoundObjects],
-                  before: Mapping[str, int] | None = None) -> ObjHalResult:
+def compute_chair(
+    answers: Sequence[Answer],
+    gt: Mapping[int, frozenset[str]],
+    found: Mapping[str, FoundObjects],
+    before: Mapping[str, int] | None = None,
+) -> ObjHalResult:
     """The official ``compute_chair`` over ``answers`` (ground truth ``gt`` by image id), each answer's objects
     ``found`` by its id; an answer whose objects failed is recorded and left out of every metric. ``before``: counts
     reported ahead of CHAIR's own."""
@@ -374,16 +388,19 @@ def compute_chair(answers: Sequence[Answer], gt: Mapping[int, frozenset[str]], f
         if len(cw.words) > 0:
             num_coco_caps += 1
             chair_i = len(hallucinated) / float(len(cw.words))
-        records.append({
-            **base, "status": "scored",
-            "mentioned": [list(p) for p in cw.node_words],
-            "hallucinated": [list(p) for p in hallucinated],
-            "gt_objects": sorted(gt_objects),
-            "hallucination_idxs": hallucination_idxs,
-            "words": list(cw.raw_words),
-            "CHAIRs": int(bool(hallucinated)),
-            "CHAIRi": chair_i,
-        })
+        records.append(
+            {
+                **base,
+                "status": "scored",
+                "mentioned": [list(p) for p in cw.node_words],
+                "hallucinated": [list(p) for p in hallucinated],
+                "gt_objects": sorted(gt_objects),
+                "hallucination_idxs": hallucination_idxs,
+                "words": list(cw.raw_words),
+                "CHAIRs": int(bool(hallucinated)),
+                "CHAIRi": chair_i,
+            }
+        )
     chair_s = _div(num_hallucinated_caps, num_caps)
     chair_s_refine = _div(num_hallucinated_caps, num_coco_caps)
     chair_i_all = _div(hallucinated_word_count, coco_word_count)
@@ -400,15 +417,17 @@ def compute_chair(answers: Sequence[Answer], gt: Mapping[int, frozenset[str]], f
         "correct_rate": None if chair_s_refine is None else 1 - chair_s_refine,
         "object_correct_rate": None if chair_i_all is None else 1 - chair_i_all,
     }
-    counts.update({
-        "responses": int(num_caps),
-        "coco_responses": int(num_coco_caps),
-        "hallucinated_responses": int(num_hallucinated_caps),
-        "mentions": int(coco_word_count),
-        "hallucinated_mentions": int(hallucinated_word_count),
-        "correct_classes": int(coco_obj_cls_count),
-        "gt_classes": int(gt_word_count),
-    })
+    counts.update(
+        {
+            "responses": int(num_caps),
+            "coco_responses": int(num_coco_caps),
+            "hallucinated_responses": int(num_hallucinated_caps),
+            "mentions": int(coco_word_count),
+            "hallucinated_mentions": int(hallucinated_word_count),
+            "correct_classes": int(coco_obj_cls_count),
+            "gt_classes": int(gt_word_count),
+        }
+    )
     return ObjHalResult(overall=overall, records=records, counts=counts)
 
 
@@ -419,6 +438,7 @@ def _fmt(value: float | None, spec: str) -> float | None:
 
 def printed_numbers(overall: Mapping[str, float | None]) -> tuple[dict[str, float | None], dict[str, float | None]]:
     """What the two official scripts print: the eval script's row and the summarizer's lines."""
+
     def pct(key: str) -> float | None:
         v = overall[key]
         return None if v is None else v * 100

@@ -86,11 +86,15 @@ from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
-SCORER_SOURCE = ("Cambrian eval/eval/{ade,coco,omni}/*_test.py, https://github.com/cambrian-mllm/cambrian, "
-                 "commit 539ffc3254bba004e5d012b65c0ad6cb308897c5")
+SCORER_SOURCE = (
+    "Cambrian eval/eval/{ade,coco,omni}/*_test.py, https://github.com/cambrian-mllm/cambrian, "
+    "commit 539ffc3254bba004e5d012b65c0ad6cb308897c5"
+)
 CARD_SOURCE = "CV-Bench dataset card (README.md), https://huggingface.co/datasets/nyu-visionx/CV-Bench"
-DATA_SOURCE = ("CV-Bench: https://huggingface.co/datasets/nyu-visionx/CV-Bench (test_2d/test_3d .jsonl + img/, or "
-               "the .parquet files; earlier revision: test.jsonl / test.parquet)")
+DATA_SOURCE = (
+    "CV-Bench: https://huggingface.co/datasets/nyu-visionx/CV-Bench (test_2d/test_3d .jsonl + img/, or "
+    "the .parquet files; earlier revision: test.jsonl / test.parquet)"
+)
 
 SOURCES: tuple[str, ...] = ("ADE20K", "COCO", "Omni3D")
 TYPES: tuple[str, ...] = ("2D", "3D")
@@ -159,8 +163,9 @@ def match_answer(source: str, response: str, gt_answer: str, options: Sequence[s
 
 def _check_gt(gt: Any, choices: Sequence[Any] | None, where: str, path: str | Path, line: int | None) -> str:
     if not isinstance(gt, str) or not _GT.match(gt):
-        raise DataError(f"{where}: answer {gt!r}; expected the option letter in parentheses, e.g. \"(A)\"",
-                        path=path, line=line)
+        raise DataError(
+            f'{where}: answer {gt!r}; expected the option letter in parentheses, e.g. "(A)"', path=path, line=line
+        )
     if choices is not None and not 0 <= ord(gt.lower()[1]) - ord("a") < len(choices):
         raise DataError(f"{where}: answer {gt!r} names no option (choices: {list(choices)})", path=path, line=line)
     return gt
@@ -183,8 +188,10 @@ def aggregate(per_source: Mapping[str, tuple[int, int]]) -> tuple[dict[str, floa
     absent = [s for s in SOURCES if s not in acc]
     if absent:
         lost = [k for k in ("Overall", "2D", "3D") if k not in headline]
-        notes.append(f"no scored question from {', '.join(absent)}: {', '.join(lost)} not computed "
-                     f"(the card's formula needs every source)")
+        notes.append(
+            f"no scored question from {', '.join(absent)}: {', '.join(lost)} not computed "
+            f"(the card's formula needs every source)"
+        )
     return headline, notes
 
 
@@ -207,8 +214,17 @@ def _metrics(scored: Sequence[_Scored], *, task: str, counts: Mapping[str, int],
         t = per_task.setdefault((s.source, s.task), [0, 0])
         t[0] += s.match.right
         t[1] += 1
-        records.append({"id": s.id, "source": s.source, "task": s.task, "extracted": s.match.extracted,
-                        "gt_letter": s.match.gt_letter, "gt_text": s.match.gt_text, "right": s.match.right})
+        records.append(
+            {
+                "id": s.id,
+                "source": s.source,
+                "task": s.task,
+                "extracted": s.match.extracted,
+                "gt_letter": s.match.gt_letter,
+                "gt_text": s.match.gt_text,
+                "right": s.match.right,
+            }
+        )
     headline, agg_notes = aggregate({k: (v[0], v[1]) for k, v in per_source.items()})
     breakdown: dict[str, dict[str, float]] = {}
     for source in [*SOURCES, *sorted(set(per_source) - set(SOURCES))]:
@@ -222,10 +238,16 @@ def _metrics(scored: Sequence[_Scored], *, task: str, counts: Mapping[str, int],
                 entry[f"{name} n"] = n
         breakdown[source] = entry
     all_counts = {"scored": len(scored), "right": sum(s.match.right for s in scored), **counts}
-    all_notes = [f"scorer: {SCORER_SOURCE}", f"aggregation: {CARD_SOURCE}",
-                 "accuracies are fractions (the card prints them {:.4f})", *notes, *agg_notes]
-    return Metrics(task=task, headline=headline, breakdown=breakdown, counts=all_counts, notes=all_notes,
-                   records=records)
+    all_notes = [
+        f"scorer: {SCORER_SOURCE}",
+        f"aggregation: {CARD_SOURCE}",
+        "accuracies are fractions (the card prints them {:.4f})",
+        *notes,
+        *agg_notes,
+    ]
+    return Metrics(
+        task=task, headline=headline, breakdown=breakdown, counts=all_counts, notes=all_notes, records=records
+    )
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -249,14 +271,19 @@ class CVBenchRecord:
         return f"{self.type}-{self.idx}"
 
 
-def parse_record(obj: Mapping[str, Any], path: str | Path, where: str, line: int | None = None, *,
-                 embedded: bool = False) -> CVBenchRecord:
+def parse_record(
+    obj: Mapping[str, Any], path: str | Path, where: str, line: int | None = None, *, embedded: bool = False
+) -> CVBenchRecord:
     """Check one CV-Bench record; a missing or mistyped field raises :class:`DataError` naming the file and
     record. ``embedded``: a parquet row, whose image is ``image.bytes`` (else ``filename`` is needed)."""
     missing = [k for k in REQUIRED_FIELDS if k not in obj or obj[k] is None]
     if missing:
-        raise DataError(f"{where}: missing field(s) {', '.join(missing)}; a CV-Bench record has "
-                        f"{', '.join(REQUIRED_FIELDS)}, filename/image, ...", path=path, line=line)
+        raise DataError(
+            f"{where}: missing field(s) {', '.join(missing)}; a CV-Bench record has "
+            f"{', '.join(REQUIRED_FIELDS)}, filename/image, ...",
+            path=path,
+            line=line,
+        )
     idx = obj["idx"]
     if isinstance(idx, bool) or not isinstance(idx, int):
         raise DataError(f"{where}: field 'idx' must be an integer, got {idx!r}", path=path, line=line)
@@ -264,8 +291,9 @@ def parse_record(obj: Mapping[str, Any], path: str | Path, where: str, line: int
     if obj["type"] not in TYPES:
         raise DataError(f"{where}: type {obj['type']!r}; expected 2D or 3D", path=path, line=line)
     if obj["source"] not in SOURCES:
-        raise DataError(f"{where}: source {obj['source']!r}; expected one of {', '.join(SOURCES)}", path=path,
-                        line=line)
+        raise DataError(
+            f"{where}: source {obj['source']!r}; expected one of {', '.join(SOURCES)}", path=path, line=line
+        )
     for key in ("task", "prompt"):
         if not isinstance(obj[key], str):
             raise DataError(f"{where}: field {key!r} must be a string", path=path, line=line)
@@ -282,13 +310,26 @@ def parse_record(obj: Mapping[str, Any], path: str | Path, where: str, line: int
         if isinstance(image, Mapping) and isinstance(image.get("bytes"), (bytes, bytearray)):
             image_bytes = bytes(image["bytes"])
     if image_bytes is None and not filename:
-        raise DataError(f"{where}: no image: expected " + ("an 'image' with bytes or " if embedded else "")
-                        + "a 'filename' (img/...)", path=path, line=line)
+        raise DataError(
+            f"{where}: no image: expected "
+            + ("an 'image' with bytes or " if embedded else "")
+            + "a 'filename' (img/...)",
+            path=path,
+            line=line,
+        )
     question = obj.get("question")
-    return CVBenchRecord(idx=idx, type=obj["type"], task=obj["task"], source=obj["source"], prompt=obj["prompt"],
-                         choices=tuple(choices), answer=answer,
-                         question=question if isinstance(question, str) else None,
-                         filename=filename, image_bytes=image_bytes)
+    return CVBenchRecord(
+        idx=idx,
+        type=obj["type"],
+        task=obj["task"],
+        source=obj["source"],
+        prompt=obj["prompt"],
+        choices=tuple(choices),
+        answer=answer,
+        question=question if isinstance(question, str) else None,
+        filename=filename,
+        image_bytes=image_bytes,
+    )
 
 
 def read_jsonl(path: str | Path) -> list[CVBenchRecord]:
@@ -299,8 +340,6 @@ def read_jsonl(path: str | Path) -> list[CVBenchRecord]:
     if not out:
         raise DataError("holds no CV-Bench records", path=path)
     return out
-
-
 
 
 def read_parquet(path: str | Path) -> list[CVBenchRecord]:
@@ -350,10 +389,18 @@ def read_cambrian_answers(path: str | Path, source: str) -> list[CambrianAnswer]
             raise DataError("field 'category' must be a string", path=path, line=lineno)
         options = obj.get("options")
         if source == "Omni3D" and not isinstance(options, list):
-            raise DataError("missing field 'options' (Omni3D's scorer compares the answer with the right option's "
-                            "text)", path=path, line=lineno)
-        gt = _check_gt(obj.get("gt_answer"), options if source == "Omni3D" else None,
-                       f"questionId {obj.get('questionId')!r}: gt_answer", path, lineno)
+            raise DataError(
+                "missing field 'options' (Omni3D's scorer compares the answer with the right option's text)",
+                path=path,
+                line=lineno,
+            )
+        gt = _check_gt(
+            obj.get("gt_answer"),
+            options if source == "Omni3D" else None,
+            f"questionId {obj.get('questionId')!r}: gt_answer",
+            path,
+            lineno,
+        )
         out.append(CambrianAnswer(lineno, obj.get("questionId"), answer, gt, category, tuple(options or ())))
     if not out:
         raise DataError("holds no answers", path=path)
@@ -441,33 +488,50 @@ class CVBench(Task):
 
     name = "cvbench"
     version = "1"
-    description = ("CV-Bench (2,638 questions; 2D: ADE20K, COCO count/relation; 3D: Omni3D depth/distance): "
-                   "per-source accuracy (Cambrian *_test.py matching) and the card's combined accuracy")
+    description = (
+        "CV-Bench (2,638 questions; 2D: ADE20K, COCO count/relation; 3D: Omni3D depth/distance): "
+        "per-source accuracy (Cambrian *_test.py matching) and the card's combined accuracy"
+    )
     option_names = ("cvbench_format", "cvbench_suffix")
     responses_accept_directory = True  # an answer spec: files, folders of *.jsonl, SOURCE=FILE (parse_answer_spec)
     data_files = (DataFile("test_2d.jsonl", DATA_SOURCE), DataFile("test_3d.jsonl", DATA_SOURCE))
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
         self.suffix = _suffix_option(self.options)
         self.format = self.choice_option("cvbench_format", "auto", FORMATS)
         self._records: list[CVBenchRecord] | None = None
 
     def default_data_root(self) -> Path:
-        raise ConfigError(f"task {self.name} needs --data-root: the folder holding test_2d.jsonl and test_3d.jsonl "
-                          f"(with img/) or the parquet files ({DATA_SOURCE})")
+        raise ConfigError(
+            f"task {self.name} needs --data-root: the folder holding test_2d.jsonl and test_3d.jsonl "
+            f"(with img/) or the parquet files ({DATA_SOURCE})"
+        )
 
     def _missing(self) -> MissingDataFile:
-        sets = (JSONL_SETS if self.format == "jsonl" else PARQUET_SETS if self.format == "parquet"
-                else JSONL_SETS + PARQUET_SETS)
+        sets = (
+            JSONL_SETS
+            if self.format == "jsonl"
+            else PARQUET_SETS
+            if self.format == "parquet"
+            else JSONL_SETS + PARQUET_SETS
+        )
         wanted = " or ".join(" + ".join(s) for s in sets)
         return MissingDataFile(self.data_root / sets[0][0], f"{DATA_SOURCE}; looked for {wanted}")
 
     def _layout(self) -> tuple[str, list[Path]]:
-        return scaffold.select_layout(self.format, release=lambda: _present(self.data_root, JSONL_SETS),
-                                      parquet=lambda: _present(self.data_root, PARQUET_SETS), missing=self._missing)
+        return scaffold.select_layout(
+            self.format,
+            release=lambda: _present(self.data_root, JSONL_SETS),
+            parquet=lambda: _present(self.data_root, PARQUET_SETS),
+            missing=self._missing,
+        )
 
     def check_files(self) -> list[Path]:
         return self._layout()[1]
@@ -481,13 +545,19 @@ class CVBench(Task):
         first = records[0]
         parquet = _present(self.data_root, PARQUET_SETS) if fmt == "jsonl" and self.format == "auto" else None
         if parquet is not None and first.filename is not None and not (self.image_root / first.filename).is_file():
-            log.info("CV-Bench: %s not found; reading the images from %s", self.image_root / first.filename,
-                     ", ".join(p.name for p in parquet))
+            log.info(
+                "CV-Bench: %s not found; reading the images from %s",
+                self.image_root / first.filename,
+                ", ".join(p.name for p in parquet),
+            )
             records = [r for p in parquet for r in read_parquet(p)]
             files = parquet
-        scaffold.require_unique(records, lambda r: r.sample_id,
-                                lambda r: f"record {r.type} idx {r.idx} appears twice; expected unique (type, idx)",
-                                path=", ".join(str(p) for p in files))
+        scaffold.require_unique(
+            records,
+            lambda r: r.sample_id,
+            lambda r: f"record {r.type} idx {r.idx} appears twice; expected unique (type, idx)",
+            path=", ".join(str(p) for p in files),
+        )
         self._records = records
         return records
 
@@ -497,12 +567,23 @@ class CVBench(Task):
         return ImageRef(path=str(self.image_root / (r.filename or "")))
 
     def load_samples(self) -> list[Sample]:
-        return [Sample(id=r.sample_id, prompt=r.prompt + self.suffix, images=(self._image(r),),
-                       reference={"answer": r.answer, "choices": list(r.choices), "source": r.source,
-                                  "task": r.task},
-                       meta={"idx": r.idx, "type": r.type, "task": r.task, "source": r.source,
-                             "filename": r.filename, "question": r.question})
-                for r in self.records()]
+        return [
+            Sample(
+                id=r.sample_id,
+                prompt=r.prompt + self.suffix,
+                images=(self._image(r),),
+                reference={"answer": r.answer, "choices": list(r.choices), "source": r.source, "task": r.task},
+                meta={
+                    "idx": r.idx,
+                    "type": r.type,
+                    "task": r.task,
+                    "source": r.source,
+                    "filename": r.filename,
+                    "question": r.question,
+                },
+            )
+            for r in self.records()
+        ]
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
         scored: list[_Scored] = []
@@ -516,10 +597,13 @@ class CVBench(Task):
             scored.append(_Scored(s.id, ref["source"], ref["task"], m))
         notes = [f"prompt suffix: {self.suffix!r}"]
         if missing:
-            notes.append(f"{len(missing)} questions have no response (failed generation) and are not scored: ids "
-                         f"{scaffold.id_list(missing)}")
-        return _metrics(scored, task=self.name, counts={"questions": len(samples), "no_response": len(missing)},
-                        notes=notes)
+            notes.append(
+                f"{len(missing)} questions have no response (failed generation) and are not scored: ids "
+                f"{scaffold.id_list(missing)}"
+            )
+        return _metrics(
+            scored, task=self.name, counts={"questions": len(samples), "no_response": len(missing)}, notes=notes
+        )
 
     def read_responses(self, path: str | Path) -> dict[str, Response]:
         """CV-Bench-indexed answers (see the module docstring) by sample id; unknown, ambiguous or repeated ids
@@ -533,8 +617,11 @@ class CVBench(Task):
         for lineno, obj in iter_jsonl(path):
             text = next((obj[k] for k in ("response", "text", "prediction") if k in obj), None)
             if not isinstance(text, str):
-                raise DataError("missing or non-string field 'response' (or 'text', 'prediction'): the model's "
-                                "output", path=path, line=lineno)
+                raise DataError(
+                    "missing or non-string field 'response' (or 'text', 'prediction'): the model's output",
+                    path=path,
+                    line=lineno,
+                )
             if isinstance(obj.get("id"), str):
                 sid = obj["id"]
             elif isinstance(obj.get("idx"), int) and not isinstance(obj.get("idx"), bool):
@@ -544,15 +631,26 @@ class CVBench(Task):
                 else:
                     matches = by_idx.get(obj["idx"], [])
                     if len(matches) > 1:
-                        raise DataError(f"idx {obj['idx']} is ambiguous ({', '.join(matches)}); add its 'type'",
-                                        path=path, line=lineno)
+                        raise DataError(
+                            f"idx {obj['idx']} is ambiguous ({', '.join(matches)}); add its 'type'",
+                            path=path,
+                            line=lineno,
+                        )
                     sid = matches[0] if matches else str(obj["idx"])
             else:
-                raise DataError("expected a sample 'id' (\"2D-0\") or an integer 'idx' (with 'type')", path=path,
-                                line=lineno)
-            scaffold.add_response(out, sid, text, known=ids, path=path, line=lineno,
-                                  unknown=f"{sid} is not a CV-Bench question of {self.data_root}",
-                                  second=f"a second answer for {sid}")
+                raise DataError(
+                    "expected a sample 'id' (\"2D-0\") or an integer 'idx' (with 'type')", path=path, line=lineno
+                )
+            scaffold.add_response(
+                out,
+                sid,
+                text,
+                known=ids,
+                path=path,
+                line=lineno,
+                unknown=f"{sid} is not a CV-Bench question of {self.data_root}",
+                second=f"a second answer for {sid}",
+            )
         return out
 
     def score_file(self, path: str | Path, judge: Any = None) -> tuple[Metrics, dict[str, int]]:
@@ -563,18 +661,22 @@ class CVBench(Task):
         if all(cambrian):
             unnamed = [p for src, p in items if src is None]
             if unnamed:
-                raise ConfigError(f"cannot tell which CV-Bench source {unnamed[0]} answers (Cambrian's answer files "
-                                  f"do not say): give it as SOURCE=FILE, SOURCE one of {', '.join(SOURCES)}, or "
-                                  f"name the file with ade, coco or omni")
+                raise ConfigError(
+                    f"cannot tell which CV-Bench source {unnamed[0]} answers (Cambrian's answer files "
+                    f"do not say): give it as SOURCE=FILE, SOURCE one of {', '.join(SOURCES)}, or "
+                    f"name the file with ade, coco or omni"
+                )
             metrics = score_cambrian_files([(src, p) for src, p in items if src is not None], task=self.name)
             n = metrics.counts["questions"]
             return metrics, {"samples": n, "responses": n, "missing": 0}
         if any(cambrian):
-            raise DataError("mixes Cambrian answer files and CV-Bench-indexed answers; expected one kind",
-                            path=str(path))
+            raise DataError(
+                "mixes Cambrian answer files and CV-Bench-indexed answers; expected one kind", path=str(path)
+            )
         if self.data_root_given is None:
-            raise ConfigError("CV-Bench-indexed answers are scored against the benchmark: give --data-root "
-                              f"({DATA_SOURCE})")
+            raise ConfigError(
+                f"CV-Bench-indexed answers are scored against the benchmark: give --data-root ({DATA_SOURCE})"
+            )
         samples = self.load_samples()
         responses: dict[str, Response] = {}
         answered = scaffold.UniqueIds()
@@ -585,5 +687,4 @@ class CVBench(Task):
                 answered.add(sid, f"a second answer for {sid}", path=p)
                 responses[sid] = resp
         metrics = self.score(samples, responses)
-        return metrics, {"samples": len(samples), "responses": len(responses),
-                         "missing": len(samples) - len(responses)}
+        return metrics, {"samples": len(samples), "responses": len(responses), "missing": len(samples) - len(responses)}

@@ -114,8 +114,13 @@ PRIOR_TEXT = {
     "state": f"{STATE_SHAPE}s are {STATE_PRIOR}",
 }
 #: The shape whose presence makes a prior apply.
-TRIGGER = {"co_occurrence": CO_A, "colour": COLOUR_SHAPE, "count": COUNT_SHAPE, "position": POSITION_SHAPE,
-           "state": STATE_SHAPE}
+TRIGGER = {
+    "co_occurrence": CO_A,
+    "colour": COLOUR_SHAPE,
+    "count": COUNT_SHAPE,
+    "position": POSITION_SHAPE,
+    "state": STATE_SHAPE,
+}
 LABELS: tuple[str, ...] = ("consistent", "conflicting")
 
 #: Contrast types the pair generator draws (key -> the VTC type of the nine it stands for); the first five are the
@@ -128,8 +133,14 @@ CONTRAST_TYPES: dict[str, str] = {
     "state": "state and condition",
     "size": "structural and physical characteristics",
 }
-PRIOR_OF_CONTRAST = {"presence": "co_occurrence", "colour": "colour", "count": "count", "position": "position",
-                     "state": "state", "size": None}
+PRIOR_OF_CONTRAST = {
+    "presence": "co_occurrence",
+    "colour": "colour",
+    "count": "count",
+    "position": "position",
+    "state": "state",
+    "size": None,
+}
 DEFAULT_PAIR_TYPES: tuple[str, ...] = ("presence", "colour", "count", "position", "state")
 #: Which image of a prior's pair is preferred: ``anti_prior`` (m_w always breaks the prior, so the preferred text is
 #: always the anti-prior one) or ``balanced`` (every other round of pair types is turned round: m_w keeps the prior,
@@ -186,11 +197,19 @@ class LabConfig:
     def __post_init__(self) -> None:
         for name in PRIORS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not 0.0 <= value <= 1.0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not 0.0 <= value <= 1.0
+            ):
                 raise ConfigError(f"lab setting {name} (prior strength) must be a number in [0, 1], got {value!r}")
-        pools = {"n_train": (TRAIN_POOL, "training scenes"), "n_eval": (EVAL_POOL, "evaluation images"),
-                 "n_objhal": (OBJHAL_POOL, "Object HalBench images"), "n_pairs": (PAIR_POOL, "contrast pairs")}
+        pools = {
+            "n_train": (TRAIN_POOL, "training scenes"),
+            "n_eval": (EVAL_POOL, "evaluation images"),
+            "n_objhal": (OBJHAL_POOL, "Object HalBench images"),
+            "n_pairs": (PAIR_POOL, "contrast pairs"),
+        }
         for name, (pool, what) in pools.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -198,23 +217,30 @@ class LabConfig:
             if value > pool:
                 raise ConfigError(f"lab setting {name}={value} is above the generated pool of {pool} {what}")
         if self.n_eval % (2 * len(PRIORS)):
-            raise ConfigError(f"lab setting n_eval must be a multiple of {2 * len(PRIORS)} (each prior: as many "
-                              f"consistent as conflicting images), got {self.n_eval}")
+            raise ConfigError(
+                f"lab setting n_eval must be a multiple of {2 * len(PRIORS)} (each prior: as many "
+                f"consistent as conflicting images), got {self.n_eval}"
+            )
         if self.n_objhal % 2:
-            raise ConfigError(f"lab setting n_objhal must be even (as many consistent as conflicting images), "
-                              f"got {self.n_objhal}")
+            raise ConfigError(
+                f"lab setting n_objhal must be even (as many consistent as conflicting images), got {self.n_objhal}"
+            )
         types = self.pair_types
         if isinstance(types, str) or not isinstance(types, (tuple, list)) or not types:
-            raise ConfigError(f"lab setting pair_types must be a non-empty list of contrast types "
-                              f"({', '.join(CONTRAST_TYPES)}), got {types!r}")
+            raise ConfigError(
+                f"lab setting pair_types must be a non-empty list of contrast types "
+                f"({', '.join(CONTRAST_TYPES)}), got {types!r}"
+            )
         for t in types:
             if t not in CONTRAST_TYPES:
-                raise ConfigError(f"lab setting pair_types: unknown contrast type {t!r}; expected one of "
-                                  f"{', '.join(CONTRAST_TYPES)}")
+                raise ConfigError(
+                    f"lab setting pair_types: unknown contrast type {t!r}; expected one of {', '.join(CONTRAST_TYPES)}"
+                )
         object.__setattr__(self, "pair_types", tuple(types))
         if self.pair_direction not in PAIR_DIRECTIONS:
-            raise ConfigError(f"lab setting pair_direction must be one of {', '.join(PAIR_DIRECTIONS)}, "
-                              f"got {self.pair_direction!r}")
+            raise ConfigError(
+                f"lab setting pair_direction must be one of {', '.join(PAIR_DIRECTIONS)}, got {self.pair_direction!r}"
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"lab setting seed must be an integer, got {self.seed!r}")
 
@@ -349,17 +375,31 @@ class LabScene:
         return "consistent" if ok else "conflicting"
 
     def to_record(self) -> dict[str, Any]:
-        rec: dict[str, Any] = {"id": self.id, "image": self.image,
-                               "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "state": o.state,
-                                            "cell": o.cell, "box": list(o.box)} for o in self.objects]}
+        rec: dict[str, Any] = {
+            "id": self.id,
+            "image": self.image,
+            "objects": [
+                {
+                    "shape": o.shape,
+                    "colour": o.colour,
+                    "size": o.size,
+                    "state": o.state,
+                    "cell": o.cell,
+                    "box": list(o.box),
+                }
+                for o in self.objects
+            ],
+        }
         if self.probe is not None:
             rec["probe"], rec["label"] = self.probe, self.label
         return rec
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> LabScene:
-        objects = tuple(LabObject(str(o["shape"]), str(o["colour"]), str(o["size"]), str(o["state"]), int(o["cell"]))
-                        for o in rec["objects"])
+        objects = tuple(
+            LabObject(str(o["shape"]), str(o["colour"]), str(o["size"]), str(o["state"]), int(o["cell"]))
+            for o in rec["objects"]
+        )
         return cls(int(rec["id"]), str(rec["image"]), objects, rec.get("probe"), rec.get("label"))
 
 
@@ -387,6 +427,7 @@ def caption_relation(a: LabGroup, b: LabGroup) -> str:
 
 
 # --- drawing ---------------------------------------------------------------------------------------------------------
+
 
 def render(scene: LabScene) -> Image:
     """Draw ``scene`` as a 96x96 RGB ``PIL.Image``: toy geometry, filled or outlined, no anti-aliasing."""
@@ -435,9 +476,16 @@ class _Spec:
     rows: tuple[int, ...] | None = None
 
 
-def _build(specs: list[_Spec], rng: random.Random, *, sid: int, image: str,
-           probe: str | None = None, label: str | None = None,
-           fixed_cells: Mapping[str, Sequence[int]] | None = None) -> LabScene:
+def _build(
+    specs: list[_Spec],
+    rng: random.Random,
+    *,
+    sid: int,
+    image: str,
+    probe: str | None = None,
+    label: str | None = None,
+    fixed_cells: Mapping[str, Sequence[int]] | None = None,
+) -> LabScene:
     """Complete the specs (unset colours distinct and uniform, sizes and states uniform, counts by the world's
     default) and place them: constrained groups first, then the others in uniformly drawn free cells."""
     used = {s.colour for s in specs if s.colour is not None}
@@ -466,8 +514,11 @@ def _build(specs: list[_Spec], rng: random.Random, *, sid: int, image: str,
         chosen = rng.sample(pool, s.count)
         cells[s.shape] = chosen
         free -= set(chosen)
-    objects = [LabObject(s.shape, s.colour, s.size, s.state, c)  # type: ignore[arg-type]
-               for s in specs for c in sorted(cells[s.shape])]
+    objects = [
+        LabObject(s.shape, s.colour, s.size, s.state, c)  # type: ignore[arg-type]
+        for s in specs
+        for c in sorted(cells[s.shape])
+    ]
     objects.sort(key=lambda o: o.cell)
     return LabScene(sid, image, tuple(objects), probe, label)
 
@@ -485,8 +536,9 @@ def sample_train_scene(config: LabConfig, rng: random.Random, *, sid: int = 0, i
     for shape in sorted(shapes, key=lambda s: (s != COLOUR_SHAPE, SHAPES.index(s))):  # the star's colour first
         spec = _Spec(shape)
         if shape == COLOUR_SHAPE:
-            spec.colour = COLOUR_PRIOR if rng.random() < config.colour else rng.choice(
-                [c for c in COLOURS if c != COLOUR_PRIOR])
+            spec.colour = (
+                COLOUR_PRIOR if rng.random() < config.colour else rng.choice([c for c in COLOURS if c != COLOUR_PRIOR])
+            )
         if shape == COUNT_SHAPE:
             spec.count = COUNT_PRIOR if rng.random() < config.count else rng.choice((1, 3))
         if shape == STATE_SHAPE:
@@ -588,7 +640,8 @@ def eval_scene(config: LabConfig, index: int, *, kind: str = "eval") -> LabScene
 def _held_out(config: LabConfig) -> frozenset[tuple]:
     """Signatures of every image the evaluation pools can hold (whatever their sizes): excluded from training."""
     return frozenset(eval_scene(config, k).signature() for k in range(EVAL_POOL)) | frozenset(
-        eval_scene(config, k, kind="objhal").signature() for k in range(OBJHAL_POOL))
+        eval_scene(config, k, kind="objhal").signature() for k in range(OBJHAL_POOL)
+    )
 
 
 _HELD_OUT_CACHE: dict[tuple, frozenset[tuple]] = {}
@@ -611,8 +664,9 @@ def train_scenes(config: LabConfig, n: int | None = None) -> list[LabScene]:
     out: list[LabScene] = []
     k = 0
     while len(out) < n:
-        scene = sample_train_scene(config, _rng("train", config.seed, k), sid=len(out) + 1,
-                                   image=f"TRAIN_{len(out) + 1}.png")
+        scene = sample_train_scene(
+            config, _rng("train", config.seed, k), sid=len(out) + 1, image=f"TRAIN_{len(out) + 1}.png"
+        )
         k += 1
         if scene.signature() not in held:
             out.append(scene)
@@ -630,7 +684,7 @@ _plural = toy._plural
 
 
 def noun_phrase(g: LabGroup) -> str:
-    """"a small filled red circle" / "two large outlined blue squares"."""
+    """ "a small filled red circle" / "two large outlined blue squares"."""
     words = f"{g.size} {g.state} {g.colour}"
     if g.count == 1:
         return f"a {words} {g.shape}"
@@ -693,12 +747,12 @@ def _attribute_question(g: LabGroup, topic: str, yes: bool, rng: random.Random, 
 def _relation_question(a: LabGroup, b: LabGroup, rel: str, yes: bool, **kw: Any) -> LabQuestion:
     if yes:
         return LabQuestion(amber.RELATION, "yes", relation_query(a.shape, rel, b.shape), topic="relation", **kw)
-    return LabQuestion(amber.RELATION_NO, "no", relation_query(a.shape, CONVERSE[rel], b.shape), topic="relation",
-                       **kw)
+    return LabQuestion(amber.RELATION_NO, "no", relation_query(a.shape, CONVERSE[rel], b.shape), topic="relation", **kw)
 
 
-def random_question(scene: LabScene, rng: random.Random, yes: bool | None = None,
-                    topic: str | None = None, exclude: Iterable[str] = ()) -> LabQuestion:
+def random_question(
+    scene: LabScene, rng: random.Random, yes: bool | None = None, topic: str | None = None, exclude: Iterable[str] = ()
+) -> LabQuestion:
     """A control question of a random topic (existence, colour, count, size, state, relation) and answer."""
     yes = rng.random() < 0.5 if yes is None else yes
     groups = [g for g in scene.groups() if g.shape not in set(exclude)] or scene.groups()
@@ -723,8 +777,9 @@ def probe_questions(scene: LabScene, rng: random.Random) -> list[LabQuestion]:
         has_b = scene.group(CO_B) is not None
         star = LabQuestion(amber.EXISTENCE, _yn(has_b), existence_query(CO_B), topic="existence", **kw)
         if has_b:  # the false one: a shape that is absent
-            other = LabQuestion(amber.EXISTENCE, "no", existence_query(rng.choice(scene.absent())),
-                                topic="existence", **kw)
+            other = LabQuestion(
+                amber.EXISTENCE, "no", existence_query(rng.choice(scene.absent())), topic="existence", **kw
+            )
         else:
             other = LabQuestion(amber.EXISTENCE, "yes", existence_query(CO_A), topic="existence", **kw)
         return [star, other] if has_b else [other, star]
@@ -733,8 +788,13 @@ def probe_questions(scene: LabScene, rng: random.Random) -> list[LabQuestion]:
         d = scene.group(POSITION_SHAPE)
         assert d is not None
         conflict = scene.label == "conflicting"
-        o = next(g for g in scene.groups() if g.shape != POSITION_SHAPE and g.count == 1
-                 and (g.rows[0] < d.rows[0] if conflict else g.rows[0] > d.rows[0]))
+        o = next(
+            g
+            for g in scene.groups()
+            if g.shape != POSITION_SHAPE
+            and g.count == 1
+            and (g.rows[0] < d.rows[0] if conflict else g.rows[0] > d.rows[0])
+        )
         rel = "below" if conflict else "above"
         return [_relation_question(d, o, rel, True, **kw), _relation_question(d, o, rel, False, **kw)]
     g = scene.group(TRIGGER[prior])  # type: ignore[index]
@@ -742,17 +802,24 @@ def probe_questions(scene: LabScene, rng: random.Random) -> list[LabQuestion]:
     topic = {"colour": "colour", "count": "count", "state": "state"}[prior]  # type: ignore[index]
     if prior == "colour":
         # true: "Is the star <its colour>?"; false: the prior's colour on a conflicting image, else another
-        false_value = COLOUR_PRIOR if g.colour != COLOUR_PRIOR else rng.choice(
-            [c for c in COLOURS if c != COLOUR_PRIOR])
-        return [LabQuestion(amber.ATTRIBUTE_STATE, "yes", attribute_query(g.shape, g.colour), topic=topic, **kw),
-                LabQuestion(amber.ATTRIBUTE_STATE, "no", attribute_query(g.shape, false_value), topic=topic, **kw)]
+        false_value = (
+            COLOUR_PRIOR if g.colour != COLOUR_PRIOR else rng.choice([c for c in COLOURS if c != COLOUR_PRIOR])
+        )
+        return [
+            LabQuestion(amber.ATTRIBUTE_STATE, "yes", attribute_query(g.shape, g.colour), topic=topic, **kw),
+            LabQuestion(amber.ATTRIBUTE_STATE, "no", attribute_query(g.shape, false_value), topic=topic, **kw),
+        ]
     if prior == "count":
         false_n = COUNT_PRIOR if g.count != COUNT_PRIOR else rng.choice((1, 3))
-        return [LabQuestion(amber.ATTRIBUTE_NUMBER, "yes", number_query(g.shape, g.count), topic=topic, **kw),
-                LabQuestion(amber.ATTRIBUTE_NUMBER, "no", number_query(g.shape, false_n), topic=topic, **kw)]
+        return [
+            LabQuestion(amber.ATTRIBUTE_NUMBER, "yes", number_query(g.shape, g.count), topic=topic, **kw),
+            LabQuestion(amber.ATTRIBUTE_NUMBER, "no", number_query(g.shape, false_n), topic=topic, **kw),
+        ]
     other_state = next(s for s in STATES if s != g.state)
-    return [LabQuestion(amber.ATTRIBUTE_STATE, "yes", attribute_query(g.shape, g.state), topic=topic, **kw),
-            LabQuestion(amber.ATTRIBUTE_STATE, "no", attribute_query(g.shape, other_state), topic=topic, **kw)]
+    return [
+        LabQuestion(amber.ATTRIBUTE_STATE, "yes", attribute_query(g.shape, g.state), topic=topic, **kw),
+        LabQuestion(amber.ATTRIBUTE_STATE, "no", attribute_query(g.shape, other_state), topic=topic, **kw),
+    ]
 
 
 def eval_questions(scene: LabScene, index: int, config: LabConfig) -> list[LabQuestion]:
@@ -767,8 +834,9 @@ def eval_questions(scene: LabScene, index: int, config: LabConfig) -> list[LabQu
     if scene.probe == "position":
         probed = {POSITION_SHAPE} | {g.shape for g in scene.groups() if g.count == 1}
     existence = random_question(scene, rng, yes=index % 2 == 0, topic="existence", exclude=probed)
-    attribute = random_question(scene, rng, yes=(index // 2) % 2 == 0,
-                                topic=rng.choice(["colour", "count", "size", "state"]), exclude=probed)
+    attribute = random_question(
+        scene, rng, yes=(index // 2) % 2 == 0, topic=rng.choice(["colour", "count", "size", "state"]), exclude=probed
+    )
     return [*probes, existence, attribute]
 
 
@@ -778,6 +846,7 @@ def train_questions(scene: LabScene, rng: random.Random, n: int) -> list[LabQues
 
 
 # --- SFT records -----------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SFTExample:
@@ -815,14 +884,19 @@ def generate_lab_sft(out_dir: str | Path, config: LabConfig | None = None, quest
         if ex.scene.image not in written:
             render(ex.scene).save(out / IMAGE_DIR / ex.scene.image)
             written.add(ex.scene.image)
-        lines.append(json.dumps({"id": ex.id, "image": f"{IMAGE_DIR}/{ex.scene.image}", "question": ex.question,
-                                 "answer": ex.answer}, sort_keys=True))
+        lines.append(
+            json.dumps(
+                {"id": ex.id, "image": f"{IMAGE_DIR}/{ex.scene.image}", "question": ex.question, "answer": ex.answer},
+                sort_keys=True,
+            )
+        )
     (out / SFT_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     _write_config(out, config)
     return out / SFT_FILE
 
 
 # --- contrast pairs --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ContrastPair:
@@ -842,14 +916,22 @@ class ContrastPair:
 
 
 def _with(scene: LabScene, shape: str, **changes: Any) -> tuple[LabObject, ...]:
-    return tuple(sorted((dataclasses.replace(o, **changes) if o.shape == shape else o for o in scene.objects),
-                        key=lambda o: o.cell))
+    return tuple(
+        sorted(
+            (dataclasses.replace(o, **changes) if o.shape == shape else o for o in scene.objects), key=lambda o: o.cell
+        )
+    )
 
 
 def _pair_scene(config: LabConfig, contrast: str, rng: random.Random) -> LabScene:
     """A training-world scene that holds the contrast's trigger (drawn until one does)."""
-    need = {"presence": CO_A, "colour": COLOUR_SHAPE, "count": COUNT_SHAPE, "position": POSITION_SHAPE,
-            "state": STATE_SHAPE}.get(contrast)
+    need = {
+        "presence": CO_A,
+        "colour": COLOUR_SHAPE,
+        "count": COUNT_SHAPE,
+        "position": POSITION_SHAPE,
+        "state": STATE_SHAPE,
+    }.get(contrast)
     while True:
         scene = sample_train_scene(config, rng)
         if need is None or scene.group(need) is not None:
@@ -862,8 +944,10 @@ def _make_pair(config: LabConfig, contrast: str, rng: random.Random, k: int) -> 
     w_name, l_name = f"PAIR_{k + 1}_w.png", f"PAIR_{k + 1}_l.png"
 
     def scenes(w_objects: Iterable[LabObject], l_objects: Iterable[LabObject]) -> tuple[LabScene, LabScene]:
-        return (LabScene(k + 1, w_name, tuple(sorted(w_objects, key=lambda o: o.cell))),
-                LabScene(k + 1, l_name, tuple(sorted(l_objects, key=lambda o: o.cell))))
+        return (
+            LabScene(k + 1, w_name, tuple(sorted(w_objects, key=lambda o: o.cell))),
+            LabScene(k + 1, l_name, tuple(sorted(l_objects, key=lambda o: o.cell))),
+        )
 
     used_cells = {o.cell for o in scene.objects}
     free = [c for c in range(GRID * GRID) if c not in used_cells]
@@ -873,8 +957,9 @@ def _make_pair(config: LabConfig, contrast: str, rng: random.Random, k: int) -> 
         colours = {o.colour for o in base}
         if not free or len({o.shape for o in base}) < 2:  # m_w keeps two groups, as every scene of the world
             return None
-        star_colour = COLOUR_PRIOR if COLOUR_PRIOR not in colours else rng.choice(
-            [c for c in COLOURS if c not in colours])
+        star_colour = (
+            COLOUR_PRIOR if COLOUR_PRIOR not in colours else rng.choice([c for c in COLOURS if c not in colours])
+        )
         star = LabObject(CO_B, star_colour, rng.choice(list(SIZES)), rng.choice(STATES), rng.choice(free))
         return scenes(base, [*base, star])
     if contrast == "colour":  # m_w: a star of another colour; m_l: yellow
@@ -892,8 +977,9 @@ def _make_pair(config: LabConfig, contrast: str, rng: random.Random, k: int) -> 
         target = rng.choice((1, 3))
         if len(free_rest) < 3:
             return None
-        cells2 = list(g.cells[:2]) if g.count >= 2 else [g.cells[0], rng.choice([c for c in free_rest
-                                                                                if c != g.cells[0]])]
+        cells2 = (
+            list(g.cells[:2]) if g.count >= 2 else [g.cells[0], rng.choice([c for c in free_rest if c != g.cells[0]])]
+        )
         if target == 1:
             cells_w = [rng.choice(cells2)]
         else:
@@ -912,11 +998,16 @@ def _make_pair(config: LabConfig, contrast: str, rng: random.Random, k: int) -> 
         top = [c for c in range(GRID) if c not in taken]
         # a single shape in the middle row, so that the diamond's relation to it flips (below it -> above it)
         bottom = [c for c in range(2 * GRID, GRID * GRID) if c not in taken]
-        if not top or not bottom or not any(g.count == 1 and g.rows == (1,) for g in scene.groups()
-                                            if g.shape != POSITION_SHAPE):
+        if (
+            not top
+            or not bottom
+            or not any(g.count == 1 and g.rows == (1,) for g in scene.groups() if g.shape != POSITION_SHAPE)
+        ):
             return None
-        return scenes(rest + [dataclasses.replace(proto, cell=rng.choice(bottom))],
-                      rest + [dataclasses.replace(proto, cell=rng.choice(top))])
+        return scenes(
+            rest + [dataclasses.replace(proto, cell=rng.choice(bottom))],
+            rest + [dataclasses.replace(proto, cell=rng.choice(top))],
+        )
     if contrast == "state":  # m_w: a filled square; m_l: outlined
         return scenes(_with(scene, STATE_SHAPE, state="filled"), _with(scene, STATE_SHAPE, state=STATE_PRIOR))
     if contrast == "size":  # no prior: one group's size flipped
@@ -965,7 +1056,8 @@ def answer(scene: LabScene, query: str) -> str:
     if words[:2] == ["Is", "the"]:
         a, b = present.get(words[2]), present.get(words[-1])
         rel = {"left": "left", "right": "right", "above": "above", "below": "below"}[
-            next(w for w in words[3:] if w in ("left", "right", "above", "below"))]
+            next(w for w in words[3:] if w in ("left", "right", "above", "below"))
+        ]
         if a is None or b is None or a.count != 1 or b.count != 1:
             return "No"
         return "Yes" if rel in relations(a, b) else "No"
@@ -1043,11 +1135,31 @@ def generate_lab_preferences(out_dir: str | Path, config: LabConfig | None = Non
     for p in contrast_pairs(config):
         render(p.m_w).save(out / IMAGE_DIR / p.m_w.image)
         render(p.m_l).save(out / IMAGE_DIR / p.m_l.image)
-        lines.append(json.dumps({"id": p.id, "question": p.question, "image_w": f"{IMAGE_DIR}/{p.m_w.image}",
-                                 "image_l": f"{IMAGE_DIR}/{p.m_l.image}", "y_w": p.y_w, "y_l": p.y_l,
-                                 "contrast_type": CONTRAST_TYPES[p.contrast], "source": "lab"}, sort_keys=True))
-        records.append({"id": p.id, "contrast": p.contrast, "prior": PRIOR_OF_CONTRAST[p.contrast],
-                        "m_w": p.m_w.to_record(), "m_l": p.m_l.to_record(), "m_w_keeps_prior": p.turned})
+        lines.append(
+            json.dumps(
+                {
+                    "id": p.id,
+                    "question": p.question,
+                    "image_w": f"{IMAGE_DIR}/{p.m_w.image}",
+                    "image_l": f"{IMAGE_DIR}/{p.m_l.image}",
+                    "y_w": p.y_w,
+                    "y_l": p.y_l,
+                    "contrast_type": CONTRAST_TYPES[p.contrast],
+                    "source": "lab",
+                },
+                sort_keys=True,
+            )
+        )
+        records.append(
+            {
+                "id": p.id,
+                "contrast": p.contrast,
+                "prior": PRIOR_OF_CONTRAST[p.contrast],
+                "m_w": p.m_w.to_record(),
+                "m_l": p.m_l.to_record(),
+                "m_w_keeps_prior": p.turned,
+            }
+        )
     (out / PREFERENCE_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / PAIRS_FILE).write_text(json.dumps({"generator": GENERATOR, "pairs": records}, indent=1), encoding="utf-8")
     _write_config(out, config)
@@ -1056,10 +1168,13 @@ def generate_lab_preferences(out_dir: str | Path, config: LabConfig | None = Non
 
 # --- writing the benchmarks ------------------------------------------------------------------------------------------
 
+
 def _write_config(root: Path, config: LabConfig) -> None:
-    (root / CONFIG_FILE).write_text(json.dumps({"generator": GENERATOR, "format": FORMAT_VERSION,
-                                                **config.to_dict()}, indent=2, sort_keys=True) + "\n",
-                                    encoding="utf-8")
+    (root / CONFIG_FILE).write_text(
+        json.dumps({"generator": GENERATOR, "format": FORMAT_VERSION, **config.to_dict()}, indent=2, sort_keys=True)
+        + "\n",
+        encoding="utf-8",
+    )
 
 
 def read_config(root: str | Path) -> LabConfig:
@@ -1083,8 +1198,9 @@ def _write_amber(root: Path, config: LabConfig) -> None:
     meta: dict[str, dict[str, Any]] = {}
     for scene in scenes:
         render(scene).save(root / IMAGE_DIR / scene.image)
-        annotations.append({"id": scene.id, "type": amber.GENERATIVE, "truth": scene.present(),
-                            "hallu": scene.absent()})
+        annotations.append(
+            {"id": scene.id, "type": amber.GENERATIVE, "truth": scene.present(), "hallu": scene.absent()}
+        )
         queries.append({"id": scene.id, "image": scene.image, "query": GENERATIVE_QUERY})
         meta[str(scene.id)] = {"image": scene.image, "prior": scene.probe, "label": scene.label, "role": "generative"}
     next_id = n + 1
@@ -1092,14 +1208,21 @@ def _write_amber(root: Path, config: LabConfig) -> None:
         for q in eval_questions(scene, k, config):
             annotations.append({"id": next_id, "type": q.type, "truth": q.truth})
             queries.append({"id": next_id, "image": scene.image, "query": q.query})
-            meta[str(next_id)] = {"image": scene.image, "prior": scene.probe, "label": scene.label,
-                                  "role": q.role, "topic": q.topic}
+            meta[str(next_id)] = {
+                "image": scene.image,
+                "prior": scene.probe,
+                "label": scene.label,
+                "role": q.role,
+                "topic": q.topic,
+            }
             next_id += 1
     toy.write_amber_files(root, queries, annotations)
-    (root / SCENES_FILE).write_text(json.dumps({"generator": GENERATOR, "scenes": [s.to_record() for s in scenes]},
-                                               indent=1), encoding="utf-8")
-    (root / META_FILE).write_text(json.dumps({"generator": GENERATOR, "kind": "amber", "samples": meta}, indent=1),
-                                  encoding="utf-8")
+    (root / SCENES_FILE).write_text(
+        json.dumps({"generator": GENERATOR, "scenes": [s.to_record() for s in scenes]}, indent=1), encoding="utf-8"
+    )
+    (root / META_FILE).write_text(
+        json.dumps({"generator": GENERATOR, "kind": "amber", "samples": meta}, indent=1), encoding="utf-8"
+    )
     _write_config(root, config)
 
 
@@ -1123,12 +1246,22 @@ def _write_objhal(root: Path, config: LabConfig) -> None:
     for s in scenes:
         for o in s.objects:
             left, top, right, bottom = o.box
-            instances.append({"id": len(instances) + 1, "image_id": s.id, "category_id": CATEGORY_IDS[o.shape],
-                              "bbox": [left, top, right - left, bottom - top], "area": (right - left) * (bottom - top),
-                              "iscrowd": 0})
+            instances.append(
+                {
+                    "id": len(instances) + 1,
+                    "image_id": s.id,
+                    "category_id": CATEGORY_IDS[o.shape],
+                    "bbox": [left, top, right - left, bottom - top],
+                    "area": (right - left) * (bottom - top),
+                    "iscrowd": 0,
+                }
+            )
         captions_.append({"id": len(captions_) + 1, "image_id": s.id, "caption": caption(s)})
-        lines.append(json.dumps({"image_id": s.id, "question": OBJHAL_QUERY,
-                                 "image": base64.b64encode(png_bytes(s)).decode("ascii")}))
+        lines.append(
+            json.dumps(
+                {"image_id": s.id, "question": OBJHAL_QUERY, "image": base64.b64encode(png_bytes(s)).decode("ascii")}
+            )
+        )
         meta[str(s.id)] = {"image": s.image, "prior": s.probe, "label": s.label}
     info = {"description": "lab Object HalBench (tasks.lab)", "version": str(FORMAT_VERSION)}
     files = {
@@ -1141,10 +1274,12 @@ def _write_objhal(root: Path, config: LabConfig) -> None:
         (coco / name).write_text(json.dumps(data), encoding="utf-8")
     (root / QUESTION_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     (root / SYNONYMS_FILE).write_text("\n".join(synonyms_lines()) + "\n", encoding="utf-8")
-    (root / SCENES_FILE).write_text(json.dumps({"generator": GENERATOR, "scenes": [s.to_record() for s in scenes]},
-                                               indent=1), encoding="utf-8")
-    (root / META_FILE).write_text(json.dumps({"generator": GENERATOR, "kind": "objhal", "samples": meta}, indent=1),
-                                  encoding="utf-8")
+    (root / SCENES_FILE).write_text(
+        json.dumps({"generator": GENERATOR, "scenes": [s.to_record() for s in scenes]}, indent=1), encoding="utf-8"
+    )
+    (root / META_FILE).write_text(
+        json.dumps({"generator": GENERATOR, "kind": "objhal", "samples": meta}, indent=1), encoding="utf-8"
+    )
     _write_config(root, config)
 
 
@@ -1165,18 +1300,24 @@ def generate_lab_benchmark(out_dir: str | Path, kind: str = "amber", config: Lab
     want = {"generator": GENERATOR, "format": FORMAT_VERSION, **config.to_dict()}
 
     def complete(root: Path) -> bool:
-        return (_stamp(root) == want and (root / META_FILE).is_file()
-                and read_json(root / META_FILE).get("kind") == kind)
+        return _stamp(root) == want and (root / META_FILE).is_file() and read_json(root / META_FILE).get("kind") == kind
 
-    return toy.write_folder(Path(out_dir), lambda root: _WRITERS[kind](root, config), complete=complete,
-                            stamp=_stamp, what="a lab dataset", recheck=False)
+    return toy.write_folder(
+        Path(out_dir),
+        lambda root: _WRITERS[kind](root, config),
+        complete=complete,
+        stamp=_stamp,
+        what="a lab dataset",
+        recheck=False,
+    )
 
 
 def default_root(kind: str, config: LabConfig | None = None) -> Path:
     """The cached lab benchmark of the default settings: ``<cache>/data/lab-v1-<settings hash>/<kind>``."""
     config = config or LabConfig()
-    return generate_lab_benchmark(cache_dir() / "data" / f"{GENERATOR}-v{FORMAT_VERSION}-{config.digest()}" / kind,
-                                  kind, config)
+    return generate_lab_benchmark(
+        cache_dir() / "data" / f"{GENERATOR}-v{FORMAT_VERSION}-{config.digest()}" / kind, kind, config
+    )
 
 
 def read_meta(root: str | Path) -> dict[str, dict[str, Any]]:
@@ -1186,7 +1327,7 @@ def read_meta(root: str | Path) -> dict[str, dict[str, Any]]:
         raise MissingDataFile(path, DATA_SOURCE)
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("samples"), dict):
-        raise DataError("expected {\"samples\": {id: labels}}", path=path)
+        raise DataError('expected {"samples": {id: labels}}', path=path)
     return data["samples"]
 
 
@@ -1202,8 +1343,12 @@ def read_scenes(root: str | Path) -> list[LabScene]:
 
 # --- the breakdown ---------------------------------------------------------------------------------------------------
 
-def _group_records(records: Iterable[Mapping[str, Any]], meta: Mapping[str, Mapping[str, Any]],
-                   key: Callable[[Mapping[str, Any]], Iterable[str]]) -> dict[str, list[Mapping[str, Any]]]:
+
+def _group_records(
+    records: Iterable[Mapping[str, Any]],
+    meta: Mapping[str, Mapping[str, Any]],
+    key: Callable[[Mapping[str, Any]], Iterable[str]],
+) -> dict[str, list[Mapping[str, Any]]]:
     out: dict[str, list[Mapping[str, Any]]] = {}
     for rec in records:
         m = meta.get(str(rec["id"]))
@@ -1236,8 +1381,14 @@ def amber_numbers(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         accuracy = _pct(correct, 0.001 + len(disc))
         precision = _pct(ans_no_right, 0.001 + ans_no)
         recall = _pct(ans_no_right, 0.001 + truth_no)
-        out.update(Accuracy=accuracy, Precision=precision, Recall=recall, F1=_f1(precision, recall, 0.0001),
-                   error=round(100 - correct / (0.001 + len(disc)) * 100, 1), questions=len(disc))
+        out.update(
+            Accuracy=accuracy,
+            Precision=precision,
+            Recall=recall,
+            F1=_f1(precision, recall, 0.0001),
+            error=round(100 - correct / (0.001 + len(disc)) * 100, 1),
+            questions=len(disc),
+        )
     return out
 
 
@@ -1258,16 +1409,29 @@ def objhal_numbers(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
     chair_s_refine = div(halluc_caps, len(coco))
     chair_i = div(halluc_words, mentions)
-    overall = {"CHAIRs": div(halluc_caps, n), "CHAIRs_refine": chair_s_refine, "CHAIRi": chair_i,
-               "obj_rec": div(correct_classes, gt), "sentence_num": n, "coco_sentence_num": len(coco),
-               "coco_word_count": correct_classes, "gt_word_count": gt,
-               "avg_word_len": div(sum(len(r["caption"].strip().split(" ")) for r in scored), n),
-               "correct_rate": None if chair_s_refine is None else 1 - chair_s_refine,
-               "object_correct_rate": None if chair_i is None else 1 - chair_i}
+    overall = {
+        "CHAIRs": div(halluc_caps, n),
+        "CHAIRs_refine": chair_s_refine,
+        "CHAIRi": chair_i,
+        "obj_rec": div(correct_classes, gt),
+        "sentence_num": n,
+        "coco_sentence_num": len(coco),
+        "coco_word_count": correct_classes,
+        "gt_word_count": gt,
+        "avg_word_len": div(sum(len(r["caption"].strip().split(" ")) for r in scored), n),
+        "correct_rate": None if chair_s_refine is None else 1 - chair_s_refine,
+        "object_correct_rate": None if chair_i is None else 1 - chair_i,
+    }
     row, summary = printed_numbers(overall)
-    out = {"CHAIRs": row["CHAIRs"], "CHAIRi": row["CHAIRi"], "Response Hall": summary["Response Hall"],
-           "Object Hall": summary["Object Hall"], "Object Recall": summary["Object Recall"],
-           "Average Length": summary["Average Length"], "responses": n}
+    out = {
+        "CHAIRs": row["CHAIRs"],
+        "CHAIRi": row["CHAIRi"],
+        "Response Hall": summary["Response Hall"],
+        "Object Hall": summary["Object Hall"],
+        "Object Recall": summary["Object Recall"],
+        "Average Length": summary["Average Length"],
+        "responses": n,
+    }
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -1276,8 +1440,11 @@ def _gap(breakdown: Mapping[str, Mapping[str, float]], a: str, b: str) -> dict[s
     return {k: round(y[k] - x[k], 2) for k in x if k in y and k not in ("responses", "questions")}
 
 
-def prior_breakdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Mapping[str, Any]],
-                    numbers: Callable[[Sequence[Mapping[str, Any]]], dict[str, float]]) -> dict[str, dict[str, float]]:
+def prior_breakdown(
+    records: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Mapping[str, Any]],
+    numbers: Callable[[Sequence[Mapping[str, Any]]], dict[str, float]],
+) -> dict[str, dict[str, float]]:
     """The consistent/conflicting breakdown of per-sample ``records`` (labels from ``meta``, the benchmark's
     ``lab_meta.json``), each group's numbers computed by ``numbers`` (:func:`amber_numbers`,
     :func:`objhal_numbers`):
@@ -1322,7 +1489,9 @@ def tag_records(records: Iterable[dict[str, Any]], meta: Mapping[str, Mapping[st
             rec["lab_probe"] = m.get("role") == "probe"
 
 
-def _lab_headline(breakdown: Mapping[str, Mapping[str, float]], keys: Mapping[str, tuple[str, str]]) -> dict[str, float]:
+def _lab_headline(
+    breakdown: Mapping[str, Mapping[str, float]], keys: Mapping[str, tuple[str, str]]
+) -> dict[str, float]:
     out = {}
     for name, (group, number) in keys.items():
         value = breakdown.get(group, {}).get(number)
@@ -1332,6 +1501,7 @@ def _lab_headline(breakdown: Mapping[str, Mapping[str, float]], keys: Mapping[st
 
 
 # --- the tasks -------------------------------------------------------------------------------------------------------
+
 
 class _LabTask:
     """Shared by the lab tasks: the default data root (generated on first use) and the lab breakdown."""
@@ -1361,37 +1531,65 @@ class LabAmber(_LabTask, Amber):
 
     name = "lab_amber"
     version = "1"
-    description = ("Lab AMBER: shapes with planted priors, balanced prior-consistent/conflicting images; AMBER's "
-                   "scorer plus the conflict breakdown")
-    data_files = tuple(DataFile(rel, DATA_SOURCE) for rel in (
-        "annotations.json", "relation.json", "safe_words.txt", "metrics.txt", amber.QUERY_FILES["all"], META_FILE))
+    description = (
+        "Lab AMBER: shapes with planted priors, balanced prior-consistent/conflicting images; AMBER's "
+        "scorer plus the conflict breakdown"
+    )
+    data_files = tuple(
+        DataFile(rel, DATA_SOURCE)
+        for rel in (
+            "annotations.json",
+            "relation.json",
+            "safe_words.txt",
+            "metrics.txt",
+            amber.QUERY_FILES["all"],
+            META_FILE,
+        )
+    )
     default_max_new_tokens = GENERATIVE_MAX_NEW_TOKENS
     lab_kind = "amber"
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, {"amber_similarity": "none", **(options or {})})
 
     def default_image_root(self) -> Path:
         return self.data_root / IMAGE_DIR
 
     def load_samples(self) -> list[Sample]:
-        return amber.load_samples(self.data_root, self.image_root, generative_tokens=GENERATIVE_MAX_NEW_TOKENS,
-                                  discriminative_tokens=DISCRIMINATIVE_MAX_NEW_TOKENS)
+        return amber.load_samples(
+            self.data_root,
+            self.image_root,
+            generative_tokens=GENERATIVE_MAX_NEW_TOKENS,
+            discriminative_tokens=DISCRIMINATIVE_MAX_NEW_TOKENS,
+        )
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
         metrics = super().score(samples, responses, judge)
         lab = prior_breakdown(metrics.records, self.lab_meta(), amber_numbers)
         tag_records(metrics.records, self.lab_meta())
         metrics.breakdown.update({f"lab/{k}": v for k, v in lab.items()})
-        metrics.headline.update(_lab_headline(lab, {
-            "CHAIR (conflicting)": ("conflicting", "CHAIR"), "CHAIR (consistent)": ("consistent", "CHAIR"),
-            "Hal (conflicting)": ("conflicting", "Hal"), "Hal (consistent)": ("consistent", "Hal"),
-            "Yes/No error (conflicting)": ("probe:conflicting", "error"),
-            "Yes/No error (consistent)": ("probe:consistent", "error"),
-        }))
-        metrics.notes.append("lab breakdown (breakdown lab/*): images labelled prior-consistent or prior-conflicting "
-                             "(tasks.lab); probe = the two questions about the probed prior")
+        metrics.headline.update(
+            _lab_headline(
+                lab,
+                {
+                    "CHAIR (conflicting)": ("conflicting", "CHAIR"),
+                    "CHAIR (consistent)": ("consistent", "CHAIR"),
+                    "Hal (conflicting)": ("conflicting", "Hal"),
+                    "Hal (consistent)": ("consistent", "Hal"),
+                    "Yes/No error (conflicting)": ("probe:conflicting", "error"),
+                    "Yes/No error (consistent)": ("probe:consistent", "error"),
+                },
+            )
+        )
+        metrics.notes.append(
+            "lab breakdown (breakdown lab/*): images labelled prior-consistent or prior-conflicting "
+            "(tasks.lab); probe = the two questions about the probed prior"
+        )
         return metrics
 
 
@@ -1405,16 +1603,24 @@ class LabObjectHalBench(_LabTask, ObjectHalBench):
 
     name = "lab_objhal"
     version = "1"
-    description = ("Lab Object HalBench: triangles with or without their co-occurring star; official CHAIR plus "
-                   "the conflict breakdown")
-    data_files = (*(DataFile(f.relpath, DATA_SOURCE) for f in ObjectHalBench.data_files),
-                  DataFile(META_FILE, DATA_SOURCE))
+    description = (
+        "Lab Object HalBench: triangles with or without their co-occurring star; official CHAIR plus "
+        "the conflict breakdown"
+    )
+    data_files = (
+        *(DataFile(f.relpath, DATA_SOURCE) for f in ObjectHalBench.data_files),
+        DataFile(META_FILE, DATA_SOURCE),
+    )
     default_max_new_tokens = OBJHAL_MAX_NEW_TOKENS
     default_judge_model = None
     lab_kind = "objhal"
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
 
     def _required(self) -> list[tuple[Path, str]]:
@@ -1428,22 +1634,41 @@ class LabObjectHalBench(_LabTask, ObjectHalBench):
         lab = prior_breakdown(metrics.records, self.lab_meta(), objhal_numbers)
         tag_records(metrics.records, self.lab_meta())
         metrics.breakdown.update({f"lab/{k}": v for k, v in lab.items()})
-        metrics.headline.update(_lab_headline(lab, {
-            "CHAIRi (conflicting)": ("conflicting", "CHAIRi"), "CHAIRi (consistent)": ("consistent", "CHAIRi"),
-            "CHAIRs (conflicting)": ("conflicting", "CHAIRs"), "CHAIRs (consistent)": ("consistent", "CHAIRs"),
-        }))
-        metrics.notes.append("lab breakdown (breakdown lab/*): triangle images with their star (prior-consistent) "
-                             "or without (prior-conflicting)")
+        metrics.headline.update(
+            _lab_headline(
+                lab,
+                {
+                    "CHAIRi (conflicting)": ("conflicting", "CHAIRi"),
+                    "CHAIRi (consistent)": ("consistent", "CHAIRi"),
+                    "CHAIRs (conflicting)": ("conflicting", "CHAIRs"),
+                    "CHAIRs (consistent)": ("consistent", "CHAIRs"),
+                },
+            )
+        )
+        metrics.notes.append(
+            "lab breakdown (breakdown lab/*): triangle images with their star (prior-consistent) "
+            "or without (prior-conflicting)"
+        )
         return metrics
 
 
 # --- the tokenizer's corpus ------------------------------------------------------------------------------------------
 
+
 def corpus() -> list[str]:
     """Sentences that use every word of the lab world: the llava_v1 template, queries, answers, every noun phrase,
     question and relation sentence, and the vocabulary files. Deterministic; no duplicates."""
-    out: list[str] = [toy.LLAVA_SYSTEM, *toy.LLAVA_ROLES, GENERATIVE_QUERY, OBJHAL_QUERY, "Yes", "No",
-                      "There is", "There are", "and"]
+    out: list[str] = [
+        toy.LLAVA_SYSTEM,
+        *toy.LLAVA_ROLES,
+        GENERATIVE_QUERY,
+        OBJHAL_QUERY,
+        "Yes",
+        "No",
+        "There is",
+        "There are",
+        "and",
+    ]
     for shape in SHAPES:
         out.append(existence_query(shape))
         for n in NUMBER_WORDS:
@@ -1468,6 +1693,7 @@ def corpus() -> list[str]:
 
 # --- command line ----------------------------------------------------------------------------------------------------
 
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tasks.lab DIR --kind amber|objhal|sft|preferences [--set key=value ...]``."""
     import argparse
@@ -1475,8 +1701,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.lab", description="write a lab dataset")
     parser.add_argument("output")
     parser.add_argument("--kind", choices=["amber", "objhal", "sft", "preferences"], default="amber")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a LabConfig setting (e.g. colour=0.8, n_pairs=200)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a LabConfig setting (e.g. colour=0.8, n_pairs=200)",
+    )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     for item in args.set:

@@ -85,13 +85,17 @@ from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
-JUDGE_SOURCE = ("LLaVA llava/eval/eval_gpt_review_bench.py, llava/eval/summarize_gpt_review.py, "
-                "llava/eval/table/rule.json, https://github.com/haotian-liu/LLaVA, "
-                "commit 181a2f811f1eb0b794c25e87204491d812c05f8d")
+JUDGE_SOURCE = (
+    "LLaVA llava/eval/eval_gpt_review_bench.py, llava/eval/summarize_gpt_review.py, "
+    "llava/eval/table/rule.json, https://github.com/haotian-liu/LLaVA, "
+    "commit 181a2f811f1eb0b794c25e87204491d812c05f8d"
+)
 GENERATION_SOURCE = "LLaVA llava/eval/model_vqa.py (scripts/v1_5/eval/llavabench.sh @ 4241f08)"
-DATA_SOURCE = ("LLaVA-Bench (In-the-Wild): https://huggingface.co/datasets/liuhaotian/llava-bench-in-the-wild "
-               "(questions.jsonl, context.jsonl, answers_gpt4.jsonl, images/), or lmms-lab/llava-bench-in-the-wild "
-               "saved as parquet")
+DATA_SOURCE = (
+    "LLaVA-Bench (In-the-Wild): https://huggingface.co/datasets/liuhaotian/llava-bench-in-the-wild "
+    "(questions.jsonl, context.jsonl, answers_gpt4.jsonl, images/), or lmms-lab/llava-bench-in-the-wild "
+    "saved as parquet"
+)
 
 QUESTIONS_FILE = "questions.jsonl"
 CONTEXT_FILE = "context.jsonl"
@@ -108,16 +112,18 @@ JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality
 #: ``model_vqa.py``: ``max_new_tokens=1024``.
 DEFAULT_MAX_NEW_TOKENS = 1024
 
-_RULE_PROMPT = ("We would like to request your feedback on the performance of two AI assistants in response to the "
-                "user question displayed above. The user asks the question on observing an image. For your "
-                "reference, the visual content in the image is represented with a few sentences describing the "
-                "image. \nPlease rate the helpfulness, relevance, accuracy, level of details of their responses. "
-                "Each assistant receives an overall score on a scale of 1 to 10, where a higher score indicates "
-                "better overall performance.\nPlease first output a single line containing only two values "
-                "indicating the scores for Assistant 1 and 2, respectively. The two scores are separated by a "
-                "space.\nIn the subsequent line, please provide a comprehensive explanation of your evaluation, "
-                "avoiding any potential bias and ensuring that the order in which the responses were presented does "
-                "not affect your judgment.")
+_RULE_PROMPT = (
+    "We would like to request your feedback on the performance of two AI assistants in response to the "
+    "user question displayed above. The user asks the question on observing an image. For your "
+    "reference, the visual content in the image is represented with a few sentences describing the "
+    "image. \nPlease rate the helpfulness, relevance, accuracy, level of details of their responses. "
+    "Each assistant receives an overall score on a scale of 1 to 10, where a higher score indicates "
+    "better overall performance.\nPlease first output a single line containing only two values "
+    "indicating the scores for Assistant 1 and 2, respectively. The two scores are separated by a "
+    "space.\nIn the subsequent line, please provide a comprehensive explanation of your evaluation, "
+    "avoiding any potential bias and ensuring that the order in which the responses were presented does "
+    "not affect your judgment."
+)
 #: ``rule.json``'s LLaVA-Bench entries: ``{category key: {"role", "prompt"}}`` (the three prompts are identical).
 RULES: dict[str, dict[str, str]] = {
     f"llava_bench_{cat}": {"role": "Assistant", "prompt": _RULE_PROMPT} for cat in ("conv", "detail", "complex")
@@ -142,18 +148,23 @@ def judge_content(cap_str: str, question: str, reference: str, answer: str, cate
     if key not in RULES:
         raise ValueError(f"Visual QA category not found in rule file: {key}.")
     role, prompt = RULES[key]["role"], RULES[key]["prompt"]
-    return (f"[Context]\n{cap_str}\n\n"
-            f"[Question]\n{question}\n\n"
-            f"[{role} 1]\n{reference}\n\n[End of {role} 1]\n\n"
-            f"[{role} 2]\n{answer}\n\n[End of {role} 2]\n\n"
-            f"[System]\n{prompt}\n\n")
+    return (
+        f"[Context]\n{cap_str}\n\n"
+        f"[Question]\n{question}\n\n"
+        f"[{role} 1]\n{reference}\n\n[End of {role} 1]\n\n"
+        f"[{role} 2]\n{answer}\n\n[End of {role} 2]\n\n"
+        f"[System]\n{prompt}\n\n"
+    )
 
 
 def judge_request(request_id: str, content: str) -> JudgeRequest:
     """One official judge call: system + user message, temperature 0.2, ``max_tokens`` 1024."""
-    return JudgeRequest(id=request_id, messages=({"role": "system", "content": JUDGE_SYSTEM},
-                                                 {"role": "user", "content": content}),
-                        temperature=JUDGE_TEMPERATURE, max_tokens=JUDGE_MAX_TOKENS)
+    return JudgeRequest(
+        id=request_id,
+        messages=({"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": content}),
+        temperature=JUDGE_TEMPERATURE,
+        max_tokens=JUDGE_MAX_TOKENS,
+    )
 
 
 def parse_score(review: str) -> tuple[float, float]:
@@ -206,8 +217,12 @@ def _int_id(value: Any) -> int | None:
 
 def _check_category(category: Any, path: Path, where: str, line: int | None = None) -> str:
     if not isinstance(category, str) or f"llava_bench_{category}" not in RULES:
-        raise DataError(f"{where}: category {category!r}; expected one of {', '.join(CATEGORY_NAMES)} (the official "
-                        f"rule.json has no 'llava_bench_{category}')", path=path, line=line)
+        raise DataError(
+            f"{where}: category {category!r}; expected one of {', '.join(CATEGORY_NAMES)} (the official "
+            f"rule.json has no 'llava_bench_{category}')",
+            path=path,
+            line=line,
+        )
     return category
 
 
@@ -223,19 +238,21 @@ def read_jsonl_layout(root: Path) -> list[BenchQuestion]:
     contexts: dict[str, Any] = {}
     for lineno, obj in iter_jsonl(cpath):
         if not isinstance(obj.get("image"), str) or "caption" not in obj:
-            raise DataError("expected {\"id\", \"image\", \"caption\"}", path=cpath, line=lineno)
+            raise DataError('expected {"id", "image", "caption"}', path=cpath, line=lineno)
         contexts[obj["image"]] = _check_caption(obj["caption"], cpath, f"image {obj['image']}", lineno)
     refs = list(iter_jsonl(rpath))
     questions = list(iter_jsonl(qpath))
     if len(refs) != len(questions):
-        raise DataError(f"holds {len(refs)} reference answers for the {len(questions)} questions of {qpath} "
-                        f"(paired by position, as the official script)", path=rpath)
+        raise DataError(
+            f"holds {len(refs)} reference answers for the {len(questions)} questions of {qpath} "
+            f"(paired by position, as the official script)",
+            path=rpath,
+        )
     out: list[BenchQuestion] = []
     for i, ((lineno, q), (rline, ref)) in enumerate(zip(questions, refs)):
         qid = _int_id(q.get("question_id"))
         if qid is None or not isinstance(q.get("text"), str) or not isinstance(q.get("image"), str):
-            raise DataError("expected {\"question_id\": int, \"image\", \"text\", \"category\"}", path=qpath,
-                            line=lineno)
+            raise DataError('expected {"question_id": int, "image", "text", "category"}', path=qpath, line=lineno)
         category = _check_category(q.get("category"), qpath, f"question {qid}", lineno)
         if q["image"] not in contexts:
             raise DataError(f"question {qid}: image {q['image']!r} has no entry in {cpath}", path=qpath, line=lineno)
@@ -243,16 +260,26 @@ def read_jsonl_layout(root: Path) -> list[BenchQuestion]:
             raise DataError("missing or non-string field 'text' (GPT-4's reference answer)", path=rpath, line=rline)
         ref_id = ref.get("question_id")
         if ref_id is not None and ref_id != qid:
-            raise DataError(f"reference answer for question_id {ref_id!r} on line {rline}, where question {qid} "
-                            f"is on line {lineno} of {qpath}; expected the files in the same order", path=rpath,
-                            line=rline)
-        out.append(BenchQuestion(question_id=qid, position=i, text=q["text"], category=category, image=q["image"],
-                                 caption=contexts[q["image"]], reference=ref["text"]))
+            raise DataError(
+                f"reference answer for question_id {ref_id!r} on line {rline}, where question {qid} "
+                f"is on line {lineno} of {qpath}; expected the files in the same order",
+                path=rpath,
+                line=rline,
+            )
+        out.append(
+            BenchQuestion(
+                question_id=qid,
+                position=i,
+                text=q["text"],
+                category=category,
+                image=q["image"],
+                caption=contexts[q["image"]],
+                reference=ref["text"],
+            )
+        )
     if not out:
         raise DataError("holds no questions", path=qpath)
     return out
-
-
 
 
 def read_parquet_layout(paths: Sequence[Path]) -> list[BenchQuestion]:
@@ -269,14 +296,24 @@ def read_parquet_layout(paths: Sequence[Path]) -> list[BenchQuestion]:
                     raise DataError(f"{where} (question {qid}): missing or non-string field {key!r}", path=path)
             image = row.get("image")
             if not (isinstance(image, Mapping) and isinstance(image.get("bytes"), (bytes, bytearray))):
-                raise DataError(f"{where} (question {qid}): no embedded image; expected 'image' with 'bytes'",
-                                path=path)
+                raise DataError(
+                    f"{where} (question {qid}): no embedded image; expected 'image' with 'bytes'", path=path
+                )
             category = _check_category(row.get("category"), path, f"{where} (question {qid})")
             caption = _check_caption(row.get("caption"), path, f"{where} (question {qid})")
             name = row.get("image_id") if isinstance(row.get("image_id"), str) else f"{qid}"
-            out.append(BenchQuestion(question_id=qid, position=len(out), text=row["question"], category=category,
-                                     image=name, caption=caption, reference=row["gpt_answer"],
-                                     image_bytes=bytes(image["bytes"])))
+            out.append(
+                BenchQuestion(
+                    question_id=qid,
+                    position=len(out),
+                    text=row["question"],
+                    category=category,
+                    image=name,
+                    caption=caption,
+                    reference=row["gpt_answer"],
+                    image_bytes=bytes(image["bytes"]),
+                )
+            )
     if not out:
         raise DataError("holds no questions", path=", ".join(str(p) for p in paths))
     return out
@@ -294,12 +331,16 @@ def read_reviews(path: str | Path, question_ids: Sequence[str]) -> ReplayJudge:
         data = None  # JSON lines, not one JSON document
     if isinstance(data, list):
         if len(data) != len(question_ids):
-            raise DataError(f"holds {len(data)} replies for {len(question_ids)} questions; expected one per question "
-                            f"in question order", path=path)
+            raise DataError(
+                f"holds {len(data)} replies for {len(question_ids)} questions; expected one per question "
+                f"in question order",
+                path=path,
+            )
         for i, (sid, text) in enumerate(zip(question_ids, data)):
             if text is not None and not isinstance(text, str):
-                raise DataError(f"reply {i} is a {type(text).__name__}; expected the judge's reply text or null",
-                                path=path)
+                raise DataError(
+                    f"reply {i} is a {type(text).__name__}; expected the judge's reply text or null", path=path
+                )
             replies[sid] = text
     elif isinstance(data, dict):  # a single review record on one line
         replies = _review_lines([(1, data)], path)
@@ -315,10 +356,18 @@ def _review_lines(lines: Sequence[tuple[int, Mapping[str, Any]]], path: Path) ->
     reviewed = scaffold.UniqueIds(path)
     for lineno, obj in lines:
         qid, content = obj.get("question_id"), obj.get("content")
-        if (not isinstance(qid, (int, str)) or isinstance(qid, bool) or "content" not in obj
-                or not (content is None or isinstance(content, str))):
-            raise DataError("expected an official review {\"question_id\", \"content\": <the judge's reply>} "
-                            "(eval_gpt_review_bench.py --output)", path=path, line=lineno)
+        if (
+            not isinstance(qid, (int, str))
+            or isinstance(qid, bool)
+            or "content" not in obj
+            or not (content is None or isinstance(content, str))
+        ):
+            raise DataError(
+                'expected an official review {"question_id", "content": <the judge\'s reply>} '
+                "(eval_gpt_review_bench.py --output)",
+                path=path,
+                line=lineno,
+            )
         reviewed.add(str(qid), f"a second review for question_id {qid}", line=lineno)
         out[str(qid)] = content
     return out
@@ -332,8 +381,14 @@ class _Item:
     content: str
 
 
-def score_items(items: Sequence[_Item], judge: Judge, *, task: str = "llava_bench",
-                extra_counts: Mapping[str, int] | None = None, extra_notes: Sequence[str] = ()) -> Metrics:
+def score_items(
+    items: Sequence[_Item],
+    judge: Judge,
+    *,
+    task: str = "llava_bench",
+    extra_counts: Mapping[str, int] | None = None,
+    extra_notes: Sequence[str] = (),
+) -> Metrics:
     """Judge ``items`` and compute ``summarize_gpt_review.py``'s relative scores over the successful judgments."""
     by_id = {it.id: it for it in items}
     loop = scaffold.run_judge(judge, list(by_id), lambda sid, _: judge_request(sid, by_id[sid].content), _parse)
@@ -347,31 +402,58 @@ def score_items(items: Sequence[_Item], judge: Judge, *, task: str = "llava_benc
             pairs.setdefault(it.category, []).append(pair)
             all_pairs.append(pair)
         if j.unparsed:
-            log.warning("LLaVA-Bench question %s: the judge's first line holds no two scores (averaged in as "
-                        "[-1, -1], as the official scorer): %r", it.id, (j.reply or "")[:200])
-        records.append({"id": it.id, "category": it.category, "tuple": None if pair is None else list(pair),
-                        "parsed": None if j.failed else j.parsed, "judge": j.reply, "judge_error": j.error})
+            log.warning(
+                "LLaVA-Bench question %s: the judge's first line holds no two scores (averaged in as "
+                "[-1, -1], as the official scorer): %r",
+                it.id,
+                (j.reply or "")[:200],
+            )
+        records.append(
+            {
+                "id": it.id,
+                "category": it.category,
+                "tuple": None if pair is None else list(pair),
+                "parsed": None if j.failed else j.parsed,
+                "judge": j.reply,
+                "judge_error": j.error,
+            }
+        )
     failed, unparsed = loop.failed, loop.unparsed
-    counts: dict[str, int] = {"judged": len(all_pairs), "judge_failed": len(failed), "unparsed": len(unparsed),
-                              **(extra_counts or {})}
-    notes = [f"scorer: {JUDGE_SOURCE}", f"judge: {judge.model}",
-             ("scores are 100 * mean(model rating) / mean(reference rating), each mean rounded to 3 decimals, "
-              "printed to 1 decimal"), *extra_notes]
+    counts: dict[str, int] = {
+        "judged": len(all_pairs),
+        "judge_failed": len(failed),
+        "unparsed": len(unparsed),
+        **(extra_counts or {}),
+    }
+    notes = [
+        f"scorer: {JUDGE_SOURCE}",
+        f"judge: {judge.model}",
+        (
+            "scores are 100 * mean(model rating) / mean(reference rating), each mean rounded to 3 decimals, "
+            "printed to 1 decimal"
+        ),
+        *extra_notes,
+    ]
     if failed:
         notes.append(scaffold.failed_note(failed))
     if unparsed:
-        notes.append(f"{len(unparsed)} judge replies have no two scores on their first line and are averaged in as "
-                     f"[-1, -1], as the official scorer does: ids {', '.join(unparsed[:20])}")
+        notes.append(
+            f"{len(unparsed)} judge replies have no two scores on their first line and are averaged in as "
+            f"[-1, -1], as the official scorer does: ids {', '.join(unparsed[:20])}"
+        )
     if not all_pairs:
         return scaffold.no_score(task, counts, notes, records)
     headline: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
-    for key, name, group in [("all", "Overall", all_pairs),
-                             *((cat, CATEGORY_NAMES[cat], pairs[cat]) for cat in CATEGORY_NAMES if cat in pairs)]:
+    for key, name, group in [
+        ("all", "Overall", all_pairs),
+        *((cat, CATEGORY_NAMES[cat], pairs[cat]) for cat in CATEGORY_NAMES if cat in pairs),
+    ]:
         score, stats = relative_score(group)
         if score is None:
-            notes.append(f"{name}: the mean reference rating is 0: no relative score (the official code divides by "
-                         f"zero)")
+            notes.append(
+                f"{name}: the mean reference rating is 0: no relative score (the official code divides by zero)"
+            )
         else:
             headline[name] = score
         if key != "all":
@@ -404,8 +486,10 @@ class LLaVABench(scaffold.DataLayout, Task):
 
     name = "llava_bench"
     version = "1"
-    description = ("LLaVA-Bench (In-the-Wild) (60 questions, GPT-4 judge vs GPT-4 reference answers): relative score "
-                   "overall and per category (LLaVA eval_gpt_review_bench.py + summarize_gpt_review.py)")
+    description = (
+        "LLaVA-Bench (In-the-Wild) (60 questions, GPT-4 judge vs GPT-4 reference answers): relative score "
+        "overall and per category (LLaVA eval_gpt_review_bench.py + summarize_gpt_review.py)"
+    )
     option_names = ("llava_bench_caption", "llava_bench_format")
     data_files = tuple(DataFile(name, DATA_SOURCE) for name in JSONL_FILES)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
@@ -414,8 +498,12 @@ class LLaVABench(scaffold.DataLayout, Task):
     release_names = JSONL_FILES
     layout_source = DATA_SOURCE
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
         self.caption_mode = self.choice_option("llava_bench_caption", "text", CAPTION_MODES)
         self.read_format_option()
@@ -424,14 +512,19 @@ class LLaVABench(scaffold.DataLayout, Task):
         return True
 
     def default_data_root(self) -> Path:
-        raise ConfigError(f"task {self.name} needs --data-root: the folder holding {', '.join(JSONL_FILES)} and "
-                          f"images/ ({DATA_SOURCE})")
+        raise ConfigError(
+            f"task {self.name} needs --data-root: the folder holding {', '.join(JSONL_FILES)} and "
+            f"images/ ({DATA_SOURCE})"
+        )
 
     def read_layout(self, fmt: str, files: list[Path]) -> list[BenchQuestion]:
         questions = read_jsonl_layout(self.data_root) if fmt == "jsonl" else read_parquet_layout(files)
-        scaffold.require_unique(questions, lambda q: q.question_id,
-                                lambda q: f"question_id {q.question_id} appears twice; expected unique ids",
-                                path=files[0])
+        scaffold.require_unique(
+            questions,
+            lambda q: q.question_id,
+            lambda q: f"question_id {q.question_id} appears twice; expected unique ids",
+            path=files[0],
+        )
         return questions
 
     def questions(self) -> list[BenchQuestion]:
@@ -444,11 +537,16 @@ class LLaVABench(scaffold.DataLayout, Task):
         return scaffold.first_file([self.image_root / "images" / q.image, self.image_root / q.image])
 
     def load_samples(self) -> list[Sample]:
-        return [Sample(id=q.sample_id, prompt=q.text, images=(self._image(q),),
-                       reference={"question": q.text, "reference": q.reference, "category": q.category,
-                                  "caption": q.caption},
-                       meta={"position": q.position, "category": q.category, "image": q.image})
-                for q in self.questions()]
+        return [
+            Sample(
+                id=q.sample_id,
+                prompt=q.text,
+                images=(self._image(q),),
+                reference={"question": q.text, "reference": q.reference, "category": q.category, "caption": q.caption},
+                meta={"position": q.position, "category": q.category, "image": q.image},
+            )
+            for q in self.questions()
+        ]
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
         """Judge every sample that has a response; samples without one are counted (``no_response``)."""
@@ -461,19 +559,36 @@ class LLaVABench(scaffold.DataLayout, Task):
                 continue
             ref = s.reference
             split_captions += isinstance(ref["caption"], str) and self.caption_mode == "join"
-            items.append(_Item(s.id, ref["category"],
-                               judge_content(caption_text(ref["caption"], self.caption_mode), ref["question"],
-                                             ref["reference"], responses[s.id].text, ref["category"])))
+            items.append(
+                _Item(
+                    s.id,
+                    ref["category"],
+                    judge_content(
+                        caption_text(ref["caption"], self.caption_mode),
+                        ref["question"],
+                        ref["reference"],
+                        responses[s.id].text,
+                        ref["category"],
+                    ),
+                )
+            )
         missing = len(samples) - len(items)
         notes = [f"generation: {GENERATION_SOURCE}", f"caption: {self.caption_mode}"]
         if split_captions:
-            notes.append(f"{split_captions} judge prompts hold a string caption joined character by character "
-                         f"('\\n'.join(caption), as LLaVA v1.0.0's script did); the default llava_bench_caption=text "
-                         f"keeps it whole, as the fixed script")
+            notes.append(
+                f"{split_captions} judge prompts hold a string caption joined character by character "
+                f"('\\n'.join(caption), as LLaVA v1.0.0's script did); the default llava_bench_caption=text "
+                f"keeps it whole, as the fixed script"
+            )
         if missing:
             notes.append(f"{missing} questions have no response (failed generation) and are not judged")
-        return score_items(items, judge, task=self.name,
-                           extra_counts={"questions": len(samples), "no_response": missing}, extra_notes=notes)
+        return score_items(
+            items,
+            judge,
+            task=self.name,
+            extra_counts={"questions": len(samples), "no_response": missing},
+            extra_notes=notes,
+        )
 
     def read_reviews(self, path: str | Path) -> ReplayJudge:
         """The official review file or a JSON list of replies in question order; see :func:`read_reviews`."""
@@ -488,9 +603,15 @@ class LLaVABench(scaffold.DataLayout, Task):
             qid = obj.get("question_id")
             text = next((obj[k] for k in ("text", "answer", "response") if k in obj), None)
             if not isinstance(qid, (int, str)) or isinstance(qid, bool) or not isinstance(text, str):
-                raise DataError("expected LLaVA's answer {\"question_id\", \"text\"}", path=path, line=lineno)
-            scaffold.add_response(out, str(qid), text, known=ids, path=path, line=lineno,
-                                  unknown=f"question_id {qid} is not a LLaVA-Bench question of {self.data_root}",
-                                  second=f"a second answer for question_id {qid}")
+                raise DataError('expected LLaVA\'s answer {"question_id", "text"}', path=path, line=lineno)
+            scaffold.add_response(
+                out,
+                str(qid),
+                text,
+                known=ids,
+                path=path,
+                line=lineno,
+                unknown=f"question_id {qid} is not a LLaVA-Bench question of {self.data_root}",
+                second=f"a second answer for question_id {qid}",
+            )
         return out
-

@@ -72,8 +72,10 @@ def _import_lmms_tasks(task_name: str) -> Any:
     try:
         import lmms_eval.tasks as lmms_tasks
     except ImportError as exc:
-        raise ConfigError(f"{PREFIX}{task_name}: lmms-eval is installed but cannot be imported ({exc}); "
-                          f"reinstall it with {install_command(f'extra:{EXTRA}')}") from exc
+        raise ConfigError(
+            f"{PREFIX}{task_name}: lmms-eval is installed but cannot be imported ({exc}); "
+            f"reinstall it with {install_command(f'extra:{EXTRA}')}"
+        ) from exc
     return lmms_tasks
 
 
@@ -131,8 +133,12 @@ class LmmsTask(Task):
     version: ClassVar[str] = "1"
     option_names: ClassVar[tuple[str, ...]] = ("lmms_include_path", "lmms_output_path")
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
         self.include_path = _include_paths(self.options)
         self._manager: Any = None
@@ -154,8 +160,10 @@ class LmmsTask(Task):
             close = difflib.get_close_matches(self.lmms_task, list(index), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
             where = f" or in {', '.join(self.include_path)}" if self.include_path else ""
-            raise ConfigError(f"lmms-eval has no task {self.lmms_task!r} in its registry{where}{hint} "
-                              f"(option lmms_include_path adds a folder of task YAMLs)")
+            raise ConfigError(
+                f"lmms-eval has no task {self.lmms_task!r} in its registry{where}{hint} "
+                f"(option lmms_include_path adds a folder of task YAMLs)"
+            )
         kind = index[self.lmms_task].get("type")
         if kind != "task":
             raise ConfigError(f"{self.name} is an lmms-eval {kind}, not a task: name its tasks one by one")
@@ -174,8 +182,10 @@ class LmmsTask(Task):
                 raise ConfigError(f"{self.name}: lmms-eval loaded no single task for this name")
             output_type = getattr(task, "OUTPUT_TYPE", None)
             if output_type not in SUPPORTED_OUTPUT_TYPES:
-                raise ConfigError(f"{self.name}: output_type {output_type!r} is not supported by the bridge "
-                                  f"(only {', '.join(SUPPORTED_OUTPUT_TYPES)})")
+                raise ConfigError(
+                    f"{self.name}: output_type {output_type!r} is not supported by the bridge "
+                    f"(only {', '.join(SUPPORTED_OUTPUT_TYPES)})"
+                )
             self._task = task
         return self._task
 
@@ -211,17 +221,24 @@ class LmmsTask(Task):
             target = _jsonable(task.doc_to_target(doc))
         except Exception:  # noqa: BLE001  (a target is informative only; scoring does not use it)
             target = None
-        return Sample(id=sid, prompt=prompt, images=images, reference=target,
-                      meta={"doc_id": index, "lmms_task": self.lmms_task},
-                      max_new_tokens=int(budget) if isinstance(budget, (int, float)) and budget > 0 else None)
+        return Sample(
+            id=sid,
+            prompt=prompt,
+            images=images,
+            reference=target,
+            meta={"doc_id": index, "lmms_task": self.lmms_task},
+            max_new_tokens=int(budget) if isinstance(budget, (int, float)) and budget > 0 else None,
+        )
 
     def _image_ref(self, sample_id: str, visual: Any) -> ImageRef:
         if hasattr(visual, "save") and hasattr(visual, "mode"):  # PIL.Image.Image
             return ImageRef(data=_png(visual))
         if isinstance(visual, (str, Path)):
             return ImageRef(path=str(visual))
-        raise ConfigError(f"{self.name}: sample {sample_id}: doc_to_visual gave a {type(visual).__name__}; the bridge "
-                          f"takes images only (PIL images or image paths)")
+        raise ConfigError(
+            f"{self.name}: sample {sample_id}: doc_to_visual gave a {type(visual).__name__}; the bridge "
+            f"takes images only (PIL images or image paths)"
+        )
 
     # ------------------------------------------------------------------------------------------- scoring
     def _aggregation_args(self) -> SimpleNamespace:
@@ -255,8 +272,12 @@ class LmmsTask(Task):
                     rec[f"response,{key}"] = _jsonable(value)
         aggregation = task.aggregation()
         headline: dict[str, float] = {}
-        notes = [(f"task definition: lmms-eval {self._lmms_version()} task {self.lmms_task!r} (doc_to_text, "
-                  f"doc_to_visual, filters, process_results, aggregation); generation: the harness engine")]
+        notes = [
+            (
+                f"task definition: lmms-eval {self._lmms_version()} task {self.lmms_task!r} (doc_to_text, "
+                f"doc_to_visual, filters, process_results, aggregation); generation: the harness engine"
+            )
+        ]
         args: SimpleNamespace | None = None
         for (metric, key), values in items.items():
             fn = aggregation.get(metric)
@@ -306,9 +327,13 @@ def lmms_task_class(name: str) -> type[LmmsTask]:
         raise missing_extra_error(task_name)
     cls = _CLASSES.get(task_name)
     if cls is None:
-        attrs = {"name": PREFIX + task_name, "lmms_task": task_name,
-                 "description": f"lmms-eval task {task_name} (definition and metrics from lmms-eval)",
-                 "__doc__": f"lmms-eval's {task_name} task run through the harness.", "__module__": __name__}
+        attrs = {
+            "name": PREFIX + task_name,
+            "lmms_task": task_name,
+            "description": f"lmms-eval task {task_name} (definition and metrics from lmms-eval)",
+            "__doc__": f"lmms-eval's {task_name} task run through the harness.",
+            "__module__": __name__,
+        }
         cls = type(f"Lmms_{task_name}", (LmmsTask,), attrs)
         _CLASSES[task_name] = cls
     return cls

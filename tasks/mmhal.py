@@ -70,13 +70,19 @@ from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
-OFFICIAL_SOURCE = ("MMHal-Bench eval_gpt4.py (HF dataset Shengcao1006/MMHal-Bench) = LLaVA-RLHF "
-                   "Eval/eval_gpt_mmhal.py, https://github.com/llava-rlhf/LLaVA-RLHF, "
-                   "commit 830a083fd83e607da3c35f2e6aef833523c1e722")
-INFORMATIVENESS_SOURCE = ("RLHF-V eval/summarize_gpt_mmhal_review.py, https://github.com/RLHF-V/RLHF-V, "
-                          "commit 3d35a91568b237fcc9d884463d9279fd7ae10350")
-DATA_SOURCE = ("MMHal-Bench: https://huggingface.co/datasets/Shengcao1006/MMHal-Bench (response_template.json and "
-               "images/); the same 96 records are RLHF-V's eval/data/mmhal-bench_answer_template.json")
+OFFICIAL_SOURCE = (
+    "MMHal-Bench eval_gpt4.py (HF dataset Shengcao1006/MMHal-Bench) = LLaVA-RLHF "
+    "Eval/eval_gpt_mmhal.py, https://github.com/llava-rlhf/LLaVA-RLHF, "
+    "commit 830a083fd83e607da3c35f2e6aef833523c1e722"
+)
+INFORMATIVENESS_SOURCE = (
+    "RLHF-V eval/summarize_gpt_mmhal_review.py, https://github.com/RLHF-V/RLHF-V, "
+    "commit 3d35a91568b237fcc9d884463d9279fd7ae10350"
+)
+DATA_SOURCE = (
+    "MMHal-Bench: https://huggingface.co/datasets/Shengcao1006/MMHal-Bench (response_template.json and "
+    "images/); the same 96 records are RLHF-V's eval/data/mmhal-bench_answer_template.json"
+)
 
 #: Names of the question file, in the order they are looked for under the data root: the HF dataset's, then
 #: RLHF-V's / RLAIF-V's copy.
@@ -85,7 +91,14 @@ TEMPLATE_FILES: tuple[str, ...] = ("response_template.json", "mmhal-bench_answer
 N_QUESTIONS = 96
 #: Question type of record ``i`` is ``QUESTION_TYPES[i % 8]`` (official: ``question_type = i % 8``).
 QUESTION_TYPES: tuple[str, ...] = (
-    "attribute", "adversarial", "comparison", "counting", "relation", "environment", "holistic", "other",
+    "attribute",
+    "adversarial",
+    "comparison",
+    "counting",
+    "relation",
+    "environment",
+    "holistic",
+    "other",
 )
 #: ``--gpt-model`` default of the official scorer, and its temperature.
 DEFAULT_JUDGE_MODEL = "gpt-4-0314"
@@ -179,7 +192,7 @@ class MMHalRecord:
     image_content: tuple[str, ...]
     image_src: str | None = None
     image_id: str | None = None
-    question_type: str | None = None   # the file's field; the scorer uses ``index % 8`` instead
+    question_type: str | None = None  # the file's field; the scorer uses ``index % 8`` instead
     question_topic: str | None = None
     model_answer: str | None = None
 
@@ -218,11 +231,13 @@ def parse_record(rec: Any, index: int, path: str | Path, *, require_answer: bool
         raise DataError(f"record {index}: field 'image_content' must be a list of strings", path=path)
     answer = _optional_str(rec, "model_answer", path, index)
     if require_answer and answer is None:
-        raise DataError(f"record {index}: missing or non-string field 'model_answer' (the model's response)",
-                        path=path)
+        raise DataError(f"record {index}: missing or non-string field 'model_answer' (the model's response)", path=path)
     image_id = rec.get("image_id")
     return MMHalRecord(
-        index=index, question=rec["question"], gt_answer=rec["gt_answer"], image_content=tuple(content),
+        index=index,
+        question=rec["question"],
+        gt_answer=rec["gt_answer"],
+        image_content=tuple(content),
         image_src=_optional_str(rec, "image_src", path, index),
         image_id=None if image_id is None else str(image_id),
         question_type=_optional_str(rec, "question_type", path, index),
@@ -231,8 +246,9 @@ def parse_record(rec: Any, index: int, path: str | Path, *, require_answer: bool
     )
 
 
-def read_records(path: str | Path, *, require_answer: bool = False, expect: int | None = N_QUESTIONS
-                 ) -> list[MMHalRecord]:
+def read_records(
+    path: str | Path, *, require_answer: bool = False, expect: int | None = N_QUESTIONS
+) -> list[MMHalRecord]:
     """Read a JSON list of MMHal-Bench records (the template, or a response file with ``model_answer``).
 
     ``expect``: the number of records required (the official ``assert len(records) == 96``), or ``None``.
@@ -241,8 +257,11 @@ def read_records(path: str | Path, *, require_answer: bool = False, expect: int 
     if not isinstance(data, list):
         raise DataError(f"expected a JSON list of MMHal-Bench records, got {type(data).__name__}", path=path)
     if expect is not None and len(data) != expect:
-        raise DataError(f"holds {len(data)} records; MMHal-Bench has {expect} (the official scorer asserts "
-                        f"len(records) == {expect}, and reads the question type from the position)", path=path)
+        raise DataError(
+            f"holds {len(data)} records; MMHal-Bench has {expect} (the official scorer asserts "
+            f"len(records) == {expect}, and reads the question type from the position)",
+            path=path,
+        )
     records = [parse_record(rec, i, path, require_answer=require_answer) for i, rec in enumerate(data)]
     _warn_type_order(records, path)
     return records
@@ -252,9 +271,15 @@ def _warn_type_order(records: Sequence[MMHalRecord], path: str | Path) -> None:
     """Warn when a record's ``question_type`` field disagrees with the type its position gives (``index % 8``)."""
     off = [r.index for r in records if r.question_type is not None and r.question_type != r.type_name]
     if off:
-        log.warning("%s: %d records have a question_type other than the one their position gives (first: record "
-                    "%d, %r at position type %r); the official scorer uses the position (index %% 8)",
-                    path, len(off), off[0], records[off[0]].question_type, records[off[0]].type_name)
+        log.warning(
+            "%s: %d records have a question_type other than the one their position gives (first: record "
+            "%d, %r at position type %r); the official scorer uses the position (index %% 8)",
+            path,
+            len(off),
+            off[0],
+            records[off[0]].question_type,
+            records[off[0]].type_name,
+        )
 
 
 def find_question_file(data_root: str | Path, name: str | None = None) -> Path:
@@ -264,16 +289,20 @@ def find_question_file(data_root: str | Path, name: str | None = None) -> Path:
     if name:
         path = root / name
         if not path.resolve().is_relative_to(root.resolve()):
-            raise ConfigError(f"mmhal_file {name!r} is not under the data root {root}: give the data root holding "
-                              f"it and its name relative to that folder")
+            raise ConfigError(
+                f"mmhal_file {name!r} is not under the data root {root}: give the data root holding "
+                f"it and its name relative to that folder"
+            )
         if not path.is_file():
             raise MissingDataFile(path, DATA_SOURCE)
         return path
     for candidate in TEMPLATE_FILES:
         if (root / candidate).is_file():
             return root / candidate
-    raise DataError(f"no MMHal-Bench question file: looked for {' or '.join(TEMPLATE_FILES)}. It comes from: "
-                    f"{DATA_SOURCE}", path=root)
+    raise DataError(
+        f"no MMHal-Bench question file: looked for {' or '.join(TEMPLATE_FILES)}. It comes from: {DATA_SOURCE}",
+        path=root,
+    )
 
 
 def image_path(record: MMHalRecord, image_root: str | Path) -> Path:
@@ -292,8 +321,13 @@ def image_path(record: MMHalRecord, image_root: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------- judge
-def judge_prompt(image_content: Sequence[str], question: str, gt_answer: str, model_answer: str,
-                 template: str = JUDGE_PROMPT_TEMPLATE) -> str:
+def judge_prompt(
+    image_content: Sequence[str],
+    question: str,
+    gt_answer: str,
+    model_answer: str,
+    template: str = JUDGE_PROMPT_TEMPLATE,
+) -> str:
     """The official judge prompt: ``template.format(', '.join(image_content), question, gt_answer, model_answer)``."""
     return template.format(", ".join(image_content), question, gt_answer, model_answer)
 
@@ -326,21 +360,27 @@ def _review_text(item: Any, index: int, path: str | Path) -> str | None:
             try:
                 content = item["choices"][0]["message"]["content"]
             except (KeyError, IndexError, TypeError) as exc:
-                raise DataError(f"entry {index}: an OpenAI response without choices[0].message.content",
-                                path=path) from exc
+                raise DataError(
+                    f"entry {index}: an OpenAI response without choices[0].message.content", path=path
+                ) from exc
             if content is not None and not isinstance(content, str):
-                raise DataError(f"entry {index}: choices[0].message.content is a {type(content).__name__}, "
-                                f"expected text", path=path)
+                raise DataError(
+                    f"entry {index}: choices[0].message.content is a {type(content).__name__}, expected text", path=path
+                )
             return content
         if "gpt4_review" in item:  # RLHF-V merge_mmhal_review_with_predict.py / RLAIF-V *.merge_gpt4_score.json
             review = item["gpt4_review"]
             if review is not None and not isinstance(review, str):
-                raise DataError(f"entry {index}: field 'gpt4_review' is a {type(review).__name__}, expected text",
-                                path=path)
+                raise DataError(
+                    f"entry {index}: field 'gpt4_review' is a {type(review).__name__}, expected text", path=path
+                )
             return review
-    raise DataError(f"entry {index}: expected the judge's reply as text, an OpenAI chat completion "
-                    f"({{\"choices\": [{{\"message\": {{\"content\": ...}}}}]}}) or a record with 'gpt4_review', "
-                    f"got {type(item).__name__}", path=path)
+    raise DataError(
+        f"entry {index}: expected the judge's reply as text, an OpenAI chat completion "
+        f'({{"choices": [{{"message": {{"content": ...}}}}]}}) or a record with \'gpt4_review\', '
+        f"got {type(item).__name__}",
+        path=path,
+    )
 
 
 def read_reviews(path: str | Path) -> list[str | None]:
@@ -376,8 +416,12 @@ def replay_judge(path: str | Path) -> ReplayJudge:
     replies = _reviews(data, path)
     models = {item.get("model") for item in data if isinstance(item, Mapping) and "choices" in item}
     model = models.pop() if len(models) == 1 else None
-    return ReplayJudge({str(i): text for i, text in enumerate(replies)}, source=str(path),
-                       model=model if isinstance(model, str) and model else "replay", strict=True)
+    return ReplayJudge(
+        {str(i): text for i, text in enumerate(replies)},
+        source=str(path),
+        model=model if isinstance(model, str) and model else "replay",
+        strict=True,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- scoring
@@ -396,8 +440,15 @@ def _read_ratings(reply: str) -> tuple[list[int], bool]:
     return found, len(found) == 1
 
 
-def _score_items(items: Sequence[_Item], judge: Judge, *, n_questions: int, task: str = "mmhal",
-                 extra_counts: Mapping[str, int] | None = None, extra_notes: Sequence[str] = ()) -> Metrics:
+def _score_items(
+    items: Sequence[_Item],
+    judge: Judge,
+    *,
+    n_questions: int,
+    task: str = "mmhal",
+    extra_counts: Mapping[str, int] | None = None,
+    extra_notes: Sequence[str] = (),
+) -> Metrics:
     """Judge ``items`` and compute the official numbers over the successful judgments (see the module docstring)."""
     by_id = {it.id: it for it in items}
     loop = scaffold.run_judge(judge, list(by_id), lambda sid, _: judge_request(sid, by_id[sid].prompt), _read_ratings)
@@ -409,42 +460,77 @@ def _score_items(items: Sequence[_Item], judge: Judge, *, n_questions: int, task
         qtype = QUESTION_TYPES[it.index % 8]
         rec: dict[str, Any] = {"id": it.id, "index": it.index, "question_type": qtype}
         if j.failed:
-            rec.update(rating=None, parsed=None, ratings_found=None, hallucination=None, informativeness=None,
-                       judge=None, judge_error=j.error)
+            rec.update(
+                rating=None,
+                parsed=None,
+                ratings_found=None,
+                hallucination=None,
+                informativeness=None,
+                judge=None,
+                judge_error=j.error,
+            )
             records.append(rec)
             continue
         text = j.reply or ""
         found = j.value or []
         score = found[0] if j.parsed else 0
         if not j.parsed:
-            log.warning("MMHal-Bench question %d: multiple or zero ratings in the judge's reply (scored 0, as the "
-                        "official scorer): %r", it.index, text[:200])
+            log.warning(
+                "MMHal-Bench question %d: multiple or zero ratings in the judge's reply (scored 0, as the "
+                "official scorer): %r",
+                it.index,
+                text[:200],
+            )
         scores.append(score)
         by_type[qtype].append(score)
-        rec.update(rating=score, parsed=j.parsed, ratings_found=found, hallucination=score < 3,
-                   informativeness=score - 3 if score >= 3 else score, judge=text, judge_error=None)
+        rec.update(
+            rating=score,
+            parsed=j.parsed,
+            ratings_found=found,
+            hallucination=score < 3,
+            informativeness=score - 3 if score >= 3 else score,
+            judge=text,
+            judge_error=None,
+        )
         records.append(rec)
     failed, unparsed = loop.failed, loop.unparsed
 
-    counts: dict[str, int] = {"questions": n_questions, "scored": len(scores), "judge_failed": len(failed),
-                              "unparsed": len(unparsed), **(extra_counts or {})}
-    notes = [f"scorer: {OFFICIAL_SOURCE}", f"Informativeness: {INFORMATIVENESS_SOURCE}",
-             f"judge: {judge.model}", *extra_notes]
+    counts: dict[str, int] = {
+        "questions": n_questions,
+        "scored": len(scores),
+        "judge_failed": len(failed),
+        "unparsed": len(unparsed),
+        **(extra_counts or {}),
+    }
+    notes = [
+        f"scorer: {OFFICIAL_SOURCE}",
+        f"Informativeness: {INFORMATIVENESS_SOURCE}",
+        f"judge: {judge.model}",
+        *extra_notes,
+    ]
     if failed:
         notes.append(scaffold.failed_note(failed, "excluded from every mean (not scored 0)"))
     if unparsed:
-        notes.append(f"{len(unparsed)} judge replies hold zero or several ratings and are scored 0, as the official "
-                     f"scorer does: ids {scaffold.id_list(unparsed)}")
+        notes.append(
+            f"{len(unparsed)} judge replies hold zero or several ratings and are scored 0, as the official "
+            f"scorer does: ids {scaffold.id_list(unparsed)}"
+        )
     if len(scores) < N_QUESTIONS:
-        notes.append(f"scored {len(scores)} of the {N_QUESTIONS} MMHal-Bench questions: the numbers are not "
-                     f"comparable with published ones (per-type averages cover the questions present)")
+        notes.append(
+            f"scored {len(scores)} of the {N_QUESTIONS} MMHal-Bench questions: the numbers are not "
+            f"comparable with published ones (per-type averages cover the questions present)"
+        )
     if not scores:
         return scaffold.no_score(task, counts, notes, records)
 
     mean = sum(scores) / len(scores)
     hal_rate = sum(1 for s in scores if s < 3) / len(scores)
     informativeness = sum(s - 3 if s >= 3 else s for s in scores) / len(scores) / 3 * 100
-    headline = {"Score": scaffold.fmt2(mean), "HalRate": scaffold.fmt2(hal_rate), "Informativeness": scaffold.fmt2(informativeness)}
+    headline = {
+        "Score": scaffold.fmt2(mean),
+        "HalRate": scaffold.fmt2(hal_rate),
+        "Informativeness": scaffold.fmt2(informativeness),
+    }
     breakdown: dict[str, dict[str, float]] = {
         name: {"Score": round(sum(vals) / len(vals), 2), "n": len(vals)} for name, vals in by_type.items() if vals
     }
@@ -461,8 +547,11 @@ def _read_answer_lines(path: Path, template: Sequence[MMHalRecord]) -> list[MMHa
     ``merge_template_answer``)."""
     lines = list(iter_jsonl(path))
     if len(lines) != len(template):
-        raise DataError(f"holds {len(lines)} answers; MMHal-Bench has {len(template)} (the official scorer asserts "
-                        f"len(records) == {N_QUESTIONS})", path=path)
+        raise DataError(
+            f"holds {len(lines)} answers; MMHal-Bench has {len(template)} (the official scorer asserts "
+            f"len(records) == {N_QUESTIONS})",
+            path=path,
+        )
     out = []
     for (lineno, obj), rec in zip(lines, template):
         for key in ("answer", "text", "model_answer"):
@@ -494,21 +583,28 @@ def score_response_file(responses_path: str | Path, data_root: str | Path | None
         template = read_records(find_question_file(data_root))
     if path.suffix == ".jsonl":
         if template is None:
-            raise ConfigError(f"{path}: a .jsonl answer file is merged onto the MMHal-Bench questions in order; "
-                              f"give the data root holding {' or '.join(TEMPLATE_FILES)}")
+            raise ConfigError(
+                f"{path}: a .jsonl answer file is merged onto the MMHal-Bench questions in order; "
+                f"give the data root holding {' or '.join(TEMPLATE_FILES)}"
+            )
         records = _read_answer_lines(path, template)
     else:
         records = read_records(path, require_answer=True)
         if template is not None:
             for rec, ref in zip(records, template):
                 if rec.question != ref.question:
-                    raise DataError(f"record {rec.index}: question {rec.question!r} is not the benchmark's question "
-                                    f"{ref.index} ({ref.question!r}); the official scorer takes the question type "
-                                    f"from the position, so the records must keep the benchmark's order", path=path)
+                    raise DataError(
+                        f"record {rec.index}: question {rec.question!r} is not the benchmark's question "
+                        f"{ref.index} ({ref.question!r}); the official scorer takes the question type "
+                        f"from the position, so the records must keep the benchmark's order",
+                        path=path,
+                    )
     for r in records:
         check_response_text(str(r.index), r.model_answer, source=path)
-    items = [_Item(str(r.index), r.index, judge_prompt(r.image_content, r.question, r.gt_answer, r.model_answer or ""))
-             for r in records]
+    items = [
+        _Item(str(r.index), r.index, judge_prompt(r.image_content, r.question, r.gt_answer, r.model_answer or ""))
+        for r in records
+    ]
     return _score_items(items, judge, n_questions=len(records), extra_notes=[f"responses: {path}"])
 
 
@@ -528,8 +624,10 @@ class MMHalBench(Task):
 
     name = "mmhal"
     version = "1"
-    description = ("MMHal-Bench (96 questions, GPT-4 judge): Score, HalRate, Informativeness and per-type scores "
-                   "(official eval_gpt4.py)")
+    description = (
+        "MMHal-Bench (96 questions, GPT-4 judge): Score, HalRate, Informativeness and per-type scores "
+        "(official eval_gpt4.py)"
+    )
     option_names = ("mmhal_file",)
     data_files = (DataFile(TEMPLATE_FILES[0], DATA_SOURCE),)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
@@ -549,8 +647,12 @@ class MMHalBench(Task):
         n = metrics.counts.get("questions", 0)
         return metrics, {"samples": n, "responses": n, "missing": 0}
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
         file_option = self.options.get("mmhal_file")
         if file_option is not None and not isinstance(file_option, (str, Path)):
@@ -558,8 +660,9 @@ class MMHalBench(Task):
         self.question_file = str(file_option) if file_option else None
 
     def default_data_root(self) -> Path:
-        raise ConfigError(f"task {self.name} needs --data-root: the folder holding {' or '.join(TEMPLATE_FILES)} "
-                          f"({DATA_SOURCE})")
+        raise ConfigError(
+            f"task {self.name} needs --data-root: the folder holding {' or '.join(TEMPLATE_FILES)} ({DATA_SOURCE})"
+        )
 
     def check_files(self) -> list[Path]:
         return [find_question_file(self.data_root, self.question_file)]
@@ -571,13 +674,24 @@ class MMHalBench(Task):
     def load_samples(self) -> list[Sample]:
         out = []
         for rec in self.records():
-            out.append(Sample(
-                id=str(rec.index), prompt=rec.question, images=(ImageRef(path=str(image_path(rec, self.image_root))),),
-                reference={"question": rec.question, "gt_answer": rec.gt_answer,
-                           "image_content": list(rec.image_content)},
-                meta={"question_type": rec.type_name, "question_topic": rec.question_topic,
-                      "image_id": rec.image_id, "image_src": rec.image_src},
-            ))
+            out.append(
+                Sample(
+                    id=str(rec.index),
+                    prompt=rec.question,
+                    images=(ImageRef(path=str(image_path(rec, self.image_root))),),
+                    reference={
+                        "question": rec.question,
+                        "gt_answer": rec.gt_answer,
+                        "image_content": list(rec.image_content),
+                    },
+                    meta={
+                        "question_type": rec.type_name,
+                        "question_topic": rec.question_topic,
+                        "image_id": rec.image_id,
+                        "image_src": rec.image_src,
+                    },
+                )
+            )
         return out
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
@@ -589,9 +703,20 @@ class MMHalBench(Task):
             if s.id not in responses:
                 continue
             ref = s.reference
-            items.append(_Item(s.id, int(s.id), judge_prompt(ref["image_content"], ref["question"], ref["gt_answer"],
-                                                             responses[s.id].text)))
+            items.append(
+                _Item(
+                    s.id,
+                    int(s.id),
+                    judge_prompt(ref["image_content"], ref["question"], ref["gt_answer"], responses[s.id].text),
+                )
+            )
         missing = len(samples) - len(items)
         notes = [f"{missing} questions have no response (failed generation) and are not judged"] if missing else []
-        return _score_items(items, judge, n_questions=len(samples), task=self.name,
-                            extra_counts={"no_response": missing}, extra_notes=notes)
+        return _score_items(
+            items,
+            judge,
+            n_questions=len(samples),
+            task=self.name,
+            extra_counts={"no_response": missing},
+            extra_notes=notes,
+        )

@@ -81,10 +81,13 @@ from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
-GRADER_SOURCE = ("MM-Vet mm-vet_evaluator.py, https://github.com/yuweihao/MM-Vet, "
-                 "commit 7d717c2f54a584b7ed363d66e6481ce1bf648538")
-DATA_SOURCE = ("MM-Vet: https://github.com/yuweihao/MM-Vet (mm-vet.zip: mm-vet.json and images/), or the HF dataset "
-               "lmms-lab/MMVet saved as parquet")
+GRADER_SOURCE = (
+    "MM-Vet mm-vet_evaluator.py, https://github.com/yuweihao/MM-Vet, commit 7d717c2f54a584b7ed363d66e6481ce1bf648538"
+)
+DATA_SOURCE = (
+    "MM-Vet: https://github.com/yuweihao/MM-Vet (mm-vet.zip: mm-vet.json and images/), or the HF dataset "
+    "lmms-lab/MMVet saved as parquet"
+)
 
 DATA_FILE = "mm-vet.json"
 FORMATS: tuple[str, ...] = scaffold.format_choices("json")
@@ -131,10 +134,12 @@ def request_ids(sample_id: str) -> tuple[str, ...]:
 def grader_request(sample_id: str, question: str, answer: str, prediction: str, attempt: int = 0) -> JudgeRequest:
     """Call ``attempt`` of the grading loop (0: the first, temperature 0.0; k >= 1: retry k)."""
     temperature = 0.0 if attempt == 0 else RETRY_TEMPERATURES[attempt - 1]
-    return JudgeRequest(id=request_ids(sample_id)[attempt],
-                        messages=({"role": "user",
-                                   "content": grader_query(question, answer, prediction, retry=attempt > 0)},),
-                        temperature=temperature, max_tokens=GRADER_MAX_TOKENS)
+    return JudgeRequest(
+        id=request_ids(sample_id)[attempt],
+        messages=({"role": "user", "content": grader_query(question, answer, prediction, retry=attempt > 0)},),
+        temperature=temperature,
+        max_tokens=GRADER_MAX_TOKENS,
+    )
 
 
 def parse_grade(content: str) -> float | None:
@@ -170,8 +175,10 @@ def _capabilities(value: Any, path: Path, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [c.strip() for c in value.split(",") if c.strip()]
     if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) for c in value):
-        raise DataError(f"{where}: field 'capability' must be a non-empty list of capabilities "
-                        f"({', '.join(CAPABILITIES)})", path=path)
+        raise DataError(
+            f"{where}: field 'capability' must be a non-empty list of capabilities ({', '.join(CAPABILITIES)})",
+            path=path,
+        )
     return tuple(value)
 
 
@@ -198,11 +205,10 @@ def read_release(path: Path) -> list[MMVetQuestion]:
     """``mm-vet.json``: ``{id: record}`` in file order."""
     data = read_json(path)
     if not isinstance(data, Mapping) or not data:
-        raise DataError("expected MM-Vet's {\"v1_0\": {\"imagename\", \"capability\", \"question\", \"answer\"}, "
-                        "...}", path=path)
+        raise DataError(
+            'expected MM-Vet\'s {"v1_0": {"imagename", "capability", "question", "answer"}, ...}', path=path
+        )
     return [parse_record(str(k), v, path, f"record {k}") for k, v in data.items()]
-
-
 
 
 def read_parquet(paths: Sequence[Path]) -> list[MMVetQuestion]:
@@ -226,8 +232,11 @@ def read_reviews(path: str | Path, question_ids: Sequence[str]) -> ReplayJudge:
     replies: dict[str, Any]
     if isinstance(data, list):
         if len(data) != len(question_ids):
-            raise DataError(f"holds {len(data)} replies for {len(question_ids)} questions; expected one per question "
-                            f"in question order", path=path)
+            raise DataError(
+                f"holds {len(data)} replies for {len(question_ids)} questions; expected one per question "
+                f"in question order",
+                path=path,
+            )
         replies = dict(zip(question_ids, data))
     elif isinstance(data, Mapping):
         replies = {}
@@ -235,16 +244,21 @@ def read_reviews(path: str | Path, question_ids: Sequence[str]) -> ReplayJudge:
             if isinstance(v, Mapping):  # the official grade file
                 content = v.get("content")
                 if not isinstance(content, list) or not content:
-                    raise DataError(f"record {k}: expected the official grade record {{\"content\": [...], "
-                                    f"\"score\": [...]}}", path=path)
+                    raise DataError(
+                        f'record {k}: expected the official grade record {{"content": [...], "score": [...]}}',
+                        path=path,
+                    )
                 v = content[0]
             replies[str(k)] = v
     else:
-        raise DataError(f"expected the official grade file, {{id: reply}} or a list of replies, got "
-                        f"{type(data).__name__}", path=path)
+        raise DataError(
+            f"expected the official grade file, {{id: reply}} or a list of replies, got {type(data).__name__}",
+            path=path,
+        )
     # each saved reply answers the question's first grading call and its retries (the first id is the question's)
-    return ReplayJudge.from_replies({rid: text for sid, text in replies.items() for rid in request_ids(sid)},
-                                    source=path)
+    return ReplayJudge.from_replies(
+        {rid: text for sid, text in replies.items() for rid in request_ids(sid)}, source=path
+    )
 
 
 # --------------------------------------------------------------------------------------------------- scoring
@@ -287,8 +301,9 @@ def _ordered_capabilities(cap_lists: Sequence[Sequence[str]]) -> list[str]:
     return [c for c, _ in ordered.most_common()]
 
 
-def aggregate(scored: Sequence[tuple[tuple[str, ...], float]], order: Sequence[str]) -> tuple[
-        dict[str, float], dict[str, dict[str, float]]]:
+def aggregate(
+    scored: Sequence[tuple[tuple[str, ...], float]], order: Sequence[str]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """``export_result`` for one run: ``(headline, breakdown)`` from ``[(capabilities, score)]``."""
     sums: dict[str, float] = {c: 0.0 for c in order}
     counts: dict[str, int] = {c: 0 for c in order}
@@ -317,13 +332,21 @@ def aggregate(scored: Sequence[tuple[tuple[str, ...], float]], order: Sequence[s
     sets = sorted(set_counts, key=lambda s: -set_counts[s])  # stable: first-seen order among ties
     breakdown["capability_integrations"] = {
         "_".join(sorted(s, key=lambda c: rank.get(c, len(rank)))): np_round(set_sums[s] / set_counts[s] * 100)
-        for s in sets}
+        for s in sets
+    }
     breakdown["unrounded"] = unrounded
     return headline, breakdown
 
 
-def score_items(items: Sequence[_Item], judge: Judge, *, task: str = "mmvet", order: Sequence[str] | None = None,
-                extra_counts: Mapping[str, int] | None = None, extra_notes: Sequence[str] = ()) -> Metrics:
+def score_items(
+    items: Sequence[_Item],
+    judge: Judge,
+    *,
+    task: str = "mmvet",
+    order: Sequence[str] | None = None,
+    extra_counts: Mapping[str, int] | None = None,
+    extra_notes: Sequence[str] = (),
+) -> Metrics:
     """Grade ``items`` and compute the official per-capability and total scores over the graded ones."""
     loop = grade_items(items, judge)
     order = list(order) if order is not None else _ordered_capabilities([it.capabilities for it in items])
@@ -331,29 +354,48 @@ def score_items(items: Sequence[_Item], judge: Judge, *, task: str = "mmvet", or
     scored: list[tuple[tuple[str, ...], float]] = []
     retried = 0
     for it, g in zip(items, loop):
-        rec: dict[str, Any] = {"id": it.id, "capabilities": list(it.capabilities), "attempts": g.calls,
-                               "judge": g.reply}
+        rec: dict[str, Any] = {
+            "id": it.id,
+            "capabilities": list(it.capabilities),
+            "attempts": g.calls,
+            "judge": g.reply,
+        }
         if g.failed:
             rec.update(score=None, parsed=None, judge_error=g.error)
         else:
             assert g.value is not None
             retried += g.calls > 1
             if not g.parsed:
-                log.warning("MM-Vet %s: no grader reply parsed after the retries (scored 0.0, as the official "
-                            "evaluator): %r", it.id, (g.reply or "")[:100])
+                log.warning(
+                    "MM-Vet %s: no grader reply parsed after the retries (scored 0.0, as the official evaluator): %r",
+                    it.id,
+                    (g.reply or "")[:100],
+                )
             scored.append((it.capabilities, g.value))
             rec.update(score=g.value, parsed=g.parsed, judge_error=None)
         records.append(rec)
     failed, unparsed = loop.failed, loop.unparsed
-    counts: dict[str, int] = {"graded": len(scored), "judge_failed": len(failed), "unparsed": len(unparsed),
-                              "retried": retried, **(extra_counts or {})}
-    notes = [f"scorer: {GRADER_SOURCE}", f"judge: {judge.model}", "one grading run (the paper averages 5)",
-             "scores are means x 100, rounded to 1 decimal with numpy's rounding", *extra_notes]
+    counts: dict[str, int] = {
+        "graded": len(scored),
+        "judge_failed": len(failed),
+        "unparsed": len(unparsed),
+        "retried": retried,
+        **(extra_counts or {}),
+    }
+    notes = [
+        f"scorer: {GRADER_SOURCE}",
+        f"judge: {judge.model}",
+        "one grading run (the paper averages 5)",
+        "scores are means x 100, rounded to 1 decimal with numpy's rounding",
+        *extra_notes,
+    ]
     if failed:
         notes.append(scaffold.failed_note(failed))
     if unparsed:
-        notes.append(f"{len(unparsed)} questions got no parseable grade after the official retries and score 0.0, "
-                     f"as the official evaluator: ids {', '.join(unparsed[:20])}")
+        notes.append(
+            f"{len(unparsed)} questions got no parseable grade after the official retries and score 0.0, "
+            f"as the official evaluator: ids {', '.join(unparsed[:20])}"
+        )
     if not scored:
         return scaffold.no_score(task, counts, notes, records)
     if any(math.isnan(s) for _, s in scored):
@@ -376,8 +418,10 @@ class MMVet(scaffold.DataLayout, Task):
 
     name = "mmvet"
     version = "1"
-    description = ("MM-Vet (218 questions, GPT-4 grader): total and per-capability scores (rec, ocr, know, gen, "
-                   "spat, math) (official mm-vet_evaluator.py)")
+    description = (
+        "MM-Vet (218 questions, GPT-4 grader): total and per-capability scores (rec, ocr, know, gen, "
+        "spat, math) (official mm-vet_evaluator.py)"
+    )
     option_names = ("mmvet_format",)
     data_files = (DataFile(DATA_FILE, DATA_SOURCE),)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
@@ -387,8 +431,12 @@ class MMVet(scaffold.DataLayout, Task):
     release_names = (DATA_FILE,)
     layout_source = DATA_SOURCE
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
         self.read_format_option()
 
@@ -396,13 +444,15 @@ class MMVet(scaffold.DataLayout, Task):
         return True
 
     def default_data_root(self) -> Path:
-        raise ConfigError(f"task {self.name} needs --data-root: the folder holding {DATA_FILE} and images/ "
-                          f"({DATA_SOURCE})")
+        raise ConfigError(
+            f"task {self.name} needs --data-root: the folder holding {DATA_FILE} and images/ ({DATA_SOURCE})"
+        )
 
     def read_layout(self, fmt: str, files: list[Path]) -> list[MMVetQuestion]:
         questions = read_release(files[0]) if fmt == "json" else read_parquet(files)
-        scaffold.require_unique(questions, lambda q: q.id,
-                                lambda q: f"question {q.id} appears twice; expected unique ids", path=files[0])
+        scaffold.require_unique(
+            questions, lambda q: q.id, lambda q: f"question {q.id} appears twice; expected unique ids", path=files[0]
+        )
         return questions
 
     def questions(self) -> list[MMVetQuestion]:
@@ -416,22 +466,43 @@ class MMVet(scaffold.DataLayout, Task):
         return scaffold.first_file([self.image_root / "images" / q.imagename, self.image_root / q.imagename])
 
     def load_samples(self) -> list[Sample]:
-        return [Sample(id=q.id, prompt=q.question, images=(self._image(q),),
-                       reference={"question": q.question, "answer": q.answer, "capabilities": list(q.capabilities)},
-                       meta={"capabilities": list(q.capabilities), "imagename": q.imagename})
-                for q in self.questions()]
+        return [
+            Sample(
+                id=q.id,
+                prompt=q.question,
+                images=(self._image(q),),
+                reference={"question": q.question, "answer": q.answer, "capabilities": list(q.capabilities)},
+                meta={"capabilities": list(q.capabilities), "imagename": q.imagename},
+            )
+            for q in self.questions()
+        ]
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
         """Grade every sample that has a response; samples without one are counted (``no_response``)."""
         if judge is None:
             raise _no_judge()
-        items = [_Item(s.id, s.reference["question"], s.reference["answer"], responses[s.id].text,
-                       tuple(s.reference["capabilities"])) for s in samples if s.id in responses]
+        items = [
+            _Item(
+                s.id,
+                s.reference["question"],
+                s.reference["answer"],
+                responses[s.id].text,
+                tuple(s.reference["capabilities"]),
+            )
+            for s in samples
+            if s.id in responses
+        ]
         order = _ordered_capabilities([tuple(s.reference["capabilities"]) for s in samples])
         missing = len(samples) - len(items)
         notes = [f"{missing} questions have no response (failed generation) and are not graded"] if missing else []
-        return score_items(items, judge, task=self.name, order=order,
-                           extra_counts={"questions": len(samples), "no_response": missing}, extra_notes=notes)
+        return score_items(
+            items,
+            judge,
+            task=self.name,
+            order=order,
+            extra_counts={"questions": len(samples), "no_response": missing},
+            extra_notes=notes,
+        )
 
     def read_reviews(self, path: str | Path) -> ReplayJudge:
         """The official grade file, ``{id: reply}`` or a list of replies in question order."""
@@ -446,7 +517,7 @@ class MMVet(scaffold.DataLayout, Task):
         if path.suffix == ".json":
             data = read_json(path)
             if not isinstance(data, Mapping):
-                raise DataError("expected MM-Vet's results {\"v1_0\": prediction, ...}", path=path)
+                raise DataError('expected MM-Vet\'s results {"v1_0": prediction, ...}', path=path)
             pairs = [(None, k, v) for k, v in data.items()]
         else:
             for lineno, obj in iter_jsonl(path):
@@ -457,9 +528,17 @@ class MMVet(scaffold.DataLayout, Task):
         out: dict[str, Response] = {}
         for line, qid, text in pairs:
             if not isinstance(qid, str) or not isinstance(text, str):
-                raise DataError(f"answer {qid!r}: expected an id (\"v1_0\") and the prediction text", path=path,
-                                line=line)
-            scaffold.add_response(out, qid, text, known=ids, path=path, line=line,
-                                  unknown=f"{qid} is not an MM-Vet question of {self.data_root}",
-                                  second=f"a second answer for {qid}")
+                raise DataError(
+                    f'answer {qid!r}: expected an id ("v1_0") and the prediction text', path=path, line=line
+                )
+            scaffold.add_response(
+                out,
+                qid,
+                text,
+                known=ids,
+                path=path,
+                line=line,
+                unknown=f"{qid} is not an MM-Vet question of {self.data_root}",
+                second=f"a second answer for {qid}",
+            )
         return out

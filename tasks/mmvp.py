@@ -105,10 +105,14 @@ log = logging.getLogger(__name__)
 MMVP_CODE = "https://github.com/tsb0601/MMVP, commit 763500597e65c3446f09047837ceda76f4e264bf"
 GRADER_SOURCE = f"MMVP scripts/gpt_grader.py, {MMVP_CODE}"
 GENERATION_SOURCE = f"MMVP scripts/evaluate_mllm.py, {MMVP_CODE}"
-RULE_SOURCE = ("Cambrian eval/eval/mmvp/mmvp_test.py (prompt: mmvp_eval.py), "
-               "https://github.com/cambrian-mllm/cambrian, commit 539ffc3254bba004e5d012b65c0ad6cb308897c5")
-DATA_SOURCE = ("MMVP: https://huggingface.co/datasets/MMVP/MMVP (Questions.csv and 'MMVP Images/'); "
-               "code: https://github.com/tsb0601/MMVP")
+RULE_SOURCE = (
+    "Cambrian eval/eval/mmvp/mmvp_test.py (prompt: mmvp_eval.py), "
+    "https://github.com/cambrian-mllm/cambrian, commit 539ffc3254bba004e5d012b65c0ad6cb308897c5"
+)
+DATA_SOURCE = (
+    "MMVP: https://huggingface.co/datasets/MMVP/MMVP (Questions.csv and 'MMVP Images/'); "
+    "code: https://github.com/tsb0601/MMVP"
+)
 
 QUESTIONS_FILE = "Questions.csv"
 #: Image folders looked for under the image root: the HF dataset's, then the spelling of ``evaluate_mllm.py``.
@@ -125,10 +129,13 @@ DEFAULT_PROMPT = "mmvp"
 #: ``gpt_grader.py``: ``openai.ChatCompletion.create(model='gpt-4-0314', ..., temperature=0.2)``.
 DEFAULT_JUDGE_MODEL = "gpt-4-0314"
 GRADER_TEMPERATURE = 0.2
-GRADER_SYSTEM = ("You are a helpful and precise assistant for checking the quality of the answer. "
-                 "Please answer in only yes or no.")
-GRADER_TEMPLATE = ("Given the following question {question}, the correct answer is {correct_answer}. "
-                   "Does the following answer correctly answers the question, answer:{model_response}?")
+GRADER_SYSTEM = (
+    "You are a helpful and precise assistant for checking the quality of the answer. Please answer in only yes or no."
+)
+GRADER_TEMPLATE = (
+    "Given the following question {question}, the correct answer is {correct_answer}. "
+    "Does the following answer correctly answers the question, answer:{model_response}?"
+)
 YES_NO_REGEX = re.compile(r"^(yes|no)$", re.IGNORECASE)
 COULD_NOT_DETERMINE = "Could not determine yes or no."
 
@@ -151,8 +158,10 @@ def grader_request(request_id: str, question: str, correct_answer: str, model_re
     """One official grader call: system + user message, temperature 0.2, no token limit."""
     return JudgeRequest(
         id=request_id,
-        messages=({"role": "system", "content": GRADER_SYSTEM},
-                  {"role": "user", "content": grader_prompt(question, correct_answer, model_response)}),
+        messages=(
+            {"role": "system", "content": GRADER_SYSTEM},
+            {"role": "user", "content": grader_prompt(question, correct_answer, model_response)},
+        ),
         temperature=GRADER_TEMPERATURE,
     )
 
@@ -250,16 +259,21 @@ class MMVPQuestion:
         return give_options(self.options)
 
 
-def _check_correct_answer(value: str, options: Sequence[str], where: str, path: str | Path,
-                          line: int | None = None) -> None:
+def _check_correct_answer(
+    value: str, options: Sequence[str], where: str, path: str | Path, line: int | None = None
+) -> None:
     """The ground truth must be "(x)" with x naming one of the options (Cambrian reads ``value.lower()[1]``)."""
     if len(value) < 3 or value[0] != "(" or not value[1].isalpha() or value[2] != ")":
-        raise DataError(f"{where}: correct answer {value!r}; expected an option letter in parentheses, "
-                        f"\"(a)\" or \"(b)\"", path=path, line=line)
+        raise DataError(
+            f'{where}: correct answer {value!r}; expected an option letter in parentheses, "(a)" or "(b)"',
+            path=path,
+            line=line,
+        )
     pos = ord(value.lower()[1]) - ord("a")
     if not 0 <= pos < len(options):
-        raise DataError(f"{where}: correct answer {value!r} names no option (options: {list(options)})",
-                        path=path, line=line)
+        raise DataError(
+            f"{where}: correct answer {value!r} names no option (options: {list(options)})", path=path, line=line
+        )
 
 
 def read_questions(path: str | Path) -> list[MMVPQuestion]:
@@ -277,21 +291,28 @@ def read_questions(path: str | Path) -> list[MMVPQuestion]:
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
-            raise DataError("empty file; expected the header Index,Question,Options,Correct Answer", path=path) from None
+            raise DataError(
+                "empty file; expected the header Index,Question,Options,Correct Answer", path=path
+            ) from None
         index_col = next((header.index(c) for c in INDEX_COLUMNS if c in header), None)
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if index_col is None or missing:
             names = (["Index"] if index_col is None else []) + missing
-            raise DataError(f"header {header} lacks the column(s) {', '.join(names)}; expected MMVP's "
-                            f"Index,Question,Options,Correct Answer", path=path, line=1)
+            raise DataError(
+                f"header {header} lacks the column(s) {', '.join(names)}; expected MMVP's "
+                f"Index,Question,Options,Correct Answer",
+                path=path,
+                line=1,
+            )
         cols = {c: header.index(c) for c in REQUIRED_COLUMNS}
         for row in reader:
             lineno = reader.line_num
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) < len(header):
-                raise DataError(f"row has {len(row)} fields; expected {len(header)} ({', '.join(header)})",
-                                path=path, line=lineno)
+                raise DataError(
+                    f"row has {len(row)} fields; expected {len(header)} ({', '.join(header)})", path=path, line=lineno
+                )
             raw_index = row[index_col].strip()
             try:
                 index = int(raw_index)
@@ -302,14 +323,17 @@ def read_questions(path: str | Path) -> list[MMVPQuestion]:
             try:
                 text_options = give_options(options)
             except ValueError as exc:
-                raise DataError(f"question {index}: options {options!r}: {exc}; expected \"(a) ... (b) ...\"",
-                                path=path, line=lineno) from None
+                raise DataError(
+                    f'question {index}: options {options!r}: {exc}; expected "(a) ... (b) ..."', path=path, line=lineno
+                ) from None
             if len(text_options) < 2:
-                raise DataError(f"question {index}: options {options!r}; expected \"(a) ... (b) ...\"",
-                                path=path, line=lineno)
+                raise DataError(
+                    f'question {index}: options {options!r}; expected "(a) ... (b) ..."', path=path, line=lineno
+                )
             _check_correct_answer(answer, text_options, f"question {index}", path, lineno)
-            out.append(MMVPQuestion(position=len(out), index=index, question=question, options=options,
-                                    correct_answer=answer))
+            out.append(
+                MMVPQuestion(position=len(out), index=index, question=question, options=options, correct_answer=answer)
+            )
     if not out:
         raise DataError("holds no questions", path=path)
     if len(out) % 2:
@@ -324,19 +348,18 @@ class MMVPAnswer:
     ``question`` (the grader's question, ``Question + " " + Options``) is None for a Cambrian file read without
     the benchmark; ``text_options`` are the option texts (Cambrian's ``text_options``)."""
 
-    position: int          # line order in the file (0-based): what pairs the rows
+    position: int  # line order in the file (0-based): what pairs the rows
     lineno: int
     question_id: int
-    sample_id: str         # the benchmark Index the record answers
+    sample_id: str  # the benchmark Index the record answers
     response: str
     correct_answer: str
     question: str | None
     text_options: tuple[str, ...]
-    format: str            # "tsb0601" | "cambrian"
+    format: str  # "tsb0601" | "cambrian"
 
 
-def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: Path, lineno: int,
-           what: str) -> Any:
+def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: Path, lineno: int, what: str) -> Any:
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, kind):
         raise DataError(f"missing or mistyped field {key!r} ({what})", path=path, line=lineno)
@@ -348,9 +371,13 @@ def _detect_format(obj: Mapping[str, Any], path: Path, lineno: int) -> str:
         return "tsb0601"
     if "gt_answer" in obj:
         return "cambrian"
-    raise DataError(f"unknown MMVP answer format (fields: {sorted(obj)}); expected tsb0601/MMVP evaluate_mllm.py's "
-                    "{question_id, prompt, answer, response} or Cambrian mmvp_eval.py's "
-                    "{question_id, answer, gt_answer, text_options}", path=path, line=lineno)
+    raise DataError(
+        f"unknown MMVP answer format (fields: {sorted(obj)}); expected tsb0601/MMVP evaluate_mllm.py's "
+        "{question_id, prompt, answer, response} or Cambrian mmvp_eval.py's "
+        "{question_id, answer, gt_answer, text_options}",
+        path=path,
+        line=lineno,
+    )
 
 
 def read_answer_file(path: str | Path, questions: Sequence[MMVPQuestion] | None = None) -> list[MMVPAnswer]:
@@ -372,8 +399,9 @@ def read_answer_file(path: str | Path, questions: Sequence[MMVPQuestion] | None 
         if fmt is None:
             fmt = this
         elif this != fmt:
-            raise DataError(f"a {this}-format record in a {fmt}-format file; expected one format per file",
-                            path=path, line=lineno)
+            raise DataError(
+                f"a {this}-format record in a {fmt}-format file; expected one format per file", path=path, line=lineno
+            )
         qid = _field(obj, "question_id", int, path, lineno, "the question's number")
         seen.add(qid, f"question_id {qid} appears twice", line=lineno, cite_first=True)
         position = qid - 1 if fmt == "tsb0601" else qid
@@ -382,45 +410,70 @@ def read_answer_file(path: str | Path, questions: Sequence[MMVPQuestion] | None 
             bench = by_position.get(position)
             if bench is None:
                 first = "1" if fmt == "tsb0601" else "0"
-                raise DataError(f"question_id {qid} names no MMVP question (the benchmark has {len(by_position)}; "
-                                f"{fmt} ids start at {first})", path=path, line=lineno)
+                raise DataError(
+                    f"question_id {qid} names no MMVP question (the benchmark has {len(by_position)}; "
+                    f"{fmt} ids start at {first})",
+                    path=path,
+                    line=lineno,
+                )
         if fmt == "tsb0601":
             prompt = _field(obj, "prompt", str, path, lineno, "Question + ' ' + Options")
             correct = _field(obj, "answer", str, path, lineno, "the correct answer, e.g. '(a)'")
             response = _field(obj, "response", str, path, lineno, "the model's output")
             if bench is not None:
                 if prompt != bench.cur_prompt or correct != bench.correct_answer:
-                    raise DataError(f"question_id {qid}: prompt/answer {prompt!r}, {correct!r} differ from MMVP "
-                                    f"question {bench.index} ({bench.cur_prompt!r}, {bench.correct_answer!r})",
-                                    path=path, line=lineno)
+                    raise DataError(
+                        f"question_id {qid}: prompt/answer {prompt!r}, {correct!r} differ from MMVP "
+                        f"question {bench.index} ({bench.cur_prompt!r}, {bench.correct_answer!r})",
+                        path=path,
+                        line=lineno,
+                    )
                 options = bench.text_options
             else:
-                tail = prompt[prompt.rfind("(a)"):] if "(a)" in prompt else prompt
+                tail = prompt[prompt.rfind("(a)") :] if "(a)" in prompt else prompt
                 try:
                     options = give_options(tail)
                 except ValueError as exc:
-                    raise DataError(f"question_id {qid}: cannot read the options from the prompt {prompt!r}: {exc}",
-                                    path=path, line=lineno) from None
+                    raise DataError(
+                        f"question_id {qid}: cannot read the options from the prompt {prompt!r}: {exc}",
+                        path=path,
+                        line=lineno,
+                    ) from None
             question: str | None = prompt
         else:
             response = _field(obj, "answer", str, path, lineno, "the model's output")
             correct = _field(obj, "gt_answer", str, path, lineno, "the correct answer, e.g. '(a)'")
             raw_options = _field(obj, "text_options", list, path, lineno, "the option texts")
             if not all(isinstance(o, str) for o in raw_options):
-                raise DataError(f"question_id {qid}: field 'text_options' must be a list of strings", path=path,
-                                line=lineno)
+                raise DataError(
+                    f"question_id {qid}: field 'text_options' must be a list of strings", path=path, line=lineno
+                )
             options = list(raw_options)
             question = None
             if bench is not None:
                 if correct != bench.correct_answer:
-                    raise DataError(f"question_id {qid}: gt_answer {correct!r} differs from MMVP question "
-                                    f"{bench.index}'s {bench.correct_answer!r}", path=path, line=lineno)
+                    raise DataError(
+                        f"question_id {qid}: gt_answer {correct!r} differs from MMVP question "
+                        f"{bench.index}'s {bench.correct_answer!r}",
+                        path=path,
+                        line=lineno,
+                    )
                 question = bench.cur_prompt
         _check_correct_answer(correct, options, f"question_id {qid}", path, lineno)
         sample_id = bench.id if bench is not None else str(position + 1)
-        out.append(MMVPAnswer(position=len(out), lineno=lineno, question_id=qid, sample_id=sample_id,
-                              response=response, correct_answer=correct, question=question,
-                              text_options=tuple(options), format=fmt))
+        out.append(
+            MMVPAnswer(
+                position=len(out),
+                lineno=lineno,
+                question_id=qid,
+                sample_id=sample_id,
+                response=response,
+                correct_answer=correct,
+                question=question,
+                text_options=tuple(options),
+                format=fmt,
+            )
+        )
     if not out:
         raise DataError("holds no answers", path=path)
     return out
@@ -438,8 +491,11 @@ def read_reviews(path: str | Path) -> ReplayJudge:
     elif isinstance(data, dict):
         replies = dict(data)
     else:
-        raise DataError(f"expected a JSON list of grader replies in question order, or an object "
-                        f"{{position: reply}}, got {type(data).__name__}", path=path)
+        raise DataError(
+            f"expected a JSON list of grader replies in question order, or an object "
+            f"{{position: reply}}, got {type(data).__name__}",
+            path=path,
+        )
     return ReplayJudge.from_replies(replies, source=path)
 
 
@@ -480,8 +536,14 @@ def _pair_breakdown(correct: int, total: int) -> dict[str, dict[str, float]]:
     return {"pairs": {"correct": correct, "total": total, "accuracy": correct / total}} if total else {}
 
 
-def score_gpt(rows: Sequence[_Row], judge: Judge | None, *, task: str = "mmvp",
-              extra_counts: Mapping[str, int] | None = None, extra_notes: Sequence[str] = ()) -> Metrics:
+def score_gpt(
+    rows: Sequence[_Row],
+    judge: Judge | None,
+    *,
+    task: str = "mmvp",
+    extra_counts: Mapping[str, int] | None = None,
+    extra_notes: Sequence[str] = (),
+) -> Metrics:
     """The GPT grader over ``rows``: judge the rows of complete pairs, then ``gpt_grader.py``'s pair accuracy."""
     if judge is None:
         raise _no_judge()
@@ -489,9 +551,11 @@ def score_gpt(rows: Sequence[_Row], judge: Judge | None, *, task: str = "mmvp",
     to_judge = [r for pair in pairs for r in pair]
     missing_question = [r for r in to_judge if r.question is None]
     if missing_question:
-        raise ConfigError(f"the GPT grader needs each question's text (Question + ' ' + Options), which a Cambrian "
-                          f"answer file lacks: give --data-root with MMVP's {QUESTIONS_FILE} "
-                          f"(questions {scaffold.id_list(missing_question)}), or use --option mmvp_method=rule")
+        raise ConfigError(
+            f"the GPT grader needs each question's text (Question + ' ' + Options), which a Cambrian "
+            f"answer file lacks: give --data-root with MMVP's {QUESTIONS_FILE} "
+            f"(questions {scaffold.id_list(missing_question)}), or use --option mmvp_method=rule"
+        )
     by_key = {str(r.position): r for r in to_judge}
 
     def request(key: str, _: int) -> JudgeRequest:
@@ -510,10 +574,18 @@ def score_gpt(rows: Sequence[_Row], judge: Judge | None, *, task: str = "mmvp",
             j = loop[str(r.position)]
             grade = None if j.failed else j.value
             grades.append(grade)
-            recs.append({"id": r.id, "position": r.position, "pair": r.position // 2,
-                         "correct_answer": r.correct_answer, "grade": grade,
-                         "right": None if grade is None else grade == "yes", "judge": j.reply,
-                         "judge_error": j.error})
+            recs.append(
+                {
+                    "id": r.id,
+                    "position": r.position,
+                    "pair": r.position // 2,
+                    "correct_answer": r.correct_answer,
+                    "grade": grade,
+                    "right": None if grade is None else grade == "yes",
+                    "judge": j.reply,
+                    "judge_error": j.error,
+                }
+            )
         if any(g is None for g in grades):
             pair_correct = None
         else:
@@ -523,31 +595,58 @@ def score_gpt(rows: Sequence[_Row], judge: Judge | None, *, task: str = "mmvp",
         for rec in recs:
             rec["pair_correct"] = pair_correct
         records += recs
-    counts: dict[str, int] = {"questions": len(rows), "pairs": num_total, "correct_pairs": num_correct,
-                              "judge_failed": len(failed), "undetermined": len(undetermined),
-                              "pairs_excluded": len(pairs) - num_total, "unpaired": len(lone),
-                              **(extra_counts or {})}
-    notes = ["method: gpt (the official GPT grader)", f"scorer: {GRADER_SOURCE}", f"judge: {judge.model}",
-             "Accuracy = correct pairs / pairs, a fraction (gpt_grader.py prints num_correct/num_total)",
-             *extra_notes]
+    counts: dict[str, int] = {
+        "questions": len(rows),
+        "pairs": num_total,
+        "correct_pairs": num_correct,
+        "judge_failed": len(failed),
+        "undetermined": len(undetermined),
+        "pairs_excluded": len(pairs) - num_total,
+        "unpaired": len(lone),
+        **(extra_counts or {}),
+    }
+    notes = [
+        "method: gpt (the official GPT grader)",
+        f"scorer: {GRADER_SOURCE}",
+        f"judge: {judge.model}",
+        "Accuracy = correct pairs / pairs, a fraction (gpt_grader.py prints num_correct/num_total)",
+        *extra_notes,
+    ]
     if failed:
-        notes.append(f"{len(failed)} judgments failed; their {len(pairs) - num_total} pairs are excluded from the "
-                     f"accuracy (not scored wrong): ids {scaffold.id_list(failed)}")
+        notes.append(
+            f"{len(failed)} judgments failed; their {len(pairs) - num_total} pairs are excluded from the "
+            f"accuracy (not scored wrong): ids {scaffold.id_list(failed)}"
+        )
     if undetermined:
-        notes.append(f"{len(undetermined)} grader replies are not exactly yes/no (\"{COULD_NOT_DETERMINE}\"): not "
-                     f"right, as in the official grader: ids {scaffold.id_list(undetermined)}")
+        notes.append(
+            f'{len(undetermined)} grader replies are not exactly yes/no ("{COULD_NOT_DETERMINE}"): not '
+            f"right, as in the official grader: ids {scaffold.id_list(undetermined)}"
+        )
     if lone:
-        notes.append(f"{len(lone)} questions have no partner in a pair and are not graded: ids "
-                     f"{scaffold.id_list(lone)}")
+        notes.append(
+            f"{len(lone)} questions have no partner in a pair and are not graded: ids {scaffold.id_list(lone)}"
+        )
     if not num_total:
         notes.append("no complete pair was graded: no accuracy")
         return Metrics(task=task, headline={}, counts=counts, notes=notes, records=records)
-    return Metrics(task=task, headline={"Accuracy": num_correct / num_total},
-                   breakdown=_pair_breakdown(num_correct, num_total), counts=counts, notes=notes, records=records)
+    return Metrics(
+        task=task,
+        headline={"Accuracy": num_correct / num_total},
+        breakdown=_pair_breakdown(num_correct, num_total),
+        counts=counts,
+        notes=notes,
+        records=records,
+    )
 
 
-def score_rule(rows: Sequence[_Row], *, keep_unpaired: bool, task: str = "mmvp",
-               extra_counts: Mapping[str, int] | None = None, extra_notes: Sequence[str] = ()) -> Metrics:
+def score_rule(
+    rows: Sequence[_Row],
+    *,
+    keep_unpaired: bool,
+    task: str = "mmvp",
+    extra_counts: Mapping[str, int] | None = None,
+    extra_notes: Sequence[str] = (),
+) -> Metrics:
     """``mmvp_test.py`` over ``rows``: the rows of complete pairs (and, with ``keep_unpaired``, the rows without a
     partner, as the official counter reads an odd file), in order; ``100 * counter / rows``."""
     pairs, lone = _pairs(rows)
@@ -558,8 +657,17 @@ def score_rule(rows: Sequence[_Row], *, keep_unpaired: bool, task: str = "mmvp",
     for r in scored:
         right, answer, letter, text_answer = rule_check(r.response, r.correct_answer, r.text_options)
         rights.append(right)
-        records.append({"id": r.id, "position": r.position, "pair": r.position // 2, "extracted": answer,
-                        "gt_letter": letter, "gt_text": text_answer, "right": right})
+        records.append(
+            {
+                "id": r.id,
+                "position": r.position,
+                "pair": r.position // 2,
+                "extracted": answer,
+                "gt_letter": letter,
+                "gt_text": text_answer,
+                "right": right,
+            }
+        )
     right_by_pos = {r.position: ok for r, ok in zip(scored, rights)}
     correct_pairs = sum(right_by_pos[a.position] and right_by_pos[b.position] for a, b in pairs)
     for rec in records:
@@ -568,24 +676,51 @@ def score_rule(rows: Sequence[_Row], *, keep_unpaired: bool, task: str = "mmvp",
         rec["pair_correct"] = (right_by_pos[pos] and right_by_pos[partner]) if partner in right_by_pos else None
     correct = cambrian_running_count(rights)
     total = len(scored)
-    counts: dict[str, int] = {"questions": len(rows), "total": total, "correct": correct, "pairs": len(pairs),
-                              "correct_pairs": correct_pairs, "unpaired": len(lone), **(extra_counts or {})}
-    notes = ["method: rule (Cambrian's option-letter matching, judge-free)", f"scorer: {RULE_SOURCE}",
-             ("Accuracy = 100 * correct / total, a percentage (mmvp_test.py's running counter: correct = 2 x "
-              "correct pairs, total = rows)"), *extra_notes]
+    counts: dict[str, int] = {
+        "questions": len(rows),
+        "total": total,
+        "correct": correct,
+        "pairs": len(pairs),
+        "correct_pairs": correct_pairs,
+        "unpaired": len(lone),
+        **(extra_counts or {}),
+    }
+    notes = [
+        "method: rule (Cambrian's option-letter matching, judge-free)",
+        f"scorer: {RULE_SOURCE}",
+        (
+            "Accuracy = 100 * correct / total, a percentage (mmvp_test.py's running counter: correct = 2 x "
+            "correct pairs, total = rows)"
+        ),
+        *extra_notes,
+    ]
     if lone:
-        notes.append(f"{len(lone)} questions have no partner in a pair: "
-                     + ("counted as the official counter counts them" if keep_unpaired else "not scored")
-                     + f": ids {scaffold.id_list(lone)}")
+        notes.append(
+            f"{len(lone)} questions have no partner in a pair: "
+            + ("counted as the official counter counts them" if keep_unpaired else "not scored")
+            + f": ids {scaffold.id_list(lone)}"
+        )
     if not total:
         notes.append("no question to score: no accuracy")
         return Metrics(task=task, headline={}, counts=counts, notes=notes, records=records)
-    return Metrics(task=task, headline={"Accuracy": 100.0 * correct / total},
-                   breakdown=_pair_breakdown(correct_pairs, len(pairs)), counts=counts, notes=notes, records=records)
+    return Metrics(
+        task=task,
+        headline={"Accuracy": 100.0 * correct / total},
+        breakdown=_pair_breakdown(correct_pairs, len(pairs)),
+        counts=counts,
+        notes=notes,
+        records=records,
+    )
 
 
-def score_answer_file(path: str | Path, method: str = DEFAULT_METHOD, judge: Judge | None = None,
-                      questions: Sequence[MMVPQuestion] | None = None, *, task: str = "mmvp") -> Metrics:
+def score_answer_file(
+    path: str | Path,
+    method: str = DEFAULT_METHOD,
+    judge: Judge | None = None,
+    questions: Sequence[MMVPQuestion] | None = None,
+    *,
+    task: str = "mmvp",
+) -> Metrics:
     """Score an answer file as the official script of ``method`` does: rows paired in file order
     (``gpt``: ``gpt_grader.py`` with ``judge``; ``rule``: ``mmvp_test.py``). ``questions``: see
     :func:`read_answer_file`."""
@@ -606,8 +741,12 @@ def _check_method(method: str) -> None:
 
 
 def _no_judge() -> ConfigError:
-    return scaffold.no_judge("mmvp with mmvp_method=gpt", DEFAULT_JUDGE_MODEL, grader=True,
-                             alternative="; or score judge-free with --option mmvp_method=rule")
+    return scaffold.no_judge(
+        "mmvp with mmvp_method=gpt",
+        DEFAULT_JUDGE_MODEL,
+        grader=True,
+        alternative="; or score judge-free with --option mmvp_method=rule",
+    )
 
 
 # --------------------------------------------------------------------------------------------------- task
@@ -622,23 +761,31 @@ class MMVP(Task):
 
     name = "mmvp"
     version = "1"
-    description = ("MMVP (150 CLIP-blind pairs, 300 questions): pair accuracy by the official GPT grader "
-                   "(gpt_grader.py) or, with mmvp_method=rule, Cambrian's mmvp_test.py")
+    description = (
+        "MMVP (150 CLIP-blind pairs, 300 questions): pair accuracy by the official GPT grader "
+        "(gpt_grader.py) or, with mmvp_method=rule, Cambrian's mmvp_test.py"
+    )
     option_names = ("mmvp_method", "mmvp_prompt")
     data_files = (DataFile(QUESTIONS_FILE, DATA_SOURCE),)
     default_max_new_tokens = MAX_NEW_TOKENS[DEFAULT_PROMPT]
     default_judge_model: ClassVar[str] = DEFAULT_JUDGE_MODEL
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
         self.method = str(self.options.get("mmvp_method", DEFAULT_METHOD)).strip().lower()
         _check_method(self.method)
         self.prompt_style = self.choice_option("mmvp_prompt", DEFAULT_PROMPT, PROMPTS)
 
     def default_data_root(self) -> Path:
-        raise ConfigError(f"task {self.name} needs --data-root: the folder holding {QUESTIONS_FILE} and "
-                          f"'{IMAGE_FOLDERS[0]}/' ({DATA_SOURCE})")
+        raise ConfigError(
+            f"task {self.name} needs --data-root: the folder holding {QUESTIONS_FILE} and "
+            f"'{IMAGE_FOLDERS[0]}/' ({DATA_SOURCE})"
+        )
 
     def needs_judge(self) -> bool:
         return self.method == "gpt"
@@ -661,11 +808,17 @@ class MMVP(Task):
         return q.cur_prompt
 
     def load_samples(self) -> list[Sample]:
-        return [Sample(id=q.id, prompt=self._prompt(q), images=(self._image(q.index),),
-                       reference={"question": q.question, "options": q.options, "correct_answer": q.correct_answer},
-                       meta={"position": q.position, "pair": q.position // 2, "index": q.index},
-                       max_new_tokens=MAX_NEW_TOKENS[self.prompt_style])
-                for q in self.questions()]
+        return [
+            Sample(
+                id=q.id,
+                prompt=self._prompt(q),
+                images=(self._image(q.index),),
+                reference={"question": q.question, "options": q.options, "correct_answer": q.correct_answer},
+                meta={"position": q.position, "pair": q.position // 2, "index": q.index},
+                max_new_tokens=MAX_NEW_TOKENS[self.prompt_style],
+            )
+            for q in self.questions()
+        ]
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
         """Pairs are the benchmark's (``meta["position"] // 2``); a pair with a missing response is left out."""
@@ -677,14 +830,24 @@ class MMVP(Task):
                 continue
             ref = s.reference
             position = int(s.meta.get("position", i))
-            rows.append(_Row(s.id, position, ref["question"] + " " + ref["options"], ref["correct_answer"],
-                             responses[s.id].text, tuple(give_options(ref["options"]))))
+            rows.append(
+                _Row(
+                    s.id,
+                    position,
+                    ref["question"] + " " + ref["options"],
+                    ref["correct_answer"],
+                    responses[s.id].text,
+                    tuple(give_options(ref["options"])),
+                )
+            )
         counts = {"no_response": len(missing)}
         source = GENERATION_SOURCE if self.prompt_style == "mmvp" else RULE_SOURCE
         notes = [f"prompt: {self.prompt_style} ({source})"]
         if missing:
-            notes.append(f"{len(missing)} questions have no response (failed generation); their pairs are left out: "
-                         f"ids {scaffold.id_list(missing)}")
+            notes.append(
+                f"{len(missing)} questions have no response (failed generation); their pairs are left out: "
+                f"ids {scaffold.id_list(missing)}"
+            )
         if self.method == "gpt":
             return score_gpt(rows, judge, task=self.name, extra_counts=counts, extra_notes=notes)
         return score_rule(rows, keep_unpaired=False, task=self.name, extra_counts=counts, extra_notes=notes)

@@ -141,14 +141,20 @@ from tasks.text import (
 
 log = logging.getLogger(__name__)
 
-OFFICIAL_SOURCE = ("RLHF-V eval/eval_gpt_obj_halbench.py + eval/summarize_gpt_obj_halbench_review.py, "
-                   "https://github.com/RLHF-V/RLHF-V, commit 8daac8a8f30df123818ae9d3a0e3f0018497714c")
-RLAIFV_SOURCE = ("RLAIF-V eval/eval_gpt_obj_halbench.py, https://github.com/RLHF-V/RLAIF-V, "
-                 "commit 83d917b2e8118ca8e7877a796d72af9bb3e6b356")
+OFFICIAL_SOURCE = (
+    "RLHF-V eval/eval_gpt_obj_halbench.py + eval/summarize_gpt_obj_halbench_review.py, "
+    "https://github.com/RLHF-V/RLHF-V, commit 8daac8a8f30df123818ae9d3a0e3f0018497714c"
+)
+RLAIFV_SOURCE = (
+    "RLAIF-V eval/eval_gpt_obj_halbench.py, https://github.com/RLHF-V/RLAIF-V, "
+    "commit 83d917b2e8118ca8e7877a796d72af9bb3e6b356"
+)
 
 QUESTION_FILE = "obj_halbench_300_with_image.jsonl"
-QUESTION_SOURCE = ("RLHF-V eval/data/obj_halbench_300_with_image.jsonl (https://github.com/RLHF-V/RLHF-V; "
-                   "also https://github.com/RLHF-V/RLAIF-V eval/data/)")
+QUESTION_SOURCE = (
+    "RLHF-V eval/data/obj_halbench_300_with_image.jsonl (https://github.com/RLHF-V/RLHF-V; "
+    "also https://github.com/RLHF-V/RLAIF-V eval/data/)"
+)
 
 #: The judge and its settings in the official GPT path (``Chat(model="gpt-3.5-turbo-0613")``, ``chat_completion``
 #: defaults of ``eval/gpt4_grpc.py``: temperature 0.2, top_p 1, max_tokens 512).
@@ -193,23 +199,23 @@ NOUN_TAGS = frozenset({"NNP", "NNPS", "NN", "NNS"})
 
 METHODS = {
     "chair": "judge-free CHAIR: objects read from the answer text by caption_to_words (NLTK word_tokenize, "
-             "WordNet lemmas, synonyms_refine.txt)",
+    "WordNet lemmas, synonyms_refine.txt)",
     "gpt": "GPT object extraction (official --use_gpt, as reported by RLHF-V/RLAIF-V): objects listed by the judge, "
-           "lemmatised phrase by phrase, matched against synonyms_refine.txt",
+    "lemmatised phrase by phrase, matched against synonyms_refine.txt",
 }
 
 #: Where each headline number comes from (official script, printed label, formula).
 HEADLINE_SOURCES = {
     "CHAIRs": "eval_gpt_obj_halbench.py column CHAIRs: hallucinated responses / all responses x100, %0.001f",
     "CHAIRs_refine": "eval_gpt_obj_halbench.py column CHAIRsr: hallucinated responses / responses with a COCO "
-                     "mention x100, %0.001f",
+    "mention x100, %0.001f",
     "CHAIRi": "eval_gpt_obj_halbench.py column CHAIRi: hallucinated mentions / COCO mentions x100, %0.001f",
     "Response Hall": "summarize_gpt_obj_halbench_review.py 'Response Hall' = CHAIRs_refine x100, .2f "
-                     "(RLHF-V/RLAIF-V 'Resp.')",
+    "(RLHF-V/RLAIF-V 'Resp.')",
     "Object Hall": "summarize_gpt_obj_halbench_review.py 'Object Hall' = CHAIRi x100, .2f (RLHF-V/RLAIF-V 'Ment.')",
     "Object Recall": "summarize_gpt_obj_halbench_review.py 'Object Recall' = obj_rec x100, .2f",
     "Average Length": "summarize_gpt_obj_halbench_review.py 'Average Length' = avg_word_len, .2f "
-                      "(eval script avg_len: %0.01f)",
+    "(eval script avg_len: %0.01f)",
 }
 
 
@@ -242,8 +248,9 @@ def _as_image_id(value: Any, *, path: Path, line: int, field_name: str = "image_
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise DataError(f"field {field_name!r} must be an integer image id, got {value!r}", path=path,
-                        line=line) from None
+        raise DataError(
+            f"field {field_name!r} must be an integer image id, got {value!r}", path=path, line=line
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -278,26 +285,39 @@ def read_answer_file(path: str | Path, questions: Sequence[QuestionEntry] | None
             image_id = _as_image_id(rec["image_id"], path=path, line=lineno)
         else:
             if questions is None:
-                raise DataError(f"no 'image_id', and the question file ({QUESTION_FILE}) that gives it by line order "
-                                f"is not available", path=path, line=lineno)
+                raise DataError(
+                    f"no 'image_id', and the question file ({QUESTION_FILE}) that gives it by line order "
+                    f"is not available",
+                    path=path,
+                    line=lineno,
+                )
             if index >= len(questions):
-                raise DataError(f"no 'image_id', and the question file has only {len(questions)} questions to take "
-                                f"it from by line order", path=path, line=lineno)
+                raise DataError(
+                    f"no 'image_id', and the question file has only {len(questions)} questions to take "
+                    f"it from by line order",
+                    path=path,
+                    line=lineno,
+                )
             image_id = questions[index].image_id
         if by_image is not None and image_id not in by_image:
             raise DataError(f"image_id {image_id} is not in the question file {QUESTION_FILE}", path=path, line=lineno)
         q_field = "prompt" if "prompt" in rec else "question" if "question" in rec else None
         if q_field is None:
             raise DataError("missing field 'question' (or 'prompt')", path=path, line=lineno)
-        asked.add((image_id, str(rec[q_field])), f"image_id {image_id} is answered twice with the same question",
-                  line=lineno, cite_first=True)
+        asked.add(
+            (image_id, str(rec[q_field])),
+            f"image_id {image_id} is answered twice with the same question",
+            line=lineno,
+            cite_first=True,
+        )
         a_field = "text" if "text" in rec else "answer" if "answer" in rec else None
         if a_field is None:
             raise DataError("missing field 'text' (or 'answer')", path=path, line=lineno)
         question, text = rec[q_field], rec[a_field]
         if not isinstance(question, str):
-            raise DataError(f"field {q_field!r} must be a string, got {type(question).__name__}", path=path,
-                            line=lineno)
+            raise DataError(
+                f"field {q_field!r} must be a string, got {type(question).__name__}", path=path, line=lineno
+            )
         if not isinstance(text, str):
             raise DataError(f"field {a_field!r} must be a string, got {type(text).__name__}", path=path, line=lineno)
         caption = clean_answer(text)
@@ -409,10 +429,12 @@ class PhraseAnalyzer(ABC):
 
 
 def _spacy_install_hint(model: str) -> str:
-    return (f"install it with {install_command('spacy==3.7.2')} and `{sys.executable} -m spacy download {model}` "
-            f"(online; RLAIF-V pins "
-            f"spacy==3.7.2), or choose the non-official NLTK approximation with objhal_lemmatizer=nltk "
-            f"(`--option objhal_lemmatizer=nltk`)")
+    return (
+        f"install it with {install_command('spacy==3.7.2')} and `{sys.executable} -m spacy download {model}` "
+        f"(online; RLAIF-V pins "
+        f"spacy==3.7.2), or choose the non-official NLTK approximation with objhal_lemmatizer=nltk "
+        f"(`--option objhal_lemmatizer=nltk`)"
+    )
 
 
 class SpacyPhraseAnalyzer(PhraseAnalyzer):
@@ -433,15 +455,19 @@ class SpacyPhraseAnalyzer(PhraseAnalyzer):
         try:
             import spacy
         except ImportError as exc:
-            raise HarnessError(f"Object HalBench's GPT path lemmatises objects with spaCy {self.model}, and spaCy is "
-                               f"not installed; {_spacy_install_hint(self.model)}") from exc
+            raise HarnessError(
+                f"Object HalBench's GPT path lemmatises objects with spaCy {self.model}, and spaCy is "
+                f"not installed; {_spacy_install_hint(self.model)}"
+            ) from exc
         return spacy
 
     def check(self) -> None:
         spacy = self._import()
         if not (Path(self.model).is_dir() or spacy.util.is_package(self.model)):
-            raise HarnessError(f"spaCy model {self.model!r} (Object HalBench's GPT path) is not installed; "
-                               f"{_spacy_install_hint(self.model)}")
+            raise HarnessError(
+                f"spaCy model {self.model!r} (Object HalBench's GPT path) is not installed; "
+                f"{_spacy_install_hint(self.model)}"
+            )
 
     def analyse(self, text: str) -> list[tuple[str, str]]:
         hit = self._memo.get(text)
@@ -451,8 +477,9 @@ class SpacyPhraseAnalyzer(PhraseAnalyzer):
                 try:
                     self._nlp = spacy.load(self.model)
                 except OSError as exc:
-                    raise HarnessError(f"cannot load spaCy model {self.model!r}: {exc}; "
-                                       f"{_spacy_install_hint(self.model)}") from exc
+                    raise HarnessError(
+                        f"cannot load spaCy model {self.model!r}: {exc}; {_spacy_install_hint(self.model)}"
+                    ) from exc
             hit = self._memo[text] = [(t.lemma_, t.tag_) for t in self._nlp(text)]
         return list(hit)
 
@@ -501,8 +528,10 @@ def parse_analyzer(spec: str | PhraseAnalyzer) -> PhraseAnalyzer:
         if sep and not model:
             raise ConfigError(f"objhal_lemmatizer {spec!r} names no spaCy model")
         return SpacyPhraseAnalyzer(model or "en_core_web_trf")
-    raise ConfigError(f"unknown objhal_lemmatizer {spec!r}; expected spacy (official, en_core_web_trf), "
-                      f"spacy:<model> or nltk (approximation)")
+    raise ConfigError(
+        f"unknown objhal_lemmatizer {spec!r}; expected spacy (official, en_core_web_trf), "
+        f"spacy:<model> or nltk (approximation)"
+    )
 
 
 def postagging(tokens: Sequence[tuple[str, str]]) -> list[str]:
@@ -536,9 +565,16 @@ def refine_objects(extracted: Sequence[Any], analyzer: PhraseAnalyzer, vocab: Co
 
 
 # --------------------------------------------------------------------------------------------------- scoring
-def score_answers(answers: Sequence[Answer], gt: Mapping[int, frozenset[str]], vocab: CocoVocabulary, *,
-                  method: str = "chair", judge: Judge | None = None, analyzer: PhraseAnalyzer | None = None,
-                  parser: str = "rlhf-v") -> ObjHalResult:
+def score_answers(
+    answers: Sequence[Answer],
+    gt: Mapping[int, frozenset[str]],
+    vocab: CocoVocabulary,
+    *,
+    method: str = "chair",
+    judge: Judge | None = None,
+    analyzer: PhraseAnalyzer | None = None,
+    parser: str = "rlhf-v",
+) -> ObjHalResult:
     """The official ``compute_chair`` over ``answers`` (ground truth ``gt`` by image id)."""
     if method not in METHODS:
         raise ConfigError(f"unknown objhal_method {method!r}; expected one of {', '.join(METHODS)}")
@@ -548,26 +584,40 @@ def score_answers(answers: Sequence[Answer], gt: Mapping[int, frozenset[str]], v
         found = caption_objects(answers, vocab)
     else:
         if judge is None:
-            raise ConfigError("Object HalBench with objhal_method=gpt needs a judge (--judge-model, or saved "
-                              "replies with --reviews)")
+            raise ConfigError(
+                "Object HalBench with objhal_method=gpt needs a judge (--judge-model, or saved replies with --reviews)"
+            )
         if analyzer is None:
             raise ConfigError("Object HalBench with objhal_method=gpt needs a phrase analyzer (objhal_lemmatizer)")
         found = _gpt_objects(answers, judge, analyzer, vocab, parser, counts)
     return compute_chair(answers, gt, found, counts)
 
 
-def _gpt_objects(answers: Sequence[Answer], judge: Judge, analyzer: PhraseAnalyzer, vocab: CocoVocabulary,
-                 parser: str, counts: dict[str, int]) -> dict[str, FoundObjects]:
+def _gpt_objects(
+    answers: Sequence[Answer],
+    judge: Judge,
+    analyzer: PhraseAnalyzer,
+    vocab: CocoVocabulary,
+    parser: str,
+    counts: dict[str, int],
+) -> dict[str, FoundObjects]:
     """Judge calls for the answers longer than 3 words, then the official parsing and phrase refinement."""
     if parser not in GPT_PARSERS:
         raise ConfigError(f"unknown objhal_gpt_parser {parser!r}; expected one of {', '.join(GPT_PARSERS)}")
-    requests = [JudgeRequest(id=a.id,
-                             messages=({"role": "system", "content": build_extraction_prompt(a.question, a.caption)},),
-                             temperature=JUDGE_TEMPERATURE, max_tokens=JUDGE_MAX_TOKENS)
-                for a in answers if not is_short_answer(a.caption)]
+    requests = [
+        JudgeRequest(
+            id=a.id,
+            messages=({"role": "system", "content": build_extraction_prompt(a.question, a.caption)},),
+            temperature=JUDGE_TEMPERATURE,
+            max_tokens=JUDGE_MAX_TOKENS,
+        )
+        for a in answers
+        if not is_short_answer(a.caption)
+    ]
     results: dict[str, JudgeResult] = judge.judge(requests) if requests else {}
-    counts.update(judge_calls=len(requests), judge_skipped_short=len(answers) - len(requests), judge_failed=0,
-                  judge_unparsed=0)
+    counts.update(
+        judge_calls=len(requests), judge_skipped_short=len(answers) - len(requests), judge_failed=0, judge_unparsed=0
+    )
     out: dict[str, FoundObjects] = {}
     for a in answers:
         if is_short_answer(a.caption):
@@ -584,13 +634,15 @@ def _gpt_objects(answers: Sequence[Answer], judge: Judge, analyzer: PhraseAnalyz
         except UnusableReply as exc:
             counts["judge_failed"] += 1
             counts["judge_unparsed"] += 1
-            out[a.id] = FoundObjects(None, {"judge": "unparsed", "judge_error": str(exc), "judge_reply": res.text},
-                                 failure="judge_unparsed")
+            out[a.id] = FoundObjects(
+                None, {"judge": "unparsed", "judge_error": str(exc), "judge_reply": res.text}, failure="judge_unparsed"
+            )
             continue
         objs = refine_objects(extracted, analyzer, vocab)
-        out[a.id] = FoundObjects(vocab.objects_to_coco(objs),
-                             {"judge": "called", "extracted_objects": [str(o) if not isinstance(o, str) else o
-                                                                       for o in extracted]})
+        out[a.id] = FoundObjects(
+            vocab.objects_to_coco(objs),
+            {"judge": "called", "extracted_objects": [str(o) if not isinstance(o, str) else o for o in extracted]},
+        )
     return out
 
 
@@ -633,11 +685,19 @@ class ObjectHalBench(Task):
 
     name = "object_halbench"
     version = "1"
-    description = ("Object HalBench (300 COCO image descriptions): CHAIRs, CHAIRi, Response/Object Hall "
-                   "(RLHF-V eval_gpt_obj_halbench.py; judge-free CHAIR or --objhal-method gpt)")
+    description = (
+        "Object HalBench (300 COCO image descriptions): CHAIRs, CHAIRi, Response/Object Hall "
+        "(RLHF-V eval_gpt_obj_halbench.py; judge-free CHAIR or --objhal-method gpt)"
+    )
     option_names = ("objhal_gpt_parser", "objhal_gt_cache", "objhal_lemmatizer", "objhal_method")
-    flags = (TaskFlag("objhal_method", "--objhal-method", "Object HalBench: judge-free CHAIR (default) or GPT object "
-                      "extraction through the judge", choices=tuple(METHODS)),)
+    flags = (
+        TaskFlag(
+            "objhal_method",
+            "--objhal-method",
+            "Object HalBench: judge-free CHAIR (default) or GPT object extraction through the judge",
+            choices=tuple(METHODS),
+        ),
+    )
     data_files = (
         DataFile(QUESTION_FILE, QUESTION_SOURCE),
         DataFile(SYNONYMS_FILE, SYNONYMS_SOURCE),
@@ -646,8 +706,12 @@ class ObjectHalBench(Task):
     default_max_new_tokens = MAX_NEW_TOKENS
     default_judge_model = DEFAULT_JUDGE_MODEL
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
         self.method = str(self.options.get("objhal_method", "chair"))
         if self.method not in METHODS:
@@ -668,12 +732,17 @@ class ObjectHalBench(Task):
 
     # ----------------------------------------------------------------------------------------- files and samples
     def default_data_root(self) -> Path:
-        raise ConfigError(f"task {self.name} needs --data-root: the folder holding {QUESTION_FILE} and "
-                          f"{SYNONYMS_FILE} (RLHF-V eval/data/) and {COCO_DIR}/ with the COCO 2014 annotations")
+        raise ConfigError(
+            f"task {self.name} needs --data-root: the folder holding {QUESTION_FILE} and "
+            f"{SYNONYMS_FILE} (RLHF-V eval/data/) and {COCO_DIR}/ with the COCO 2014 annotations"
+        )
 
     def _required(self) -> list[tuple[Path, str]]:
-        return [(self.data_root / QUESTION_FILE, QUESTION_SOURCE), (self.data_root / SYNONYMS_FILE, SYNONYMS_SOURCE),
-                *((self.coco_dir / name, COCO_SOURCE) for name in COCO_FILES)]
+        return [
+            (self.data_root / QUESTION_FILE, QUESTION_SOURCE),
+            (self.data_root / SYNONYMS_FILE, SYNONYMS_SOURCE),
+            *((self.coco_dir / name, COCO_SOURCE) for name in COCO_FILES),
+        ]
 
     def check_files(self, *, need_questions: bool = True) -> list[Path]:
         """The required files; one :class:`MissingDataFile` naming every missing file and where it comes from."""
@@ -712,19 +781,32 @@ class ObjectHalBench(Task):
             question = rec.get("question")
             if not isinstance(question, str):
                 raise DataError("missing or non-string field 'question'", path=path, line=lineno)
-            asked.add((image_id, question), f"image_id {image_id} appears twice with the same question",
-                      line=lineno, cite_first=True)
+            asked.add(
+                (image_id, question),
+                f"image_id {image_id} appears twice with the same question",
+                line=lineno,
+                cite_first=True,
+            )
             image = rec.get("image")
             if not isinstance(image, str):
-                raise DataError("missing or non-string field 'image' (the base64-encoded image)", path=path,
-                                line=lineno)
+                raise DataError(
+                    "missing or non-string field 'image' (the base64-encoded image)", path=path, line=lineno
+                )
             sid = str(image_id)
             try:
                 ref: ImageRef = ImageRef(data=base64.b64decode(image))
             except (binascii.Error, ValueError) as exc:
                 ref = _InvalidImage(detail=f"{path}, line {lineno}: field 'image' is not valid base64 ({exc})")
-            samples.append(Sample(id=sid, prompt=question, images=(ref,), reference=image_id,
-                                  meta={"image_id": image_id, "line": lineno}, max_new_tokens=MAX_NEW_TOKENS))
+            samples.append(
+                Sample(
+                    id=sid,
+                    prompt=question,
+                    images=(ref,),
+                    reference=image_id,
+                    meta={"image_id": image_id, "line": lineno},
+                    max_new_tokens=MAX_NEW_TOKENS,
+                )
+            )
             questions.append(QuestionEntry(sid, image_id, question, lineno))
         if not samples:
             raise DataError("no questions in the file", path=path)
@@ -754,26 +836,43 @@ class ObjectHalBench(Task):
         if unknown:
             first = unknown[0]
             where = f", line {first.line}" if first.line is not None else ""
-            raise DataError(f"{len(unknown)} image ids are not in the COCO 2014 annotation files in {self.coco_dir} "
-                            f"(first: {first.image_id}, {source}{where})")
+            raise DataError(
+                f"{len(unknown)} image ids are not in the COCO 2014 annotation files in {self.coco_dir} "
+                f"(first: {first.image_id}, {source}{where})"
+            )
         return {i: v for i, v in gt.items() if v is not None}
 
-    def score_answers(self, answers: Sequence[Answer], judge: Judge | None = None, *,
-                      source: str = "responses", extra_notes: Sequence[str] = ()) -> Metrics:
+    def score_answers(
+        self,
+        answers: Sequence[Answer],
+        judge: Judge | None = None,
+        *,
+        source: str = "responses",
+        extra_notes: Sequence[str] = (),
+    ) -> Metrics:
         """Score preprocessed answers (see :func:`score_answers`) into :class:`Metrics`."""
         self.check_files(need_questions=False)
         if self.method == "gpt" and judge is None:
-            raise ConfigError("Object HalBench with objhal_method=gpt needs a judge (--judge-model, or saved replies "
-                              "with --reviews)")
+            raise ConfigError(
+                "Object HalBench with objhal_method=gpt needs a judge (--judge-model, or saved replies with --reviews)"
+            )
         gt = self._gt_for(answers, source)  # before any judge call: bad ids fail for free
-        result = score_answers(answers, gt, self.vocab(), method=self.method, judge=judge, analyzer=self.analyzer,
-                               parser=self.parser)
+        result = score_answers(
+            answers, gt, self.vocab(), method=self.method, judge=judge, analyzer=self.analyzer, parser=self.parser
+        )
         return self._metrics(result, judge, extra_notes)
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
-        answers = [Answer(id=s.id, image_id=int(s.reference), question=_asked(responses[s.id], s.prompt),
-                          caption=clean_answer(responses[s.id].text))
-                   for s in samples if s.id in responses]
+        answers = [
+            Answer(
+                id=s.id,
+                image_id=int(s.reference),
+                question=_asked(responses[s.id], s.prompt),
+                caption=clean_answer(responses[s.id].text),
+            )
+            for s in samples
+            if s.id in responses
+        ]
         metrics = self.score_answers(answers, judge, source=f"{self.name} responses")
         metrics.counts.update(samples=len(samples), scored=len(answers), failed=len(samples) - len(answers))
         return metrics
@@ -797,8 +896,10 @@ class ObjectHalBench(Task):
             notes.append("answer file path contains 'coh': official preprocess_coh_results trimming applied")
         repeated = len(answers) - len({a.image_id for a in answers})
         if repeated:
-            notes.append(f"{len(answers)} answers for {len(answers) - repeated} images: every answer is a response "
-                         "(CHAIRs over responses, CHAIRi over all mentions), as the official scorer counts them")
+            notes.append(
+                f"{len(answers)} answers for {len(answers) - repeated} images: every answer is a response "
+                "(CHAIRs over responses, CHAIRi over all mentions), as the official scorer counts them"
+            )
         metrics = self.score_answers(answers, judge, source=str(path), extra_notes=notes)
         metrics.counts.update(samples=len(answers), scored=len(answers), failed=0)
         return metrics, answers
@@ -838,12 +939,16 @@ class ObjectHalBench(Task):
         elif isinstance(data, list):
             ids = [s.id for s in self.samples()]
             if len(data) != len(ids):
-                raise DataError(f"holds {len(data)} replies for {len(ids)} questions; expected one reply (or null) "
-                                f"per question, in question order", path=path)
+                raise DataError(
+                    f"holds {len(data)} replies for {len(ids)} questions; expected one reply (or null) "
+                    f"per question, in question order",
+                    path=path,
+                )
             replies = dict(zip(ids, data))
         else:
-            raise DataError("expected a JSON list of reply texts in question order, or an object {id: reply}",
-                            path=path)
+            raise DataError(
+                "expected a JSON list of reply texts in question order, or an object {id: reply}", path=path
+            )
         bad = [k for k, v in replies.items() if v is not None and not isinstance(v, str)]
         if bad:
             raise DataError(f"reply for {bad[0]} is not a string", path=path)
@@ -865,17 +970,23 @@ class ObjectHalBench(Task):
         if self.method == "gpt":
             assert self.analyzer is not None
             judge_model = getattr(judge, "model", "?")
-            notes.append(f"judge: {judge_model} (official {DEFAULT_JUDGE_MODEL}), one system message, temperature "
-                         f"{JUDGE_TEMPERATURE}, max_tokens {JUDGE_MAX_TOKENS}; reply parser: {self.parser}")
+            notes.append(
+                f"judge: {judge_model} (official {DEFAULT_JUDGE_MODEL}), one system message, temperature "
+                f"{JUDGE_TEMPERATURE}, max_tokens {JUDGE_MAX_TOKENS}; reply parser: {self.parser}"
+            )
             if self.analyzer.official:
                 notes.append(f"phrase lemmas: {self.analyzer.spec} (official spaCy step)")
             else:
-                notes.append(f"phrase lemmas: {self.analyzer.spec}: NOT the official spaCy en_core_web_trf step "
-                             f"(an approximation; numbers may differ from the official ones)")
+                notes.append(
+                    f"phrase lemmas: {self.analyzer.spec}: NOT the official spaCy en_core_web_trf step "
+                    f"(an approximation; numbers may differ from the official ones)"
+                )
             failed = result.counts.get("judge_failed", 0)
             if failed:
-                notes.append(f"{failed} answers left out of every metric: failed judgments "
-                             f"({result.counts.get('judge_unparsed', 0)} with an unreadable reply)")
+                notes.append(
+                    f"{failed} answers left out of every metric: failed judgments "
+                    f"({result.counts.get('judge_unparsed', 0)} with an unreadable reply)"
+                )
         notes.append("headline: " + "; ".join(f"{k} = {v}" for k, v in HEADLINE_SOURCES.items()))
         missing = [k for k, v in headline_all.items() if v is None]
         if missing:
@@ -886,8 +997,14 @@ class ObjectHalBench(Task):
             "eval_script": {k: v for k, v in eval_row.items() if v is not None},
             "summary": {k: v for k, v in summary.items() if v is not None},
         }
-        return Metrics(task=self.name, headline=headline, breakdown=breakdown, counts=dict(result.counts),
-                       notes=notes, records=result.records)
+        return Metrics(
+            task=self.name,
+            headline=headline,
+            breakdown=breakdown,
+            counts=dict(result.counts),
+            notes=notes,
+            records=result.records,
+        )
 
 
 @dataclass(frozen=True)
@@ -914,7 +1031,8 @@ class _InvalidImage(ImageRef):
         raise ImageError(sample_id, self.detail)
 
 
-def score_answer_file(path: str | Path, data_root: str | Path, *, options: Mapping[str, Any] | None = None,
-                      judge: Judge | None = None) -> Metrics:
+def score_answer_file(
+    path: str | Path, data_root: str | Path, *, options: Mapping[str, Any] | None = None, judge: Judge | None = None
+) -> Metrics:
     """Score an official-format answer file (``{"image_id", "question", "text"}`` JSONL) against ``data_root``."""
     return ObjectHalBench(data_root=data_root, options=options).score_answer_file(path, judge)

@@ -65,8 +65,10 @@ from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
-OFFICIAL_SOURCE = ("POPE evaluate.py, https://github.com/AoiDragon/POPE (formerly RUCAIBox/POPE), "
-                   "commit f3ec604337f1d1c9723ef8d01b4accacf8badb3d; as LLaVA llava/eval/eval_pope.py @ 4241f08")
+OFFICIAL_SOURCE = (
+    "POPE evaluate.py, https://github.com/AoiDragon/POPE (formerly RUCAIBox/POPE), "
+    "commit f3ec604337f1d1c9723ef8d01b4accacf8badb3d; as LLaVA llava/eval/eval_pope.py @ 4241f08"
+)
 DATA_SOURCE = "POPE: https://github.com/AoiDragon/POPE (output/coco/); images: COCO val2014 (https://cocodataset.org)"
 
 SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
@@ -113,8 +115,9 @@ def read_questions(path: str | Path, split: str) -> list[PopeQuestion]:
                 raise DataError(f"question {qid}: missing or non-string field {key!r}", path=path, line=lineno)
         label = obj.get("label")
         if label not in LABELS:
-            raise DataError(f"question {qid}: field 'label' must be \"yes\" or \"no\", got {label!r}", path=path,
-                            line=lineno)
+            raise DataError(
+                f'question {qid}: field \'label\' must be "yes" or "no", got {label!r}', path=path, line=lineno
+            )
         seen.add(qid, f"question_id {qid} appears twice", line=lineno, cite_first=True)
         out.append(PopeQuestion(split=split, question_id=qid, image=obj["image"], text=obj["text"], label=label))
     if not out:
@@ -164,8 +167,13 @@ class PopeScores:
         return self.TP + self.FP + self.TN + self.FN
 
     def headline(self) -> dict[str, float]:
-        return {"Accuracy": self.Accuracy, "F1": self.F1, "Precision": self.Precision, "Recall": self.Recall,
-                "Yes Ratio": self.yes_ratio}
+        return {
+            "Accuracy": self.Accuracy,
+            "F1": self.F1,
+            "Precision": self.Precision,
+            "Recall": self.Recall,
+            "Yes Ratio": self.yes_ratio,
+        }
 
     def counts(self) -> dict[str, int]:
         return {"TP": self.TP, "FP": self.FP, "TN": self.TN, "FN": self.FN}
@@ -202,8 +210,18 @@ def pope_scores(predictions: Sequence[str], labels: Sequence[str]) -> PopeScores
     f1 = _div(2 * precision * recall, precision + recall, "F1", undefined)
     acc = (tp + tn) / (tp + tn + fp + fn)
     yes_ratio = [p == "yes" for p in predictions].count(True) / len(predictions)
-    return PopeScores(TP=tp, FP=fp, TN=tn, FN=fn, Accuracy=acc, Precision=precision, Recall=recall, F1=f1,
-                      yes_ratio=yes_ratio, undefined=tuple(undefined))
+    return PopeScores(
+        TP=tp,
+        FP=fp,
+        TN=tn,
+        FN=fn,
+        Accuracy=acc,
+        Precision=precision,
+        Recall=recall,
+        F1=f1,
+        yes_ratio=yes_ratio,
+        undefined=tuple(undefined),
+    )
 
 
 def score_answer_file(answers_path: str | Path, label_path: str | Path) -> PopeScores:
@@ -217,8 +235,11 @@ def score_answer_file(answers_path: str | Path, label_path: str | Path) -> PopeS
             raise DataError("missing or non-string field 'answer' (or 'text')", path=answers_path, line=lineno)
         answers.append(value)
     if len(answers) != len(labels):
-        raise DataError(f"holds {len(answers)} answers for the {len(labels)} questions of {label_path} (answers are "
-                        f"paired with questions by position)", path=answers_path)
+        raise DataError(
+            f"holds {len(answers)} answers for the {len(labels)} questions of {label_path} (answers are "
+            f"paired with questions by position)",
+            path=answers_path,
+        )
     return pope_scores([parse_answer(a) for a in answers], labels)
 
 
@@ -241,14 +262,17 @@ class _PopeTask(Task):
     default_max_new_tokens: ClassVar[int] = DEFAULT_MAX_NEW_TOKENS
     option_names: ClassVar[tuple[str, ...]] = ("pope_suffix",)
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
         self.suffix = _suffix_option(self.options)
 
     def default_data_root(self) -> Path:
-        raise ConfigError(f"task {self.name} needs --data-root: the folder holding {self._file_list()} "
-                          f"({DATA_SOURCE})")
+        raise ConfigError(f"task {self.name} needs --data-root: the folder holding {self._file_list()} ({DATA_SOURCE})")
 
     def check_files(self) -> list[Path]:
         return [find_split_file(self.data_root, split) for split in self.splits]
@@ -273,9 +297,15 @@ class _PopeTask(Task):
             if q.image not in images:
                 images[q.image] = self._image(q.image)
             ref = images[q.image]
-            out.append(Sample(id=q.sample_id, prompt=q.text + self.suffix, images=(ref,), reference=q.label,
-                              meta={"split": q.split, "question_id": q.question_id, "question": q.text,
-                                    "image": q.image}))
+            out.append(
+                Sample(
+                    id=q.sample_id,
+                    prompt=q.text + self.suffix,
+                    images=(ref,),
+                    reference=q.label,
+                    meta={"split": q.split, "question_id": q.question_id, "question": q.text, "image": q.image},
+                )
+            )
         return out
 
     def read_responses(self, path: str | Path) -> dict[str, Response]:
@@ -295,8 +325,11 @@ class _PopeTask(Task):
             raise DataError("holds no answers", path=path)
         by_id = all("question_id" in rec for _, rec in rows)
         if not by_id and len(rows) != len(questions):
-            raise DataError(f"holds {len(rows)} answers without question ids for the {len(questions)} questions of "
-                            f"{self.name} (answers are then paired with questions by position)", path=path)
+            raise DataError(
+                f"holds {len(rows)} answers without question ids for the {len(questions)} questions of "
+                f"{self.name} (answers are then paired with questions by position)",
+                path=path,
+            )
         out: dict[str, Response] = {}
         answered = scaffold.UniqueIds(path)
         for index, (lineno, rec) in enumerate(rows):
@@ -307,14 +340,21 @@ class _PopeTask(Task):
                 split = rec.get("category", rec.get("split"))
                 if split is None:
                     if len(self.splits) > 1:
-                        raise DataError(f"no 'category' field: task {self.name} holds the splits "
-                                        f"{', '.join(self.splits)}, so each answer must name its split (or score "
-                                        f"each split with pope_<split>)", path=path, line=lineno)
+                        raise DataError(
+                            f"no 'category' field: task {self.name} holds the splits "
+                            f"{', '.join(self.splits)}, so each answer must name its split (or score "
+                            f"each split with pope_<split>)",
+                            path=path,
+                            line=lineno,
+                        )
                     split = self.splits[0]
                 sid = f"{split}-{rec['question_id']}"
                 if sid not in known:
-                    raise DataError(f"question_id {rec['question_id']!r} is not a question of split {split!r} of "
-                                    f"{self.name}", path=path, line=lineno)
+                    raise DataError(
+                        f"question_id {rec['question_id']!r} is not a question of split {split!r} of {self.name}",
+                        path=path,
+                        line=lineno,
+                    )
             else:
                 sid = questions[index].sample_id
             answered.add(sid, f"question {sid} is answered twice", line=lineno, cite_first=True)
@@ -334,19 +374,27 @@ class _PopeTask(Task):
             preds, labels = per_split.setdefault(split, ([], []))
             preds.append(answer)
             labels.append(s.reference)
-            records.append({"id": s.id, "split": split, "answer": answer, "label": s.reference,
-                            "correct": answer == s.reference})
-        notes = [f"scorer: {OFFICIAL_SOURCE}", f"prompt suffix: {self.suffix!r}",
-                 ("metrics are fractions (the official script prints them unrounded); yes = positive class; "
-                  "Yes Ratio = share of the model's answers parsed as yes")]
+            records.append(
+                {"id": s.id, "split": split, "answer": answer, "label": s.reference, "correct": answer == s.reference}
+            )
+        notes = [
+            f"scorer: {OFFICIAL_SOURCE}",
+            f"prompt suffix: {self.suffix!r}",
+            (
+                "metrics are fractions (the official script prints them unrounded); yes = positive class; "
+                "Yes Ratio = share of the model's answers parsed as yes"
+            ),
+        ]
         counts: dict[str, int] = {"questions": len(samples), "scored": len(records), "no_response": missing}
         if missing:
             notes.append(f"{missing} questions have no response (failed generation) and are not scored")
         scores = {split: pope_scores(*per_split[split]) for split in self.splits if split in per_split}
         for split, sc in scores.items():
             if sc.undefined:
-                notes.append(f"{split}: {', '.join(sc.undefined)} undefined (denominator 0), reported as 0.0 "
-                             f"(the official script raises ZeroDivisionError)")
+                notes.append(
+                    f"{split}: {', '.join(sc.undefined)} undefined (denominator 0), reported as 0.0 "
+                    f"(the official script raises ZeroDivisionError)"
+                )
         if not scores:
             notes.append("no response to score")
             return Metrics(task=self.name, headline={}, counts=counts, notes=notes, records=records)
@@ -364,8 +412,9 @@ class _PopeTask(Task):
         absent = [s for s in self.splits if s not in scores]
         if absent:
             notes.append(f"no scored question of split {', '.join(absent)}: the mean covers the splits present")
-        return Metrics(task=self.name, headline=headline, breakdown=breakdown, counts=counts, notes=notes,
-                       records=records)
+        return Metrics(
+            task=self.name, headline=headline, breakdown=breakdown, counts=counts, notes=notes, records=records
+        )
 
 
 def _files(*splits: str) -> tuple[DataFile, ...]:
@@ -377,8 +426,10 @@ class PopeRandom(_PopeTask):
     """POPE random split (3,000 questions): absent objects drawn at random."""
 
     name = "pope_random"
-    description = ("POPE random (COCO, 3,000 yes/no object questions): Accuracy, F1, Precision, Recall, Yes Ratio "
-                   "(official evaluate.py)")
+    description = (
+        "POPE random (COCO, 3,000 yes/no object questions): Accuracy, F1, Precision, Recall, Yes Ratio "
+        "(official evaluate.py)"
+    )
     data_files = _files("random")
     splits = ("random",)
 
@@ -388,8 +439,10 @@ class PopePopular(_PopeTask):
     """POPE popular split (3,000 questions): absent objects among the most frequent COCO objects."""
 
     name = "pope_popular"
-    description = ("POPE popular (COCO, 3,000 yes/no object questions): Accuracy, F1, Precision, Recall, Yes Ratio "
-                   "(official evaluate.py)")
+    description = (
+        "POPE popular (COCO, 3,000 yes/no object questions): Accuracy, F1, Precision, Recall, Yes Ratio "
+        "(official evaluate.py)"
+    )
     data_files = _files("popular")
     splits = ("popular",)
 
@@ -399,8 +452,10 @@ class PopeAdversarial(_PopeTask):
     """POPE adversarial split (3,000 questions): absent objects that co-occur most with the image's objects."""
 
     name = "pope_adversarial"
-    description = ("POPE adversarial (COCO, 3,000 yes/no object questions): Accuracy, F1, Precision, Recall, "
-                   "Yes Ratio (official evaluate.py)")
+    description = (
+        "POPE adversarial (COCO, 3,000 yes/no object questions): Accuracy, F1, Precision, Recall, "
+        "Yes Ratio (official evaluate.py)"
+    )
     data_files = _files("adversarial")
     splits = ("adversarial",)
 
@@ -410,7 +465,9 @@ class Pope(_PopeTask):
     """POPE, the three splits (9,000 questions): per-split metrics and their mean over the splits."""
 
     name = "pope"
-    description = ("POPE random + popular + adversarial (COCO, 9,000 questions): per-split metrics and their mean "
-                   "(official evaluate.py)")
+    description = (
+        "POPE random + popular + adversarial (COCO, 9,000 questions): per-split metrics and their mean "
+        "(official evaluate.py)"
+    )
     data_files = _files(*SPLITS)
     splits = SPLITS

@@ -73,13 +73,19 @@ from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
-SCORER_SOURCE = ("LLaVA-1.5 llava/eval/eval_science_qa.py (https://github.com/haotian-liu/LLaVA; copy read: fork "
-                 "afra-baas/LLaVA @ d57f942b7bbffcb394b3a677d14441e0363386e5)")
-PROMPT_SOURCE = ("LLaVA-1.5 playground/data/eval/scienceqa/llava_test_CQM-A.json + llava/eval/model_vqa_science.py "
-                 "--single-pred-prompt (scripts/v1_5/eval/sqa.sh @ 524a75b)")
-DATA_SOURCE = ("ScienceQA: https://github.com/lupantech/ScienceQA (data/scienceqa: problems.json, pid_splits.json, "
-               "images test/<pid>/image.png), or the HF dataset derek-thomas/ScienceQA / lmms-lab/ScienceQA saved "
-               "as parquet (test-*.parquet)")
+SCORER_SOURCE = (
+    "LLaVA-1.5 llava/eval/eval_science_qa.py (https://github.com/haotian-liu/LLaVA; copy read: fork "
+    "afra-baas/LLaVA @ d57f942b7bbffcb394b3a677d14441e0363386e5)"
+)
+PROMPT_SOURCE = (
+    "LLaVA-1.5 playground/data/eval/scienceqa/llava_test_CQM-A.json + llava/eval/model_vqa_science.py "
+    "--single-pred-prompt (scripts/v1_5/eval/sqa.sh @ 524a75b)"
+)
+DATA_SOURCE = (
+    "ScienceQA: https://github.com/lupantech/ScienceQA (data/scienceqa: problems.json, pid_splits.json, "
+    "images test/<pid>/image.png), or the HF dataset derek-thomas/ScienceQA / lmms-lab/ScienceQA saved "
+    "as parquet (test-*.parquet)"
+)
 
 PROBLEMS_FILE = "problems.json"
 SPLITS_FILE = "pid_splits.json"
@@ -155,12 +161,15 @@ def parse_problem(pid: str, obj: Any, path: str | Path, where: str, *, embedded:
     if not isinstance(choices, (list, tuple)) or not choices or not all(isinstance(c, str) for c in choices):
         raise DataError(f"{where}: field 'choices' must be a non-empty list of strings", path=path)
     if len(choices) > len(OPTIONS):
-        raise DataError(f"{where}: {len(choices)} choices; the official scorer's options are {', '.join(OPTIONS)}",
-                        path=path)
+        raise DataError(
+            f"{where}: {len(choices)} choices; the official scorer's options are {', '.join(OPTIONS)}", path=path
+        )
     answer = obj.get("answer")
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
-        raise DataError(f"{where}: field 'answer' must be the index of the right choice (0..{len(choices) - 1}), "
-                        f"got {answer!r}", path=path)
+        raise DataError(
+            f"{where}: field 'answer' must be the index of the right choice (0..{len(choices) - 1}), got {answer!r}",
+            path=path,
+        )
     hint = obj.get("hint", "")
     if hint is None:
         hint = ""
@@ -179,9 +188,17 @@ def parse_problem(pid: str, obj: Any, path: str | Path, where: str, *, embedded:
             raise DataError(f"{where}: field 'image' must be a file name (\"image.png\") or null", path=path)
         image = raw
     subject, grade = obj.get("subject"), obj.get("grade")
-    return SQAProblem(id=pid, question=obj["question"], choices=tuple(choices), answer=answer, hint=hint,
-                      image=image, image_bytes=image_bytes, subject=subject if isinstance(subject, str) else None,
-                      grade=grade if isinstance(grade, str) else None)
+    return SQAProblem(
+        id=pid,
+        question=obj["question"],
+        choices=tuple(choices),
+        answer=answer,
+        hint=hint,
+        image=image,
+        image_bytes=image_bytes,
+        subject=subject if isinstance(subject, str) else None,
+        grade=grade if isinstance(grade, str) else None,
+    )
 
 
 def read_release(root: Path, split: str) -> list[SQAProblem]:
@@ -201,12 +218,12 @@ def read_release(root: Path, split: str) -> list[SQAProblem]:
     out = []
     for pid in pids:
         if pid not in problems:
-            raise DataError(f"pid {pid} of split {split!r} ({splits_path}) is not a problem of the file", path=problems_path)
+            raise DataError(
+                f"pid {pid} of split {split!r} ({splits_path}) is not a problem of the file", path=problems_path
+            )
         out.append(parse_problem(pid, problems[pid], problems_path, f"problem {pid}"))
     scaffold.require_unique(pids, lambda pid: pid, lambda _: f"split {split!r} names a pid twice", path=splits_path)
     return out
-
-
 
 
 def read_parquet(paths: Sequence[Path], split: str) -> list[SQAProblem]:
@@ -225,14 +242,15 @@ def read_llava_questions(path: Path) -> dict[str, str]:
     ``model_vqa_science.py``)."""
     data = read_json(path)
     if not isinstance(data, list):
-        raise DataError("expected LLaVA's list of {\"id\", \"conversations\"}", path=path)
+        raise DataError('expected LLaVA\'s list of {"id", "conversations"}', path=path)
     out = {}
     for i, item in enumerate(data):
         try:
             out[str(item["id"])] = item["conversations"][0]["value"].replace("<image>", "").strip()
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise DataError(f"entry {i}: expected {{\"id\", \"conversations\": [{{\"value\": ...}}, ...]}}",
-                            path=path) from None
+            raise DataError(
+                f'entry {i}: expected {{"id", "conversations": [{{"value": ...}}, ...]}}', path=path
+            ) from None
     return out
 
 
@@ -259,8 +277,10 @@ class ScienceQAImg(scaffold.DataLayout, Task):
 
     name = "scienceqa_img"
     version = "1"
-    description = ("ScienceQA-IMG (2,017 test questions with an image): IMG-Accuracy with LLaVA-1.5's option-letter "
-                   "parsing (eval_science_qa.py)")
+    description = (
+        "ScienceQA-IMG (2,017 test questions with an image): IMG-Accuracy with LLaVA-1.5's option-letter "
+        "parsing (eval_science_qa.py)"
+    )
     option_names = ("scienceqa_format", "scienceqa_split", "scienceqa_subset", "scienceqa_suffix")
     data_files = (DataFile(PROBLEMS_FILE, DATA_SOURCE), DataFile(SPLITS_FILE, DATA_SOURCE))
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
@@ -269,8 +289,12 @@ class ScienceQAImg(scaffold.DataLayout, Task):
     release_names = (PROBLEMS_FILE, SPLITS_FILE)
     layout_source = DATA_SOURCE
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
         self.subset = self.choice_option("scienceqa_subset", "img", SUBSETS)
         self.read_format_option()
@@ -280,18 +304,27 @@ class ScienceQAImg(scaffold.DataLayout, Task):
         self.suffix = _suffix_option(self.options)
 
     def default_data_root(self) -> Path:
-        raise ConfigError(f"task {self.name} needs --data-root: the folder holding {PROBLEMS_FILE} and "
-                          f"{SPLITS_FILE} (with test/<pid>/image.png) or test-*.parquet ({DATA_SOURCE})")
+        raise ConfigError(
+            f"task {self.name} needs --data-root: the folder holding {PROBLEMS_FILE} and "
+            f"{SPLITS_FILE} (with test/<pid>/image.png) or test-*.parquet ({DATA_SOURCE})"
+        )
 
     def parquet_paths(self) -> list[Path]:
-        return first_glob(self.data_root, [f"{d}/{self.split}{s}.parquet".lstrip("/") for d in PARQUET_DIRS
-                                           for s in ("-*", "")])
+        return first_glob(
+            self.data_root, [f"{d}/{self.split}{s}.parquet".lstrip("/") for d in PARQUET_DIRS for s in ("-*", "")]
+        )
 
     def missing_layout_error(self) -> MissingDataFile:
-        return scaffold.missing_layout(self.format, self.release_paths(), DATA_SOURCE,
-                                       (self.data_root / f"{self.split}-*.parquet",
-                                        f"{DATA_SOURCE}; looked in the data root, data/ and ScienceQA-IMG/"),
-                                       auto_source=f"{DATA_SOURCE}; or {self.split}-*.parquet of the HF layout")
+        return scaffold.missing_layout(
+            self.format,
+            self.release_paths(),
+            DATA_SOURCE,
+            (
+                self.data_root / f"{self.split}-*.parquet",
+                f"{DATA_SOURCE}; looked in the data root, data/ and ScienceQA-IMG/",
+            ),
+            auto_source=f"{DATA_SOURCE}; or {self.split}-*.parquet of the HF layout",
+        )
 
     def _read_split(self, fmt: str, files: list[Path]) -> list[SQAProblem]:
         """Every problem of the split (the subset not applied)."""
@@ -308,8 +341,9 @@ class ScienceQAImg(scaffold.DataLayout, Task):
         if p.image_bytes is not None:
             return ImageRef(data=p.image_bytes)
         assert p.image is not None
-        return scaffold.first_file([(self.image_root / d if d else self.image_root) / p.id / p.image
-                                    for d in IMAGE_DIRS])
+        return scaffold.first_file(
+            [(self.image_root / d if d else self.image_root) / p.id / p.image for d in IMAGE_DIRS]
+        )
 
     def _question_texts(self) -> tuple[dict[str, str] | None, Path]:
         path = self.data_root / LLAVA_QUESTION_FILE
@@ -327,10 +361,15 @@ class ScienceQAImg(scaffold.DataLayout, Task):
                 text = llava[p.id]
             else:
                 text = build_prompt(p.question, p.hint, p.choices)
-            out.append(Sample(id=p.id, prompt=text + self.suffix,
-                              images=(self._image(p),) if p.has_image else (),
-                              reference={"answer": p.answer, "n_choices": len(p.choices)},
-                              meta={"has_image": p.has_image, "subject": p.subject, "grade": p.grade}))
+            out.append(
+                Sample(
+                    id=p.id,
+                    prompt=text + self.suffix,
+                    images=(self._image(p),) if p.has_image else (),
+                    reference={"answer": p.answer, "n_choices": len(p.choices)},
+                    meta={"has_image": p.has_image, "subject": p.subject, "grade": p.grade},
+                )
+            )
         return out
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
@@ -353,16 +392,37 @@ class ScienceQAImg(scaffold.DataLayout, Task):
             if has_image:
                 img_total += 1
                 img_correct += right
-            records.append({"id": s.id, "parsed": answer, "pred_index": idx, "answer": s.reference["answer"],
-                            "ground_truth": OPTIONS[s.reference["answer"]], "correct": right,
-                            "is_multimodal": has_image})
-        counts = {"questions": len(samples), "scored": len(records), "correct": correct, "img_questions": img_total,
-                  "img_correct": img_correct, "failed_parse": failed_parse, "no_response": len(missing)}
-        notes = [f"scorer: {SCORER_SOURCE}", f"prompt: {PROMPT_SOURCE}, instruction {self.suffix!r}",
-                 f"subset: {self.subset} of split {self.split}; accuracies are percentages (printed {{:.2f}})"]
+            records.append(
+                {
+                    "id": s.id,
+                    "parsed": answer,
+                    "pred_index": idx,
+                    "answer": s.reference["answer"],
+                    "ground_truth": OPTIONS[s.reference["answer"]],
+                    "correct": right,
+                    "is_multimodal": has_image,
+                }
+            )
+        counts = {
+            "questions": len(samples),
+            "scored": len(records),
+            "correct": correct,
+            "img_questions": img_total,
+            "img_correct": img_correct,
+            "failed_parse": failed_parse,
+            "no_response": len(missing),
+        }
+        notes = [
+            f"scorer: {SCORER_SOURCE}",
+            f"prompt: {PROMPT_SOURCE}, instruction {self.suffix!r}",
+            f"subset: {self.subset} of split {self.split}; accuracies are percentages (printed {{:.2f}})",
+        ]
         if missing:
-            how = ("counted wrong in Accuracy and left out of IMG-Accuracy, as the official script"
-                   if self.subset == "all" else "left out, as the official IMG-Accuracy leaves them out")
+            how = (
+                "counted wrong in Accuracy and left out of IMG-Accuracy, as the official script"
+                if self.subset == "all"
+                else "left out, as the official IMG-Accuracy leaves them out"
+            )
             notes.append(f"{len(missing)} questions have no response (failed generation): {how}")
         if failed_parse:
             notes.append(f"{failed_parse} responses parse to no option letter (FAILED): wrong, as officially")
@@ -376,8 +436,14 @@ class ScienceQAImg(scaffold.DataLayout, Task):
             notes.append("no response to score: no accuracy")
             return Metrics(task=self.name, headline={}, counts=counts, notes=notes, records=records)
         headline = {k: scaffold.fmt2(v) for k, v in unrounded.items()}
-        return Metrics(task=self.name, headline=headline, breakdown={"unrounded": unrounded}, counts=counts,
-                       notes=notes, records=records)
+        return Metrics(
+            task=self.name,
+            headline=headline,
+            breakdown={"unrounded": unrounded},
+            counts=counts,
+            notes=notes,
+            records=records,
+        )
 
     def read_responses(self, path: str | Path) -> dict[str, Response]:
         """LLaVA's ``model_vqa_science.py`` answers (``question_id`` = pid, ``text``) or JSON lines with
@@ -393,16 +459,25 @@ class ScienceQAImg(scaffold.DataLayout, Task):
             raw = obj.get("question_id", obj.get("id"))
             text = next((obj[k] for k in ("text", "answer", "response") if k in obj), None)
             if not isinstance(raw, (str, int)) or isinstance(raw, bool) or not isinstance(text, str):
-                raise DataError("expected a 'question_id' (the pid) and the answer under 'text', 'answer' or "
-                                "'response'", path=path, line=lineno)
+                raise DataError(
+                    "expected a 'question_id' (the pid) and the answer under 'text', 'answer' or 'response'",
+                    path=path,
+                    line=lineno,
+                )
             sid = str(raw)
             if sid not in ids and sid in split_ids:
                 skipped += 1
                 continue
-            scaffold.add_response(out, sid, text, known=ids, path=path, line=lineno,
-                                  unknown=(f"question_id {sid} is not a ScienceQA {self.split} question of "
-                                           f"{self.data_root}"),
-                                  second=f"a second answer for question_id {sid}")
+            scaffold.add_response(
+                out,
+                sid,
+                text,
+                known=ids,
+                path=path,
+                line=lineno,
+                unknown=(f"question_id {sid} is not a ScienceQA {self.split} question of {self.data_root}"),
+                second=f"a second answer for question_id {sid}",
+            )
         if skipped:
             log.info("%s: skipped %d answers to %s questions without an image", path, skipped, self.split)
         return out

@@ -40,8 +40,7 @@ class NltkResource:
 
 
 PUNKT_TAB = NltkResource("punkt_tab", "tokenizers/punkt_tab/english/", "nltk.word_tokenize")
-TAGGER_ENG = NltkResource("averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger_eng/",
-                          "nltk.pos_tag")
+TAGGER_ENG = NltkResource("averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger_eng/", "nltk.pos_tag")
 WORDNET = NltkResource("wordnet", "corpora/wordnet/", "WordNetLemmatizer")
 
 #: What :func:`extract_nouns` (AMBER) needs.
@@ -79,11 +78,13 @@ def _missing_message(missing: Sequence[NltkResource]) -> str:
     nltk = _nltk()
     names = ", ".join(f"{r.name} (for {r.used_by})" for r in missing)
     searched = ", ".join(str(p) for p in nltk.data.path) or "(nltk.data.path is empty)"
-    return (f"NLTK data missing: {names}. The project's copy in {PROJECT_NLTK_DATA} is missing or unreadable "
-            f"(reinstall halluc-harness); or set the environment variable NLTK_DATA to a folder that holds "
-            f"tokenizers/punkt_tab, taggers/averaged_perceptron_tagger_eng and corpora/wordnet; or, online, "
-            f"`{sys.executable} -m nltk.downloader -d ~/nltk_data {' '.join(r.name for r in missing)}`. "
-            f"Searched: {searched}")
+    return (
+        f"NLTK data missing: {names}. The project's copy in {PROJECT_NLTK_DATA} is missing or unreadable "
+        f"(reinstall halluc-harness); or set the environment variable NLTK_DATA to a folder that holds "
+        f"tokenizers/punkt_tab, taggers/averaged_perceptron_tagger_eng and corpora/wordnet; or, online, "
+        f"`{sys.executable} -m nltk.downloader -d ~/nltk_data {' '.join(r.name for r in missing)}`. "
+        f"Searched: {searched}"
+    )
 
 
 def require_nltk_resources(resources: Iterable[NltkResource] = NOUN_RESOURCES) -> None:

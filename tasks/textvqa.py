@@ -92,21 +92,32 @@ from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
-SCORER_SOURCE = ("LLaVA llava/eval/eval_textvqa.py + llava/eval/m4c_evaluator.py (MMF EvalAIAnswerProcessor, "
-                 "TextVQAAccuracyEvaluator), https://github.com/haotian-liu/LLaVA, "
-                 "commit 524a75b74254717057ee196b507668ebd314a280")
-PROMPT_SOURCE = ("LLaVA-1.5 playground/data/eval/textvqa/llava_textvqa_val_v051_ocr.jsonl (OCR variant); "
-                 "lmms-eval lmms_eval/tasks/textvqa/utils.py textvqa_doc_to_text (capitalize + post_prompt)")
-DATA_SOURCE = ("TextVQA 0.5.1: https://textvqa.org/dataset (TextVQA_0.5.1_val.json, train_val_images.zip -> "
-               "train_images/), or the HF dataset lmms-lab/textvqa / facebook/textvqa saved as parquet "
-               "(validation-*.parquet)")
-LLAVA_OCR_SOURCE = ("LLaVA-1.5 llava_textvqa_val_v051_ocr.jsonl (https://github.com/haotian-liu/LLaVA, "
-                    "playground/data/eval/textvqa/)")
+SCORER_SOURCE = (
+    "LLaVA llava/eval/eval_textvqa.py + llava/eval/m4c_evaluator.py (MMF EvalAIAnswerProcessor, "
+    "TextVQAAccuracyEvaluator), https://github.com/haotian-liu/LLaVA, "
+    "commit 524a75b74254717057ee196b507668ebd314a280"
+)
+PROMPT_SOURCE = (
+    "LLaVA-1.5 playground/data/eval/textvqa/llava_textvqa_val_v051_ocr.jsonl (OCR variant); "
+    "lmms-eval lmms_eval/tasks/textvqa/utils.py textvqa_doc_to_text (capitalize + post_prompt)"
+)
+DATA_SOURCE = (
+    "TextVQA 0.5.1: https://textvqa.org/dataset (TextVQA_0.5.1_val.json, train_val_images.zip -> "
+    "train_images/), or the HF dataset lmms-lab/textvqa / facebook/textvqa saved as parquet "
+    "(validation-*.parquet)"
+)
+LLAVA_OCR_SOURCE = (
+    "LLaVA-1.5 llava_textvqa_val_v051_ocr.jsonl (https://github.com/haotian-liu/LLaVA, playground/data/eval/textvqa/)"
+)
 
 ANNOTATION_FILE = "TextVQA_0.5.1_val.json"
 LLAVA_OCR_FILE = "llava_textvqa_val_v051_ocr.jsonl"
-PARQUET_GLOBS: tuple[str, ...] = ("validation-*.parquet", "data/validation-*.parquet", "validation.parquet",
-                                  "data/validation.parquet")
+PARQUET_GLOBS: tuple[str, ...] = (
+    "validation-*.parquet",
+    "data/validation-*.parquet",
+    "validation.parquet",
+    "data/validation.parquet",
+)
 IMAGE_FOLDERS: tuple[str, ...] = ("train_images", "")
 FORMATS: tuple[str, ...] = scaffold.format_choices("json")
 
@@ -120,45 +131,170 @@ N_ANSWERS = 10
 # ------------------------------------------------------------------------------------------- EvalAI normalization
 #: ``EvalAIAnswerProcessor.CONTRACTIONS`` (typos of the original table included).
 CONTRACTIONS: dict[str, str] = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
-    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
-    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
-    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've",
-    "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
-    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've",
-    "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
-    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at",
-    "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's",
-    "shouldve": "should've", "shouldnt": "shouldn't", "shouldnt've": "shouldn't've",
-    "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd", "somebodyd've": "somebody'd've",
-    "somebody'dve": "somebody'd've", "somebodyll": "somebody'll", "somebodys": "somebody's",
-    "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
-    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
-    "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
-    "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
-    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
-    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas",
-    "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't",
-    "whatll": "what'll", "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
-    "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
-    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
-    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
-    "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll",
-    "y'allll": "y'all'll", "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
-    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're",
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldve": "could've",
+    "couldnt": "couldn't",
+    "couldn'tve": "couldn't've",
+    "couldnt've": "couldn't've",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "dont": "don't",
+    "hadnt": "hadn't",
+    "hadnt've": "hadn't've",
+    "hadn'tve": "hadn't've",
+    "hasnt": "hasn't",
+    "havent": "haven't",
+    "hed": "he'd",
+    "hed've": "he'd've",
+    "he'dve": "he'd've",
+    "hes": "he's",
+    "howd": "how'd",
+    "howll": "how'll",
+    "hows": "how's",
+    "Id've": "I'd've",
+    "I'dve": "I'd've",
+    "Im": "I'm",
+    "Ive": "I've",
+    "isnt": "isn't",
+    "itd": "it'd",
+    "itd've": "it'd've",
+    "it'dve": "it'd've",
+    "itll": "it'll",
+    "let's": "let's",
+    "maam": "ma'am",
+    "mightnt": "mightn't",
+    "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've",
+    "mightve": "might've",
+    "mustnt": "mustn't",
+    "mustve": "must've",
+    "neednt": "needn't",
+    "notve": "not've",
+    "oclock": "o'clock",
+    "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at",
+    "shant": "shan't",
+    "shed've": "she'd've",
+    "she'dve": "she'd've",
+    "she's": "she's",
+    "shouldve": "should've",
+    "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've",
+    "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll",
+    "somebodys": "somebody's",
+    "someoned": "someone'd",
+    "someoned've": "someone'd've",
+    "someone'dve": "someone'd've",
+    "someonell": "someone'll",
+    "someones": "someone's",
+    "somethingd": "something'd",
+    "somethingd've": "something'd've",
+    "something'dve": "something'd've",
+    "somethingll": "something'll",
+    "thats": "that's",
+    "thered": "there'd",
+    "thered've": "there'd've",
+    "there'dve": "there'd've",
+    "therere": "there're",
+    "theres": "there's",
+    "theyd": "they'd",
+    "theyd've": "they'd've",
+    "they'dve": "they'd've",
+    "theyll": "they'll",
+    "theyre": "they're",
+    "theyve": "they've",
+    "twas": "'twas",
+    "wasnt": "wasn't",
+    "wed've": "we'd've",
+    "we'dve": "we'd've",
+    "weve": "we've",
+    "werent": "weren't",
+    "whatll": "what'll",
+    "whatre": "what're",
+    "whats": "what's",
+    "whatve": "what've",
+    "whens": "when's",
+    "whered": "where'd",
+    "wheres": "where's",
+    "whereve": "where've",
+    "whod": "who'd",
+    "whod've": "who'd've",
+    "who'dve": "who'd've",
+    "wholl": "who'll",
+    "whos": "who's",
+    "whove": "who've",
+    "whyll": "why'll",
+    "whyre": "why're",
+    "whys": "why's",
+    "wont": "won't",
+    "wouldve": "would've",
+    "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've",
+    "yall": "y'all",
+    "yall'll": "y'all'll",
+    "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've",
+    "y'all'dve": "y'all'd've",
+    "youd": "you'd",
+    "youd've": "you'd've",
+    "you'dve": "you'd've",
+    "youll": "you'll",
+    "youre": "you're",
     "youve": "you've",
 }
 #: ``EvalAIAnswerProcessor.NUMBER_MAP``.
-NUMBER_MAP: dict[str, str] = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-                              "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+NUMBER_MAP: dict[str, str] = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 ARTICLES: tuple[str, ...] = ("a", "an", "the")
 #: The official pattern, look-ahead ``(?!<=\d)`` where a look-behind was meant: deletes every "." not followed by a
 #: digit.
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
-PUNCTUATIONS: tuple[str, ...] = (";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">",
-                                 "<", "@", "`", ",", "?", "!")
+PUNCTUATIONS: tuple[str, ...] = (
+    ";",
+    r"/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+)
 #: ``PERIOD_STRIP.sub("", text, re.UNICODE)``: ``re.UNICODE`` (32) is passed as ``count``.
 PERIOD_STRIP_COUNT = int(re.UNICODE)
 
@@ -262,11 +398,16 @@ def parse_record(obj: Any, path: str | Path, where: str, *, embedded: bool = Fal
             raise DataError(f"{where}: missing or non-string field {key!r}", path=path)
     answers = obj.get("answers")
     if not isinstance(answers, (list, tuple)) or not all(isinstance(a, str) for a in answers):
-        raise DataError(f"{where}: field 'answers' must be a list of {N_ANSWERS} strings (the test split has no "
-                        f"answers: use the val split)", path=path)
+        raise DataError(
+            f"{where}: field 'answers' must be a list of {N_ANSWERS} strings (the test split has no "
+            f"answers: use the val split)",
+            path=path,
+        )
     if len(answers) != N_ANSWERS:
-        raise DataError(f"{where}: {len(answers)} answers; expected {N_ANSWERS} (the official scorer asserts "
-                        f"len == {N_ANSWERS})", path=path)
+        raise DataError(
+            f"{where}: {len(answers)} answers; expected {N_ANSWERS} (the official scorer asserts len == {N_ANSWERS})",
+            path=path,
+        )
     tokens = obj.get("ocr_tokens")
     if tokens is not None and (not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens)):
         raise DataError(f"{where}: field 'ocr_tokens' must be a list of strings", path=path)
@@ -277,22 +418,25 @@ def parse_record(obj: Any, path: str | Path, where: str, *, embedded: bool = Fal
             image_bytes = bytes(image["bytes"])
         else:
             raise DataError(f"{where}: no embedded image; expected 'image' with 'bytes'", path=path)
-    return TextVQAQuestion(question_id=qid, question=obj["question"], image_id=obj["image_id"],
-                           answers=tuple(answers), ocr_tokens=tuple(tokens) if tokens is not None else None,
-                           image_bytes=image_bytes)
+    return TextVQAQuestion(
+        question_id=qid,
+        question=obj["question"],
+        image_id=obj["image_id"],
+        answers=tuple(answers),
+        ocr_tokens=tuple(tokens) if tokens is not None else None,
+        image_bytes=image_bytes,
+    )
 
 
 def read_annotations(path: str | Path) -> list[TextVQAQuestion]:
     """``TextVQA_0.5.1_val.json``: ``{"data": [record, ...]}``."""
     data = read_json(path)
     if not isinstance(data, Mapping) or not isinstance(data.get("data"), list):
-        raise DataError("expected TextVQA's {\"data\": [...]} (TextVQA_0.5.1_val.json)", path=path)
+        raise DataError('expected TextVQA\'s {"data": [...]} (TextVQA_0.5.1_val.json)', path=path)
     out = [parse_record(rec, path, f"data[{i}]") for i, rec in enumerate(data["data"])]
     if not out:
         raise DataError("holds no questions", path=path)
     return out
-
-
 
 
 def read_parquet(paths: Sequence[Path]) -> list[TextVQAQuestion]:
@@ -313,8 +457,7 @@ def read_llava_questions(path: str | Path) -> dict[tuple[str, str], str]:
     for lineno, obj in iter_jsonl(path):
         qid, text = obj.get("question_id"), obj.get("text")
         if not isinstance(qid, str) or not isinstance(text, str):
-            raise DataError("expected LLaVA's {\"question_id\": <image_id>, \"text\": <prompt>}", path=path,
-                            line=lineno)
+            raise DataError('expected LLaVA\'s {"question_id": <image_id>, "text": <prompt>}', path=path, line=lineno)
         try:
             out[(qid, prompt_processor(text))] = text
         except ValueError as exc:
@@ -348,9 +491,14 @@ def _metrics(items: Sequence[_Scored], *, task: str, counts: Mapping[str, int], 
         all_notes.append("no response to score: no accuracy")
         return Metrics(task=task, headline={}, counts=all_counts, notes=all_notes, records=records)
     acc = sum(scores) / len(scores)
-    return Metrics(task=task, headline={"Accuracy": _fmt2(100.0 * acc)},
-                   breakdown={"unrounded": {"Accuracy": 100.0 * acc}}, counts=all_counts, notes=all_notes,
-                   records=records)
+    return Metrics(
+        task=task,
+        headline={"Accuracy": _fmt2(100.0 * acc)},
+        breakdown={"unrounded": {"Accuracy": 100.0 * acc}},
+        counts=all_counts,
+        notes=all_notes,
+        records=records,
+    )
 
 
 def _suffix_option(options: Mapping[str, Any]) -> str:
@@ -387,8 +535,10 @@ class TextVQA(scaffold.DataLayout, Task):
 
     name = "textvqa"
     version = "1"
-    description = ("TextVQA val (5,000 questions, 10 human answers each): VQA accuracy with the EvalAI answer "
-                   "normalization (LLaVA eval_textvqa.py / m4c_evaluator.py)")
+    description = (
+        "TextVQA val (5,000 questions, 10 human answers each): VQA accuracy with the EvalAI answer "
+        "normalization (LLaVA eval_textvqa.py / m4c_evaluator.py)"
+    )
     option_names = ("textvqa_format", "textvqa_ocr", "textvqa_suffix")
     data_files = (DataFile(ANNOTATION_FILE, DATA_SOURCE),)
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
@@ -398,29 +548,41 @@ class TextVQA(scaffold.DataLayout, Task):
     layout_source = DATA_SOURCE
     parquet_globs = PARQUET_GLOBS
 
-    def __init__(self, data_root: str | Path | None = None, image_root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(data_root, image_root, options)
         self.ocr = _bool_option(self.options, "textvqa_ocr")
         self.suffix = _suffix_option(self.options)
         self.read_format_option()
 
     def default_data_root(self) -> Path:
-        raise ConfigError(f"task {self.name} needs --data-root: the folder holding {ANNOTATION_FILE} (with "
-                          f"train_images/) or validation-*.parquet ({DATA_SOURCE})")
+        raise ConfigError(
+            f"task {self.name} needs --data-root: the folder holding {ANNOTATION_FILE} (with "
+            f"train_images/) or validation-*.parquet ({DATA_SOURCE})"
+        )
 
     def missing_layout_error(self) -> MissingDataFile:
         globs = " or ".join(PARQUET_GLOBS)
-        return scaffold.missing_layout(self.format, self.release_paths(),
-                                       f"{DATA_SOURCE}; looked for {ANNOTATION_FILE}",
-                                       (self.data_root / PARQUET_GLOBS[0], f"{DATA_SOURCE}; looked for {globs}"),
-                                       auto_source=f"{DATA_SOURCE}; looked for {ANNOTATION_FILE} or {globs}")
+        return scaffold.missing_layout(
+            self.format,
+            self.release_paths(),
+            f"{DATA_SOURCE}; looked for {ANNOTATION_FILE}",
+            (self.data_root / PARQUET_GLOBS[0], f"{DATA_SOURCE}; looked for {globs}"),
+            auto_source=f"{DATA_SOURCE}; looked for {ANNOTATION_FILE} or {globs}",
+        )
 
     def read_layout(self, fmt: str, files: list[Path]) -> list[TextVQAQuestion]:
         questions = read_annotations(files[0]) if fmt == "json" else read_parquet(files)
-        scaffold.require_unique(questions, lambda q: q.question_id,
-                                lambda q: f"question_id {q.question_id} appears twice; expected unique ids",
-                                path=", ".join(str(p) for p in files))
+        scaffold.require_unique(
+            questions,
+            lambda q: q.question_id,
+            lambda q: f"question_id {q.question_id} appears twice; expected unique ids",
+            path=", ".join(str(p) for p in files),
+        )
         return questions
 
     def questions(self) -> list[TextVQAQuestion]:
@@ -431,14 +593,17 @@ class TextVQA(scaffold.DataLayout, Task):
         if q.image_bytes is not None:
             return ImageRef(data=q.image_bytes)
         name = f"{q.image_id}.jpg"
-        return scaffold.first_file([self.image_root / folder / name if folder else self.image_root / name
-                                    for folder in IMAGE_FOLDERS])
+        return scaffold.first_file(
+            [self.image_root / folder / name if folder else self.image_root / name for folder in IMAGE_FOLDERS]
+        )
 
     def _prompts(self, questions: Sequence[TextVQAQuestion]) -> tuple[dict[str, str], str]:
         """Each question's prompt by sample id, and where the prompts come from."""
         if not self.ocr:
-            return ({q.sample_id: q.question.capitalize() + self.suffix for q in questions},
-                    f"question + {self.suffix!r} ({PROMPT_SOURCE})")
+            return (
+                {q.sample_id: q.question.capitalize() + self.suffix for q in questions},
+                f"question + {self.suffix!r} ({PROMPT_SOURCE})",
+            )
         llava_file = self.data_root / LLAVA_OCR_FILE
         if llava_file.is_file():
             texts = read_llava_questions(llava_file)
@@ -446,36 +611,52 @@ class TextVQA(scaffold.DataLayout, Task):
             for q in questions:
                 text = texts.get((q.image_id, q.question.lower()))
                 if text is None:
-                    raise DataError(f"no prompt for question {q.question_id} (image {q.image_id}, "
-                                    f"{q.question!r}); expected LLaVA's prompts of {ANNOTATION_FILE}",
-                                    path=llava_file)
+                    raise DataError(
+                        f"no prompt for question {q.question_id} (image {q.image_id}, "
+                        f"{q.question!r}); expected LLaVA's prompts of {ANNOTATION_FILE}",
+                        path=llava_file,
+                    )
                 out[q.sample_id] = text if self.suffix == LLAVA_SUFFIX else text.replace(LLAVA_SUFFIX, self.suffix)
             return out, f"OCR variant: LLaVA's prompts, {llava_file}"
         missing = [q for q in questions if q.ocr_tokens is None]
         if missing:
-            raise MissingDataFile(llava_file, f"{LLAVA_OCR_SOURCE}; textvqa_ocr=true needs LLaVA's OCR prompts or "
-                                              f"records with 'ocr_tokens' (the HF parquet layout); question "
-                                              f"{missing[0].question_id} has none")
-        return ({q.sample_id: q.question.capitalize() + OCR_PREFIX + ", ".join(q.ocr_tokens or ()) + self.suffix
-                 for q in questions}, "OCR variant: the records' ocr_tokens (lmms-eval ocr: true)")
+            raise MissingDataFile(
+                llava_file,
+                f"{LLAVA_OCR_SOURCE}; textvqa_ocr=true needs LLaVA's OCR prompts or "
+                f"records with 'ocr_tokens' (the HF parquet layout); question "
+                f"{missing[0].question_id} has none",
+            )
+        return (
+            {
+                q.sample_id: q.question.capitalize() + OCR_PREFIX + ", ".join(q.ocr_tokens or ()) + self.suffix
+                for q in questions
+            },
+            "OCR variant: the records' ocr_tokens (lmms-eval ocr: true)",
+        )
 
     def load_samples(self) -> list[Sample]:
         questions = self.questions()
         prompts, _ = self._prompts(questions)
-        return [Sample(id=q.sample_id, prompt=prompts[q.sample_id], images=(self._image(q),),
-                       reference={"answers": list(q.answers)},
-                       meta={"question_id": q.question_id, "image_id": q.image_id, "question": q.question})
-                for q in questions]
+        return [
+            Sample(
+                id=q.sample_id,
+                prompt=prompts[q.sample_id],
+                images=(self._image(q),),
+                reference={"answers": list(q.answers)},
+                meta={"question_id": q.question_id, "image_id": q.image_id, "question": q.question},
+            )
+            for q in questions
+        ]
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
-        items = [_Scored(s.id, responses[s.id].text, tuple(s.reference["answers"]))
-                 for s in samples if s.id in responses]
+        items = [
+            _Scored(s.id, responses[s.id].text, tuple(s.reference["answers"])) for s in samples if s.id in responses
+        ]
         missing = len(samples) - len(items)
         notes = [f"prompt: {'OCR variant' if self.ocr else 'no OCR tokens'}, suffix {self.suffix!r}"]
         if missing:
             notes.append(f"{missing} questions have no response (failed generation) and are not scored")
-        return _metrics(items, task=self.name, counts={"questions": len(samples), "no_response": missing},
-                        notes=notes)
+        return _metrics(items, task=self.name, counts={"questions": len(samples), "no_response": missing}, notes=notes)
 
     # ------------------------------------------------------------------------------------------- answer files
     def read_responses(self, path: str | Path) -> dict[str, Response]:
@@ -487,8 +668,7 @@ class TextVQA(scaffold.DataLayout, Task):
         if path.suffix == ".json":
             data = read_json(path)
             if not isinstance(data, list):
-                raise DataError("expected an EvalAI submission: a JSON list of {\"question_id\", \"answer\"}",
-                                path=path)
+                raise DataError('expected an EvalAI submission: a JSON list of {"question_id", "answer"}', path=path)
             entries = [(None, f"entry {i}: ", obj) for i, obj in enumerate(data)]
         else:
             entries = [(lineno, "", obj) for lineno, obj in iter_jsonl(path)]
@@ -499,11 +679,21 @@ class TextVQA(scaffold.DataLayout, Task):
             qid = obj.get("question_id")
             text = next((obj[k] for k in ("answer", "text", "response") if k in obj), None)
             if isinstance(qid, bool) or not isinstance(qid, int) or not isinstance(text, str):
-                raise DataError(f"{where}expected an integer 'question_id' and the answer under 'answer', 'text' "
-                                f"or 'response'", path=path, line=line)
-            scaffold.add_response(out, str(qid), text, known=ids, path=path, line=line,
-                                  unknown=f"{where}question_id {qid} is not a TextVQA question of {self.data_root}",
-                                  second=f"{where}a second answer for question_id {qid}")
+                raise DataError(
+                    f"{where}expected an integer 'question_id' and the answer under 'answer', 'text' or 'response'",
+                    path=path,
+                    line=line,
+                )
+            scaffold.add_response(
+                out,
+                str(qid),
+                text,
+                known=ids,
+                path=path,
+                line=line,
+                unknown=f"{where}question_id {qid} is not a TextVQA question of {self.data_root}",
+                second=f"{where}a second answer for question_id {qid}",
+            )
         return out
 
     def score_llava_answers(self, path: str | Path) -> Metrics:
@@ -513,22 +703,28 @@ class TextVQA(scaffold.DataLayout, Task):
         for lineno, obj in iter_jsonl(path):
             image_id, prompt, text = obj.get("question_id"), obj.get("prompt"), obj.get("text")
             if not isinstance(image_id, str) or not isinstance(prompt, str) or not isinstance(text, str):
-                raise DataError("expected LLaVA's answer {\"question_id\": <image_id>, \"prompt\", \"text\"}",
-                                path=path, line=lineno)
+                raise DataError(
+                    'expected LLaVA\'s answer {"question_id": <image_id>, "prompt", "text"}', path=path, line=lineno
+                )
             try:
                 key = (image_id, prompt_processor(prompt))
             except ValueError as exc:
                 raise DataError(f"prompt: {exc}", path=path, line=lineno) from None
             q = annotations.get(key)
             if q is None:
-                raise DataError(f"no TextVQA question {key[1]!r} on image {image_id} in {self.data_root}",
-                                path=path, line=lineno)
+                raise DataError(
+                    f"no TextVQA question {key[1]!r} on image {image_id} in {self.data_root}", path=path, line=lineno
+                )
             check_response_text(q.sample_id, text, source=path, line=lineno)
             items.append(_Scored(q.sample_id, text, q.answers))
         if not items:
             raise DataError("holds no answers", path=path)
-        return _metrics(items, task=self.name, counts={"questions": len(self.questions())},
-                        notes=[f"responses: {path} (LLaVA format, matched as eval_textvqa.py)"])
+        return _metrics(
+            items,
+            task=self.name,
+            counts={"questions": len(self.questions())},
+            notes=[f"responses: {path} (LLaVA format, matched as eval_textvqa.py)"],
+        )
 
     def score_file(self, path: str | Path, judge: Any = None) -> tuple[Metrics, dict[str, int]]:
         """LLaVA's answer JSONL (``question_id`` = image id, with ``prompt``) as ``eval_textvqa.py``; else an EvalAI

@@ -104,7 +104,10 @@ class FakeOpenAIServer:
     """
 
     def __init__(
-        self, models: tuple[str, ...] = ("fake-model",), api_key: str | None = None, models_route: bool = True,
+        self,
+        models: tuple[str, ...] = ("fake-model",),
+        api_key: str | None = None,
+        models_route: bool = True,
         echo_auth: bool = False,
     ):
         self.models = list(models)
@@ -268,8 +271,11 @@ class FakeOpenAIServer:
                     headers = {}
                     if behaviour.retry_after is not None:
                         headers["Retry-After"] = str(behaviour.retry_after)
-                    error = {"message": behaviour.message + self._echo(), "type": "server_error",
-                             "code": behaviour.status}
+                    error = {
+                        "message": behaviour.message + self._echo(),
+                        "type": "server_error",
+                        "code": behaviour.status,
+                    }
                     self._send_json(behaviour.status, {"error": error}, headers)
                     return
                 if isinstance(behaviour, Malformed):
@@ -278,8 +284,9 @@ class FakeOpenAIServer:
                 hold = getattr(behaviour, "hold_until_in_flight", 0)
                 if hold:
                     with server._in_flight_rose:
-                        server._in_flight_rose.wait_for(lambda: server.max_in_flight >= hold,
-                                                        timeout=behaviour.hold_max_s)
+                        server._in_flight_rose.wait_for(
+                            lambda: server.max_in_flight >= hold, timeout=behaviour.hold_max_s
+                        )
                 delay = behaviour.delay_s
                 if delay and server._closing.wait(delay):
                     return

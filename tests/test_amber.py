@@ -165,8 +165,15 @@ def test_records_explain_the_numbers(scorers):
 def tiny(tmp_path_factory) -> Path:
     """A small data root in AMBER's formats with hand-picked objects and questions."""
     root = tmp_path_factory.mktemp("amber_tiny")
-    relation = {"dog": ["puppy"], "cat": ["kitten"], "grass": ["lawn"], "car": ["truck"], "sign": [],
-                "person": ["man"], "TV": []}
+    relation = {
+        "dog": ["puppy"],
+        "cat": ["kitten"],
+        "grass": ["lawn"],
+        "car": ["truck"],
+        "sign": [],
+        "person": ["man"],
+        "TV": [],
+    }
     no = "no"
     annotations = [
         {"id": 1, "type": "generative", "truth": ["dog", "grass"], "hallu": ["cat", "car"]},
@@ -206,8 +213,15 @@ def test_exact_hallu_hit_does_not_continue(tiny):
     assert rec.hallu_mentioned == ("cat",) and rec.covered == ("dog",) and rec.hallucinated == ()
     assert (g.CHAIR, g.Cover, g.Cog) == (0.0, 50.0, 50.0)
     assert g.Hal == 0.1  # 100 - 1/1.001*100: no hallucination still prints 0.1
-    assert rec_sim.calls == [("cat", "kitten"), ("cat", "truck"), ("cat", "cat"), ("cat", "car"),
-                             ("cat", "puppy"), ("cat", "lawn"), ("cat", "dog")]
+    assert rec_sim.calls == [
+        ("cat", "kitten"),
+        ("cat", "truck"),
+        ("cat", "cat"),
+        ("cat", "car"),
+        ("cat", "puppy"),
+        ("cat", "lawn"),
+        ("cat", "dog"),
+    ]
     # with no similarity the same noun is a hallucination that is also counted by Cog
     g, rec = gen_one(tiny, 1, "A cat.")
     assert rec.hallucinated == ("cat",) and rec.hallu_mentioned == ("cat",) and g.CHAIR == 99.9
@@ -229,8 +243,11 @@ def test_case_sensitive_nouns(tiny):
 
 
 def disc(root: Path, answers: dict[int, str], mode: str = "official"):
-    return AmberScorer(root, "none").score_discriminative(
-        [{"id": i, "response": a} for i, a in answers.items()], answer_mode=mode).discriminative
+    return (
+        AmberScorer(root, "none")
+        .score_discriminative([{"id": i, "response": a} for i, a in answers.items()], answer_mode=mode)
+        .discriminative
+    )
 
 
 def test_existence_f1_epsilon_and_no_is_the_positive_class(tiny):
@@ -271,15 +288,18 @@ def test_lower_case_answers_are_wrong_unless_extraction_is_asked(tiny):
 
 
 # ------------------------------------------------------------------------------------------------ bad input
-@pytest.mark.parametrize("records,needle", [
-    ([{"id": 1, "response": "A dog."}, {"id": 99, "response": "x"}], "record 1: unknown id 99"),
-    ([{"id": 0, "response": "x"}], "record 0: unknown id 0"),
-    ([{"id": 3, "response": "No"}, {"id": 3, "response": "Yes"}], "record 1: id 3 appears twice"),
-    ([{"id": 3}], "record 0 (id 3): missing or non-string field 'response'"),
-    ([{"response": "Yes"}], "record 0: missing or non-integer field 'id'"),
-    ([{"id": "3", "response": "Yes"}], "record 0: missing or non-integer field 'id'"),
-    (["Yes"], "record 0 is not an object"),
-])
+@pytest.mark.parametrize(
+    "records,needle",
+    [
+        ([{"id": 1, "response": "A dog."}, {"id": 99, "response": "x"}], "record 1: unknown id 99"),
+        ([{"id": 0, "response": "x"}], "record 0: unknown id 0"),
+        ([{"id": 3, "response": "No"}, {"id": 3, "response": "Yes"}], "record 1: id 3 appears twice"),
+        ([{"id": 3}], "record 0 (id 3): missing or non-string field 'response'"),
+        ([{"response": "Yes"}], "record 0: missing or non-integer field 'id'"),
+        ([{"id": "3", "response": "Yes"}], "record 0: missing or non-integer field 'id'"),
+        (["Yes"], "record 0 is not an object"),
+    ],
+)
 def test_bad_responses_name_file_and_record(tiny, tmp_path, records, needle):
     path = tmp_path / "responses.json"
     path.write_text(json.dumps(records))
@@ -320,13 +340,19 @@ def test_parse_similarity(tmp_path):
     table.write_text(json.dumps([{"word1": "a", "word2": "b", "similarity": 0.9}]))
     t = parse_similarity(f"table:{table}")
     assert t.similarity("a", "b") == t.similarity("b", "a") == 0.9 and t.similarity("a", "c") == 0.0
-    for bad, needle in [("spacy", "unknown AMBER similarity"), ("spacy:", "names no spaCy model"),
-                        ("table:", "names no table file"), (f"table:{tmp_path}/nope.json", "does not exist"),
-                        ("cosine", "unknown AMBER similarity"), ("", "unknown AMBER similarity")]:
+    for bad, needle in [
+        ("spacy", "unknown AMBER similarity"),
+        ("spacy:", "names no spaCy model"),
+        ("table:", "names no table file"),
+        (f"table:{tmp_path}/nope.json", "does not exist"),
+        ("cosine", "unknown AMBER similarity"),
+        ("", "unknown AMBER similarity"),
+    ]:
         with pytest.raises(ConfigError, match=needle):
             parse_similarity(bad)
-    table.write_text(json.dumps([{"word1": "a", "word2": "b", "similarity": 0.9},
-                                 {"word1": "a", "word2": "b", "similarity": 0.1}]))
+    table.write_text(
+        json.dumps([{"word1": "a", "word2": "b", "similarity": 0.9}, {"word1": "a", "word2": "b", "similarity": 0.1}])
+    )
     with pytest.raises(DataError, match="t.json: entry 1: pair"):
         parse_similarity(f"table:{table}")
     table.write_text(json.dumps([{"word1": "a", "word2": "b", "similarity": "high"}]))
@@ -338,7 +364,9 @@ def test_missing_spacy_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "spacy", None)  # `import spacy` raises ImportError
     backend = SpacySimilarity("en_core_web_lg")
     for call in (backend.check, lambda: backend.similarity("dog", "cat")):
-        with pytest.raises(HarnessError, match=r"python3?\S* -m pip install spacy` and `\S+ -m spacy download en_core_web_lg`"):
+        with pytest.raises(
+            HarnessError, match=r"python3?\S* -m pip install spacy` and `\S+ -m spacy download en_core_web_lg`"
+        ):
             call()
     with pytest.raises(HarnessError, match="needs spaCy"):
         AmberGenerative(data_root=DATA)  # default similarity spacy:en_core_web_lg
@@ -368,9 +396,15 @@ def test_missing_nltk_data_is_a_clear_error(monkeypatch, tmp_path, tiny):
     with pytest.raises(HarnessError) as err:
         text.require_nltk_resources()
     msg = str(err.value)
-    for needle in ("punkt_tab", "averaged_perceptron_tagger_eng", "wordnet", "NLTK_DATA", "not-shipped",
-                   f"`{sys.executable} -m nltk.downloader -d ~/nltk_data punkt_tab averaged_perceptron_tagger_eng "
-                   "wordnet`", str(tmp_path)):
+    for needle in (
+        "punkt_tab",
+        "averaged_perceptron_tagger_eng",
+        "wordnet",
+        "NLTK_DATA",
+        "not-shipped",
+        f"`{sys.executable} -m nltk.downloader -d ~/nltk_data punkt_tab averaged_perceptron_tagger_eng wordnet`",
+        str(tmp_path),
+    ):
         assert needle in msg
     with pytest.raises(HarnessError, match="NLTK data missing"):
         AmberScorer(tiny, "none").score_generative([{"id": 1, "response": "A dog."}])
@@ -405,8 +439,17 @@ def test_amber_task_scores_the_golden_run(tmp_path):
     rows = load_responses(GOLDEN / "amber_all_responses.json")
     responses = {str(r["id"]): Response(str(r["id"]), r["response"], "stop") for r in rows}
     m = task.score(samples, responses)
-    assert m.headline == {"CHAIR": 16.5, "Cover": 71.3, "Hal": 60.0, "Cog": 16.2, "Accuracy": 62.5,
-                          "Precision": 76.2, "Recall": 57.1, "F1": 65.3, "AMBER Score": 74.4}
+    assert m.headline == {
+        "CHAIR": 16.5,
+        "Cover": 71.3,
+        "Hal": 60.0,
+        "Cog": 16.2,
+        "Accuracy": 62.5,
+        "Precision": 76.2,
+        "Recall": 57.1,
+        "F1": 65.3,
+        "AMBER Score": 74.4,
+    }
     assert m.breakdown["Existence"] == {"Accuracy": 62.5, "Precision": 100.0, "Recall": 62.5, "F1": 76.9}
     assert m.breakdown["Relation"]["F1"] == 66.6
     assert m.counts["scored"] == 68 and m.counts["failed"] == 15220 - 68

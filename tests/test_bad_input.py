@@ -60,16 +60,35 @@ def fake_engine(monkeypatch):
     FakeEngine.n = 0
     FakeEngine.hook = None
     FakeEngine.text = "there is a red circle ."
-    monkeypatch.setattr(harness.engines, "create_engine",
-                        lambda name, model, decoding, options: FakeEngine(model, decoding, options))
-    monkeypatch.setattr(harness.evaluate, "_describe_model",
-                        lambda args, engine: ("m", {"name": "fake", "path": None, "content_hash": None}, "fake", None))
+    monkeypatch.setattr(
+        harness.engines, "create_engine", lambda name, model, decoding, options: FakeEngine(model, decoding, options)
+    )
+    monkeypatch.setattr(
+        harness.evaluate,
+        "_describe_model",
+        lambda args, engine: ("m", {"name": "fake", "path": None, "content_hash": None}, "fake", None),
+    )
     return FakeEngine
 
 
 def run(tmp_path, toy_root, *extra):
-    return ["--log-level", "WARNING", "run", "--tasks", "toy_amber", "--data-root", str(toy_root), "--engine", "hf",
-            "--output-path", str(tmp_path / "runs"), "--no-progress", "--batch-size", "2", *map(str, extra)]
+    return [
+        "--log-level",
+        "WARNING",
+        "run",
+        "--tasks",
+        "toy_amber",
+        "--data-root",
+        str(toy_root),
+        "--engine",
+        "hf",
+        "--output-path",
+        str(tmp_path / "runs"),
+        "--no-progress",
+        "--batch-size",
+        "2",
+        *map(str, extra),
+    ]
 
 
 def run_dir(tmp_path):
@@ -94,8 +113,9 @@ def score(capsys, *args):
 
 # ------------------------------------------------------------------------------------------------- disk full
 @pytest.mark.parametrize("where", ["append", "close"])
-def test_disk_full_during_run_is_one_line_and_keeps_finished_work(tmp_path, toy_root, fake_engine, capsys,
-                                                                  monkeypatch, where):
+def test_disk_full_during_run_is_one_line_and_keeps_finished_work(
+    tmp_path, toy_root, fake_engine, capsys, monkeypatch, where
+):
     from harness.store import RunStore
 
     real = getattr(RunStore, where)
@@ -112,8 +132,15 @@ def test_disk_full_during_run_is_one_line_and_keeps_finished_work(tmp_path, toy_
     monkeypatch.setattr(RunStore, where, full)
     code = main(run(tmp_path, toy_root))
     preds = run_dir(tmp_path) / "predictions.jsonl"
-    line = one_line_error(code, capsys.readouterr().err, "No space left on device", "errno 28", str(preds),
-                          "finished predictions are kept", "rerun the same command")
+    line = one_line_error(
+        code,
+        capsys.readouterr().err,
+        "No space left on device",
+        "errno 28",
+        str(preds),
+        "finished predictions are kept",
+        "rerun the same command",
+    )
     assert "free some space" in line
     kept = preds.read_text().splitlines()
     assert len(kept) >= 2 and all(json.loads(x)["id"] for x in kept)
@@ -126,8 +153,9 @@ def test_disk_full_during_run_is_one_line_and_keeps_finished_work(tmp_path, toy_
 
 
 @pytest.mark.parametrize("err", [errno.EDQUOT, errno.EROFS, errno.EACCES])
-def test_quota_readonly_and_permission_errors_while_writing_metrics(tmp_path, toy_root, fake_engine, capsys,
-                                                                     monkeypatch, err):
+def test_quota_readonly_and_permission_errors_while_writing_metrics(
+    tmp_path, toy_root, fake_engine, capsys, monkeypatch, err
+):
     import harness.store
 
     def refuse(path, text):
@@ -135,8 +163,9 @@ def test_quota_readonly_and_permission_errors_while_writing_metrics(tmp_path, to
 
     monkeypatch.setattr(harness.store, "atomic_write_text", refuse)
     code = main(run(tmp_path, toy_root))
-    one_line_error(code, capsys.readouterr().err, os.strerror(err), str(run_dir(tmp_path)),
-                   "finished predictions are kept")
+    one_line_error(
+        code, capsys.readouterr().err, os.strerror(err), str(run_dir(tmp_path)), "finished predictions are kept"
+    )
     assert len((run_dir(tmp_path) / "predictions.jsonl").read_text().splitlines()) == 16
 
 
@@ -190,12 +219,31 @@ def test_ctrl_c_is_logged_as_sigint(tmp_path, toy_root, fake_engine, capsys):
 
 # --------------------------------------------------------------------------------------------- task options
 def test_misspelt_option_names_the_closest_keys(capsys, tmp_path, toy_root):
-    code, out = score(capsys, "amber", "--responses", GOLDEN / "amber_all_responses.json", "--data-root", AMBER,
-                      "--option", "amber_simlarity=none")
+    code, out = score(
+        capsys,
+        "amber",
+        "--responses",
+        GOLDEN / "amber_all_responses.json",
+        "--data-root",
+        AMBER,
+        "--option",
+        "amber_simlarity=none",
+    )
     one_line_error(code, out.err, "amber_simlarity", "did you mean amber_similarity")
     assert out.out == ""
-    code = main(["run", "--tasks", "toy_amber", "--option", "amber_simlarity=none", "--data-root", str(toy_root),
-                 "--output-path", str(tmp_path)])
+    code = main(
+        [
+            "run",
+            "--tasks",
+            "toy_amber",
+            "--option",
+            "amber_simlarity=none",
+            "--data-root",
+            str(toy_root),
+            "--output-path",
+            str(tmp_path),
+        ]
+    )
     one_line_error(code, capsys.readouterr().err, "amber_simlarity", "amber_similarity")
     assert not (tmp_path / "lab-llava-v1").exists()
 
@@ -212,7 +260,11 @@ def test_option_of_another_task_and_flag_for_another_task(capsys):
 def test_every_option_a_task_reads_is_declared():
     from harness.task import all_tasks
 
-    patterns = [r"options\.get\(\s*\"(\w+)\"", r"choice_option\(\s*\"(\w+)\"", r"_bool_option\(self\.options,\s*\"(\w+)\""]
+    patterns = [
+        r"options\.get\(\s*\"(\w+)\"",
+        r"choice_option\(\s*\"(\w+)\"",
+        r"_bool_option\(self\.options,\s*\"(\w+)\"",
+    ]
     by_module: dict[str, set[str]] = {}
     for cls in all_tasks().values():
         by_module.setdefault(cls.__module__, set()).update(cls.option_names)
@@ -250,11 +302,31 @@ def test_records_path_is_checked_before_scoring(capsys, tmp_path, monkeypatch):
         raise AssertionError("scored although --records cannot be written")
 
     monkeypatch.setattr(_AmberTask, "score", never)
-    code, out = score(capsys, "amber", "--responses", GOLDEN / "amber_all_responses.json", "--data-root", AMBER,
-                      "--amber-similarity", "none", "--records", "/nonexistent/x.jsonl")
+    code, out = score(
+        capsys,
+        "amber",
+        "--responses",
+        GOLDEN / "amber_all_responses.json",
+        "--data-root",
+        AMBER,
+        "--amber-similarity",
+        "none",
+        "--records",
+        "/nonexistent/x.jsonl",
+    )
     one_line_error(code, out.err, "--records /nonexistent/x.jsonl", "/nonexistent", "does not exist")
-    code, out = score(capsys, "amber", "--responses", GOLDEN / "amber_all_responses.json", "--data-root", AMBER,
-                      "--amber-similarity", "none", "--records", tmp_path)
+    code, out = score(
+        capsys,
+        "amber",
+        "--responses",
+        GOLDEN / "amber_all_responses.json",
+        "--data-root",
+        AMBER,
+        "--amber-similarity",
+        "none",
+        "--records",
+        tmp_path,
+    )
     one_line_error(code, out.err, str(tmp_path), "is a directory")
 
 
@@ -267,16 +339,27 @@ def test_records_write_failure_is_one_line(capsys, tmp_path, monkeypatch):
         return real(self, *a, **kw)
 
     monkeypatch.setattr(Path, "write_text", full)
-    code, out = score(capsys, "amber", "--responses", GOLDEN / "amber_all_responses.json", "--data-root", AMBER,
-                      "--amber-similarity", "none", "--records", tmp_path / "records.jsonl")
+    code, out = score(
+        capsys,
+        "amber",
+        "--responses",
+        GOLDEN / "amber_all_responses.json",
+        "--data-root",
+        AMBER,
+        "--amber-similarity",
+        "none",
+        "--records",
+        tmp_path / "records.jsonl",
+    )
     one_line_error(code, out.err, "records.jsonl", "No space left on device")
 
 
 def test_responses_directory_or_missing_file(capsys, tmp_path):
     code, out = score(capsys, "amber", "--responses", tmp_path, "--data-root", AMBER, "--amber-similarity", "none")
     one_line_error(code, out.err, str(tmp_path), "is a directory", "amber")
-    code, out = score(capsys, "amber", "--responses", tmp_path / "nope.json", "--data-root", AMBER,
-                      "--amber-similarity", "none")
+    code, out = score(
+        capsys, "amber", "--responses", tmp_path / "nope.json", "--data-root", AMBER, "--amber-similarity", "none"
+    )
     one_line_error(code, out.err, "nope.json", "not found")
     for task in ("object_halbench", "mmvp", "textvqa", "scienceqa_img", "mmvet", "llava_bench", "mmhal"):
         code, out = score(capsys, task, "--responses", tmp_path, "--data-root", tmp_path)
@@ -335,11 +418,37 @@ def test_sigterm_of_a_harness_process(tmp_path, toy_root):
     with FakeOpenAIServer(models=("served",)) as server:
         server.script(*[OK()] * 3, *[OK(delay_s=1.0)] * 20)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "harness", "run", "--tasks", "toy_amber", "--data-root", str(toy_root),
-             "--engine", "openai", "--model", "served", "--base-url", server.base_url, "--concurrency", "1",
-             "--batch-size", "1", "--max-retries", "0", "--output-path", str(tmp_path), "--no-progress"],
-            cwd=REPO, env={**os.environ, "OPENAI_API_KEY": "EMPTY"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+            [
+                sys.executable,
+                "-m",
+                "harness",
+                "run",
+                "--tasks",
+                "toy_amber",
+                "--data-root",
+                str(toy_root),
+                "--engine",
+                "openai",
+                "--model",
+                "served",
+                "--base-url",
+                server.base_url,
+                "--concurrency",
+                "1",
+                "--batch-size",
+                "1",
+                "--max-retries",
+                "0",
+                "--output-path",
+                str(tmp_path),
+                "--no-progress",
+            ],
+            cwd=REPO,
+            env={**os.environ, "OPENAI_API_KEY": "EMPTY"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             if preds.exists() and len(preds.read_bytes().splitlines()) >= 3:

@@ -42,8 +42,14 @@ def run_cli(*args, capsys=None):
 
 def harness_subprocess(*args, cache, timeout=600, **kw):
     env = {**os.environ, "HARNESS_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=kw.get("cwd", REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=kw.get("cwd", REPO),
+    )
 
 
 def test_tasks_lists_toy(capsys):
@@ -54,8 +60,9 @@ def test_tasks_lists_toy(capsys):
 
 def test_main_job_runs_and_resumes_byte_identically(tmp_path, capsys):
     out_dir = tmp_path / "runs"
-    code, out = run_cli("run", "--tasks", "toy_amber", "--limit", 6, "--output-path", out_dir, "--no-progress",
-                        capsys=capsys)
+    code, out = run_cli(
+        "run", "--tasks", "toy_amber", "--limit", 6, "--output-path", out_dir, "--no-progress", capsys=capsys
+    )
     assert code == 0, out.err
     run_dir = out_dir / "lab-llava-v1" / "toy_amber"
     assert "toy_amber" in out.out and "CHAIR" in out.out  # summary table
@@ -71,32 +78,58 @@ def test_main_job_runs_and_resumes_byte_identically(tmp_path, capsys):
     assert metrics["counts"]["samples"] == 6 and metrics["counts"]["failed"] == 0
 
     # rerun: nothing generated again, same bytes
-    code, _ = run_cli("run", "--tasks", "toy_amber", "--limit", 6, "--output-path", out_dir, "--no-progress",
-                      capsys=capsys)
+    code, _ = run_cli(
+        "run", "--tasks", "toy_amber", "--limit", 6, "--output-path", out_dir, "--no-progress", capsys=capsys
+    )
     assert code == 0
     runs = [json.loads(line) for line in (run_dir / "runs.jsonl").read_text().splitlines()]
     assert runs[-1]["generated"] == 0 and runs[-1]["resumed"] == 6
     assert (run_dir / "predictions.jsonl").read_bytes() == preds
 
     # a fresh directory, same command: byte-identical predictions
-    code, _ = run_cli("run", "--tasks", "toy_amber", "--limit", 6, "--output-path", tmp_path / "again",
-                      "--no-progress", capsys=capsys)
+    code, _ = run_cli(
+        "run", "--tasks", "toy_amber", "--limit", 6, "--output-path", tmp_path / "again", "--no-progress", capsys=capsys
+    )
     assert code == 0
     assert (tmp_path / "again" / "lab-llava-v1" / "toy_amber" / "predictions.jsonl").read_bytes() == preds
 
     # a larger limit extends the same run
-    code, _ = run_cli("run", "--tasks", "toy_amber", "--limit", 8, "--output-path", out_dir, "--no-progress",
-                      capsys=capsys)
+    code, _ = run_cli(
+        "run", "--tasks", "toy_amber", "--limit", 8, "--output-path", out_dir, "--no-progress", capsys=capsys
+    )
     assert code == 0
     assert (run_dir / "predictions.jsonl").read_bytes().startswith(preds)
     assert len((run_dir / "predictions.jsonl").read_bytes().splitlines()) == 8
 
     # another decoding setting never reuses these predictions
-    code, out = run_cli("run", "--tasks", "toy_amber", "--limit", 6, "--output-path", out_dir, "--no-progress",
-                        "--max-new-tokens", 3, capsys=capsys)
+    code, out = run_cli(
+        "run",
+        "--tasks",
+        "toy_amber",
+        "--limit",
+        6,
+        "--output-path",
+        out_dir,
+        "--no-progress",
+        "--max-new-tokens",
+        3,
+        capsys=capsys,
+    )
     assert code == 2 and "other settings" in out.err and "max_new_tokens: None -> 3" in out.err
-    code, _ = run_cli("run", "--tasks", "toy_amber", "--limit", 6, "--output-path", out_dir, "--no-progress",
-                      "--max-new-tokens", 3, "--overwrite", capsys=capsys)
+    code, _ = run_cli(
+        "run",
+        "--tasks",
+        "toy_amber",
+        "--limit",
+        6,
+        "--output-path",
+        out_dir,
+        "--no-progress",
+        "--max-new-tokens",
+        3,
+        "--overwrite",
+        capsys=capsys,
+    )
     assert code == 0
 
 
@@ -161,9 +194,24 @@ def test_corrupt_image_skipped_or_stopped(toy_root, tmp_path, capsys):
 
 
 def test_unreachable_endpoint(tmp_path, capsys):
-    code, out = run_cli("run", "--tasks", "toy_amber", "--engine", "openai", "--model", "m", "--base-url",
-                        "http://127.0.0.1:9/v1", "--max-retries", 0, "--timeout", 2, "--output-path", tmp_path,
-                        capsys=capsys)
+    code, out = run_cli(
+        "run",
+        "--tasks",
+        "toy_amber",
+        "--engine",
+        "openai",
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--max-retries",
+        0,
+        "--timeout",
+        2,
+        "--output-path",
+        tmp_path,
+        capsys=capsys,
+    )
     _assert_user_error(code, out, "cannot reach", "127.0.0.1:9")
 
 
@@ -182,8 +230,13 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(cache, tmp_path):
 
     preds = tmp_path / "killed" / "lab-llava-v1" / "toy_amber" / "predictions.jsonl"
     env = {**os.environ, "HARNESS_CACHE": str(cache)}
-    proc = subprocess.Popen([sys.executable, "-m", "harness", *map(str, args), "--output-path", str(tmp_path / "killed")],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", *map(str, args), "--output-path", str(tmp_path / "killed")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if preds.exists() and len(preds.read_bytes().splitlines()) >= 5:
@@ -211,9 +264,27 @@ def test_openai_engine_through_the_cli_keeps_the_key_secret(tmp_path, capsys, mo
     secret = "sk-test-0123456789abcdef"
     monkeypatch.setenv("MY_KEY", secret)
     with FakeOpenAIServer(models=("served",), api_key=secret) as server:
-        code, out = run_cli("run", "--tasks", "toy_amber", "--limit", 4, "--engine", "openai", "--model", "served",
-                            "--base-url", server.base_url, "--api-key-env", "MY_KEY", "--output-path", tmp_path,
-                            "--no-progress", "--log-level", "DEBUG", capsys=capsys)
+        code, out = run_cli(
+            "run",
+            "--tasks",
+            "toy_amber",
+            "--limit",
+            4,
+            "--engine",
+            "openai",
+            "--model",
+            "served",
+            "--base-url",
+            server.base_url,
+            "--api-key-env",
+            "MY_KEY",
+            "--output-path",
+            tmp_path,
+            "--no-progress",
+            "--log-level",
+            "DEBUG",
+            capsys=capsys,
+        )
         assert code == 0, out.err
         sent = server.requests[-1].body
     assert sent["temperature"] == 0 and sent["seed"] == 1234
@@ -232,8 +303,17 @@ def test_vllm_engine_through_the_cli_matches_hf(cache, tmp_path):
     args = ["run", "--tasks", "toy_amber", "--limit", 6, "--no-progress", "--dtype", "float32"]
     hf = harness_subprocess(*args, "--engine", "hf", "--output-path", tmp_path / "hf", cache=cache)
     assert hf.returncode == 0, hf.stderr
-    vllm = harness_subprocess(*args, "--engine", "vllm", "--enforce-eager", "--max-model-len", 512,
-                              "--output-path", tmp_path / "vllm", cache=cache)
+    vllm = harness_subprocess(
+        *args,
+        "--engine",
+        "vllm",
+        "--enforce-eager",
+        "--max-model-len",
+        512,
+        "--output-path",
+        tmp_path / "vllm",
+        cache=cache,
+    )
     assert vllm.returncode == 0, vllm.stderr[-3000:]
     preds = [(tmp_path / e / "lab-llava-v1" / "toy_amber" / "predictions.jsonl").read_text() for e in ("hf", "vllm")]
     assert preds[0] == preds[1]

@@ -55,8 +55,14 @@ def test_golden_numbers_from_the_answer_files():
         assert coverage == {"samples": 18, "responses": 18, "missing": 0}
     m = score_cambrian_files([("ADE20K", ADE), ("COCO", COCO), ("Omni3D", OMNI)])
     assert m.headline["Overall"] == pytest.approx(((6 / 7 + 3 / 5) / 2 + 3 / 6) / 2)
-    assert m.breakdown["ADE20K"] == {"Accuracy": 6 / 7, "n": 7, "Count": 0.75, "Count n": 4, "Relation": 1.0,
-                                     "Relation n": 3}
+    assert m.breakdown["ADE20K"] == {
+        "Accuracy": 6 / 7,
+        "n": 7,
+        "Count": 0.75,
+        "Count n": 4,
+        "Relation": 1.0,
+        "Relation n": 3,
+    }
     assert m.breakdown["Omni3D"]["Depth"] == pytest.approx(1 / 3) and m.counts["right"] == 12
     for stdout in ("ade", "coco", "omni"):
         assert "Saved synthmodel metrics" in (GOLDEN / f"cambrian_{stdout}_test.stdout.txt").read_text()
@@ -70,10 +76,20 @@ def test_golden_through_the_cli(capsys):
 
 
 # ------------------------------------------------------------------------------------------ matching rules
-@pytest.mark.parametrize("text, letter", [
-    ("B", "b"), ("(A)", "a"), ("The answer is C.", "c"), ("Answer: B", "b"), ("A.", "a"), ("below", "b"),
-    ("(B) right", "b"), ("4", "4"), ("", ""),
-])
+@pytest.mark.parametrize(
+    "text, letter",
+    [
+        ("B", "b"),
+        ("(A)", "a"),
+        ("The answer is C.", "c"),
+        ("Answer: B", "b"),
+        ("A.", "a"),
+        ("below", "b"),
+        ("(B) right", "b"),
+        ("4", "4"),
+        ("", ""),
+    ],
+)
 def test_extract_answer_2d(text, letter):
     assert extract_answer_2d(text) == letter
 
@@ -105,11 +121,22 @@ def png(colour: str = "white") -> bytes:
 def record(idx: int, source: str, task: str, answer: str, choices: Sequence[str]) -> dict[str, Any]:
     kind = "3D" if source == "Omni3D" else "2D"
     letters = "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
-    return {"idx": idx, "type": kind, "task": task, "question": f"Q{idx}?", "choices": list(choices),
-            "answer": answer, "prompt": f"Q{idx}? Select from the following choices.\n{letters}",
-            "filename": f"img/{kind}/{task.lower()}/{source.lower()}_{idx}.png", "source": source,
-            "source_dataset": source, "source_filename": f"{idx}.jpg", "target_class": None, "target_size": None,
-            "bbox": None}
+    return {
+        "idx": idx,
+        "type": kind,
+        "task": task,
+        "question": f"Q{idx}?",
+        "choices": list(choices),
+        "answer": answer,
+        "prompt": f"Q{idx}? Select from the following choices.\n{letters}",
+        "filename": f"img/{kind}/{task.lower()}/{source.lower()}_{idx}.png",
+        "source": source,
+        "source_dataset": source,
+        "source_filename": f"{idx}.jpg",
+        "target_class": None,
+        "target_size": None,
+        "bbox": None,
+    }
 
 
 RECORDS = [
@@ -121,17 +148,18 @@ RECORDS = [
     record(5, "Omni3D", "Distance", "(B)", ["box", "desk"]),
 ]
 #: ADE 1/2, COCO 2/2, Omni 1/2 -> 2D 0.75, 3D 0.5, Overall 0.625
-RESPONSES = {"2D-0": "B", "2D-1": "right", "2D-2": "The answer is (C).", "2D-3": "below", "3D-4": "(A)",
-             "3D-5": "desk"}
+RESPONSES = {"2D-0": "B", "2D-1": "right", "2D-2": "The answer is (C).", "2D-3": "below", "3D-4": "(A)", "3D-5": "desk"}
 
 
-def write_jsonl(root: Path, records: Sequence[dict[str, Any]] = RECORDS, split: bool = True,
-                images: bool = True) -> Path:
+def write_jsonl(
+    root: Path, records: Sequence[dict[str, Any]] = RECORDS, split: bool = True, images: bool = True
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if split:
         for kind in ("2D", "3D"):
             (root / f"test_{kind.lower()}.jsonl").write_text(
-                "".join(json.dumps(r) + "\n" for r in records if r["type"] == kind))
+                "".join(json.dumps(r) + "\n" for r in records if r["type"] == kind)
+            )
     else:
         (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if images:
@@ -168,8 +196,14 @@ def test_jsonl_layout_samples_and_scores(tmp_path):
     assert samples[0].images[0].load("2D-0").size == (8, 8)
     m = task.score(samples, as_responses(RESPONSES))
     assert m.headline == {"Overall": 0.625, "2D": 0.75, "3D": 0.5, "ADE20K": 0.5, "COCO": 1.0, "Omni3D": 0.5}
-    assert m.breakdown["COCO"] == {"Accuracy": 1.0, "n": 2, "Count": 1.0, "Count n": 1, "Relation": 1.0,
-                                   "Relation n": 1}
+    assert m.breakdown["COCO"] == {
+        "Accuracy": 1.0,
+        "n": 2,
+        "Count": 1.0,
+        "Count n": 1,
+        "Relation": 1.0,
+        "Relation n": 1,
+    }
     assert [r["right"] for r in m.records] == [True, False, True, True, True, False]
     partial = dict(RESPONSES)
     del partial["3D-5"]
@@ -197,9 +231,13 @@ def test_parquet_layout_and_auto_choice(tmp_path):
 def test_indexed_answers_against_the_benchmark(tmp_path):
     root = write_jsonl(tmp_path / "cv")
     answers = tmp_path / "answers.jsonl"
-    lines = [{"id": "2D-0", "response": "B"}, {"idx": 1, "type": "2D", "text": "right"},
-             {"idx": 2, "prediction": "The answer is (C)."}, {"idx": 3, "response": "below"},
-             {"id": "3D-4", "response": "(A)"}]
+    lines = [
+        {"id": "2D-0", "response": "B"},
+        {"idx": 1, "type": "2D", "text": "right"},
+        {"idx": 2, "prediction": "The answer is (C)."},
+        {"idx": 3, "response": "below"},
+        {"id": "3D-4", "response": "(A)"},
+    ]
     answers.write_text("".join(json.dumps(x) + "\n" for x in lines))
     task = CVBench(data_root=root)
     assert sorted(task.read_responses(answers)) == ["2D-0", "2D-1", "2D-2", "2D-3", "3D-4"]
@@ -225,9 +263,13 @@ def test_bad_benchmark_files(tmp_path):
     root = write_jsonl(tmp_path / "a", bad)
     with pytest.raises(DataError, match=r"test_2d.jsonl, line 2: record 2: missing field\(s\) answer"):
         CVBench(data_root=root).samples()
-    cases = [("answer", "C", "expected the option letter in parentheses"), ("answer", "(E)", "names no option"),
-             ("source", "KITTI", "source 'KITTI'"), ("idx", "0", "must be an integer"),
-             ("choices", "A,B", "non-empty list of strings")]
+    cases = [
+        ("answer", "C", "expected the option letter in parentheses"),
+        ("answer", "(E)", "names no option"),
+        ("source", "KITTI", "source 'KITTI'"),
+        ("idx", "0", "must be an integer"),
+        ("choices", "A,B", "non-empty list of strings"),
+    ]
     for i, (key, value, message) in enumerate(cases):
         bad = [dict(r) for r in RECORDS]
         bad[0][key] = value

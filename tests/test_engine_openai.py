@@ -261,9 +261,7 @@ def test_auth_failure_at_preflight_hides_the_key(server: FakeOpenAIServer, caplo
 
 def test_auth_failure_during_generation_stops_at_once(server: FakeOpenAIServer, caplog) -> None:
     caplog.set_level(logging.DEBUG)
-    engine = OpenAIEngine(
-        "fake-model", Decoding(), options(server.base_url, api_key=SECRET), preflight=False, **FAST
-    )
+    engine = OpenAIEngine("fake-model", Decoding(), options(server.base_url, api_key=SECRET), preflight=False, **FAST)
     server.script(Fail(401, f"Incorrect API key provided: {SECRET}"))
     with engine, pytest.raises(EngineError, match="authentication failed") as info:
         list(engine.generate([request(0)]))

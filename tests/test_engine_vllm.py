@@ -54,8 +54,9 @@ def requests(shape_image) -> list[Request]:
     return [
         Request("red", "is there a red circle ?", (shape_image("red"),), MAX_NEW_TOKENS),
         Request("blue", "describe the image .", (shape_image("blue", "square", 64),), MAX_NEW_TOKENS),
-        Request("green", "is there a green triangle on the left ?", (shape_image("green", "triangle", 40),),
-                MAX_NEW_TOKENS),
+        Request(
+            "green", "is there a green triangle on the left ?", (shape_image("green", "triangle", 40),), MAX_NEW_TOKENS
+        ),
         Request("yellow", "what colour is the shape ?", (shape_image("yellow", "square", 32),), MAX_NEW_TOKENS),
         Request("plain", "how many shapes are there ?", (), MAX_NEW_TOKENS),
         Request("short", "is there a red circle ?", (shape_image("red"),), 3),
@@ -85,10 +86,13 @@ def test_checkpoint_chat_template_gives_the_same_prompt(vllm_llava, requests) ->
     req = requests[0]
     params = SamplingParams(**vllm_llava.sampling_params(req.max_new_tokens))
     offline = vllm_llava.llm.generate([vllm_llava._prompt(req)], params, use_tqdm=False)[0]
-    messages = [{"role": "user", "content": [{"type": "image_pil", "image_pil": req.images[0]},
-                                             {"type": "text", "text": req.prompt}]}]
-    chat = vllm_llava.llm.chat(messages, params, use_tqdm=False,
-                               tokenization_kwargs={"add_special_tokens": True})[0]
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image_pil", "image_pil": req.images[0]}, {"type": "text", "text": req.prompt}],
+        }
+    ]
+    chat = vllm_llava.llm.chat(messages, params, use_tqdm=False, tokenization_kwargs={"add_special_tokens": True})[0]
     assert chat.prompt == vllm_llava.family.render_prompt(req.prompt, 1)
     assert chat.prompt_token_ids == offline.prompt_token_ids
     assert chat.outputs[0].text == offline.outputs[0].text
@@ -103,7 +107,12 @@ def test_describe(vllm_llava) -> None:
     assert described["engine"] == "vllm" and described["engine_version"] == vllm.__version__
     assert described["template"] == "llava_v1" and described["dtype"] == "float32"
     assert described["sampling_params"] == {
-        "temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, "max_tokens": Decoding().max_new_tokens, "seed": Decoding().seed,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "repetition_penalty": 1.0,
+        "max_tokens": Decoding().max_new_tokens,
+        "seed": Decoding().seed,
         "skip_special_tokens": True,
     }
     llm = described["llm"]
@@ -220,11 +229,13 @@ def test_three_engines_give_identical_greedy_text(vllm_llava, tiny_llava_path, r
     with HFEngine(tiny_llava_path, Decoding(), EngineOptions(dtype="float32", device="cpu")) as hf:
         expected = {r.sample_id: r for r in hf.generate(requests)}
     offline = {r.sample_id: r for r in vllm_llava.generate(requests)}
-    process, base_url = start_vllm_server(tiny_llava_path, extra_args=["--dtype", "float32", "--max-model-len", "1024"],
-                                          log_file=tmp_path / "server.log")
+    process, base_url = start_vllm_server(
+        tiny_llava_path, extra_args=["--dtype", "float32", "--max-model-len", "1024"], log_file=tmp_path / "server.log"
+    )
     try:
-        opts = EngineOptions(base_url=base_url, served_model=tiny_llava_path,
-                             extra_body=LlavaFamily.server_request_fields)
+        opts = EngineOptions(
+            base_url=base_url, served_model=tiny_llava_path, extra_body=LlavaFamily.server_request_fields
+        )
         with OpenAIEngine(tiny_llava_path, Decoding(), opts) as api:
             served = {r.sample_id: r for r in api.generate(requests)}
     finally:
@@ -234,7 +245,11 @@ def test_three_engines_give_identical_greedy_text(vllm_llava, tiny_llava_path, r
         assert offline[sid] == exp
         got = served[sid]
         assert (got.text, got.finish_reason, got.prompt_tokens, got.completion_tokens) == (
-            exp.text, exp.finish_reason, exp.prompt_tokens, exp.completion_tokens), sid
+            exp.text,
+            exp.finish_reason,
+            exp.prompt_tokens,
+            exp.completion_tokens,
+        ), sid
 
 
 @requires_vllm
@@ -248,5 +263,6 @@ def test_a_max_model_len_above_the_models_positions_is_a_one_line_error(tiny_lla
     config = json.loads((Path(tiny_llava_path) / "config.json").read_text())
     limit = (config.get("text_config") or {}).get("max_position_embeddings") or config["max_position_embeddings"]
     with pytest.raises(ConfigError, match=rf"--max-model-len {limit + 1} is above the model's {limit} positions"):
-        VLLMEngine(tiny_llava_path, Decoding(), EngineOptions(dtype="float32", enforce_eager=True,
-                                                              max_model_len=limit + 1))
+        VLLMEngine(
+            tiny_llava_path, Decoding(), EngineOptions(dtype="float32", enforce_eager=True, max_model_len=limit + 1)
+        )

@@ -7,8 +7,17 @@ from harness.records import JobInfo, Manifest, RunRecord
 
 
 def test_evaluate_returns_the_record_of_the_files_it_wrote(tmp_path, tiny_llava_path, capsys):
-    config = EvalConfig(model=tiny_llava_path, tasks=["toy_amber"], engine="hf", limit=3, max_new_tokens=4,
-                        output_path=tmp_path / "runs", run_name="api", progress=False, argv=["harness", "run"])
+    config = EvalConfig(
+        model=tiny_llava_path,
+        tasks=["toy_amber"],
+        engine="hf",
+        limit=3,
+        max_new_tokens=4,
+        output_path=tmp_path / "runs",
+        run_name="api",
+        progress=False,
+        argv=["harness", "run"],
+    )
     record = evaluate(config)
     assert capsys.readouterr().out == ""  # the API prints nothing; `harness run` prints the summary
 
@@ -40,13 +49,17 @@ def test_evaluate_returns_the_record_of_the_files_it_wrote(tmp_path, tiny_llava_
 
 
 def test_job_info_reads_what_the_sweep_writes_and_tolerates_older_files():
-    job = JobInfo(method="jompo", data_size=5000, beta=0.05, epochs=2.0, seed=1, model="m", model_size="7B",
-                  name="jompo-5k")
+    job = JobInfo(
+        method="jompo", data_size=5000, beta=0.05, epochs=2.0, seed=1, model="m", model_size="7B", name="jompo-5k"
+    )
     assert JobInfo.from_dict(job.to_dict()) == job
     assert set(job.to_dict()) == set(JobInfo.keys())
     warnings: list[str] = []
-    old = JobInfo.from_dict({"data_size": "5k", "beta": "0.1", "seed": "7", "model_size": "13b", "epochs": "x",
-                             "unknown": 1}, "old/job.json", warnings)
+    old = JobInfo.from_dict(
+        {"data_size": "5k", "beta": "0.1", "seed": "7", "model_size": "13b", "epochs": "x", "unknown": 1},
+        "old/job.json",
+        warnings,
+    )
     assert old.given() == {"data_size": 5000, "beta": 0.1, "seed": 7, "model_size": "13B"}
     assert warnings == ["old/job.json: epochs 'x' is not usable; ignored"]
     assert Manifest.from_dict({}).task is None and Manifest.from_dict({"task": "x"}).task_name is None

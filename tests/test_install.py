@@ -15,8 +15,11 @@ from harness.errors import MissingPackage, install_command
 from tasks import text
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = {"punkt_tab": "tokenizers/punkt_tab.zip", "averaged_perceptron_tagger_eng":
-           "taggers/averaged_perceptron_tagger_eng.zip", "wordnet": "corpora/wordnet.zip"}
+SHIPPED = {
+    "punkt_tab": "tokenizers/punkt_tab.zip",
+    "averaged_perceptron_tagger_eng": "taggers/averaged_perceptron_tagger_eng.zip",
+    "wordnet": "corpora/wordnet.zip",
+}
 
 
 def _sha256(path: Path) -> str:
@@ -39,7 +42,11 @@ def test_shipped_nltk_data_is_found_last_and_recorded(monkeypatch, tmp_path):
         assert found[name] == {"path": str(archive), "sha256": _sha256(archive)}
     # the genuine data behaves as NLTK's own: a tokenisation, tags and lemmas known from the official scorers
     assert text.extract_nouns("Two dogs and a Person sat on benches near the trees.") == [
-        "dog", "Person", "bench", "tree"]
+        "dog",
+        "Person",
+        "bench",
+        "tree",
+    ]
 
 
 def test_users_nltk_data_takes_precedence(monkeypatch, tmp_path):
@@ -66,9 +73,26 @@ def test_run_manifest_records_the_nltk_data(tmp_path, tiny_llava_path):
     """`harness run` on the embedded benchmark writes which NLTK data its scorer used into the manifest."""
     from harness.cli import main
 
-    code = main(["--log-level", "WARNING", "run", "--model", tiny_llava_path, "--tasks", "toy_amber",
-                 "--limit", "2", "--max-new-tokens", "4", "--output-path", str(tmp_path), "--run-name", "r",
-                 "--no-progress"])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "run",
+            "--model",
+            tiny_llava_path,
+            "--tasks",
+            "toy_amber",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--output-path",
+            str(tmp_path),
+            "--run-name",
+            "r",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     manifest = json.loads((tmp_path / "r" / "toy_amber" / "manifest.json").read_text())
     nltk_data = manifest["scorer"]["nltk_data"]
@@ -83,8 +107,11 @@ def test_pack_script_rebuilds_the_shipped_archives_byte_for_byte(tmp_path):
         with zipfile.ZipFile(text.PROJECT_NLTK_DATA / rel) as archive:
             archive.extractall(src / rel.split("/")[0])
     out = tmp_path / "out"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "pack_nltk_data.py"), str(src), "--out", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "pack_nltk_data.py"), str(src), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
     for rel in SHIPPED.values():
         assert _sha256(out / rel) == _sha256(text.PROJECT_NLTK_DATA / rel), rel
 
@@ -112,7 +139,7 @@ def test_lock_file_pins_every_package_the_project_needs():
         assert name in pins, f"{spec} (pyproject.toml) is not in {lock}"
     assert pins["torch"] == "2.13.0" and pins["submitit"] == "1.5.4"
     install = (ROOT / "scripts" / "install.sh").read_text()
-    assert 'requirements/lock.txt' in install and '-c "$lock"' in install
+    assert "requirements/lock.txt" in install and '-c "$lock"' in install
 
 
 def test_install_commands_name_this_interpreter():
@@ -122,8 +149,10 @@ def test_install_commands_name_this_interpreter():
     assert f"-e '{ROOT}[slurm]'" in cmd or f"-e {ROOT}[slurm]" in cmd
     assert str(ROOT / "requirements" / "lock.txt") in cmd
     err = MissingPackage("faiss", "--mining faiss", "faiss-cpu==1.15.1", detail="No module named 'faiss'")
-    assert str(err) == ("--mining faiss needs the package faiss, which is not installed (No module named 'faiss'); "
-                        f"install it with `{sys.executable} -m pip install faiss-cpu==1.15.1`")
+    assert str(err) == (
+        "--mining faiss needs the package faiss, which is not installed (No module named 'faiss'); "
+        f"install it with `{sys.executable} -m pip install faiss-cpu==1.15.1`"
+    )
 
 
 def test_missing_vllm_is_one_line(monkeypatch, capsys, tmp_path, tiny_llava_path):
@@ -131,8 +160,21 @@ def test_missing_vllm_is_one_line(monkeypatch, capsys, tmp_path, tiny_llava_path
     from harness.cli import main
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
-    code = main(["--log-level", "WARNING", "run", "--engine", "vllm", "--model", tiny_llava_path,
-                 "--tasks", "toy_amber", "--output-path", str(tmp_path / "o")])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "run",
+            "--engine",
+            "vllm",
+            "--model",
+            tiny_llava_path,
+            "--tasks",
+            "toy_amber",
+            "--output-path",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err
     assert len(err.splitlines()) == 1, err

@@ -49,8 +49,10 @@ def make_judge(server: FakeOpenAIServer, cache_dir: Path | None, model: str = MO
 
 
 def req(i: int | str, text: str | None = None, temperature: float = 0.0, max_tokens: int | None = None) -> JudgeRequest:
-    messages = ({"role": "system", "content": "You are a careful grader."},
-                {"role": "user", "content": text if text is not None else f"Rate answer number {i}."})
+    messages = (
+        {"role": "system", "content": "You are a careful grader."},
+        {"role": "user", "content": text if text is not None else f"Rate answer number {i}."},
+    )
     return JudgeRequest(f"q{i}", messages, temperature, max_tokens)
 
 
@@ -466,8 +468,9 @@ def test_echoed_authorization_never_reaches_results_cache_or_logs(tmp_path: Path
     assert all(SECRET not in p.read_text() and "Bearer ***" in p.read_text() for p in cache_files(tmp_path))
 
 
-def test_cached_reply_with_a_credential_comes_back_redacted(server: FakeOpenAIServer, tmp_path: Path,
-                                                           monkeypatch) -> None:
+def test_cached_reply_with_a_credential_comes_back_redacted(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with make_judge(server, tmp_path) as judge:
         judge.judge([req(0)])
@@ -541,11 +544,37 @@ def test_judge_timeout_flags_bound_a_hung_judge_in_harness_run(tmp_path: Path, c
     with FakeOpenAIServer(models=("fake-model",)) as engine, FakeOpenAIServer(models=(MODEL,)) as judge_server:
         judge_server.always("", Slow(30.0))
         start = time.monotonic()
-        code = main(["run", "--tasks", "mmhal", "--data-root", str(data), "--image-root", str(images), "--limit", "2",
-                     "--engine", "openai", "--model", "fake-model", "--base-url", engine.base_url,
-                     "--judge-model", MODEL, "--judge-base-url", judge_server.base_url, "--judge-timeout", "0.3",
-                     "--judge-max-retries", "1", "--no-judge-cache", "--output-path", str(tmp_path / "out"),
-                     "--no-progress"])
+        code = main(
+            [
+                "run",
+                "--tasks",
+                "mmhal",
+                "--data-root",
+                str(data),
+                "--image-root",
+                str(images),
+                "--limit",
+                "2",
+                "--engine",
+                "openai",
+                "--model",
+                "fake-model",
+                "--base-url",
+                engine.base_url,
+                "--judge-model",
+                MODEL,
+                "--judge-base-url",
+                judge_server.base_url,
+                "--judge-timeout",
+                "0.3",
+                "--judge-max-retries",
+                "1",
+                "--no-judge-cache",
+                "--output-path",
+                str(tmp_path / "out"),
+                "--no-progress",
+            ]
+        )
         elapsed = time.monotonic() - start
         n_judge_requests = len(judge_server.chat_requests)
     assert code == 0, capsys.readouterr().err

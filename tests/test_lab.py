@@ -21,16 +21,23 @@ SMALL = LabConfig(n_train=400, n_eval=40, n_objhal=20, n_pairs=60)
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --- the priors ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("strengths", [
-    {"co_occurrence": 0.9, "colour": 0.9, "count": 0.9, "position": 0.9, "state": 0.9},
-    {"co_occurrence": 0.6, "colour": 0.3, "count": 0.75, "position": 0.5, "state": 0.8},
-])
+
+@pytest.mark.parametrize(
+    "strengths",
+    [
+        {"co_occurrence": 0.9, "colour": 0.9, "count": 0.9, "position": 0.9, "state": 0.9},
+        {"co_occurrence": 0.6, "colour": 0.3, "count": 0.75, "position": 0.5, "state": 0.8},
+    ],
+)
 def test_priors_hold_at_their_strengths_in_the_training_world(strengths):
     config = LabConfig(**strengths, n_train=3000)
     scenes = lab.train_scenes(config)
@@ -64,6 +71,7 @@ def test_the_sft_records_carry_the_priors_in_text():
 
 # --- the evaluation world --------------------------------------------------------------------------------------------
 
+
 def test_the_evaluation_world_is_balanced_and_breaks_only_its_probe():
     config = LabConfig(n_eval=300)
     scenes = lab.eval_scenes(config)
@@ -96,6 +104,7 @@ def test_training_and_pair_images_are_never_evaluation_images():
 
 
 # --- contrast pairs --------------------------------------------------------------------------------------------------
+
 
 def test_contrast_pairs_differ_in_exactly_their_type():
     config = LabConfig(n_pairs=120, pair_types=tuple(lab.CONTRAST_TYPES))
@@ -153,13 +162,23 @@ def test_preference_file_is_canonical_and_reads_back(tmp_path):
 
 # --- settings --------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"colour": 1.5}, "colour"), ({"co_occurrence": -0.1}, "co_occurrence"), ({"state": "high"}, "state"),
-    ({"n_pairs": lab.PAIR_POOL + 1}, "n_pairs"), ({"n_train": lab.TRAIN_POOL + 1}, "n_train"),
-    ({"n_eval": lab.EVAL_POOL + 10}, "n_eval"), ({"n_eval": 15}, "n_eval"), ({"n_objhal": 0}, "n_objhal"),
-    ({"pair_types": ("presence", "texture")}, "pair_types"), ({"pair_types": ()}, "pair_types"),
-    ({"seed": 1.5}, "seed"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"colour": 1.5}, "colour"),
+        ({"co_occurrence": -0.1}, "co_occurrence"),
+        ({"state": "high"}, "state"),
+        ({"n_pairs": lab.PAIR_POOL + 1}, "n_pairs"),
+        ({"n_train": lab.TRAIN_POOL + 1}, "n_train"),
+        ({"n_eval": lab.EVAL_POOL + 10}, "n_eval"),
+        ({"n_eval": 15}, "n_eval"),
+        ({"n_objhal": 0}, "n_objhal"),
+        ({"pair_types": ("presence", "texture")}, "pair_types"),
+        ({"pair_types": ()}, "pair_types"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
 def test_bad_settings_are_one_line_config_errors_naming_the_setting(kwargs, name):
     with pytest.raises(ConfigError) as err:
         LabConfig(**kwargs)
@@ -177,6 +196,7 @@ def test_unknown_settings_and_benchmarks_are_config_errors(tmp_path):
 
 
 # --- determinism -----------------------------------------------------------------------------------------------------
+
 
 def test_generation_is_deterministic_and_prefix_stable(tmp_path):
     a = lab.generate_lab_benchmark(tmp_path / "a", "amber", SMALL)
@@ -198,31 +218,56 @@ def test_generation_is_deterministic_and_prefix_stable(tmp_path):
 
 # --- the breakdown ---------------------------------------------------------------------------------------------------
 
+
 def _gen(rid, mentions, hallucinated, truth, hallu, covered=(), hallu_mentioned=()):
-    return {"id": str(rid), "kind": "generative", "mentions": list(mentions), "hallucinated": list(hallucinated),
-            "truth": list(truth), "hallu": list(hallu), "covered": list(covered),
-            "hallu_mentioned": list(hallu_mentioned)}
+    return {
+        "id": str(rid),
+        "kind": "generative",
+        "mentions": list(mentions),
+        "hallucinated": list(hallucinated),
+        "truth": list(truth),
+        "hallu": list(hallu),
+        "covered": list(covered),
+        "hallu_mentioned": list(hallu_mentioned),
+    }
 
 
 def _disc(rid, truth, answer):
-    return {"id": str(rid), "kind": "discriminative", "truth": truth, "answer": answer,
-            "correct": answer == truth.capitalize()}
+    return {
+        "id": str(rid),
+        "kind": "discriminative",
+        "truth": truth,
+        "answer": answer,
+        "correct": answer == truth.capitalize(),
+    }
 
 
 def test_breakdown_from_hand_made_records():
-    meta = {"1": {"prior": "co_occurrence", "label": "consistent", "role": "generative"},
-            "2": {"prior": "co_occurrence", "label": "conflicting", "role": "generative"},
-            "3": {"prior": "colour", "label": "consistent", "role": "probe"},
-            "4": {"prior": "colour", "label": "consistent", "role": "probe"},
-            "5": {"prior": "colour", "label": "conflicting", "role": "probe"},
-            "6": {"prior": "colour", "label": "conflicting", "role": "probe"},
-            "7": {"prior": "colour", "label": "conflicting", "role": "control"}}
+    meta = {
+        "1": {"prior": "co_occurrence", "label": "consistent", "role": "generative"},
+        "2": {"prior": "co_occurrence", "label": "conflicting", "role": "generative"},
+        "3": {"prior": "colour", "label": "consistent", "role": "probe"},
+        "4": {"prior": "colour", "label": "consistent", "role": "probe"},
+        "5": {"prior": "colour", "label": "conflicting", "role": "probe"},
+        "6": {"prior": "colour", "label": "conflicting", "role": "probe"},
+        "7": {"prior": "colour", "label": "conflicting", "role": "control"},
+    }
     records = [
         _gen(1, ["triangle", "star"], [], ["triangle", "star"], ["circle"], covered=["triangle", "star"]),
-        _gen(2, ["triangle", "star", "circle"], ["star"], ["triangle", "circle"], ["star", "square"],
-             covered=["triangle", "circle"], hallu_mentioned=["star"]),
-        _disc(3, "yes", "Yes"), _disc(4, "no", "No"),
-        _disc(5, "yes", "No"), _disc(6, "no", "Yes"), _disc(7, "no", "No"),
+        _gen(
+            2,
+            ["triangle", "star", "circle"],
+            ["star"],
+            ["triangle", "circle"],
+            ["star", "square"],
+            covered=["triangle", "circle"],
+            hallu_mentioned=["star"],
+        ),
+        _disc(3, "yes", "Yes"),
+        _disc(4, "no", "No"),
+        _disc(5, "yes", "No"),
+        _disc(6, "no", "Yes"),
+        _disc(7, "no", "No"),
     ]
     out = lab.prior_breakdown(records, meta, lab.amber_numbers)
     assert out["consistent"]["CHAIR"] == 0.0
@@ -237,16 +282,36 @@ def test_breakdown_from_hand_made_records():
     assert out["colour:probe:conflicting"]["error"] == 100.0
     assert "co_occurrence:probe:consistent" not in out
 
-    objhal_meta = {"1": {"label": "consistent", "prior": "co_occurrence"},
-                   "2": {"label": "conflicting", "prior": "co_occurrence"},
-                   "3": {"label": "conflicting", "prior": "co_occurrence"}}
+    objhal_meta = {
+        "1": {"label": "consistent", "prior": "co_occurrence"},
+        "2": {"label": "conflicting", "prior": "co_occurrence"},
+        "3": {"label": "conflicting", "prior": "co_occurrence"},
+    }
     objhal_records = [
-        {"id": "1", "status": "scored", "caption": "a triangle and a star", "mentioned": [["triangle", "triangle"],
-         ["star", "star"]], "hallucinated": [], "gt_objects": ["star", "triangle"]},
-        {"id": "2", "status": "scored", "caption": "a triangle and a star", "mentioned": [["triangle", "triangle"],
-         ["star", "star"]], "hallucinated": [["star", "star"]], "gt_objects": ["circle", "triangle"]},
-        {"id": "3", "status": "scored", "caption": "a triangle", "mentioned": [["triangle", "triangle"]],
-         "hallucinated": [], "gt_objects": ["triangle"]},
+        {
+            "id": "1",
+            "status": "scored",
+            "caption": "a triangle and a star",
+            "mentioned": [["triangle", "triangle"], ["star", "star"]],
+            "hallucinated": [],
+            "gt_objects": ["star", "triangle"],
+        },
+        {
+            "id": "2",
+            "status": "scored",
+            "caption": "a triangle and a star",
+            "mentioned": [["triangle", "triangle"], ["star", "star"]],
+            "hallucinated": [["star", "star"]],
+            "gt_objects": ["circle", "triangle"],
+        },
+        {
+            "id": "3",
+            "status": "scored",
+            "caption": "a triangle",
+            "mentioned": [["triangle", "triangle"]],
+            "hallucinated": [],
+            "gt_objects": ["triangle"],
+        },
     ]
     ob = lab.prior_breakdown(objhal_records, objhal_meta, lab.objhal_numbers)
     assert ob["consistent"]["CHAIRi"] == 0.0 and ob["consistent"]["Object Recall"] == 100.0
@@ -273,8 +338,9 @@ def test_lab_amber_is_scored_by_amber_scorer_with_the_breakdown(tmp_path):
     assert len(samples) == 5 * SMALL.n_eval
 
     def truthful(sample, scene):
-        return lab.caption(scene) if sample.reference["type"] == "generative" else \
-            sample.reference["truth"].capitalize()
+        return (
+            lab.caption(scene) if sample.reference["type"] == "generative" else sample.reference["truth"].capitalize()
+        )
 
     m = task.score(samples, _answers(task, samples, truthful))
     assert m.headline["CHAIR"] == 0.0 and m.headline["Cover"] == 100.0 and m.headline["Accuracy"] == 100.0
@@ -283,17 +349,34 @@ def test_lab_amber_is_scored_by_amber_scorer_with_the_breakdown(tmp_path):
     def prior_follower(sample, scene):  # describes and answers the prior's world: a triangle always has its star
         if sample.reference["type"] == "generative":
             text = lab.caption(scene)
-            return text if "star" in text or "triangle" not in text else text.replace(".", " and a small filled "
-                                                                                         "yellow star.", 1)
-        world = lab.LabScene(scene.id, scene.image, tuple(
-            lab.LabObject(o.shape, lab.COLOUR_PRIOR if o.shape == lab.COLOUR_SHAPE else o.colour, o.size,
-                          lab.STATE_PRIOR if o.shape == lab.STATE_SHAPE else o.state, o.cell) for o in scene.objects)
-            + ((lab.LabObject(lab.CO_B, "yellow", "small", "filled", 8),) if scene.group(lab.CO_A) and not
-               scene.group(lab.CO_B) else ()))
+            return (
+                text
+                if "star" in text or "triangle" not in text
+                else text.replace(".", " and a small filled yellow star.", 1)
+            )
+        world = lab.LabScene(
+            scene.id,
+            scene.image,
+            tuple(
+                lab.LabObject(
+                    o.shape,
+                    lab.COLOUR_PRIOR if o.shape == lab.COLOUR_SHAPE else o.colour,
+                    o.size,
+                    lab.STATE_PRIOR if o.shape == lab.STATE_SHAPE else o.state,
+                    o.cell,
+                )
+                for o in scene.objects
+            )
+            + (
+                (lab.LabObject(lab.CO_B, "yellow", "small", "filled", 8),)
+                if scene.group(lab.CO_A) and not scene.group(lab.CO_B)
+                else ()
+            ),
+        )
         return lab.answer(world, sample.prompt)
 
     m = task.score(samples, _answers(task, samples, prior_follower))
-    lab_bd = {k[len("lab/"):]: v for k, v in m.breakdown.items() if k.startswith("lab/")}
+    lab_bd = {k[len("lab/") :]: v for k, v in m.breakdown.items() if k.startswith("lab/")}
     assert m.headline["CHAIR (consistent)"] == 0.0 < m.headline["CHAIR (conflicting)"]
     assert lab_bd["co_occurrence:probe:conflicting"]["error"] == 50.0  # "Is there a star?" wrong, the other right
     assert lab_bd["colour:probe:conflicting"]["error"] == 100.0
@@ -360,6 +443,7 @@ def test_lab_objhal_is_scored_by_the_chair_code_with_the_breakdown(tmp_path):
 
 # --- the lab model ---------------------------------------------------------------------------------------------------
 
+
 def test_lab_model_records_are_tokenized_as_the_trainers_do_and_the_prefix_loss_is_exact(tmp_path):
     import torch
     import transformers
@@ -414,8 +498,9 @@ def test_the_default_lab_model_is_the_shipped_checkpoint_copied_not_trained(tmp_
     trained. Changing a default setting without rebuilding the shipped checkpoint fails here."""
     from trainers import lab_model as lm
 
-    assert lm.shipped_matches(), "the shipped lab model is not the default settings': python -m trainers.lab_model " \
-                                 "--rebuild-shipped"
+    assert lm.shipped_matches(), (
+        "the shipped lab model is not the default settings': python -m trainers.lab_model --rebuild-shipped"
+    )
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
 
     def no_training(*args, **kwargs):
@@ -444,14 +529,17 @@ def test_rebuilding_the_lab_model_reproduces_the_shipped_weights(tmp_path):
             assert (out / name).read_bytes() == (lm.SHIPPED_DIR / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("setting, expected", [
-    ("colour=1.5", "lab setting colour (prior strength) must be a number in [0, 1], got 1.5"),
-    ("count=-0.1", "lab setting count (prior strength) must be a number in [0, 1], got -0.1"),
-    ("n_pairs=999999", "lab setting n_pairs=999999 is above the generated pool"),
-    ("pair_types=presence,texture", "unknown contrast type 'texture'"),
-    ("colur=0.5", "unknown lab setting 'colur'"),
-    ("colour", "--set 'colour': expected KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("colour=1.5", "lab setting colour (prior strength) must be a number in [0, 1], got 1.5"),
+        ("count=-0.1", "lab setting count (prior strength) must be a number in [0, 1], got -0.1"),
+        ("n_pairs=999999", "lab setting n_pairs=999999 is above the generated pool"),
+        ("pair_types=presence,texture", "unknown contrast type 'texture'"),
+        ("colur=0.5", "unknown lab setting 'colur'"),
+        ("colour", "--set 'colour': expected KEY=VALUE"),
+    ],
+)
 def test_lab_data_bad_settings_are_one_line_errors(setting, expected, tmp_path, capsys):
     from harness.cli import main
 

@@ -34,15 +34,17 @@ QUESTIONS = [
     {"question_id": 2, "image": "002.jpg", "text": "Why might the cat be hiding?", "category": "complex"},
     {"question_id": 3, "image": "002.jpg", "text": "What color is the cat?", "category": "conv"},
 ]
-CONTEXT = [{"id": "001", "image": "001.jpg", "caption": ["A dog on a beach.", "Sunny day."]},
-           {"id": "002", "image": "002.jpg", "caption": "A cat."}]
+CONTEXT = [
+    {"id": "001", "image": "001.jpg", "caption": ["A dog on a beach.", "Sunny day."]},
+    {"id": "002", "image": "002.jpg", "caption": "A cat."},
+]
 REFERENCES = [f"Reference answer {i}." for i in range(4)]
 ANSWERS = [f"Model answer {i}." for i in range(4)]
 REPLIES = [
-    "8 9\nAssistant 2 gives more detail.",      # (8, 9)
-    "7,7\nBoth fine.",                          # comma -> space: (7, 7)
-    "8 4\nAssistant 2 misses the point.",       # (8, 4)
-    "Assistant 1: 8, Assistant 2: 6",           # not two values on the first line -> (-1, -1), averaged in
+    "8 9\nAssistant 2 gives more detail.",  # (8, 9)
+    "7,7\nBoth fine.",  # comma -> space: (7, 7)
+    "8 4\nAssistant 2 misses the point.",  # (8, 4)
+    "Assistant 1: 8, Assistant 2: 6",  # not two values on the first line -> (-1, -1), averaged in
 ]
 # conv: mean (8, 9), (-1, -1) = (3.5, 4.0) -> 114.3; detail 100.0; complex 50.0;
 # all: (22 / 4, 19 / 4) = (5.5, 4.75) -> 86.4
@@ -57,8 +59,10 @@ class RecordingJudge(Judge):
 
     def judge(self, requests: Sequence[JudgeRequest]) -> dict[str, JudgeResult]:
         self.requests += requests
-        return {r.id: JudgeResult(r.id, self.replies[int(r.id)], None if self.replies[int(r.id)] else "timeout")
-                for r in requests}
+        return {
+            r.id: JudgeResult(r.id, self.replies[int(r.id)], None if self.replies[int(r.id)] else "timeout")
+            for r in requests
+        }
 
     def describe(self) -> dict[str, Any]:
         return {"judge": "recording"}
@@ -68,14 +72,29 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def write_bench(root: Path, questions: Sequence[dict[str, Any]] = QUESTIONS,
-                context: Sequence[dict[str, Any]] = CONTEXT, references: Sequence[str] = REFERENCES) -> Path:
+def write_bench(
+    root: Path,
+    questions: Sequence[dict[str, Any]] = QUESTIONS,
+    context: Sequence[dict[str, Any]] = CONTEXT,
+    references: Sequence[str] = REFERENCES,
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     write_jsonl(root / "questions.jsonl", questions)
     write_jsonl(root / "context.jsonl", context)
-    write_jsonl(root / "answers_gpt4.jsonl", [{"question_id": q.get("question_id"), "prompt": q["text"], "text": ref,
-                                               "answer_id": f"a{i}", "model_id": "gpt-4-0314", "metadata": {}}
-                                              for i, (q, ref) in enumerate(zip(questions, references))])
+    write_jsonl(
+        root / "answers_gpt4.jsonl",
+        [
+            {
+                "question_id": q.get("question_id"),
+                "prompt": q["text"],
+                "text": ref,
+                "answer_id": f"a{i}",
+                "model_id": "gpt-4-0314",
+                "metadata": {},
+            }
+            for i, (q, ref) in enumerate(zip(questions, references))
+        ],
+    )
     (root / "images").mkdir(exist_ok=True)
     for name in ("001.jpg", "002.jpg"):
         Image.new("RGB", (8, 8), "white").save(root / "images" / name)
@@ -87,13 +106,22 @@ def responses(texts: Sequence[str] = ANSWERS) -> dict[str, Response]:
 
 
 # ------------------------------------------------------------------------------------------ official rules
-@pytest.mark.parametrize("review, pair", [
-    ("8 9", (8.0, 9.0)), ("8 9\nexplanation", (8.0, 9.0)), ("8,9", (8.0, 9.0)), ("7.5 6", (7.5, 6.0)),
-    ("8, 9", (-1.0, -1.0)),     # ", " -> two spaces -> three parts
-    ("8 9 ", (-1.0, -1.0)),     # trailing space -> three parts
-    ("Assistant 1: 8", (-1.0, -1.0)), ("8/10 9/10", (-1.0, -1.0)), ("", (-1.0, -1.0)), ("9", (-1.0, -1.0)),
-    ("\n8 9", (-1.0, -1.0)),    # only the first line counts
-])
+@pytest.mark.parametrize(
+    "review, pair",
+    [
+        ("8 9", (8.0, 9.0)),
+        ("8 9\nexplanation", (8.0, 9.0)),
+        ("8,9", (8.0, 9.0)),
+        ("7.5 6", (7.5, 6.0)),
+        ("8, 9", (-1.0, -1.0)),  # ", " -> two spaces -> three parts
+        ("8 9 ", (-1.0, -1.0)),  # trailing space -> three parts
+        ("Assistant 1: 8", (-1.0, -1.0)),
+        ("8/10 9/10", (-1.0, -1.0)),
+        ("", (-1.0, -1.0)),
+        ("9", (-1.0, -1.0)),
+        ("\n8 9", (-1.0, -1.0)),  # only the first line counts
+    ],
+)
 def test_parse_score(review, pair):
     assert parse_score(review) == pair
 
@@ -121,11 +149,15 @@ def test_judge_prompt_is_the_official_one(tmp_path):
     assert req.temperature == 0.2 and req.max_tokens == 1024
     assert req.messages[0] == {"role": "system", "content": JUDGE_SYSTEM}
     prompt = RULES["llava_bench_conv"]["prompt"]
-    assert req.messages[1] == {"role": "user", "content": (
-        "[Context]\nA dog on a beach.\nSunny day.\n\n[Question]\nWhat is the dog doing?\n\n"
-        "[Assistant 1]\nReference answer 0.\n\n[End of Assistant 1]\n\n"
-        "[Assistant 2]\nModel answer 0.\n\n[End of Assistant 2]\n\n"
-        f"[System]\n{prompt}\n\n")}
+    assert req.messages[1] == {
+        "role": "user",
+        "content": (
+            "[Context]\nA dog on a beach.\nSunny day.\n\n[Question]\nWhat is the dog doing?\n\n"
+            "[Assistant 1]\nReference answer 0.\n\n[End of Assistant 1]\n\n"
+            "[Assistant 2]\nModel answer 0.\n\n[End of Assistant 2]\n\n"
+            f"[System]\n{prompt}\n\n"
+        ),
+    }
     assert prompt.startswith("We would like to request your feedback on the performance of two AI assistants")
     assert "represented with a few sentences describing the image. \nPlease rate" in prompt
     # default: the fixed script (LLaVA 237165b, run by LLaVA-1.5's llavabench.sh): a string caption as it is
@@ -166,8 +198,11 @@ def test_failed_judgment_is_counted_not_scored(tmp_path):
     assert metrics.headline == {"Overall": 87.0, "Conversation": 112.5, "Detail": 100.0, "Complex": 50.0}
     assert metrics.counts["judge_failed"] == 1 and metrics.records[3]["judge_error"]
     # a failed generation is not judged
-    m = task.score(task.samples(), {k: v for k, v in responses().items() if k != "2"},
-                   ReplayJudge({"0": REPLIES[0], "1": REPLIES[1], "3": REPLIES[3]}))
+    m = task.score(
+        task.samples(),
+        {k: v for k, v in responses().items() if k != "2"},
+        ReplayJudge({"0": REPLIES[0], "1": REPLIES[1], "3": REPLIES[3]}),
+    )
     assert "Complex" not in m.headline and m.counts["no_response"] == 1
     assert any("no judged question of category Complex" in n for n in m.notes)
     with pytest.raises(ConfigError, match="--reviews"):
@@ -177,19 +212,55 @@ def test_failed_judgment_is_counted_not_scored(tmp_path):
 def test_official_review_file_and_answers_through_the_cli(tmp_path, capsys):
     root = write_bench(tmp_path / "bench")
     reviews = tmp_path / "reviews.jsonl"
-    write_jsonl(reviews, [{"id": i + 1, "question_id": i, "answer1_id": f"a{i}", "answer2_id": f"b{i}",
-                           "category": f"llava_bench_{QUESTIONS[i]['category']}", "content": r,
-                           "tuple": list(parse_score(r))} for i, r in enumerate(REPLIES)])
+    write_jsonl(
+        reviews,
+        [
+            {
+                "id": i + 1,
+                "question_id": i,
+                "answer1_id": f"a{i}",
+                "answer2_id": f"b{i}",
+                "category": f"llava_bench_{QUESTIONS[i]['category']}",
+                "content": r,
+                "tuple": list(parse_score(r)),
+            }
+            for i, r in enumerate(REPLIES)
+        ],
+    )
     answers = tmp_path / "answers.jsonl"
-    write_jsonl(answers, [{"question_id": i, "prompt": q["text"], "text": ANSWERS[i], "answer_id": f"b{i}",
-                           "model_id": "m", "metadata": {}} for i, q in enumerate(QUESTIONS)])
+    write_jsonl(
+        answers,
+        [
+            {
+                "question_id": i,
+                "prompt": q["text"],
+                "text": ANSWERS[i],
+                "answer_id": f"b{i}",
+                "model_id": "m",
+                "metadata": {},
+            }
+            for i, q in enumerate(QUESTIONS)
+        ],
+    )
     task = LLaVABench(data_root=root)
     metrics, coverage = task.score_file(answers, task.read_reviews(reviews))
     assert metrics.headline == HEADLINE and coverage == {"samples": 4, "responses": 4, "missing": 0}
     listed = tmp_path / "replies.json"
     listed.write_text(json.dumps(REPLIES))
-    code = main(["--log-level", "WARNING", "score", "llava_bench", "--data-root", str(root), "--responses",
-                 str(answers), "--reviews", str(listed)])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "score",
+            "llava_bench",
+            "--data-root",
+            str(root),
+            "--responses",
+            str(answers),
+            "--reviews",
+            str(listed),
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert json.loads(out.out)["headline"] == HEADLINE
@@ -201,9 +272,18 @@ def test_parquet_layout(tmp_path):
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(buf, format="PNG")
-    rows = [{"question_id": q["question_id"], "question": q["text"], "image": {"bytes": buf.getvalue(), "path": None},
-             "caption": ctx, "gpt_answer": REFERENCES[i], "category": q["category"], "image_id": q["image"]}
-            for i, (q, ctx) in enumerate(zip(QUESTIONS, ["A dog on a beach.\nSunny day.", "x", "A cat.", "A cat."]))]
+    rows = [
+        {
+            "question_id": q["question_id"],
+            "question": q["text"],
+            "image": {"bytes": buf.getvalue(), "path": None},
+            "caption": ctx,
+            "gpt_answer": REFERENCES[i],
+            "category": q["category"],
+            "image_id": q["image"],
+        }
+        for i, (q, ctx) in enumerate(zip(QUESTIONS, ["A dog on a beach.\nSunny day.", "x", "A cat.", "A cat."]))
+    ]
     (tmp_path / "hf" / "data").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "hf" / "data" / "train-00000-of-00001.parquet")
     task = LLaVABench(data_root=tmp_path / "hf", options={"llava_bench_caption": "text"})
@@ -234,8 +314,9 @@ def test_bad_benchmark_files(tmp_path):
     write_jsonl(root / "answers_gpt4.jsonl", refs[:3])
     with pytest.raises(DataError, match=r"holds 3 reference answers for the 4 questions"):
         LLaVABench(data_root=root).samples()
-    root = write_bench(tmp_path / "noid", [{k: v for k, v in QUESTIONS[0].items() if k != "question_id"}],
-                       references=REFERENCES[:1])
+    root = write_bench(
+        tmp_path / "noid", [{k: v for k, v in QUESTIONS[0].items() if k != "question_id"}], references=REFERENCES[:1]
+    )
     with pytest.raises(DataError, match=r"questions.jsonl, line 1: expected \{\"question_id\": int"):
         LLaVABench(data_root=root).samples()
     with pytest.raises(ConfigError, match="llava_bench_caption"):
@@ -250,8 +331,14 @@ def test_bad_review_and_answer_files(tmp_path):
     with pytest.raises(DataError, match=r"short.json: holds 3 replies for 4 questions"):
         task.read_reviews(short)
     bad = tmp_path / "bad.jsonl"
-    write_jsonl(bad, [{"question_id": 0, "content": "8 9"}, {"question_id": 1, "tuple": [1, 2]},
-                      {"question_id": 2, "content": "1 1"}])
+    write_jsonl(
+        bad,
+        [
+            {"question_id": 0, "content": "8 9"},
+            {"question_id": 1, "tuple": [1, 2]},
+            {"question_id": 2, "content": "1 1"},
+        ],
+    )
     with pytest.raises(DataError, match=r"bad.jsonl, line 2: expected an official review"):
         task.read_reviews(bad)
     partial = tmp_path / "partial.jsonl"

@@ -28,8 +28,9 @@ def test_missing_extra_names_the_extra(monkeypatch):
     monkeypatch.setattr(bridge, "lmms_eval_installed", lambda: False)
     with pytest.raises(ConfigError) as err:
         get_task("lmms:mme")
-    assert str(err.value) == ("lmms:mme needs the package lmms-eval, which is not installed; install it with "
-                              f"{install_command('extra:lmms')}")
+    assert str(err.value) == (
+        f"lmms:mme needs the package lmms-eval, which is not installed; install it with {install_command('extra:lmms')}"
+    )
     assert f"`{sys.executable} -m pip install " in str(err.value) and "[lmms]" in str(err.value)
 
 
@@ -50,7 +51,7 @@ def test_cli_reports_missing_extra_without_traceback(monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------------------- with lmms-eval
-UTILS = '''
+UTILS = """
 from PIL import Image
 
 
@@ -66,7 +67,7 @@ def doc_to_text(doc, lmms_eval_specific_kwargs=None):
 def process_results(doc, results):
     pred = results[0].strip().lower().rstrip(".")
     return {"acc": float(pred == doc["answer"]), "yes_share": float(pred == "yes")}
-'''
+"""
 
 YAML = """
 task: tiny_yesno
@@ -96,8 +97,12 @@ metadata:
   version: 0.0
 """
 
-DOCS = [("Is the square red?", "yes"), ("Is the square blue?", "no"), ("Is there a cat?", "no"),
-        ("Is it a square?", "yes")]
+DOCS = [
+    ("Is the square red?", "yes"),
+    ("Is the square blue?", "no"),
+    ("Is there a cat?", "no"),
+    ("Is it a square?", "yes"),
+]
 ANSWERS = {"0": "Yes.", "1": "yes", "2": " No", "3": "yes"}  # right, wrong, right, right
 
 
@@ -134,7 +139,9 @@ def yaml_dir(tmp_path, monkeypatch):
     return folder
 
 
-@pytest.mark.skipif(not HAVE_LMMS, reason="needs lmms-eval (.venv/bin/pip install -c requirements/lock.txt -e '.[lmms]')")
+@pytest.mark.skipif(
+    not HAVE_LMMS, reason="needs lmms-eval (.venv/bin/pip install -c requirements/lock.txt -e '.[lmms]')"
+)
 def test_user_yaml_task_scored_end_to_end(tmp_path, yaml_dir):
     cls = get_task("lmms:tiny_yesno")
     assert cls.name == "lmms:tiny_yesno"
@@ -156,7 +163,10 @@ def test_user_yaml_task_scored_end_to_end(tmp_path, yaml_dir):
     metrics = result.metrics
     assert metrics.headline == {"acc": 0.75, "yes_share": 0.75}
     assert {k: metrics.counts[k] for k in ("questions", "scored", "no_response")} == {
-        "questions": 4, "scored": 4, "no_response": 0}
+        "questions": 4,
+        "scored": 4,
+        "no_response": 0,
+    }
     assert metrics.records[1] == {"id": "1", "doc_id": 1, "acc": 0.0, "yes_share": 1.0}
 
     limited = cls(options={"lmms_include_path": str(yaml_dir)}).samples(limit=2)
@@ -165,7 +175,9 @@ def test_user_yaml_task_scored_end_to_end(tmp_path, yaml_dir):
     assert partial.headline["acc"] == 1.0 and partial.counts["no_response"] == 1
 
 
-@pytest.mark.skipif(not HAVE_LMMS, reason="needs lmms-eval (.venv/bin/pip install -c requirements/lock.txt -e '.[lmms]')")
+@pytest.mark.skipif(
+    not HAVE_LMMS, reason="needs lmms-eval (.venv/bin/pip install -c requirements/lock.txt -e '.[lmms]')"
+)
 def test_unknown_lmms_task_is_a_config_error(yaml_dir):
     task = get_task("lmms:tiny_yesnoo")(options={"lmms_include_path": str(yaml_dir)})
     with pytest.raises(ConfigError, match="did you mean lmms:tiny_yesno"):

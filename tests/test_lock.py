@@ -27,11 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {"model": {"path": "/m"}, "task": {"name": "t"}}
 
 # Takes the lock of the directory argv[1] like `harness run` does, says so, then waits to be killed.
-HOLDER = ("import sys, time\n"
-          "from harness.store import RunStore\n"
-          "RunStore(sys.argv[1])._ensure_writable()\n"
-          "print('locked', flush=True)\n"
-          "time.sleep(600)\n")
+HOLDER = (
+    "import sys, time\n"
+    "from harness.store import RunStore\n"
+    "RunStore(sys.argv[1])._ensure_writable()\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(600)\n"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -42,24 +44,35 @@ def _release():
 
 def hold(run_dir: Path) -> subprocess.Popen:
     """A second process that holds ``run_dir``'s lock until killed."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run_dir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     assert line.strip() == "locked", proc.stderr.read()
     return proc
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size, p.read_bytes())
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size, p.read_bytes())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def can_lock_from_another_process(run_dir: Path) -> bool:
-    probe = ("import sys\nfrom harness.store import RunStore\nfrom harness.errors import HarnessError\n"
-             "try:\n    RunStore(sys.argv[1])._ensure_writable()\nexcept HarnessError as e:\n"
-             "    print(e); sys.exit(3)\n")
-    proc = subprocess.run([sys.executable, "-c", probe, str(run_dir)], check=False, cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    probe = (
+        "import sys\nfrom harness.store import RunStore\nfrom harness.errors import HarnessError\n"
+        "try:\n    RunStore(sys.argv[1])._ensure_writable()\nexcept HarnessError as e:\n"
+        "    print(e); sys.exit(3)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(run_dir)], check=False, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode in (0, 3), proc.stderr
     return proc.returncode == 0
 
@@ -90,9 +103,24 @@ def test_another_process_is_refused_without_touching_the_directory(tmp_path, cap
         assert f"pid {holder.pid}" in message and socket.gethostname() in message and "started 20" in message
         assert str(run_dir) in message
         # the CLI: exit 2, one line, no traceback, nothing in the directory changed
-        code = main(["--log-level", "WARNING", "run", "--tasks", "toy_amber", "--engine", "openai", "--model",
-                     "served", "--base-url", "http://127.0.0.1:9/v1", "--output-path", str(tmp_path / "out"),
-                     "--no-progress"])
+        code = main(
+            [
+                "--log-level",
+                "WARNING",
+                "run",
+                "--tasks",
+                "toy_amber",
+                "--engine",
+                "openai",
+                "--model",
+                "served",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+                "--output-path",
+                str(tmp_path / "out"),
+                "--no-progress",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2
         assert "Traceback" not in err
@@ -137,9 +165,26 @@ def test_stores_of_one_process_share_the_lock_until_released(tmp_path):
 
 def test_main_releases_its_locks_when_the_command_ends(tmp_path, capsys):
     with FakeOpenAIServer(models=("served",)) as server:
-        code = main(["--log-level", "WARNING", "run", "--tasks", "toy_amber", "--limit", "2", "--engine", "openai",
-                     "--model", "served", "--base-url", server.base_url, "--output-path", str(tmp_path),
-                     "--no-progress"])
+        code = main(
+            [
+                "--log-level",
+                "WARNING",
+                "run",
+                "--tasks",
+                "toy_amber",
+                "--limit",
+                "2",
+                "--engine",
+                "openai",
+                "--model",
+                "served",
+                "--base-url",
+                server.base_url,
+                "--output-path",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
     assert code == 0, capsys.readouterr().err
     assert can_lock_from_another_process(tmp_path / "served" / "toy_amber")
 
@@ -152,11 +197,37 @@ def test_two_harness_runs_on_one_directory(tmp_path):
     env.pop("OPENAI_BASE_URL", None)
     with FakeOpenAIServer(models=("served",)) as server:
         server.script(*[OK(delay_s=0.5)] * n)  # the first run takes about 2 s
-        common = [sys.executable, "-m", "harness", "run", "--tasks", "toy_amber", "--limit", str(n), "--engine",
-                  "openai", "--model", "served", "--base-url", server.base_url, "--output-path", str(tmp_path),
-                  "--concurrency", "1", "--batch-size", "1", "--no-progress"]
-        first = subprocess.Popen([*common, "--max-new-tokens", "20"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        common = [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "--tasks",
+            "toy_amber",
+            "--limit",
+            str(n),
+            "--engine",
+            "openai",
+            "--model",
+            "served",
+            "--base-url",
+            server.base_url,
+            "--output-path",
+            str(tmp_path),
+            "--concurrency",
+            "1",
+            "--batch-size",
+            "1",
+            "--no-progress",
+        ]
+        first = subprocess.Popen(
+            [*common, "--max-new-tokens", "20"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         run_dir = tmp_path / "served" / "toy_amber"
         deadline = time.time() + 120
         while time.time() < deadline and first.poll() is None:
@@ -167,8 +238,15 @@ def test_two_harness_runs_on_one_directory(tmp_path):
                 pass
             time.sleep(0.02)
         assert first.poll() is None, "the first run ended before the second started"
-        second = subprocess.run([*common, "--max-new-tokens", "3"], check=False, cwd=REPO, env=env, capture_output=True,
-                                text=True, timeout=120)
+        second = subprocess.run(
+            [*common, "--max-new-tokens", "3"],
+            check=False,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert second.returncode == 2

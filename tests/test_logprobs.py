@@ -53,6 +53,7 @@ def vlm(request, tiny_llava_path, tiny_qwen2vl_path) -> dict[str, Any]:
 def rows(shape_image) -> list[Row]:
     """A JoMPO-like micro-batch: two responses under a matched image, a contrast image and no image; the
     images are shared between rows (distinct PIL objects, the same ``image_id``) and have different sizes."""
+
     def red():
         return shape_image("red", "circle", 48)
 
@@ -78,22 +79,13 @@ def _naive(vlm: dict[str, Any], row: Row) -> tuple[float, float, int]:
     prompt = family.render_prompt(row.question, n_images)
     full = family.render_prompt(row.question, n_images, response=row.response)
     assert full.startswith(prompt)
-    n = len(
-        processor.tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-    )
-    inputs = family.processor_inputs(
-        processor, [full], [[row.image]] if row.image is not None else [[]]
-    )
+    n = len(processor.tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"])
+    inputs = family.processor_inputs(processor, [full], [[row.image]] if row.image is not None else [[]])
     labels = inputs["input_ids"].clone()
     labels[:, :-n] = -100
     with torch.no_grad():
         out = model(**inputs, labels=labels)
-    logp = (
-        out.logits[0, :-1]
-        .log_softmax(-1)
-        .gather(-1, inputs["input_ids"][0, 1:, None])
-        .squeeze(-1)
-    )
+    logp = out.logits[0, :-1].log_softmax(-1).gather(-1, inputs["input_ids"][0, 1:, None]).squeeze(-1)
     return float(logp[-n:].sum()), float(-out.loss * n), n
 
 
@@ -105,15 +97,8 @@ def test_mixed_batch_equals_single_row_forwards(vlm, rows):
     assert batch.keys == [r.key for r in rows]
     with torch.no_grad():
         batched = row_logps(model, family, batch)
-        single = torch.stack(
-            [
-                row_logps(model, family, tokenize_rows(family, processor, [r]))[0]
-                for r in rows
-            ]
-        )
-        selected = torch.stack(
-            [row_logps(model, family, batch.select([i]))[0] for i in range(len(rows))]
-        )
+        single = torch.stack([row_logps(model, family, tokenize_rows(family, processor, [r]))[0] for r in rows])
+        selected = torch.stack([row_logps(model, family, batch.select([i]))[0] for i in range(len(rows))])
     assert batched.shape == (len(rows),)
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
     torch.testing.assert_close(batched, selected, atol=1e-5, rtol=0)
@@ -142,9 +127,7 @@ def test_float32_batch_matches_single_rows(vlm, rows):
     batch = tokenize_rows(family, processor, rows)
     with torch.no_grad():
         batched = row_logps(model, family, batch)
-        single = torch.cat(
-            [row_logps(model, family, batch.select([i])) for i in range(len(rows))]
-        )
+        single = torch.cat([row_logps(model, family, batch.select([i])) for i in range(len(rows))])
     assert batched.dtype == torch.float32
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=2e-6)
 
@@ -155,9 +138,7 @@ def test_matches_naive_full_logits_forward_and_counts_only_response_tokens(vlm, 
     with torch.no_grad():
         ours = row_logps(model, family, batch)
     naive = [_naive(vlm, r) for r in rows]
-    torch.testing.assert_close(
-        ours, torch.tensor([n[0] for n in naive], dtype=ours.dtype), atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(ours, torch.tensor([n[0] for n in naive], dtype=ours.dtype), atol=1e-5, rtol=0)
     # transformers' loss casts the logits to float32: equal to float32 precision
     torch.testing.assert_close(
         ours,
@@ -167,16 +148,12 @@ def test_matches_naive_full_logits_forward_and_counts_only_response_tokens(vlm, 
     )
     # the response and the template's end-of-turn marker, nothing of the prompt or the image
     assert batch.token_counts.tolist() == [n[2] for n in naive]
-    assert batch.token_counts.tolist() == [
-        len(r.response.split()) + 1 for r in rows
-    ]  # words + end of turn
+    assert batch.token_counts.tolist() == [len(r.response.split()) + 1 for r in rows]  # words + end of turn
     image_token = model.config.image_token_id
     for i, row in enumerate(rows):
         scored = batch.input_ids[i][batch.response_mask[i]]
         assert image_token not in scored.tolist()
-        if (
-            row.image is None
-        ):  # "no image" is the prompt without the placeholder, not a blank image
+        if row.image is None:  # "no image" is the prompt without the placeholder, not a blank image
             assert image_token not in batch.input_ids[i].tolist()
         else:
             assert image_token in batch.input_ids[i].tolist()
@@ -210,9 +187,7 @@ def test_vision_tower_runs_once_on_the_unique_images(vlm, rows):
             assert calls == [2]  # one call, 2 unique images for 4 image rows
             calls.clear()
             with_dummy = row_logps(model, family, text_only)
-            assert calls == [
-                1
-            ]  # a batch without images still calls the tower once (sharded training)
+            assert calls == [1]  # a batch without images still calls the tower once (sharded training)
             calls.clear()
             without = row_logps(model, family, text_only, one_vision_call=False)
             assert calls == []
@@ -242,11 +217,7 @@ def test_gradient_flows_to_language_model_and_vision_tower(vlm, rows):
         grads = {
             "lm_head": model.lm_head.weight.grad,
             "embed": inner.get_input_embeddings().weight.grad,
-            "decoder": next(
-                p
-                for n, p in inner.language_model.named_parameters()
-                if "q_proj.weight" in n
-            ).grad,
+            "decoder": next(p for n, p in inner.language_model.named_parameters() if "q_proj.weight" in n).grad,
             "vision": next(p for p in tower.parameters() if p.ndim == 2).grad,
         }
         for name, grad in grads.items():
@@ -262,9 +233,7 @@ def test_max_length_truncates_the_response(vlm, rows):
     width = min(lengths) - 2
     cut = tokenize_rows(family, processor, rows[:2], max_length=width)
     assert cut.input_ids.shape[1] == width
-    assert cut.token_counts.tolist() == [
-        c - (n - width) for c, n in zip(full.token_counts.tolist(), lengths)
-    ]
+    assert cut.token_counts.tolist() == [c - (n - width) for c, n in zip(full.token_counts.tolist(), lengths)]
     assert torch.equal(cut.input_ids, full.input_ids[:, :width])
     with pytest.raises(HarnessError, match="max_length"):
         tokenize_rows(family, processor, rows[:1], max_length=5)
@@ -291,9 +260,7 @@ def lora_setup(tiny_llava_path, shape_image):
     return family, processor, policy
 
 
-def test_three_references_agree_on_zero_initialised_lora(
-    lora_setup, rows, tiny_llava_path, tmp_path
-):
+def test_three_references_agree_on_zero_initialised_lora(lora_setup, rows, tiny_llava_path, tmp_path):
     """The references the trainer builds (trainers.trainer.build_reference / PreferenceTrainer): the policy with
     its adapter disabled, a frozen copy loaded from the checkpoint, and the precomputed cache."""
     import copy
@@ -310,9 +277,7 @@ def test_three_references_agree_on_zero_initialised_lora(
     family, processor, policy = lora_setup
     batch = tokenize_rows(family, processor, rows)
     adapter = ModelReference(policy, adapter_off=True)
-    frozen = enable_row_forward(
-        load_model(tiny_llava_path, dtype=torch.float64), family
-    ).requires_grad_(False)
+    frozen = enable_row_forward(load_model(tiny_llava_path, dtype=torch.float64), family).requires_grad_(False)
     frozen_copy = ModelReference(frozen)
     meta = ReferenceMeta.for_model(tiny_llava_path, family, strategy="crop", seed=0)
     path = precompute_reference(
@@ -337,16 +302,12 @@ def test_three_references_agree_on_zero_initialised_lora(
         frozen_copy.logps(batch),
         cache.logps(batch),
     )
-    assert (
-        not ref_adapter.requires_grad and policy.training
-    )  # the policy's mode is restored
+    assert not ref_adapter.requires_grad and policy.training  # the policy's mode is restored
     torch.testing.assert_close(ref_adapter, ref_copy, atol=1e-5, rtol=0)
     torch.testing.assert_close(ref_cache, ref_copy.float(), atol=1e-5, rtol=0)
     with torch.no_grad():
         policy_logps = row_logps(policy, family, batch)
-    torch.testing.assert_close(
-        policy_logps, ref_copy, atol=1e-5, rtol=0
-    )  # B = 0: the policy is the base
+    torch.testing.assert_close(policy_logps, ref_copy, atol=1e-5, rtol=0)  # B = 0: the policy is the base
 
     # a trained adapter moves the policy, not the adapter-disabled reference
     with torch.no_grad():
@@ -367,9 +328,7 @@ def test_three_references_agree_on_zero_initialised_lora(
     )
 
 
-def test_cache_refuses_mismatched_meta_and_names_missing_rows(
-    lora_setup, rows, tiny_llava_path, tmp_path
-):
+def test_cache_refuses_mismatched_meta_and_names_missing_rows(lora_setup, rows, tiny_llava_path, tmp_path):
     from dataclasses import replace
 
     from trainers.reference import (
@@ -404,9 +363,7 @@ def test_cache_refuses_mismatched_meta_and_names_missing_rows(
     with pytest.raises(HarnessError, match=r"\('ex0', 'l', 'w'\)"):
         cache.logps(tokenize_rows(family, processor, rows))
     one = tokenize_rows(family, processor, rows[1:2])
-    truncated: RowBatch = tokenize_rows(
-        family, processor, rows[1:2], max_length=one.input_ids.shape[1] - 1
-    )
+    truncated: RowBatch = tokenize_rows(family, processor, rows[1:2], max_length=one.input_ids.shape[1] - 1)
     with pytest.raises(HarnessError, match="response tokens"):
         cache.logps(truncated)
     with pytest.raises(HarnessError, match="not found"):
@@ -443,8 +400,10 @@ def test_each_unique_image_is_preprocessed_once_and_inputs_equal_the_processors(
         if row.image is not None:
             slot = int(batch.image_index[i])
             pixels = own["pixel_values"]
-            start = sum(int(g.prod()) for g in batch.image_grid_thw[:slot]) if batch.image_grid_thw is not None else slot
-            got = batch.pixel_values[start:start + pixels.shape[0]]
+            start = (
+                sum(int(g.prod()) for g in batch.image_grid_thw[:slot]) if batch.image_grid_thw is not None else slot
+            )
+            got = batch.pixel_values[start : start + pixels.shape[0]]
             torch.testing.assert_close(got, pixels)
 
 

@@ -58,9 +58,30 @@ def test_lm_eval_flag_habits_are_accepted():
 
 def test_fractional_limit_takes_that_share_of_each_task(tmp_path, tiny_llava_path, capsys):
     """--limit 0.1 on the 160 toy samples runs ceil(16.0) = 16 of them."""
-    assert main(["--log-level", "WARNING", "run", "--model", tiny_llava_path, "--tasks", "toy_amber",
-                 "--limit", "0.1", "--max-new-tokens", "2", "--output-path", str(tmp_path), "--run-name", "r",
-                 "--no-progress", "--log-samples"]) == 0
+    assert (
+        main(
+            [
+                "--log-level",
+                "WARNING",
+                "run",
+                "--model",
+                tiny_llava_path,
+                "--tasks",
+                "toy_amber",
+                "--limit",
+                "0.1",
+                "--max-new-tokens",
+                "2",
+                "--output-path",
+                str(tmp_path),
+                "--run-name",
+                "r",
+                "--no-progress",
+                "--log-samples",
+            ]
+        )
+        == 0
+    )
     lines = (tmp_path / "r" / "toy_amber" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 16
     out = capsys.readouterr().out
@@ -70,8 +91,27 @@ def test_fractional_limit_takes_that_share_of_each_task(tmp_path, tiny_llava_pat
 def test_summary_says_when_answers_could_not_be_parsed(tmp_path, tiny_llava_path, capsys):
     """An untrained tiny model answers no yes/no question with Yes or No: the summary says so, instead of a bare
     Accuracy=0.0."""
-    assert main(["--log-level", "WARNING", "run", "--model", tiny_llava_path, "--tasks", "toy_amber",
-                 "--max-new-tokens", "2", "--output-path", str(tmp_path), "--run-name", "r", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--log-level",
+                "WARNING",
+                "run",
+                "--model",
+                tiny_llava_path,
+                "--tasks",
+                "toy_amber",
+                "--max-new-tokens",
+                "2",
+                "--output-path",
+                str(tmp_path),
+                "--run-name",
+                "r",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     metrics = json.loads((tmp_path / "r" / "toy_amber" / "metrics.json").read_text())
     parsed, unparsed = parse_counts(metrics["counts"])
@@ -105,11 +145,17 @@ def test_method_names_are_defined_once_and_checked_before_torch_loads():
     from trainers.losses import METHODS
 
     assert tuple(METHODS) == PREFERENCE_METHODS and TRAIN_METHODS == ("sft", *PREFERENCE_METHODS)
-    probe = ("import sys\nfrom harness.cli import main\ncode = main(sys.argv[1:])\n"
-             "print('torch loaded' if 'torch' in sys.modules else 'no torch', code)\n")
-    for argv, message in ((["train", "--method", "jompoo", "--data", "d.jsonl", "--output", "o"],
-                           "unknown method 'jompoo'; did you mean jompo"),
-                          (["train", "--method", "jompo", "--output", "o"], "no --data given")):
+    probe = (
+        "import sys\nfrom harness.cli import main\ncode = main(sys.argv[1:])\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'no torch', code)\n"
+    )
+    for argv, message in (
+        (
+            ["train", "--method", "jompoo", "--data", "d.jsonl", "--output", "o"],
+            "unknown method 'jompoo'; did you mean jompo",
+        ),
+        (["train", "--method", "jompo", "--output", "o"], "no --data given"),
+    ):
         proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
         assert proc.stdout.strip() == "no torch 2", (proc.stdout, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -57,8 +57,10 @@ class RecordingJudge(Judge):
 
     def judge(self, requests: Sequence[JudgeRequest]) -> dict[str, JudgeResult]:
         self.requests += requests
-        return {r.id: JudgeResult(r.id, text, None if text is not None else "timeout")
-                for r, text in zip(requests, self.replies)}
+        return {
+            r.id: JudgeResult(r.id, text, None if text is not None else "timeout")
+            for r, text in zip(requests, self.replies)
+        }
 
     def describe(self) -> dict[str, Any]:
         return {"judge": "recording"}
@@ -146,8 +148,11 @@ def test_golden_numbers_from_the_response_file(reviews):
     metrics = score_response_file(RESPONSES, DATA, replay_judge(reviews))
     assert metrics.headline == GOLDEN_HEADLINE
     assert per_type(metrics) == GOLDEN_PER_TYPE
-    for name in ("eval_gpt_mmhal_llava-rlhf.stdout.txt", "summarize_gpt_mmhal_llava-rlhf.stdout.txt",
-                 "summarize_gpt_mmhal_review_rlaif-v.stdout.txt"):
+    for name in (
+        "eval_gpt_mmhal_llava-rlhf.stdout.txt",
+        "summarize_gpt_mmhal_llava-rlhf.stdout.txt",
+        "summarize_gpt_mmhal_review_rlaif-v.stdout.txt",
+    ):
         printed = stdout_numbers(name)
         for key in ("Score", "HalRate", "Informativeness"):
             if key in printed:
@@ -199,8 +204,12 @@ def test_jsonl_answers_merged_onto_the_template(tmp_path):
     """RLAIF-V's --is_jsonl path: answers in line order, "Assistant:" removed and stripped."""
     answers = json.loads(RESPONSES.read_text())
     path = tmp_path / "answers.jsonl"
-    path.write_text("".join(json.dumps({"question_id": i, "text": f"Assistant: {a['model_answer']}  "}) + "\n"
-                            for i, a in enumerate(answers)))
+    path.write_text(
+        "".join(
+            json.dumps({"question_id": i, "text": f"Assistant: {a['model_answer']}  "}) + "\n"
+            for i, a in enumerate(answers)
+        )
+    )
     judge = RecordingJudge(golden_replies())
     metrics = score_response_file(path, DATA, judge)
     golden = json.loads((GOLDEN / "judge_prompts_llava-rlhf.json").read_text())
@@ -211,23 +220,26 @@ def test_jsonl_answers_merged_onto_the_template(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ quirks
-@pytest.mark.parametrize(("reply", "score", "parsed"), [
-    ("Explanation.\n- Rating: 6, very informative", 6, True),
-    ("The response is fine. rating: 5", 5, True),          # case-insensitive
-    ("RATING: 2", 2, True),
-    ("**Rating: 4**", 4, True),
-    ("Rating: 0", 0, True),
-    ("Rating: 10", 1, True),                               # contains "rating: 1" and nothing else
-    ("Rating: 16", 1, True),
-    ("Rating: 65", 6, True),                               # contains "rating: 6"
-    ("Rating: 3. Again, Rating: 3.", 3, True),             # the same rating twice is one hit
-    ("Rating: 6 would be too high. Final: Rating: 4", 0, False),  # two ratings
-    ("Rating:3 (no space)", 0, False),
-    ("Rating: 7", 0, False),
-    ("Rating 5", 0, False),
-    ("No explicit score given.", 0, False),
-    ("", 0, False),
-])
+@pytest.mark.parametrize(
+    ("reply", "score", "parsed"),
+    [
+        ("Explanation.\n- Rating: 6, very informative", 6, True),
+        ("The response is fine. rating: 5", 5, True),  # case-insensitive
+        ("RATING: 2", 2, True),
+        ("**Rating: 4**", 4, True),
+        ("Rating: 0", 0, True),
+        ("Rating: 10", 1, True),  # contains "rating: 1" and nothing else
+        ("Rating: 16", 1, True),
+        ("Rating: 65", 6, True),  # contains "rating: 6"
+        ("Rating: 3. Again, Rating: 3.", 3, True),  # the same rating twice is one hit
+        ("Rating: 6 would be too high. Final: Rating: 4", 0, False),  # two ratings
+        ("Rating:3 (no space)", 0, False),
+        ("Rating: 7", 0, False),
+        ("Rating 5", 0, False),
+        ("No explicit score given.", 0, False),
+        ("", 0, False),
+    ],
+)
 def test_rating_parser_quirks(reply, score, parsed):
     assert parse_rating(reply) == (score, parsed)
 
@@ -239,14 +251,31 @@ def test_ratings_found_lists_every_hit():
 def test_hand_computed_subset(task):
     """--limit 10: means over the questions present, types by index % 8."""
     samples, responses = responses_for(task, limit=10)
-    replies = ["Rating: 6", "Rating: 5", "Rating: 4", "Rating: 3", "Rating: 2", "Rating: 1", "Rating: 0",
-               "no rating here", "Rating: 6", "Rating: 10"]
+    replies = [
+        "Rating: 6",
+        "Rating: 5",
+        "Rating: 4",
+        "Rating: 3",
+        "Rating: 2",
+        "Rating: 1",
+        "Rating: 0",
+        "no rating here",
+        "Rating: 6",
+        "Rating: 10",
+    ]
     metrics = task.score(samples, responses, RecordingJudge(replies))
     # scores 6 5 4 3 2 1 0 0 6 1: sum 28; < 3: 5 of 10; informativeness 3 2 1 0 2 1 0 0 3 1 = 13
     assert metrics.headline == {"Score": 2.8, "HalRate": 0.5, "Informativeness": 43.33}
     assert {k: v["Score"] for k, v in metrics.breakdown.items() if k != "unrounded"} == {
-        "attribute": 6.0, "adversarial": 3.0, "comparison": 4.0, "counting": 3.0, "relation": 2.0,
-        "environment": 1.0, "holistic": 0.0, "other": 0.0}
+        "attribute": 6.0,
+        "adversarial": 3.0,
+        "comparison": 4.0,
+        "counting": 3.0,
+        "relation": 2.0,
+        "environment": 1.0,
+        "holistic": 0.0,
+        "other": 0.0,
+    }
     assert metrics.breakdown["attribute"]["n"] == 2 and metrics.breakdown["other"]["n"] == 1
     assert metrics.counts["unparsed"] == 1 and metrics.counts["scored"] == 10 and metrics.counts["questions"] == 10
     assert any("scored 10 of the 96" in note for note in metrics.notes)
@@ -265,7 +294,7 @@ def test_per_type_rounding_is_round_not_format(task):
 # ------------------------------------------------------------------------------------------ failed judgments
 def test_failed_judgment_is_excluded_and_counted():
     replies: list[str | None] = list(golden_replies())
-    replies[0] = None   # rating 6, question type attribute
+    replies[0] = None  # rating 6, question type attribute
     replies[14] = None  # an unparsed reply: no longer counted as unparsed
     metrics = score_response_file(RESPONSES, DATA, ReplayJudge(replies, source="reviews.json"))
     scores = expected_scores()
@@ -375,12 +404,15 @@ def test_not_96_records_is_a_data_error_naming_the_file(tmp_path):
         MMHalBench(data_root=tmp_path).samples()
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("gt_answer", None, "record 3: missing or non-string field 'gt_answer'"),
-    ("question", 7, "record 3: missing or non-string field 'question'"),
-    ("image_content", "Dog", "record 3: field 'image_content' must be a list of strings"),
-    ("model_answer", None, "record 3: missing or non-string field 'model_answer'"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("gt_answer", None, "record 3: missing or non-string field 'gt_answer'"),
+        ("question", 7, "record 3: missing or non-string field 'question'"),
+        ("image_content", "Dog", "record 3: field 'image_content' must be a list of strings"),
+        ("model_answer", None, "record 3: missing or non-string field 'model_answer'"),
+    ],
+)
 def test_missing_fields_name_the_file_and_record(tmp_path, field, value, message):
     records = json.loads(RESPONSES.read_text())
     if value is None:
@@ -403,8 +435,10 @@ def test_reordered_response_file_is_rejected_against_the_benchmark(tmp_path, cap
     records = json.loads(RESPONSES.read_text())
     records[0], records[1] = records[1], records[0]
     path = _write(tmp_path, records)
-    with (caplog.at_level(logging.WARNING, logger="tasks.mmhal"),
-          pytest.raises(DataError, match="record 0: question .* benchmark's order")):
+    with (
+        caplog.at_level(logging.WARNING, logger="tasks.mmhal"),
+        pytest.raises(DataError, match="record 0: question .* benchmark's order"),
+    ):
         score_response_file(path, DATA, RecordingJudge([]))
     assert "question_type other than the one their position gives" in caplog.text
 

@@ -29,23 +29,39 @@ from tasks.mmvet import (
 )
 
 DATA: dict[str, dict[str, Any]] = {
-    "v1_0": {"imagename": "v1_0.png", "capability": ["ocr", "math"], "question": "What is x in the equation?",
-             "answer": "-1<AND>-5"},
-    "v1_1": {"imagename": "v1_1.jpg", "capability": ["rec"], "question": "What animal is this?",
-             "answer": "dog<OR>puppy"},
-    "v1_2": {"imagename": "v1_2.jpg", "capability": ["rec", "know"], "question": "Who painted this?",
-             "answer": "Van Gogh"},
+    "v1_0": {
+        "imagename": "v1_0.png",
+        "capability": ["ocr", "math"],
+        "question": "What is x in the equation?",
+        "answer": "-1<AND>-5",
+    },
+    "v1_1": {
+        "imagename": "v1_1.jpg",
+        "capability": ["rec"],
+        "question": "What animal is this?",
+        "answer": "dog<OR>puppy",
+    },
+    "v1_2": {
+        "imagename": "v1_2.jpg",
+        "capability": ["rec", "know"],
+        "question": "Who painted this?",
+        "answer": "Van Gogh",
+    },
     "v1_3": {"imagename": "v1_3.jpg", "capability": ["ocr"], "question": "What does the sign say?", "answer": "STOP"},
-    "v1_4": {"imagename": "v1_4.jpg", "capability": ["rec", "gen"], "question": "Explain the meme.",
-             "answer": "It is funny."},
+    "v1_4": {
+        "imagename": "v1_4.jpg",
+        "capability": ["rec", "gen"],
+        "question": "Explain the meme.",
+        "answer": "It is funny.",
+    },
 }
 PREDICTIONS = {"v1_0": "x = -1", "v1_1": "A puppy.", "v1_2": "Monet", "v1_3": "It says STOP.", "v1_4": "No idea."}
 # replies per call of each question's grading loop (first call, then the retries)
 SCRIPT: dict[str, list[str | None]] = {
     "v1_0": ["0.5"],
     "v1_1": ["1.0"],
-    "v1_2": ["0.3 because"],                      # split(" ")[0] -> "0.3"
-    "v1_3": ["Correct", "1.5", "0.8"],            # not a number, out of [0, 1], then 0.8 at the second retry
+    "v1_2": ["0.3 because"],  # split(" ")[0] -> "0.3"
+    "v1_3": ["Correct", "1.5", "0.8"],  # not a number, out of [0, 1], then 0.8 at the second retry
     "v1_4": ["yes", "yes", "yes", "yes", "yes"],  # never parses: 0.0 after the four retries
 }
 # rec (1.0 + 0.3 + 0.0) / 3 -> 43.3; ocr (0.5 + 0.8) / 2 -> 65.0; math 50.0; know 30.0; gen 0.0;
@@ -90,10 +106,22 @@ def responses(preds: dict[str, str] = PREDICTIONS) -> dict[str, Response]:
 
 
 # ------------------------------------------------------------------------------------------ official rules
-@pytest.mark.parametrize("content, score", [
-    ("0.5", 0.5), ("1.0", 1.0), ("0", 0.0), (" 0.7", None), ("0.7 ", 0.7), ("0.3 because", 0.3), ("1.5", None),
-    ("-0.1", None), ("Correct", None), ("0.5\nexplanation", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "content, score",
+    [
+        ("0.5", 0.5),
+        ("1.0", 1.0),
+        ("0", 0.0),
+        (" 0.7", None),
+        ("0.7 ", 0.7),
+        ("0.3 because", 0.3),
+        ("1.5", None),
+        ("-0.1", None),
+        ("Correct", None),
+        ("0.5\nexplanation", None),
+        ("", None),
+    ],
+)
 def test_parse_grade(content, score):
     assert parse_grade(content) == score
 
@@ -104,8 +132,10 @@ def test_nan_passes_the_official_range_check():
 
 
 def test_grader_query_is_the_official_one():
-    assert GRADER_PROMPT.startswith("Compare the ground truth and prediction from AI models, to give a correctness "
-                                    "score for the prediction. <AND> in the ground truth means")
+    assert GRADER_PROMPT.startswith(
+        "Compare the ground truth and prediction from AI models, to give a correctness "
+        "score for the prediction. <AND> in the ground truth means"
+    )
     assert GRADER_PROMPT.endswith("physical characteristics. | 1.0\n")
     assert GRADER_PROMPT.count("\n") == 11  # intro, blank line, header, rule, 7 examples
     query = grader_query("What is x in the equation?", "-1<AND>-5", "x = -1")
@@ -133,22 +163,41 @@ def test_grading_loop_and_aggregation(tmp_path):
     assert metrics.headline == HEADLINE
     assert list(metrics.headline) == ["Total", "rec", "ocr", "math", "know", "gen"]  # most_common order
     assert metrics.breakdown["rec"] == {"Score": 43.3, "n": 3}
-    assert metrics.breakdown["capability_integrations"] == {"ocr_math": 50.0, "rec": 100.0, "rec_know": 30.0,
-                                                            "ocr": 80.0, "rec_gen": 0.0}
+    assert metrics.breakdown["capability_integrations"] == {
+        "ocr_math": 50.0,
+        "rec": 100.0,
+        "rec_know": 30.0,
+        "ocr": 80.0,
+        "rec_gen": 0.0,
+    }
     assert metrics.breakdown["unrounded"]["rec"] == pytest.approx(130 / 3)
     assert metrics.counts["unparsed"] == 1 and metrics.counts["retried"] == 2 and metrics.counts["judge_failed"] == 0
     by_id = {r["id"]: r for r in metrics.records}
     assert by_id["v1_3"]["score"] == 0.8 and by_id["v1_3"]["attempts"] == 3
-    assert by_id["v1_4"] == {"id": "v1_4", "capabilities": ["rec", "gen"], "attempts": 5, "judge": "yes",
-                             "score": 0.0, "parsed": False, "judge_error": None}
+    assert by_id["v1_4"] == {
+        "id": "v1_4",
+        "capabilities": ["rec", "gen"],
+        "attempts": 5,
+        "judge": "yes",
+        "score": 0.0,
+        "parsed": False,
+        "judge_error": None,
+    }
     # the calls: 5 first calls, then retries of v1_3 and v1_4 at 0.0, 0.5, then v1_4 at 1.0 and 1.5 (no 6th call)
     calls = [(r.id, r.temperature) for r in judge.requests]
     assert calls[:5] == [(sid, 0.0) for sid in DATA]
-    assert calls[5:] == [("v1_3#retry1", 0.0), ("v1_4#retry1", 0.0), ("v1_3#retry2", 0.5), ("v1_4#retry2", 0.5),
-                         ("v1_4#retry3", 1.0), ("v1_4#retry4", 1.5)]
+    assert calls[5:] == [
+        ("v1_3#retry1", 0.0),
+        ("v1_4#retry1", 0.0),
+        ("v1_3#retry2", 0.5),
+        ("v1_4#retry2", 0.5),
+        ("v1_4#retry3", 1.0),
+        ("v1_4#retry4", 1.5),
+    ]
     assert all(r.max_tokens == 3 and len(r.messages) == 1 and r.messages[0]["role"] == "user" for r in judge.requests)
-    assert judge.requests[5].messages[0]["content"] == grader_query("What does the sign say?", "STOP",
-                                                                    "It says STOP.", retry=True)
+    assert judge.requests[5].messages[0]["content"] == grader_query(
+        "What does the sign say?", "STOP", "It says STOP.", retry=True
+    )
 
 
 def test_failed_judgments_and_missing_responses(tmp_path):
@@ -169,8 +218,10 @@ def test_failed_judgments_and_missing_responses(tmp_path):
 def test_saved_grade_files(tmp_path, capsys):
     root = write_release(tmp_path / "mmvet")
     task = MMVet(data_root=root)
-    grade = {sid: {"model": ["gpt-4-0613"], "content": [lines[-1]], "score": [parse_grade(lines[-1]) or 0.0]}
-             for sid, lines in SCRIPT.items()}
+    grade = {
+        sid: {"model": ["gpt-4-0613"], "content": [lines[-1]], "score": [parse_grade(lines[-1]) or 0.0]}
+        for sid, lines in SCRIPT.items()
+    }
     grade_file = tmp_path / "llava_gpt-4-0613-grade-1runs.json"
     grade_file.write_text(json.dumps(grade))
     assert task.score(task.samples(), responses(), task.read_reviews(grade_file)).headline == HEADLINE
@@ -178,14 +229,29 @@ def test_saved_grade_files(tmp_path, capsys):
     listed.write_text(json.dumps([lines[-1] for lines in SCRIPT.values()]))
     results = tmp_path / "llava.json"  # the official results/<model>.json
     results.write_text(json.dumps(PREDICTIONS))
-    code = main(["--log-level", "WARNING", "score", "mmvet", "--data-root", str(root), "--responses", str(results),
-                 "--reviews", str(listed)])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "score",
+            "mmvet",
+            "--data-root",
+            str(root),
+            "--responses",
+            str(results),
+            "--reviews",
+            str(listed),
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert json.loads(out.out)["headline"] == HEADLINE
     llava = tmp_path / "answers.jsonl"  # LLaVA's model_vqa.py answers: question_id n -> v1_n
-    llava.write_text("".join(json.dumps({"question_id": int(k[3:]), "prompt": "q", "text": v}) + "\n"
-                             for k, v in PREDICTIONS.items()))
+    llava.write_text(
+        "".join(
+            json.dumps({"question_id": int(k[3:]), "prompt": "q", "text": v}) + "\n" for k, v in PREDICTIONS.items()
+        )
+    )
     assert task.read_responses(llava)["v1_3"].text == "It says STOP."
 
 
@@ -195,9 +261,17 @@ def test_parquet_layout(tmp_path):
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), "green").save(buf, format="PNG")
-    rows = [{"question_id": k, "image": {"bytes": buf.getvalue(), "path": None}, "question": v["question"],
-             "answer": v["answer"], "image_source": "x", "capability": ",".join(v["capability"])}
-            for k, v in DATA.items()]
+    rows = [
+        {
+            "question_id": k,
+            "image": {"bytes": buf.getvalue(), "path": None},
+            "question": v["question"],
+            "answer": v["answer"],
+            "image_source": "x",
+            "capability": ",".join(v["capability"]),
+        }
+        for k, v in DATA.items()
+    ]
     (tmp_path / "hf" / "data").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "hf" / "data" / "test-00000-of-00001.parquet")
     task = MMVet(data_root=tmp_path / "hf")

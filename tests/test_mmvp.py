@@ -74,8 +74,12 @@ QUESTIONS = [
 ]
 
 
-def write_benchmark(root: Path, header: str = "lndex,Question,Options,Correct Answer",
-                    rows: Sequence[tuple[str, str, str]] = QUESTIONS, images: bool = True) -> Path:
+def write_benchmark(
+    root: Path,
+    header: str = "lndex,Question,Options,Correct Answer",
+    rows: Sequence[tuple[str, str, str]] = QUESTIONS,
+    images: bool = True,
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     lines = [header] + [f'{i},"{q}",{o},{a}' for i, (q, o, a) in enumerate(rows, start=1)]
     (root / "Questions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -115,8 +119,9 @@ def test_golden_grader_prompts_are_exact():
         assert gold["model"] == DEFAULT_JUDGE_MODEL == MMVP.default_judge_model
     spec = json.loads(DATA.read_text())
     assert spec["system"] == GRADER_SYSTEM
-    assert grader_prompt("Q", "(a)", "R") == spec["user_template"].format(question="Q", correct_answer="(a)",
-                                                                          model_response="R")
+    assert grader_prompt("Q", "(a)", "R") == spec["user_template"].format(
+        question="Q", correct_answer="(a)", model_response="R"
+    )
 
 
 def test_golden_rule_based_both_formats():
@@ -125,8 +130,10 @@ def test_golden_rule_based_both_formats():
         metrics, _ = MMVP(options={"mmvp_method": "rule"}).score_file(path)
         assert metrics.headline == {"Accuracy": 50.0}
         assert metrics.counts["total"] == 20 and metrics.counts["correct"] == 10
-        assert f"'total': {float(metrics.counts['total'])}, 'correct': {metrics.counts['correct']}, " \
-               f"'accuracy': {metrics.headline['Accuracy']}" in stdout
+        assert (
+            f"'total': {float(metrics.counts['total'])}, 'correct': {metrics.counts['correct']}, "
+            f"'accuracy': {metrics.headline['Accuracy']}" in stdout
+        )
         assert metrics.breakdown["pairs"] == {"correct": 5, "total": 10, "accuracy": 0.5}
         assert any("method: rule" in n for n in metrics.notes)
 
@@ -136,28 +143,45 @@ def test_golden_through_the_cli(capsys):
     out = capsys.readouterr()
     assert code == 0, out.err
     assert json.loads(out.out)["headline"] == {"Accuracy": 0.6}
-    code = main(["--log-level", "WARNING", "score", "mmvp", "--responses", str(CAMBRIAN),
-                 "--option", "mmvp_method=rule"])
+    code = main(
+        ["--log-level", "WARNING", "score", "mmvp", "--responses", str(CAMBRIAN), "--option", "mmvp_method=rule"]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert json.loads(out.out)["headline"] == {"Accuracy": 50.0}
 
 
 # ------------------------------------------------------------------------------------------ official rules
-@pytest.mark.parametrize("reply, grade", [
-    ("yes", "yes"), ("Yes", "yes"), ("NO", "no"), ("yes.", COULD_NOT_DETERMINE), ("Yes, it does", COULD_NOT_DETERMINE),
-    (" yes", COULD_NOT_DETERMINE), ("", COULD_NOT_DETERMINE), ("yes\n", "yes\n"),  # `$` matches before a final \n
-])
+@pytest.mark.parametrize(
+    "reply, grade",
+    [
+        ("yes", "yes"),
+        ("Yes", "yes"),
+        ("NO", "no"),
+        ("yes.", COULD_NOT_DETERMINE),
+        ("Yes, it does", COULD_NOT_DETERMINE),
+        (" yes", COULD_NOT_DETERMINE),
+        ("", COULD_NOT_DETERMINE),
+        ("yes\n", "yes\n"),  # `$` matches before a final \n
+    ],
+)
 def test_parse_grade(reply, grade):
     assert parse_grade(reply) == grade
 
 
-@pytest.mark.parametrize("text, extracted", [
-    ("(a)", "a"), ("(b) Closed", "b) closed"), ("The answer is (b).", "b"), ("Answer: A", "a"), ("Open.", "open"),
-    ("B", "b"),
-    # "answer is" splits first and leaves ": (a)": "answer is:" is no longer found, so the colon stays
-    ("the answer is: (a), ", ": (a"),
-])
+@pytest.mark.parametrize(
+    "text, extracted",
+    [
+        ("(a)", "a"),
+        ("(b) Closed", "b) closed"),
+        ("The answer is (b).", "b"),
+        ("Answer: A", "a"),
+        ("Open.", "open"),
+        ("B", "b"),
+        # "answer is" splits first and leaves ": (a)": "answer is:" is no longer found, so the colon stays
+        ("the answer is: (a), ", ": (a"),
+    ],
+)
 def test_extract_mcq_answer(text, extracted):
     assert extract_mcq_answer(text) == extracted
 
@@ -209,7 +233,8 @@ def test_gpt_scoring_of_a_run_failed_judgment_and_missing_response(tmp_path):
     assert [r.id for r in judge.requests] == ["0", "1", "2", "3"]
     assert judge.requests[2].messages[1]["content"] == (
         "Given the following question Is the dog facing left or right? (a) Left (b) Right, the correct answer is "
-        "(b). Does the following answer correctly answers the question, answer:(b)?")
+        "(b). Does the following answer correctly answers the question, answer:(b)?"
+    )
     assert any("excluded" in n for n in m.notes) and any("no response" in n for n in m.notes)
     undetermined = task.score(samples, resp | responses({"6": "(b)"}), RecordingJudge(["yes", "yes."] + ["yes"] * 4))
     assert undetermined.headline == {"Accuracy": 2 / 3} and undetermined.counts["undetermined"] == 1
@@ -233,20 +258,41 @@ def test_answer_files_against_the_benchmark(tmp_path):
     root = write_benchmark(tmp_path / "mmvp")
     task = MMVP(data_root=root)
     cam = tmp_path / "cam.jsonl"
-    cam.write_text("".join(json.dumps({"question_id": i, "prompt": "USER: ...", "answer": "(a)", "gt_answer": a,
-                                       "text_options": give_options(o)}) + "\n"
-                           for i, (_, o, a) in enumerate(QUESTIONS)))
+    cam.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question_id": i,
+                    "prompt": "USER: ...",
+                    "answer": "(a)",
+                    "gt_answer": a,
+                    "text_options": give_options(o),
+                }
+            )
+            + "\n"
+            for i, (_, o, a) in enumerate(QUESTIONS)
+        )
+    )
     assert sorted(task.read_responses(cam)) == ["1", "2", "3", "4", "5", "6"]
     judge = RecordingJudge()
     metrics, coverage = task.score_file(cam, judge)  # the grader's question comes from the benchmark
     assert metrics.headline == {"Accuracy": 1.0} and coverage["missing"] == 0
-    assert judge.requests[0].messages[1]["content"].startswith(
-        "Given the following question Is the door of the car open or closed? (a) Open (b) Closed, the correct")
+    assert (
+        judge.requests[0]
+        .messages[1]["content"]
+        .startswith(
+            "Given the following question Is the door of the car open or closed? (a) Open (b) Closed, the correct"
+        )
+    )
     with pytest.raises(ConfigError, match="--data-root"):
         MMVP().score_file(cam, RecordingJudge())
     tsb = tmp_path / "tsb.jsonl"
-    tsb.write_text(json.dumps({"question_id": 1, "prompt": "Is the door open? (a) Open (b) Closed", "answer": "(a)",
-                               "response": "a"}) + "\n")
+    tsb.write_text(
+        json.dumps(
+            {"question_id": 1, "prompt": "Is the door open? (a) Open (b) Closed", "answer": "(a)", "response": "a"}
+        )
+        + "\n"
+    )
     with pytest.raises(DataError, match="differ from MMVP question 1") as err:
         task.read_responses(tsb)
     assert "tsb.jsonl, line 1" in str(err.value)
@@ -269,12 +315,13 @@ def test_bad_benchmark_files(tmp_path):
     with pytest.raises(DataError, match="names no option"):
         read_questions(root / "Questions.csv")
     root = write_benchmark(tmp_path / "d", rows=[("Q?", "Open or closed", "(a)")])
-    with pytest.raises(DataError, match="expected \"\\(a\\) ... \\(b\\) ...\""):
+    with pytest.raises(DataError, match='expected "\\(a\\) ... \\(b\\) ..."'):
         read_questions(root / "Questions.csv")
     root = tmp_path / "e"
     root.mkdir()
-    (root / "Questions.csv").write_text("Index,Question,Options,Correct Answer\n"
-                                        "1,Q,(a) X (b) Y,(a)\n1,Q,(a) X (b) Y,(b)\n")
+    (root / "Questions.csv").write_text(
+        "Index,Question,Options,Correct Answer\n1,Q,(a) X (b) Y,(a)\n1,Q,(a) X (b) Y,(b)\n"
+    )
     with pytest.raises(DataError, match="Index 1 appears twice"):
         read_questions(root / "Questions.csv")
 
@@ -287,8 +334,10 @@ def test_bad_answer_files_reviews_and_options(tmp_path):
     bad.write_text(json.dumps({"question_id": 1, "prompt": "Q (a) X (b) Y", "response": "a"}) + "\n")
     with pytest.raises(DataError, match="bad.jsonl, line 1: missing or mistyped field 'answer'"):
         read_answer_file(bad)
-    lines = [{"question_id": 1, "prompt": "Q (a) X (b) Y", "answer": "(a)", "response": "a"},
-             {"question_id": 1, "answer": "a", "gt_answer": "(a)", "text_options": ["X", "Y"]}]
+    lines = [
+        {"question_id": 1, "prompt": "Q (a) X (b) Y", "answer": "(a)", "response": "a"},
+        {"question_id": 1, "answer": "a", "gt_answer": "(a)", "text_options": ["X", "Y"]},
+    ]
     bad.write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(DataError, match="line 2: a cambrian-format record in a tsb0601-format file"):
         read_answer_file(bad)

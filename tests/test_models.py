@@ -113,11 +113,14 @@ def test_llava_vision_layers_after_the_feature_layer_are_unused() -> None:
 
     vision = SimpleNamespace(num_hidden_layers=24)
     llava15 = SimpleNamespace(vision_config=vision, vision_feature_layer=-2)  # LLaVA-1.5: the penultimate layer
-    assert LlavaFamily.unused_vision_modules(llava15) == ["vision_tower.post_layernorm",
-                                                          "vision_tower.encoder.layers.23."]
+    assert LlavaFamily.unused_vision_modules(llava15) == [
+        "vision_tower.post_layernorm",
+        "vision_tower.encoder.layers.23.",
+    ]
     several = SimpleNamespace(vision_config=vision, vision_feature_layer=[3, -5])  # hidden_states[3]: layer 2
     assert LlavaFamily.unused_vision_modules(several) == ["vision_tower.post_layernorm"] + [
-        f"vision_tower.encoder.layers.{i}." for i in range(20, 24)]
+        f"vision_tower.encoder.layers.{i}." for i in range(20, 24)
+    ]
     last = SimpleNamespace(vision_config=vision, vision_feature_layer=-1)
     assert LlavaFamily.unused_vision_modules(last) == ["vision_tower.post_layernorm"]
     assert Qwen2VLFamily.unused_vision_modules(llava15) == []
@@ -134,8 +137,9 @@ def test_llava_checkpoint_postprocessing_writes_llava_hf_names(tmp_path) -> None
             (folder / "config.json").write_text("{}")
         tensors = {"vision_tower.encoder.w": torch.zeros(2), "language_model.w": torch.ones(1)}
         save_file(tensors, str(folder / "model-00001-of-00001.safetensors"))
-        (folder / "model.safetensors.index.json").write_text(json.dumps(
-            {"weight_map": {k: "model-00001-of-00001.safetensors" for k in tensors}}))
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {k: "model-00001-of-00001.safetensors" for k in tensors}})
+        )
         return folder
 
     def keys(folder: Path) -> list[str]:
@@ -204,8 +208,14 @@ def test_tiny_qwen2vl_loads_with_transformers(tiny_qwen2vl_path) -> None:
     model, info = Qwen2VLForConditionalGeneration.from_pretrained(tiny_qwen2vl_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     tok = AutoTokenizer.from_pretrained(tiny_qwen2vl_path)
-    for special in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-                    "<|endoftext|>"):
+    for special in (
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|endoftext|>",
+    ):
         assert tok.convert_tokens_to_ids(special) != tok.unk_token_id
     assert model.config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
 
@@ -255,8 +265,11 @@ def test_resolve_model_errors(tmp_path) -> None:
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    with pytest.raises(ModelError, match=r"unsupported architecture \(model_type='bert', architectures=BertModel\)"
-                       r".*supported model types: llava, qwen2_vl"):
+    with pytest.raises(
+        ModelError,
+        match=r"unsupported architecture \(model_type='bert', architectures=BertModel\)"
+        r".*supported model types: llava, qwen2_vl",
+    ):
         resolve_model(bert)
 
 

@@ -56,8 +56,7 @@ def png_b64(colour: tuple[int, int, int], size: int = 8) -> str:
 
 
 def write_questions(path: Path, image_ids: Sequence[int] = IMAGE_IDS) -> None:
-    lines = [json.dumps({"image_id": i, "question": QUESTION, "image": png_b64((i % 256, 40, 90))})
-             for i in image_ids]
+    lines = [json.dumps({"image_id": i, "question": QUESTION, "image": png_b64((i % 256, 40, 90))}) for i in image_ids]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -111,8 +110,15 @@ def printed_summary() -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------- golden
 def test_golden_printed_numbers(golden_metrics):
     m = golden_metrics
-    assert m.headline == {"CHAIRs": 66.7, "CHAIRs_refine": 72.7, "CHAIRi": 23.4, "Response Hall": 72.73,
-                          "Object Hall": 23.40, "Object Recall": 96.55, "Average Length": 20.58}
+    assert m.headline == {
+        "CHAIRs": 66.7,
+        "CHAIRs_refine": 72.7,
+        "CHAIRi": 23.4,
+        "Response Hall": 72.73,
+        "Object Hall": 23.40,
+        "Object Recall": 96.55,
+        "Average Length": 20.58,
+    }
     assert m.breakdown["eval_script"] == printed_eval_row()  # 66.7 72.7 23.4 12 11 20.6
     assert m.breakdown["summary"] == printed_summary()  # Response Hall 72.73 ... GT Word Number 29.0
     assert m.counts["responses"] == 12 and m.counts["coco_responses"] == 11
@@ -168,8 +174,7 @@ def test_golden_through_the_task_and_engine_responses(root, golden_metrics):
 def test_answer_file_variants_pair_by_line_order(root, tmp_path, golden_metrics):
     """No image_id (taken from the question file by line order), ``answer`` and ``prompt`` fields."""
     path = tmp_path / "answers.jsonl"
-    path.write_text("".join(json.dumps({"prompt": r["question"], "answer": r["text"]}) + "\n"
-                            for r in golden_lines()))
+    path.write_text("".join(json.dumps({"prompt": r["question"], "answer": r["text"]}) + "\n" for r in golden_lines()))
     m = score_answer_file(path, root)
     assert m.headline == golden_metrics.headline
     assert [r["image_id"] for r in m.records] == IMAGE_IDS
@@ -178,8 +183,10 @@ def test_answer_file_variants_pair_by_line_order(root, tmp_path, golden_metrics)
 # --------------------------------------------------------------------------------------------------- quirks
 def score(answers: Sequence[tuple[str, set[str]]], vocab: CocoVocabulary):
     """Score captions against hand-written ground truths (one image per answer)."""
-    items = [Answer(id=str(i), image_id=i, question=QUESTION, caption=clean_answer(text))
-             for i, (text, _) in enumerate(answers)]
+    items = [
+        Answer(id=str(i), image_id=i, question=QUESTION, caption=clean_answer(text))
+        for i, (text, _) in enumerate(answers)
+    ]
     gt = {i: frozenset(objs) for i, (_, objs) in enumerate(answers)}
     return score_answers(items, gt, vocab)
 
@@ -254,12 +261,17 @@ def test_answer_file_trimming(tmp_path):
     assert "coh" not in str(tmp_path)
     assert trim_coh("bad. The following is a response without hallucination. A dog.") == "A dog."
     assert trim_coh("A dog. The following is a response with hallucination. A cat.") == "A dog."
-    line = {"image_id": 900001, "question": QUESTION,
-            "text": "A cat. Generate a response without errors. A dog and a man with a frisbee."}
+    line = {
+        "image_id": 900001,
+        "question": QUESTION,
+        "text": "A cat. Generate a response without errors. A dog and a man with a frisbee.",
+    }
     (tmp_path / "cohort").mkdir()
-    for name, caption in (("coh_answers.jsonl", "A dog and a man with a frisbee."),
-                          ("cohort/answers.jsonl", "A dog and a man with a frisbee."),
-                          ("answers.jsonl", line["text"])):
+    for name, caption in (
+        ("coh_answers.jsonl", "A dog and a man with a frisbee."),
+        ("cohort/answers.jsonl", "A dog and a man with a frisbee."),
+        ("answers.jsonl", line["text"]),
+    ):
         path = tmp_path / name
         path.write_text(json.dumps(line) + "\n")
         assert read_answer_file(path)[0].caption == caption, name
@@ -277,8 +289,10 @@ class RecordingJudge(Judge):
 
     def judge(self, requests: Sequence[JudgeRequest]) -> dict[str, JudgeResult]:
         self.requests += requests
-        return {r.id: JudgeResult(r.id, self.replies.get(r.id), None if self.replies.get(r.id) else "no reply")
-                for r in requests}
+        return {
+            r.id: JudgeResult(r.id, self.replies.get(r.id), None if self.replies.get(r.id) else "no reply")
+            for r in requests
+        }
 
     def describe(self) -> dict[str, Any]:
         return {"judge": "recording"}
@@ -303,8 +317,9 @@ GPT_REPLIES = {
 
 def gpt_answer_file(tmp_path: Path) -> Path:
     path = tmp_path / "gpt_answers.jsonl"
-    path.write_text("".join(json.dumps({"image_id": i, "question": QUESTION, "text": t}) + "\n"
-                            for i, t in GPT_ANSWERS.items()))
+    path.write_text(
+        "".join(json.dumps({"image_id": i, "question": QUESTION, "text": t}) + "\n" for i, t in GPT_ANSWERS.items())
+    )
     return path
 
 
@@ -333,9 +348,15 @@ def test_gpt_path_with_replayed_judge(root, tmp_path):
     # hand-computed: hallucinated responses 900001 (bench) and 900012 (dog, hot dog) of 4 scored, 3 with mentions;
     # mentions 5 + 2 + 0 + 5 = 12, hallucinated 1 + 0 + 0 + 2 = 3; recall (3 + 2 + 0 + 2) / (3 + 2 + 1 + 2)
     lengths = [len(GPT_ANSWERS[i].split(" ")) for i in (900001, 900003, 900007, 900012)]
-    assert m.headline == {"CHAIRs": 50.0, "CHAIRs_refine": 66.7, "CHAIRi": 25.0, "Response Hall": 66.67,
-                          "Object Hall": 25.0, "Object Recall": 87.5,
-                          "Average Length": float("%.2f" % (sum(lengths) / 4))}
+    assert m.headline == {
+        "CHAIRs": 50.0,
+        "CHAIRs_refine": 66.7,
+        "CHAIRi": 25.0,
+        "Response Hall": 66.67,
+        "Object Hall": 25.0,
+        "Object Recall": 87.5,
+        "Average Length": float("%.2f" % (sum(lengths) / 4)),
+    }
     assert any("method: gpt" in n for n in m.notes)
     assert any("NOT the official spaCy" in n for n in m.notes)
     assert any("2 answers left out" in n for n in m.notes)
@@ -377,8 +398,10 @@ class SpacyLike(PhraseAnalyzer):
 
 
 def test_official_phrase_refinement(vocab):
-    assert postagging([("a", "DT"), ("coffee", "NN"), ("cup", "NN"), ("on", "IN"), ("table", "NN")]) == \
-        ["coffee cup", "table"]
+    assert postagging([("a", "DT"), ("coffee", "NN"), ("cup", "NN"), ("on", "IN"), ("table", "NN")]) == [
+        "coffee cup",
+        "table",
+    ]
     objs = refine_objects(["coffee cup", "red car", "cars", "teddy bears", "man on a bench"], SpacyLike(), vocab)
     # compound nouns stay joined (and then match nothing); duplicates dropped; double words win
     assert objs == ["coffee cup", "car", "teddy bear", "man", "bench"]
@@ -450,9 +473,12 @@ def test_question_file_fields_and_duplicates(tmp_path):
 def test_bad_base64_image_fails_when_loaded(tmp_path):
     root = make_root(tmp_path / "d")
     path = root / "obj_halbench_300_with_image.jsonl"
-    path.write_text(json.dumps({"image_id": 7, "question": QUESTION, "image": "abc"}) + "\n"
-                    + json.dumps({"image_id": 8, "question": QUESTION, "image": base64.b64encode(b"junk").decode()})
-                    + "\n")
+    path.write_text(
+        json.dumps({"image_id": 7, "question": QUESTION, "image": "abc"})
+        + "\n"
+        + json.dumps({"image_id": 8, "question": QUESTION, "image": base64.b64encode(b"junk").decode()})
+        + "\n"
+    )
     samples = ObjectHalBench(data_root=root).samples()  # loading the file works
     for sample in samples:
         with pytest.raises(ImageError) as err:
@@ -466,17 +492,29 @@ def test_missing_coco_files_are_named(tmp_path):
     root = make_root(tmp_path / "d")
     (root / "coco_annotations" / "instances_train2014.json").unlink()
     (root / "coco_annotations" / "captions_val2014.json").unlink()
-    for call in (lambda: ObjectHalBench(data_root=root).samples(),
-                 lambda: score_answer_file(GOLDEN / "obj_halbench_answer.jsonl", root)):
+    for call in (
+        lambda: ObjectHalBench(data_root=root).samples(),
+        lambda: score_answer_file(GOLDEN / "obj_halbench_answer.jsonl", root),
+    ):
         with pytest.raises(MissingDataFile) as err:
             call()
         msg = str(err.value)
         assert "instances_train2014.json" in msg and "captions_val2014.json" in msg
         assert "annotations_trainval2014.zip" in msg and "cocodataset.org" in msg
     names = [f.relpath for f in ObjectHalBench.data_files]
-    assert names == ["obj_halbench_300_with_image.jsonl", "synonyms_refine.txt",
-                     *(f"coco_annotations/{n}" for n in ("instances_val2014.json", "instances_train2014.json",
-                                                          "captions_val2014.json", "captions_train2014.json"))]
+    assert names == [
+        "obj_halbench_300_with_image.jsonl",
+        "synonyms_refine.txt",
+        *(
+            f"coco_annotations/{n}"
+            for n in (
+                "instances_val2014.json",
+                "instances_train2014.json",
+                "captions_val2014.json",
+                "captions_train2014.json",
+            )
+        ),
+    ]
     (root / "obj_halbench_300_with_image.jsonl").unlink()
     with pytest.raises(MissingDataFile, match="RLHF-V"):
         ObjectHalBench(data_root=root).samples()
@@ -484,8 +522,12 @@ def test_missing_coco_files_are_named(tmp_path):
 
 def test_unknown_image_ids(root, tmp_path):
     path = tmp_path / "answers.jsonl"
-    path.write_text(json.dumps({"image_id": 900001, "question": QUESTION, "text": "A dog."}) + "\n"
-                    + json.dumps({"image_id": 123, "question": QUESTION, "text": "A cat."}) + "\n")
+    path.write_text(
+        json.dumps({"image_id": 900001, "question": QUESTION, "text": "A dog."})
+        + "\n"
+        + json.dumps({"image_id": 123, "question": QUESTION, "text": "A cat."})
+        + "\n"
+    )
     with pytest.raises(DataError, match="not in the question file") as err:
         score_answer_file(path, root)
     assert err.value.path == str(path) and err.value.line == 2
@@ -500,13 +542,16 @@ def test_unknown_image_ids(root, tmp_path):
 
 def test_answer_file_fields(root, tmp_path):
     path = tmp_path / "answers.jsonl"
-    cases = [({"image_id": 900001, "question": QUESTION}, "'text'"),
-             ({"image_id": 900001, "text": "A dog."}, "'question'"),
-             ({"image_id": "x", "question": QUESTION, "text": "A dog."}, "image_id"),
-             ({"image_id": 900001, "question": QUESTION, "text": 5}, "'text' must be a string")]
+    cases = [
+        ({"image_id": 900001, "question": QUESTION}, "'text'"),
+        ({"image_id": 900001, "text": "A dog."}, "'question'"),
+        ({"image_id": "x", "question": QUESTION, "text": "A dog."}, "image_id"),
+        ({"image_id": 900001, "question": QUESTION, "text": 5}, "'text' must be a string"),
+    ]
     for rec, match in cases:
-        path.write_text(json.dumps({"image_id": 900002, "question": QUESTION, "text": "A cup."}) + "\n"
-                        + json.dumps(rec) + "\n")
+        path.write_text(
+            json.dumps({"image_id": 900002, "question": QUESTION, "text": "A cup."}) + "\n" + json.dumps(rec) + "\n"
+        )
         with pytest.raises(DataError, match=match) as err:
             score_answer_file(path, root)
         assert err.value.line == 2 and err.value.path == str(path)
@@ -514,8 +559,12 @@ def test_answer_file_fields(root, tmp_path):
     with pytest.raises(DataError) as err:
         score_answer_file(path, root)
     assert err.value.line == 1
-    path.write_text(json.dumps({"image_id": 900001, "question": QUESTION, "text": "A dog."}) + "\n" * 2
-                    + json.dumps({"image_id": 900001, "question": QUESTION, "text": "A cat."}) + "\n")
+    path.write_text(
+        json.dumps({"image_id": 900001, "question": QUESTION, "text": "A dog."})
+        + "\n" * 2
+        + json.dumps({"image_id": 900001, "question": QUESTION, "text": "A cat."})
+        + "\n"
+    )
     with pytest.raises(DataError, match="answered twice"):
         score_answer_file(path, root)
     path.write_text(json.dumps({"question": QUESTION, "text": "A dog."}) + "\n")
@@ -558,15 +607,43 @@ def test_cli_score(root, tmp_path, capsys, golden_metrics):
     """``harness score object_halbench --responses FILE`` (judge-free, then GPT with saved replies)."""
     from harness.cli import main
 
-    assert main(["score", "object_halbench", "--responses", str(GOLDEN / "obj_halbench_answer.jsonl"),
-                 "--data-root", str(root)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "object_halbench",
+                "--responses",
+                str(GOLDEN / "obj_halbench_answer.jsonl"),
+                "--data-root",
+                str(root),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["headline"] == golden_metrics.headline and out["counts"]["responses"] == 12
 
     reviews = tmp_path / "reviews.json"
     reviews.write_text(json.dumps([GPT_REPLIES.get(str(i)) for i in IMAGE_IDS]))
-    assert main(["score", "object_halbench", "--responses", str(gpt_answer_file(tmp_path)), "--data-root", str(root),
-                 "--objhal-method", "gpt", "--option", "objhal_lemmatizer=nltk", "--reviews", str(reviews)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "object_halbench",
+                "--responses",
+                str(gpt_answer_file(tmp_path)),
+                "--data-root",
+                str(root),
+                "--objhal-method",
+                "gpt",
+                "--option",
+                "objhal_lemmatizer=nltk",
+                "--reviews",
+                str(reviews),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["headline"]["CHAIRs"] == 50.0 and out["counts"]["judge_failed"] == 2
     assert out["judge"]["ledger"]["calls"] == 5
@@ -582,8 +659,7 @@ def test_several_answers_per_image_are_each_a_response(root, tmp_path):
     path = tmp_path / "eight.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in (first, again, second)))
     m = score_answer_file(path, root)
-    assert [r["id"] for r in m.records] == [f"{first['image_id']}#1", f"{first['image_id']}#2",
-                                             str(second["image_id"])]
+    assert [r["id"] for r in m.records] == [f"{first['image_id']}#1", f"{first['image_id']}#2", str(second["image_id"])]
     assert m.counts["scored"] == 3
     # hand-computed from the per-response records: CHAIRs = hallucinating responses / responses,
     # CHAIRi = hallucinated mentions / mentions, over the three responses
@@ -602,8 +678,18 @@ def test_score_cli_needs_no_question_file_when_answers_carry_image_ids(tmp_path,
     from harness.cli import main
 
     bare = make_root(tmp_path / "bare", questions=False)
-    code = main(["--log-level", "WARNING", "score", "object_halbench", "--responses",
-                 str(GOLDEN / "obj_halbench_answer.jsonl"), "--data-root", str(bare)])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "score",
+            "object_halbench",
+            "--responses",
+            str(GOLDEN / "obj_halbench_answer.jsonl"),
+            "--data-root",
+            str(bare),
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["headline"]["CHAIRs"] == 66.7 and out["headline"]["CHAIRi"] == 23.4
     assert out["coverage"] == {"samples": 12, "responses": 12, "missing": 0}
@@ -612,8 +698,11 @@ def test_score_cli_needs_no_question_file_when_answers_carry_image_ids(tmp_path,
 def test_question_file_with_several_prompts_per_image(tmp_path):
     root = make_root(tmp_path / "d", questions=False)
     path = root / "obj_halbench_300_with_image.jsonl"
-    lines = [json.dumps({"image_id": i, "question": f"{QUESTION} ({k})", "image": png_b64((9, 9, 9))})
-             for i in (900001, 900002) for k in range(8)]
+    lines = [
+        json.dumps({"image_id": i, "question": f"{QUESTION} ({k})", "image": png_b64((9, 9, 9))})
+        for i in (900001, 900002)
+        for k in range(8)
+    ]
     path.write_text("\n".join(lines) + "\n")
     samples = ObjectHalBench(data_root=root).samples()
     assert [s.id for s in samples[:2]] == ["900001#1", "900001#2"] and len({s.id for s in samples}) == 16

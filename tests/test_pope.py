@@ -30,16 +30,32 @@ DATA = Path(__file__).resolve().parent / "fixtures" / "data" / "pope"
 # 8 questions: 5 "yes", 3 "no". Model answers parse to yes yes yes no no | yes no no:
 # TP 3, FN 2, FP 1, TN 2 -> accuracy 5/8, precision 3/4, recall 3/5, yes ratio 4/8.
 LABELS = ["yes", "yes", "yes", "yes", "yes", "no", "no", "no"]
-ANSWERS = ["Yes", "Yes, there is a dog in the image.", "yes", "No", "There is no dog. Yes.",
-           "Yes. There is not a cat.", "No, there is not.", "no"]
+ANSWERS = [
+    "Yes",
+    "Yes, there is a dog in the image.",
+    "yes",
+    "No",
+    "There is no dog. Yes.",
+    "Yes. There is not a cat.",
+    "No, there is not.",
+    "no",
+]
 
 
-def write_split(root: Path, split: str, labels=LABELS, image: str = "COCO_val2014_000000000001.jpg",
-                suffix: str = ".json") -> Path:
+def write_split(
+    root: Path, split: str, labels=LABELS, image: str = "COCO_val2014_000000000001.jpg", suffix: str = ".json"
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"coco_pope_{split}{suffix}"
-    path.write_text("".join(json.dumps({"question_id": i + 1, "image": image, "text": f"Is there a thing {i} in the "
-                                        f"image?", "label": label}) + "\n" for i, label in enumerate(labels)))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {"question_id": i + 1, "image": image, "text": f"Is there a thing {i} in the image?", "label": label}
+            )
+            + "\n"
+            for i, label in enumerate(labels)
+        )
+    )
     return path
 
 
@@ -48,31 +64,34 @@ def respond(samples, answers) -> dict[str, Response]:
 
 
 # ------------------------------------------------------------------------------------------ answer parsing
-@pytest.mark.parametrize(("text", "answer"), [
-    ("Yes", "yes"),
-    ("No", "no"),
-    ("no", "no"),
-    ("No.", "no"),
-    ("No, there is no dog.", "no"),
-    ("no,", "no"),                               # ',' removed before splitting
-    (" No", "no"),                               # split(' ') gives ['', 'No']
-    ("There is no dog in the image", "no"),
-    ("There is not a dog", "no"),
-    ("not", "no"),
-    ("Yes, there is a dog.", "yes"),
-    ("NO", "yes"),                               # case-sensitive: only 'No', 'no', 'not'
-    ("Not really", "yes"),                       # 'Not' is not in the list
-    ("Nope", "yes"),
-    ("There isn't a dog", "yes"),
-    ("nothing", "yes"),
-    ("", "yes"),                                 # anything without a no-word is yes
-    ("I cannot tell", "yes"),
-    ("Yes. There is not a dog.", "yes"),          # only the first sentence counts
-    ("A dog. No.", "yes"),
-    ("There is no.", "no"),
-    ("No\nThere is a cat", "yes"),               # split on spaces only: the word is 'No\nThere'
-    ("Yes, but no", "no"),
-])
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("Yes", "yes"),
+        ("No", "no"),
+        ("no", "no"),
+        ("No.", "no"),
+        ("No, there is no dog.", "no"),
+        ("no,", "no"),  # ',' removed before splitting
+        (" No", "no"),  # split(' ') gives ['', 'No']
+        ("There is no dog in the image", "no"),
+        ("There is not a dog", "no"),
+        ("not", "no"),
+        ("Yes, there is a dog.", "yes"),
+        ("NO", "yes"),  # case-sensitive: only 'No', 'no', 'not'
+        ("Not really", "yes"),  # 'Not' is not in the list
+        ("Nope", "yes"),
+        ("There isn't a dog", "yes"),
+        ("nothing", "yes"),
+        ("", "yes"),  # anything without a no-word is yes
+        ("I cannot tell", "yes"),
+        ("Yes. There is not a dog.", "yes"),  # only the first sentence counts
+        ("A dog. No.", "yes"),
+        ("There is no.", "no"),
+        ("No\nThere is a cat", "yes"),  # split on spaces only: the word is 'No\nThere'
+        ("Yes, but no", "no"),
+    ],
+)
 def test_answer_parsing_follows_evaluate_py(text, answer):
     assert parse_answer(text) == answer
 
@@ -110,29 +129,57 @@ def test_single_split_task_hand_computed(tmp_path):
     task = PopeRandom(data_root=tmp_path, image_root=tmp_path)
     samples = task.samples()
     metrics = task.score(samples, respond(samples, ANSWERS))
-    assert metrics.headline == {"Accuracy": 5 / 8, "F1": 2 * 0.75 * 0.6 / 1.35, "Precision": 0.75, "Recall": 0.6,
-                                "Yes Ratio": 0.5}
+    assert metrics.headline == {
+        "Accuracy": 5 / 8,
+        "F1": 2 * 0.75 * 0.6 / 1.35,
+        "Precision": 0.75,
+        "Recall": 0.6,
+        "Yes Ratio": 0.5,
+    }
     assert list(metrics.headline) == ["Accuracy", "F1", "Precision", "Recall", "Yes Ratio"]
-    assert metrics.counts.items() >= {"TP": 3, "FN": 2, "FP": 1, "TN": 2, "answered_yes": 4, "answered_no": 4,
-                                      "scored": 8, "no_response": 0}.items()
-    assert metrics.records[1] == {"id": "random-2", "split": "random", "answer": "yes", "label": "yes",
-                                  "correct": True}
+    assert (
+        metrics.counts.items()
+        >= {
+            "TP": 3,
+            "FN": 2,
+            "FP": 1,
+            "TN": 2,
+            "answered_yes": 4,
+            "answered_no": 4,
+            "scored": 8,
+            "no_response": 0,
+        }.items()
+    )
+    assert metrics.records[1] == {"id": "random-2", "split": "random", "answer": "yes", "label": "yes", "correct": True}
     assert [r["correct"] for r in metrics.records] == [True, True, True, False, False, False, True, True]
 
 
 def test_all_splits_task_reports_each_split_and_their_mean(tmp_path):
-    write_split(tmp_path, "random")                                 # the hand-computed split
-    write_split(tmp_path, "popular", labels=["yes", "no"])          # answers yes, yes: acc 0.5, P 0.5, R 1
-    write_split(tmp_path, "adversarial", labels=["yes", "no"])      # answers no, no: acc 0.5, P, R, F1 0
+    write_split(tmp_path, "random")  # the hand-computed split
+    write_split(tmp_path, "popular", labels=["yes", "no"])  # answers yes, yes: acc 0.5, P 0.5, R 1
+    write_split(tmp_path, "adversarial", labels=["yes", "no"])  # answers no, no: acc 0.5, P, R, F1 0
     task = Pope(data_root=tmp_path, image_root=tmp_path)
     samples = task.samples()
-    assert [s.id for s in samples] == [f"random-{i}" for i in range(1, 9)] + ["popular-1", "popular-2",
-                                                                               "adversarial-1", "adversarial-2"]
+    assert [s.id for s in samples] == [f"random-{i}" for i in range(1, 9)] + [
+        "popular-1",
+        "popular-2",
+        "adversarial-1",
+        "adversarial-2",
+    ]
     metrics = task.score(samples, respond(samples, ANSWERS + ["Yes", "Yes", "No", "No"]))
     random_f1 = 2 * 0.75 * 0.6 / 1.35
     assert metrics.breakdown["random"]["F1"] == random_f1
-    assert metrics.breakdown["popular"] == {"Accuracy": 0.5, "F1": 2 * 0.5 * 1.0 / 1.5, "Precision": 0.5,
-                                            "Recall": 1.0, "Yes Ratio": 1.0, "TP": 1, "FP": 1, "TN": 0, "FN": 0}
+    assert metrics.breakdown["popular"] == {
+        "Accuracy": 0.5,
+        "F1": 2 * 0.5 * 1.0 / 1.5,
+        "Precision": 0.5,
+        "Recall": 1.0,
+        "Yes Ratio": 1.0,
+        "TP": 1,
+        "FP": 1,
+        "TN": 0,
+        "FN": 0,
+    }
     assert metrics.breakdown["adversarial"]["Yes Ratio"] == 0.0
     assert metrics.headline["Accuracy"] == (5 / 8 + 0.5 + 0.5) / 3
     assert metrics.headline["F1"] == (random_f1 + 2 * 0.5 * 1.0 / 1.5 + 0.0) / 3
@@ -180,7 +227,11 @@ def test_answer_file_paired_by_position_like_evaluate_py(tmp_path):
 # ------------------------------------------------------------------------------------------ tasks, prompts, images
 def test_registered_tasks():
     assert {n: _TASKS[n] for n in ("pope", "pope_random", "pope_popular", "pope_adversarial")} == {
-        "pope": Pope, "pope_random": PopeRandom, "pope_popular": PopePopular, "pope_adversarial": PopeAdversarial}
+        "pope": Pope,
+        "pope_random": PopeRandom,
+        "pope_popular": PopePopular,
+        "pope_adversarial": PopeAdversarial,
+    }
     assert Pope.splits == SPLITS
 
 
@@ -199,13 +250,16 @@ def test_the_shipped_question_files(tmp_path):
     assert task.default_max_new_tokens == 128
 
 
-@pytest.mark.parametrize(("option", "prompt"), [
-    (None, "Is there a thing 0 in the image?" + LLAVA_SUFFIX),
-    ("", "Is there a thing 0 in the image?"),
-    ("none", "Is there a thing 0 in the image?"),
-    ("\\nAnswer yes or no.", "Is there a thing 0 in the image?\nAnswer yes or no."),
-    (" Please answer yes or no.", "Is there a thing 0 in the image? Please answer yes or no."),
-])
+@pytest.mark.parametrize(
+    ("option", "prompt"),
+    [
+        (None, "Is there a thing 0 in the image?" + LLAVA_SUFFIX),
+        ("", "Is there a thing 0 in the image?"),
+        ("none", "Is there a thing 0 in the image?"),
+        ("\\nAnswer yes or no.", "Is there a thing 0 in the image?\nAnswer yes or no."),
+        (" Please answer yes or no.", "Is there a thing 0 in the image? Please answer yes or no."),
+    ],
+)
 def test_prompt_suffix_option(tmp_path, option, prompt):
     write_split(tmp_path, "random")
     options = {} if option is None else {"pope_suffix": option}
@@ -254,14 +308,17 @@ def test_malformed_line_names_file_and_line(tmp_path):
         PopeRandom(data_root=tmp_path).samples()
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"label": "maybe"}, "line 2: question 2: field 'label' must be \"yes\" or \"no\", got 'maybe'"),
-    ({"label": "Yes"}, "line 2: question 2: field 'label' must be"),
-    ({"text": None}, "line 2: question 2: missing or non-string field 'text'"),
-    ({"image": 5}, "line 2: question 2: missing or non-string field 'image'"),
-    ({"question_id": "2"}, "line 2: field 'question_id' must be an integer"),
-    ({"question_id": 1}, "line 2: question_id 1 appears twice (first on line 1)"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"label": "maybe"}, "line 2: question 2: field 'label' must be \"yes\" or \"no\", got 'maybe'"),
+        ({"label": "Yes"}, "line 2: question 2: field 'label' must be"),
+        ({"text": None}, "line 2: question 2: missing or non-string field 'text'"),
+        ({"image": 5}, "line 2: question 2: missing or non-string field 'image'"),
+        ({"question_id": "2"}, "line 2: field 'question_id' must be an integer"),
+        ({"question_id": 1}, "line 2: question_id 1 appears twice (first on line 1)"),
+    ],
+)
 def test_bad_records_name_file_line_and_field(tmp_path, change, message):
     path = write_split(tmp_path, "random")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -344,8 +401,10 @@ def test_harness_score_reads_the_official_answer_files(tmp_path, capsys, ids):
     answers = tmp_path / "answers.jsonl"
     _official_layout_answers("random", answers, ids=ids)
     official = score_answer_file(answers, DATA / "coco_pope_random.json")
-    assert main(["--log-level", "WARNING", "score", "pope_random", "--responses", str(answers),
-                 "--data-root", str(DATA)]) == 0
+    assert (
+        main(["--log-level", "WARNING", "score", "pope_random", "--responses", str(answers), "--data-root", str(DATA)])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     for key in ("Accuracy", "Precision", "Recall", "F1"):
         assert out["headline"][key] == getattr(official, key), key
@@ -362,8 +421,9 @@ def test_harness_score_pope_all_splits_needs_each_answers_split(tmp_path, capsys
         _official_layout_answers(split, tmp_path / f"{split}.jsonl", category=True)
         parts.append((tmp_path / f"{split}.jsonl").read_text())
     combined.write_text("".join(parts))
-    assert main(["--log-level", "WARNING", "score", "pope", "--responses", str(combined),
-                 "--data-root", str(DATA)]) == 0
+    assert (
+        main(["--log-level", "WARNING", "score", "pope", "--responses", str(combined), "--data-root", str(DATA)]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     means = [score_answer_file(tmp_path / f"{split}.jsonl", DATA / f"coco_pope_{split}.json").F1 for split in SPLITS]
     assert out["headline"]["F1"] == pytest.approx(sum(means) / 3, abs=1e-12)
@@ -382,7 +442,8 @@ def test_harness_score_pope_refuses_short_and_repeated_answer_files(tmp_path):
     with pytest.raises(DataError, match="holds 1 answers without question ids for the 3000 questions"):
         task.score_file(short)
     twice = tmp_path / "twice.jsonl"
-    twice.write_text(json.dumps({"question_id": 1, "text": "yes"}) + "\n" + json.dumps({"question_id": 1, "text": "no"})
-                     + "\n")
+    twice.write_text(
+        json.dumps({"question_id": 1, "text": "yes"}) + "\n" + json.dumps({"question_id": 1, "text": "no"}) + "\n"
+    )
     with pytest.raises(DataError, match=r"twice.jsonl, line 2: question random-1 is answered twice"):
         task.score_file(twice)

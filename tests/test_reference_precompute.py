@@ -17,8 +17,13 @@ from harness.errors import HarnessError
 from trainers.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
-COLOURS = [("red", "blue", "circle"), ("green", "yellow", "square"), ("blue", "red", "square"),
-           ("yellow", "green", "circle"), ("red", "green", "square")]
+COLOURS = [
+    ("red", "blue", "circle"),
+    ("green", "yellow", "square"),
+    ("blue", "red", "square"),
+    ("yellow", "green", "circle"),
+    ("red", "green", "square"),
+]
 
 # run under torchrun: the trainer's precompute, counting the rows each rank scores
 LAUNCHED = r"""
@@ -57,16 +62,33 @@ def pref_data(tmp_path_factory, shape_image) -> Path:
     for i, (c1, c2, shape) in enumerate(COLOURS):
         shape_image(c1, shape).save(root / f"img/{i}w.png")
         shape_image(c2, shape).save(root / f"img/{i}l.png")
-        records.append({"id": f"ex{i}", "question": "what colour is the shape ?", "image_w": str(root / f"img/{i}w.png"),
-                        "image_l": str(root / f"img/{i}l.png"), "y_w": f"it is {c1} .", "y_l": f"it is {c2} ."})
+        records.append(
+            {
+                "id": f"ex{i}",
+                "question": "what colour is the shape ?",
+                "image_w": str(root / f"img/{i}w.png"),
+                "image_l": str(root / f"img/{i}l.png"),
+                "y_w": f"it is {c1} .",
+                "y_l": f"it is {c2} .",
+            }
+        )
     path = root / "pref.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
 
 def _config(model: str, data: Path, cache: Path, **kw) -> TrainConfig:
-    base = {"model": model, "data": str(data), "output": str(cache.parent / "out"), "lora": False, "bf16": False,
-            "batch_size": 1, "report_to": ["none"], "method": "mpo", "reference": f"cache:{cache}"}
+    base = {
+        "model": model,
+        "data": str(data),
+        "output": str(cache.parent / "out"),
+        "lora": False,
+        "bf16": False,
+        "batch_size": 1,
+        "report_to": ["none"],
+        "method": "mpo",
+        "reference": f"cache:{cache}",
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -82,8 +104,14 @@ def collator_for(config: TrainConfig):
     processor = load_processor(config.model)
     rows_needed = required_rows(loss_config_for(config))
     examples = read_preferences(config.data)
-    collator = PreferenceCollator(family, processor, rows_needed, strategy=config.rejected_image,
-                                  seed=config.corruption_seed, max_length=config.max_length)
+    collator = PreferenceCollator(
+        family,
+        processor,
+        rows_needed,
+        strategy=config.rejected_image,
+        seed=config.corruption_seed,
+        max_length=config.max_length,
+    )
     return family, processor, collator, examples
 
 
@@ -95,9 +123,16 @@ def _rows_in_memory_cache(config: TrainConfig, path: Path) -> bytes:
 
     family, processor, collator, examples = collator_for(config)
     rows = [row for ex in examples for row in collator.rows([ex])]
-    precompute_reference(load_model(config.model), family, processor, rows, path,
-                         reference_meta(config, family, collator.rows_needed),
-                         batch_size=config.batch_size * len(collator.rows_needed), progress=False)
+    precompute_reference(
+        load_model(config.model),
+        family,
+        processor,
+        rows,
+        path,
+        reference_meta(config, family, collator.rows_needed),
+        batch_size=config.batch_size * len(collator.rows_needed),
+        progress=False,
+    )
     return path.read_bytes()
 
 
@@ -117,10 +152,27 @@ def test_two_processes_share_the_rows_and_write_the_one_process_file(tiny_llava_
     launched = tmp_path / "launched.py"
     launched.write_text(LAUNCHED)
     settings = dataclasses.asdict(_config(tiny_llava_path, pref_data, two))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launched),
-           json.dumps(settings), str(Path(__file__).resolve().parent), str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, check=False,
-                          env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(launched),
+        json.dumps(settings),
+        str(Path(__file__).resolve().parent),
+        str(tmp_path),
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        check=False,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = sorted((json.loads(p.read_text()) for p in tmp_path.glob("scored-*.json")), key=lambda r: r["rank"])
     assert [(r["rank"], r["world"]) for r in reports] == [(0, 2), (1, 2)]
@@ -153,9 +205,16 @@ def test_images_are_decoded_one_micro_batch_at_a_time(tiny_llava_path, pref_data
     config = _config(tiny_llava_path, pref_data, cache, batch_size=2)
     family, processor, collator, examples = collator_for(config)
     precompute_reference_cache(config, family, processor, collator, examples, cache)
-    assert events == [("load", "ex0"), ("load", "ex1"), ("score", ["ex0", "ex1"]),
-                      ("load", "ex2"), ("load", "ex3"), ("score", ["ex2", "ex3"]),
-                      ("load", "ex4"), ("score", ["ex4"])]
+    assert events == [
+        ("load", "ex0"),
+        ("load", "ex1"),
+        ("score", ["ex0", "ex1"]),
+        ("load", "ex2"),
+        ("load", "ex3"),
+        ("score", ["ex2", "ex3"]),
+        ("load", "ex4"),
+        ("score", ["ex4"]),
+    ]
     assert len(cache.read_text().splitlines()) == 1 + 5 * 3
 
 
@@ -166,8 +225,10 @@ def _tiny_setup(tiny_llava_path):
     from trainers.trainer import load_model, load_processor
 
     _, family = resolve_model(tiny_llava_path)
-    rows = [Row(question="what colour is the shape ?", response=f"it is {c} .", image=None, key=(f"r{i}", "none", "w"))
-            for i, c in enumerate(["red", "blue", "green", "yellow", "red", "blue", "green"])]
+    rows = [
+        Row(question="what colour is the shape ?", response=f"it is {c} .", image=None, key=(f"r{i}", "none", "w"))
+        for i, c in enumerate(["red", "blue", "green", "yellow", "red", "blue", "green"])
+    ]
     meta = ReferenceMeta.for_model(tiny_llava_path, family)
     return load_model(tiny_llava_path), family, load_processor(tiny_llava_path), rows, meta
 
@@ -183,16 +244,28 @@ def test_ranks_in_threads_merge_to_the_one_process_file(tiny_llava_path, tmp_pat
     )
 
     model, family, processor, rows, meta = _tiny_setup(tiny_llava_path)
-    single = precompute_reference(model, family, processor, rows, tmp_path / "single.jsonl", meta, batch_size=2,
-                                  progress=False)
+    single = precompute_reference(
+        model, family, processor, rows, tmp_path / "single.jsonl", meta, batch_size=2, progress=False
+    )
     batches = RowList(rows, batch_size=2)
     assert [list(shard_range(len(batches), r, 3)) for r in range(3)] == [[0], [1], [2, 3]]
     out, scored, errors = tmp_path / "sharded.jsonl", {}, []
 
     def rank(r: int) -> None:
         try:
-            scored[r] = precompute_reference_sharded(model, family, processor, batches, out, meta, rank=r,
-                                                     world_size=3, progress=False, poll_seconds=0.01, timeout=60)
+            scored[r] = precompute_reference_sharded(
+                model,
+                family,
+                processor,
+                batches,
+                out,
+                meta,
+                rank=r,
+                world_size=3,
+                progress=False,
+                poll_seconds=0.01,
+                timeout=60,
+            )
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -215,9 +288,20 @@ def test_a_failed_rank_ends_the_others_wait_with_its_error(tiny_llava_path, tmp_
     shards.mkdir()
     (shards / "rank-00001.failed").write_text("RuntimeError: CUDA out of memory")
     with pytest.raises(HarnessError, match="rank 1 failed: RuntimeError: CUDA out of memory"):
-        precompute_reference_sharded(model, family, processor, RowList(rows, 4), tmp_path / "ref.jsonl", meta,
-                                     rank=0, world_size=2, shard_dir=shards, progress=False, poll_seconds=0.01,
-                                     timeout=30)
+        precompute_reference_sharded(
+            model,
+            family,
+            processor,
+            RowList(rows, 4),
+            tmp_path / "ref.jsonl",
+            meta,
+            rank=0,
+            world_size=2,
+            shard_dir=shards,
+            progress=False,
+            poll_seconds=0.01,
+            timeout=30,
+        )
     assert not (tmp_path / "ref.jsonl").exists()
 
     class Broken(RowList):
@@ -225,8 +309,18 @@ def test_a_failed_rank_ends_the_others_wait_with_its_error(tiny_llava_path, tmp_
             raise OSError("image file vanished")
 
     with pytest.raises(OSError):
-        precompute_reference_sharded(model, family, processor, Broken(rows, 4), tmp_path / "ref2.jsonl", meta,
-                                     rank=1, world_size=2, shard_dir=tmp_path / "s2", progress=False)
+        precompute_reference_sharded(
+            model,
+            family,
+            processor,
+            Broken(rows, 4),
+            tmp_path / "ref2.jsonl",
+            meta,
+            rank=1,
+            world_size=2,
+            shard_dir=tmp_path / "s2",
+            progress=False,
+        )
     assert "image file vanished" in (tmp_path / "s2" / "rank-00001.failed").read_text()
 
 
@@ -237,6 +331,16 @@ def test_duplicate_keys_fail_on_every_rank_before_scoring(tiny_llava_path, tmp_p
     rows = rows[:3] + [rows[0]]
     for r in (0, 1):
         with pytest.raises(HarnessError, match="appears twice"):
-            precompute_reference_sharded(model, family, processor, RowList(rows, 2), tmp_path / "ref.jsonl", meta,
-                                         rank=r, world_size=2, progress=False, timeout=5)
+            precompute_reference_sharded(
+                model,
+                family,
+                processor,
+                RowList(rows, 2),
+                tmp_path / "ref.jsonl",
+                meta,
+                rank=r,
+                world_size=2,
+                progress=False,
+                timeout=5,
+            )
     assert not any(tmp_path.iterdir())

@@ -20,10 +20,26 @@ STEPS = 6
 
 
 def _config(model: str, data: Path, out: Path, **kw) -> TrainConfig:
-    base = {"model": model, "data": str(data), "output": str(out), "method": "jompo", "lora": False, "bf16": False,
-            "batch_size": 1, "grad_accum": 1, "lr": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.0, "beta": 0.5,
-            "report_to": ["none"], "max_steps": STEPS, "save_steps": 2, "save_total_limit": None, "logging_steps": 1,
-            "gradient_checkpointing": False}
+    base = {
+        "model": model,
+        "data": str(data),
+        "output": str(out),
+        "method": "jompo",
+        "lora": False,
+        "bf16": False,
+        "batch_size": 1,
+        "grad_accum": 1,
+        "lr": 1e-3,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.0,
+        "beta": 0.5,
+        "report_to": ["none"],
+        "max_steps": STEPS,
+        "save_steps": 2,
+        "save_total_limit": None,
+        "logging_steps": 1,
+        "gradient_checkpointing": False,
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -39,8 +55,9 @@ def _train(config: TrainConfig) -> Path:
 
 
 def _losses(out: Path) -> dict[int, float]:
-    return {e["step"]: e["loss"] for e in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())
-            if "loss" in e}
+    return {
+        e["step"]: e["loss"] for e in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if "loss" in e
+    }
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
@@ -87,8 +104,16 @@ def pref_data(tmp_path_factory, shape_image) -> Path:
     for i, (c1, c2) in enumerate([("red", "blue"), ("green", "yellow"), ("blue", "red"), ("yellow", "green")]):
         shape_image(c1).save(root / f"{i}w.png")
         shape_image(c2).save(root / f"{i}l.png")
-        records.append({"id": f"ex{i}", "question": "what colour is the shape ?", "image_w": f"{i}w.png",
-                        "image_l": f"{i}l.png", "y_w": f"it is {c1} .", "y_l": f"it is {c2} ."})
+        records.append(
+            {
+                "id": f"ex{i}",
+                "question": "what colour is the shape ?",
+                "image_w": f"{i}w.png",
+                "image_l": f"{i}l.png",
+                "y_w": f"it is {c1} .",
+                "y_l": f"it is {c2} .",
+            }
+        )
     path = root / "pref.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
@@ -101,15 +126,17 @@ def reference_run(tiny_llava_path, pref_data, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("step", [2, 4])
-def test_resume_after_a_checkpoint_equals_the_uninterrupted_run(step, reference_run, tiny_llava_path, pref_data,
-                                                                tmp_path):
+def test_resume_after_a_checkpoint_equals_the_uninterrupted_run(
+    step, reference_run, tiny_llava_path, pref_data, tmp_path
+):
     out = _cut_after(reference_run, tmp_path / "run", step)
     _train(_config(tiny_llava_path, pref_data, out, resume=True))
     _assert_same_run(out, reference_run, tiny_llava_path)
 
 
-def test_a_kill_during_a_checkpoint_save_resumes_from_the_previous_one(reference_run, tiny_llava_path, pref_data,
-                                                                       tmp_path, monkeypatch, caplog):
+def test_a_kill_during_a_checkpoint_save_resumes_from_the_previous_one(
+    reference_run, tiny_llava_path, pref_data, tmp_path, monkeypatch, caplog
+):
     """Killed while writing checkpoint-4 (after its weights, before its optimizer state): no checkpoint-4 folder
     exists (it was being written under .staging); --resume continues from checkpoint-2, to the same end."""
     import transformers
@@ -136,8 +163,9 @@ def test_a_kill_during_a_checkpoint_save_resumes_from_the_previous_one(reference
     shutil.copytree(out / "checkpoints/.staging/checkpoint-4", out / "checkpoints/checkpoint-4")
     with caplog.at_level(logging.WARNING, logger="harness.train"):
         _train(_config(tiny_llava_path, pref_data, out, resume=True))
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "checkpoint-4" in
-                r.getMessage()]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "checkpoint-4" in r.getMessage()
+    ]
     assert warnings and "skipping incomplete checkpoint" in warnings[0] and "checkpoint-2" in warnings[0]
     _assert_same_run(out, reference_run, tiny_llava_path)
     assert not (out / "checkpoints/.staging").exists()
@@ -162,8 +190,9 @@ def _break(ckpt: Path, how: str) -> None:
         (ckpt / "optimizer.pt").write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("how", ["empty", "no_state", "no_weights", "no_optimizer", "truncated_weights",
-                                 "truncated_optimizer"])
+@pytest.mark.parametrize(
+    "how", ["empty", "no_state", "no_weights", "no_optimizer", "truncated_weights", "truncated_optimizer"]
+)
 def test_an_incomplete_checkpoint_is_skipped_for_the_last_complete_one(how, reference_run, tmp_path, caplog):
     from trainers.trainer import checkpoint_problem, resume_checkpoint
 
@@ -182,8 +211,25 @@ def test_no_complete_checkpoint_is_one_line_error(reference_run, tiny_llava_path
     out = _cut_after(reference_run, tmp_path / "run", 4)
     _break(out / "checkpoints/checkpoint-4", "empty")
     _break(out / "checkpoints/checkpoint-2", "no_state")
-    code = main(["--log-level", "WARNING", "train", "--method", "jompo", "--model", tiny_llava_path, "--data",
-                 str(pref_data), "--output", str(out), "--resume", "--report-to", "none", "--no-bf16"])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "train",
+            "--method",
+            "jompo",
+            "--model",
+            tiny_llava_path,
+            "--data",
+            str(pref_data),
+            "--output",
+            str(out),
+            "--resume",
+            "--report-to",
+            "none",
+            "--no-bf16",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     line = [x for x in err.splitlines() if x.startswith("harness: error:")]
@@ -191,18 +237,44 @@ def test_no_complete_checkpoint_is_one_line_error(reference_run, tiny_llava_path
     assert "checkpoint-4: empty" in line[0] and "checkpoint-2: no trainer_state.json" in line[0]
 
 
-def test_checkpoint_keys_that_do_not_match_the_model_are_an_error(reference_run, tiny_llava_path, pref_data,
-                                                                  tmp_path, capsys):
+def test_checkpoint_keys_that_do_not_match_the_model_are_an_error(
+    reference_run, tiny_llava_path, pref_data, tmp_path, capsys
+):
     from safetensors.torch import load_file, save_file
 
     out = _cut_after(reference_run, tmp_path / "run", 2)
     path = out / "checkpoints/checkpoint-2/model.safetensors"
     tensors = load_file(str(path))
-    save_file({("x." + k if "layers.0." in k else k): v for k, v in tensors.items()}, str(path),
-              metadata={"format": "pt"})
-    code = main(["--log-level", "WARNING", "train", "--method", "jompo", "--model", tiny_llava_path, "--data",
-                 str(pref_data), "--output", str(out), "--resume", "--report-to", "none", "--no-bf16",
-                 "--max-steps", str(STEPS), "--save-steps", "2", "--batch-size", "1", "--grad-accum", "1"])
+    save_file(
+        {("x." + k if "layers.0." in k else k): v for k, v in tensors.items()}, str(path), metadata={"format": "pt"}
+    )
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "train",
+            "--method",
+            "jompo",
+            "--model",
+            tiny_llava_path,
+            "--data",
+            str(pref_data),
+            "--output",
+            str(out),
+            "--resume",
+            "--report-to",
+            "none",
+            "--no-bf16",
+            "--max-steps",
+            str(STEPS),
+            "--save-steps",
+            "2",
+            "--batch-size",
+            "1",
+            "--grad-accum",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
     assert "do not match the model" in err and "missing" in err and "unexpected" in err
@@ -230,8 +302,14 @@ def test_a_checkpoint_under_the_original_names_resumes_exactly(reference_run, ti
 
 def test_lora_resume_equals_the_uninterrupted_run(tiny_llava_path, pref_data, tmp_path):
     """LoRA with dropout (so the restored RNG state matters), the adapter as reference, merged at the end."""
-    lora = {"lora": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "lr": 5e-3,
-            "modules": ["language_model", "projector"]}
+    lora = {
+        "lora": True,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.1,
+        "lr": 5e-3,
+        "modules": ["language_model", "projector"],
+    }
     reference = _train(_config(tiny_llava_path, pref_data, tmp_path / "ref", **lora))
     out = _cut_after(reference, tmp_path / "run", 4)
     shutil.rmtree(out / "adapter")
@@ -245,8 +323,16 @@ def test_sft_resume_equals_the_uninterrupted_run(tiny_llava_path, tmp_path, shap
     lines = []
     for i, colour in enumerate(["red", "blue", "green", "yellow"]):
         shape_image(colour).save(root / f"{i}.png")
-        lines.append(json.dumps({"id": f"s{i}", "image": f"{i}.png", "question": "what colour is the shape ?",
-                                 "answer": f"it is {colour} ."}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"s{i}",
+                    "image": f"{i}.png",
+                    "question": "what colour is the shape ?",
+                    "answer": f"it is {colour} .",
+                }
+            )
+        )
     (root / "sft.jsonl").write_text("\n".join(lines) + "\n")
     reference = _train(_config(tiny_llava_path, root / "sft.jsonl", tmp_path / "ref", method="sft"))
     out = _cut_after(reference, tmp_path / "run", 2)
@@ -254,8 +340,9 @@ def test_sft_resume_equals_the_uninterrupted_run(tiny_llava_path, tmp_path, shap
     _assert_same_run(out, reference, tiny_llava_path)
 
 
-def test_resume_refuses_checkpoints_made_from_another_starting_model(reference_run, tiny_llava_path, pref_data,
-                                                                      tmp_path):
+def test_resume_refuses_checkpoints_made_from_another_starting_model(
+    reference_run, tiny_llava_path, pref_data, tmp_path
+):
     """Checkpoints record the starting model's content hash: resuming them on a changed model (an upstream stage
     trained again) is a one-line error, never a mix of two runs."""
     from safetensors.torch import load_file, save_file

@@ -38,7 +38,7 @@ class InProcessRunner:
     def __call__(self, job, output: Path, log_path: Path) -> None:
         self.calls.append(job.id)
         argv = sweep.job_arguments(job, output)
-        argv = argv[argv.index("harness") + 1:]
+        argv = argv[argv.index("harness") + 1 :]
         code = main(["--log-level", "WARNING", *argv])
         if code != 0:
             raise JobFailed(f"exit status {code}")
@@ -47,14 +47,38 @@ class InProcessRunner:
 
 
 def _settings(output: Path) -> SweepSettings:
-    train = {"lora": False, "modules": ["language_model", "projector"], "batch_size": 2, "grad_accum": 1,
-             "lr": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.0, "bf16": False, "report_to": ["none"],
-             "save_steps": 2, "save_total_limit": None, "max_steps": 4}
-    return SweepSettings.from_mapping({
-        "methods": ["dpo"], "data": "toy", "toy_pairs": 8, "data_sizes": ["8"], "toy_captions": 8,
-        "tasks": ["toy_amber"], "limit": 2, "engine": "hf", "seeds": [7], "output": str(output), "no_report": True,
-        "sft": {"data": "toy", **train}, "train": train, "eval": {"batch_size": 2},
-    })
+    train = {
+        "lora": False,
+        "modules": ["language_model", "projector"],
+        "batch_size": 2,
+        "grad_accum": 1,
+        "lr": 1e-3,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.0,
+        "bf16": False,
+        "report_to": ["none"],
+        "save_steps": 2,
+        "save_total_limit": None,
+        "max_steps": 4,
+    }
+    return SweepSettings.from_mapping(
+        {
+            "methods": ["dpo"],
+            "data": "toy",
+            "toy_pairs": 8,
+            "data_sizes": ["8"],
+            "toy_captions": 8,
+            "tasks": ["toy_amber"],
+            "limit": 2,
+            "engine": "hf",
+            "seeds": [7],
+            "output": str(output),
+            "no_report": True,
+            "sft": {"data": "toy", **train},
+            "train": train,
+            "eval": {"batch_size": 2},
+        }
+    )
 
 
 def _snapshot(output: Path) -> dict:
@@ -63,7 +87,9 @@ def _snapshot(output: Path) -> dict:
 
     index = {e["id"]: (e["state"], e["fingerprint"]) for e in RunIndex(output).entries().values()}
     models = {p.parent.name: load_file(str(p)) for p in sorted((output / "models").glob("*/model.safetensors"))}
-    metrics = {str(p.relative_to(output)): json.loads(p.read_text()) for p in sorted(output.glob("runs/*/*/metrics.json"))}
+    metrics = {
+        str(p.relative_to(output)): json.loads(p.read_text()) for p in sorted(output.glob("runs/*/*/metrics.json"))
+    }
     return {"index": index, "models": models, "metrics": metrics}
 
 
@@ -159,8 +185,11 @@ def test_an_sft_rerun_that_trains_nothing_is_not_marked_done(tmp_path):
     s = _settings(out)
     s.methods = ["dpo"]
     result = run_sweep(s, runner=InProcessRunner(after=base_weights), echo=lambda _: None)
-    assert result.failed == ["sft"] and set(result.blocked) == {"eval-sft", "train-dpo-8-b0.05-e2-s7",
-                                                                "eval-dpo-8-b0.05-e2-s7"}
+    assert result.failed == ["sft"] and set(result.blocked) == {
+        "eval-sft",
+        "train-dpo-8-b0.05-e2-s7",
+        "eval-dpo-8-b0.05-e2-s7",
+    }
     assert "identical to its starting model" in RunIndex(out).entries()["sft"]["error"]
 
 
@@ -234,21 +263,41 @@ def fake(tmp_path_factory) -> dict:
     (root / "job.py").write_text(FAKE_JOB)
     (root / "driver.py").write_text(DRIVER)
     prefs = root / "prefs.jsonl"
-    write_preferences(prefs, [PreferenceExample(f"p{i}", f"q {i}?", None, None, f"yes {i}", f"no {i}")
-                              for i in range(12)])
+    write_preferences(
+        prefs, [PreferenceExample(f"p{i}", f"q {i}?", None, None, f"yes {i}", f"no {i}") for i in range(12)]
+    )
     return {"root": root, "prefs": prefs}
 
 
 def _sweep_args(fake: dict, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
-    return [sys.executable, str(fake["root"] / "driver.py"), "--log-level", "WARNING", "sweep", "--methods", "dpo",
-            "--data-sizes", "10", "--data", str(fake["prefs"]), "--tasks", "toy_amber", "--seeds", "3",
-            "--output", str(out), "--no-report", *extra]
+    return [
+        sys.executable,
+        str(fake["root"] / "driver.py"),
+        "--log-level",
+        "WARNING",
+        "sweep",
+        "--methods",
+        "dpo",
+        "--data-sizes",
+        "10",
+        "--data",
+        str(fake["prefs"]),
+        "--tasks",
+        "toy_amber",
+        "--seeds",
+        "3",
+        "--output",
+        str(out),
+        "--no-report",
+        *extra,
+    ]
 
 
 def _start(fake: dict, out: Path, extra: tuple[str, ...] = (), **env: str) -> subprocess.Popen:
     full = {**os.environ, "FAKE_JOB": str(fake["root"] / "job.py"), "PYTHONPATH": str(REPO), **env}
-    return subprocess.Popen(_sweep_args(fake, out, extra), env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        _sweep_args(fake, out, extra), env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _run(fake: dict, out: Path, extra: tuple[str, ...] = (), **env: str) -> tuple[int, str]:
@@ -279,8 +328,10 @@ def _started(out: Path, job_id: str) -> list[int]:
 
 def _fake_snapshot(out: Path) -> dict:
     index = {e["id"]: (e["state"], e["fingerprint"]) for e in RunIndex(out).entries().values()}
-    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("models/*/model.safetensors"))
-             + sorted(out.glob("runs/*/*/metrics.json"))}
+    files = {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.glob("models/*/model.safetensors")) + sorted(out.glob("runs/*/*/metrics.json"))
+    }
     return {"index": index, "files": files}
 
 
@@ -295,8 +346,9 @@ def fake_reference(fake, tmp_path_factory) -> dict:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
-@pytest.mark.parametrize("how, when", [(signal.SIGTERM, "before"), (signal.SIGKILL, "before"),
-                                       (signal.SIGINT, "after")])
+@pytest.mark.parametrize(
+    "how, when", [(signal.SIGTERM, "before"), (signal.SIGKILL, "before"), (signal.SIGINT, "after")]
+)
 def test_the_running_job_dies_with_the_sweep_and_the_rerun_ends_the_same(how, when, fake, fake_reference, tmp_path):
     """Killed inside a job (``before`` it wrote its outputs) or at its end (``after``: outputs written, not marked
     done): the job's processes die with the sweep, even on SIGKILL; the rerun runs what is left and ends like an
@@ -348,8 +400,9 @@ def test_a_parallel_sweep_runs_jobs_side_by_side_and_an_interrupt_stops_them_all
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM, err
     lines = [x for x in err.splitlines() if x.startswith("harness:")]
-    assert lines == [f"harness: sweep interrupted (SIGTERM): jobs {a}, {b} were stopped; rerun the same command to "
-                     "resume"], err
+    assert lines == [
+        f"harness: sweep interrupted (SIGTERM): jobs {a}, {b} were stopped; rerun the same command to resume"
+    ], err
     _wait_for(lambda: not any(_alive(p) for p in pids), timeout=15)
     entries = RunIndex(out).entries()
     assert entries[a]["state"] == entries[b]["state"] == "pending"
@@ -365,14 +418,23 @@ def test_a_job_still_run_by_another_process_is_never_run_twice(fake, tmp_path):
     """A job whose lock is held (its processes outlived their sweep, or another machine runs it) is not started
     again: a one-line error names the holder. The lock is the OS's: it goes with the holder."""
     out = tmp_path / "sw"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f'''
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
         from harness.sweep import try_lock, _lock_info
         fd = try_lock(Path({str(out / "jobs" / TRAIN / "lock")!r}), _lock_info(job={TRAIN!r}))
         print("held" if fd is not None else "busy", flush=True)
         time.sleep(60)
-    ''')], env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         code, err = _run(fake, out, JOB_LOCK_WAIT_S="0.3")
@@ -397,11 +459,17 @@ def test_checkpoints_of_another_start_model_are_moved_aside_not_resumed(tmp_path
     out = tmp_path / "sweep"
     model_dir = out / "models" / "dpo"
     (model_dir / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    job = types.SimpleNamespace(kind="train", outputs={"model": "models/dpo"},
-                                train_config={"model": tiny_llava_path}, command=lambda: ["train"], id="dpo")
+    job = types.SimpleNamespace(
+        kind="train",
+        outputs={"model": "models/dpo"},
+        train_config={"model": tiny_llava_path},
+        command=lambda: ["train"],
+        id="dpo",
+    )
     monkeypatch.setattr(sweep.local, "has_checkpoint", lambda folder: (folder / "checkpoint-2").is_dir())
-    (model_dir / "start_model.json").write_text(json.dumps({"path": tiny_llava_path,
-                                                            "content_hash": content_hash(tiny_llava_path)}))
+    (model_dir / "start_model.json").write_text(
+        json.dumps({"path": tiny_llava_path, "content_hash": content_hash(tiny_llava_path)})
+    )
     assert sweep.job_arguments(job, out) == ["train", "--resume"]  # same start model: resumed
     (model_dir / "start_model.json").write_text(json.dumps({"path": tiny_llava_path, "content_hash": "0" * 64}))
     assert sweep.job_arguments(job, out) == ["train"]  # another start model: from the start

@@ -80,8 +80,14 @@ def test_records_written_in_sample_order_even_when_engine_reorders(tmp_path):
     assert ids == [s.id for s in samples]
     assert result.n_generated == 7 and result.metrics.headline == {"answered": 7}
     first = store.load_finished()["s0"]
-    assert first == {"id": "s0", "prompt": "q0", "response": "Q0 1", "finish_reason": "stop",
-                     "prompt_tokens": 3, "completion_tokens": 2}
+    assert first == {
+        "id": "s0",
+        "prompt": "q0",
+        "response": "Q0 1",
+        "finish_reason": "stop",
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+    }
 
 
 def test_rerun_resumes_and_is_byte_identical(tmp_path):
@@ -115,8 +121,7 @@ def test_unreadable_image_stop(tmp_path):
     samples = _samples(tmp_path, bad={2})
     store = _store(tmp_path)
     with pytest.raises(ImageError, match="sample s2"):
-        evaluate(CountTask(samples), EchoEngine(batch_size=1), store, samples, on_image_error="stop",
-                 progress=False)
+        evaluate(CountTask(samples), EchoEngine(batch_size=1), store, samples, on_image_error="stop", progress=False)
     assert list(store.load_finished()) == ["s0", "s1"]  # finished work kept
 
 

@@ -24,17 +24,36 @@ from tasks.scienceqa import (
 )
 
 
-def problem(question: str, choices: list[str], answer: int, hint: str = "", image: str | None = "image.png",
-            **extra: Any) -> dict[str, Any]:
-    return {"question": question, "choices": choices, "answer": answer, "hint": hint, "image": image,
-            "task": "closed choice", "grade": "grade4", "subject": "natural science", "topic": "t",
-            "category": "c", "skill": "s", "lecture": "", "solution": "", "split": "test", **extra}
+def problem(
+    question: str, choices: list[str], answer: int, hint: str = "", image: str | None = "image.png", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "question": question,
+        "choices": choices,
+        "answer": answer,
+        "hint": hint,
+        "image": image,
+        "task": "closed choice",
+        "grade": "grade4",
+        "subject": "natural science",
+        "topic": "t",
+        "category": "c",
+        "skill": "s",
+        "lecture": "",
+        "solution": "",
+        "split": "test",
+        **extra,
+    }
 
 
 PROBLEMS: dict[str, dict[str, Any]] = {
     "1": problem("Which figure of speech is used in this text?\nSing, O goddess", ["chiasmus", "apostrophe"], 1),
-    "2": problem("Which property do these three objects have in common?", ["shiny", "slippery", "opaque"], 0,
-                 hint="Select the best answer."),
+    "2": problem(
+        "Which property do these three objects have in common?",
+        ["shiny", "slippery", "opaque"],
+        0,
+        hint="Select the best answer.",
+    ),
     "3": problem("Select the plant.", ["Orcas swim.", "Oak trees grow."], 1, image=None),
     "4": problem("Which continent is highlighted?", ["Africa", "Asia", "Europe", "Oceania"], 3),
     "5": problem("Is the statement true?", ["true", "false"], 0),
@@ -44,17 +63,18 @@ PROBLEMS: dict[str, dict[str, Any]] = {
 SPLITS = {"train": ["7"], "val": [], "test": ["1", "2", "3", "4", "5", "6"]}
 # responses and whether each is right under eval_science_qa.py
 ANSWERS = {
-    "1": ("B", True),                   # an exact letter
-    "2": ("The answer is A.", True),    # "The answer is X." (the '.' matches any character)
-    "3": ("B", True),                   # text-only question (only in scienceqa_subset=all)
-    "4": ("D.", False),                 # two characters, no ". " -> FAILED
-    "5": ("E", False),                  # a letter beyond the two choices -> index -1
-    "6": ("E. 4:0", True),              # "X. " prefix
+    "1": ("B", True),  # an exact letter
+    "2": ("The answer is A.", True),  # "The answer is X." (the '.' matches any character)
+    "3": ("B", True),  # text-only question (only in scienceqa_subset=all)
+    "4": ("D.", False),  # two characters, no ". " -> FAILED
+    "5": ("E", False),  # a letter beyond the two choices -> index -1
+    "6": ("E. 4:0", True),  # "X. " prefix
 }
 
 
-def write_release(root: Path, problems: dict[str, Any] | None = None, splits: dict[str, Any] | None = None,
-                  images: bool = True) -> Path:
+def write_release(
+    root: Path, problems: dict[str, Any] | None = None, splits: dict[str, Any] | None = None, images: bool = True
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     problems = PROBLEMS if problems is None else problems
     (root / "problems.json").write_text(json.dumps(problems))
@@ -78,10 +98,25 @@ def write_parquet(root: Path) -> Path:
     import pyarrow.parquet as pq
 
     root.mkdir(parents=True, exist_ok=True)
-    rows = [{"image": {"bytes": png(), "path": None} if p["image"] else None, "question": p["question"],
-             "choices": p["choices"], "answer": p["answer"], "hint": p["hint"], "task": p["task"],
-             "grade": p["grade"], "subject": p["subject"], "topic": p["topic"], "category": p["category"],
-             "skill": p["skill"], "lecture": "", "solution": ""} for pid, p in PROBLEMS.items() if pid in SPLITS["test"]]
+    rows = [
+        {
+            "image": {"bytes": png(), "path": None} if p["image"] else None,
+            "question": p["question"],
+            "choices": p["choices"],
+            "answer": p["answer"],
+            "hint": p["hint"],
+            "task": p["task"],
+            "grade": p["grade"],
+            "subject": p["subject"],
+            "topic": p["topic"],
+            "category": p["category"],
+            "skill": p["skill"],
+            "lecture": "",
+            "solution": "",
+        }
+        for pid, p in PROBLEMS.items()
+        if pid in SPLITS["test"]
+    ]
     pq.write_table(pa.Table.from_pylist(rows), root / "test-00000-of-00001-abc.parquet")
     return root
 
@@ -91,15 +126,29 @@ def responses(ids: list[str]) -> dict[str, Response]:
 
 
 # ------------------------------------------------------------------------------------------ official rules
-@pytest.mark.parametrize("text, parsed", [
-    ("A", "A"), ("E", "E"), ("B. apostrophe", "B"), ("A. no wait, the answer is B.", "A"),
-    ("The answer is C.", "C"), ("The answer is C, because", "C"), ("so The answer is Dx", "D"),
-    ("The answer is C", FAILED),            # nothing after the letter for the regex's '.'
-    ("The answer is A. The answer is B.", FAILED),  # two hits
-    ("The answer is F.", "F"),              # [A-Z]: parsed, but no option (index -1)
-    (" B", FAILED), ("B.", FAILED), ("B\n", FAILED), ("(B)", FAILED), ("b", FAILED), ("F", FAILED),
-    ("the answer is B.", FAILED), ("", FAILED),
-])
+@pytest.mark.parametrize(
+    "text, parsed",
+    [
+        ("A", "A"),
+        ("E", "E"),
+        ("B. apostrophe", "B"),
+        ("A. no wait, the answer is B.", "A"),
+        ("The answer is C.", "C"),
+        ("The answer is C, because", "C"),
+        ("so The answer is Dx", "D"),
+        ("The answer is C", FAILED),  # nothing after the letter for the regex's '.'
+        ("The answer is A. The answer is B.", FAILED),  # two hits
+        ("The answer is F.", "F"),  # [A-Z]: parsed, but no option (index -1)
+        (" B", FAILED),
+        ("B.", FAILED),
+        ("B\n", FAILED),
+        ("(B)", FAILED),
+        ("b", FAILED),
+        ("F", FAILED),
+        ("the answer is B.", FAILED),
+        ("", FAILED),
+    ],
+)
 def test_parse_answer(text, parsed):
     assert parse_answer(text) == parsed
 
@@ -113,8 +162,10 @@ def test_pred_index():
 
 
 def test_build_prompt_matches_llava_cqm_a():
-    assert build_prompt("Which one?", "Select the best answer.", ["x", "y", "z"]) == \
-        "Context: Select the best answer.\nWhich one?\nA. x\nB. y\nC. z"
+    assert (
+        build_prompt("Which one?", "Select the best answer.", ["x", "y", "z"])
+        == "Context: Select the best answer.\nWhich one?\nA. x\nB. y\nC. z"
+    )
     assert build_prompt("Which one?", "", ["x", "y"]) == "Which one?\nA. x\nB. y"
 
 
@@ -124,17 +175,26 @@ def test_release_layout_image_subset(tmp_path):
     task = ScienceQAImg(data_root=root)
     samples = task.samples()
     assert [s.id for s in samples] == ["1", "2", "4", "5", "6"]  # test split order, image questions only
-    assert samples[1].prompt == ("Context: Select the best answer.\nWhich property do these three objects have in "
-                                 "common?\nA. shiny\nB. slippery\nC. opaque\n"
-                                 "Answer with the option's letter from the given choices directly.")
+    assert samples[1].prompt == (
+        "Context: Select the best answer.\nWhich property do these three objects have in "
+        "common?\nA. shiny\nB. slippery\nC. opaque\n"
+        "Answer with the option's letter from the given choices directly."
+    )
     assert samples[0].images[0].path == str(root / "test" / "1" / "image.png")
     assert task.default_max_new_tokens == 1024
     metrics = task.score(samples, responses(["1", "2", "4", "5", "6"]))
     assert metrics.headline == {"IMG-Accuracy": 60.0}  # 3 of 5
     assert metrics.counts["failed_parse"] == 1 and metrics.counts["img_questions"] == 5
     assert [r["correct"] for r in metrics.records] == [True, True, False, False, True]
-    assert metrics.records[3] == {"id": "5", "parsed": "E", "pred_index": -1, "answer": 0, "ground_truth": "A",
-                                  "correct": False, "is_multimodal": True}
+    assert metrics.records[3] == {
+        "id": "5",
+        "parsed": "E",
+        "pred_index": -1,
+        "answer": 0,
+        "ground_truth": "A",
+        "correct": False,
+        "is_multimodal": True,
+    }
     # a missing answer leaves IMG-Accuracy's denominator, as officially (prompt 'Unknown' has no <image>)
     m = task.score(samples, responses(["1", "2", "4", "6"]))
     assert m.headline == {"IMG-Accuracy": 75.0} and m.counts["no_response"] == 1
@@ -157,15 +217,27 @@ def test_all_subset_counts_missing_answers_wrong_in_accuracy(tmp_path):
 
 def test_llava_question_file_is_used_verbatim(tmp_path):
     root = write_release(tmp_path / "sqa")
-    llava = [{"id": "1", "image": "1/image.png",
-              "conversations": [{"from": "human", "value": "<image>\nVerbatim LLaVA text\nA. chiasmus\nB. apostrophe"},
-                                {"from": "gpt", "value": "B"}]}]
+    llava = [
+        {
+            "id": "1",
+            "image": "1/image.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nVerbatim LLaVA text\nA. chiasmus\nB. apostrophe"},
+                {"from": "gpt", "value": "B"},
+            ],
+        }
+    ]
     (root / "llava_test_CQM-A.json").write_text(json.dumps(llava))
     with pytest.raises(DataError, match=r"llava_test_CQM-A.json: no question with id 2"):
         ScienceQAImg(data_root=root).samples()
     for pid in ("2", "4", "5", "6"):
-        llava.append({"id": pid, "image": f"{pid}/image.png",
-                      "conversations": [{"from": "human", "value": f"<image>\nQ{pid}"}, {"from": "gpt", "value": "A"}]})
+        llava.append(
+            {
+                "id": pid,
+                "image": f"{pid}/image.png",
+                "conversations": [{"from": "human", "value": f"<image>\nQ{pid}"}, {"from": "gpt", "value": "A"}],
+            }
+        )
     (root / "llava_test_CQM-A.json").write_text(json.dumps(llava))
     samples = ScienceQAImg(data_root=root).samples()
     assert samples[0].prompt == "Verbatim LLaVA text\nA. chiasmus\nB. apostrophe" + SINGLE_PRED_SUFFIX
@@ -179,8 +251,7 @@ def test_parquet_layout(tmp_path):
     assert [s.id for s in samples] == ["test-0", "test-1", "test-3", "test-4", "test-5"]
     assert samples[0].images[0].load("test-0").size == (8, 8)
     texts = {"test-0": "B", "test-1": "The answer is A.", "test-3": "D.", "test-4": "E", "test-5": "E. 4:0"}
-    assert task.score(samples, {k: Response(k, v, "stop") for k, v in texts.items()}).headline == \
-        {"IMG-Accuracy": 60.0}
+    assert task.score(samples, {k: Response(k, v, "stop") for k, v in texts.items()}).headline == {"IMG-Accuracy": 60.0}
     assert len(ScienceQAImg(data_root=root, options={"scienceqa_subset": "all"}).samples()) == 6
 
 
@@ -190,13 +261,36 @@ def test_llava_answer_file_through_the_cli(tmp_path, capsys):
     with answers.open("w") as fh:
         for pid, (text, _) in ANSWERS.items():  # LLaVA answers every test question, text-only ones too
             prompt = ("<image>\n" if PROBLEMS[pid]["image"] else "") + "question" + SINGLE_PRED_SUFFIX
-            fh.write(json.dumps({"question_id": pid, "prompt": prompt, "text": text, "answer_id": "a",
-                                 "model_id": "m", "metadata": {}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "question_id": pid,
+                        "prompt": prompt,
+                        "text": text,
+                        "answer_id": "a",
+                        "model_id": "m",
+                        "metadata": {},
+                    }
+                )
+                + "\n"
+            )
     metrics, coverage = ScienceQAImg(data_root=root).score_file(answers)
     assert metrics.headline == {"IMG-Accuracy": 60.0}
     assert coverage == {"samples": 5, "responses": 5, "missing": 0}
-    code = main(["--log-level", "WARNING", "score", "scienceqa_img", "--data-root", str(root), "--responses",
-                 str(answers), "--option", "scienceqa_subset=all"])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "score",
+            "scienceqa_img",
+            "--data-root",
+            str(root),
+            "--responses",
+            str(answers),
+            "--option",
+            "scienceqa_subset=all",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert json.loads(out.out)["headline"] == {"IMG-Accuracy": 60.0, "Accuracy": 66.67}
@@ -212,8 +306,11 @@ def test_bad_benchmark_files(tmp_path):
         ScienceQAImg(data_root=root).samples()
     bad = {**PROBLEMS, "4": problem("Q?", ["a", "b"], 2)}
     root = write_release(tmp_path / "answer", bad, images=False)
-    with pytest.raises(DataError, match=r"problems.json: problem 4: field 'answer' must be the index of the right "
-                                        r"choice \(0..1\), got 2"):
+    with pytest.raises(
+        DataError,
+        match=r"problems.json: problem 4: field 'answer' must be the index of the right "
+        r"choice \(0..1\), got 2",
+    ):
         ScienceQAImg(data_root=root).samples()
     bad = {**PROBLEMS, "2": {k: v for k, v in PROBLEMS["2"].items() if k != "choices"}}
     root = write_release(tmp_path / "choices", bad, images=False)

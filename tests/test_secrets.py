@@ -51,39 +51,49 @@ def _fresh_secrets(monkeypatch):
 # -- redact: text ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("POST http://user:hunter2pw@127.0.0.1:8000/v1/chat/completions",
-     "POST http://***@127.0.0.1:8000/v1/chat/completions"),
-    ("https://KEYONLY1234@api.example.com/v1", "https://***@api.example.com/v1"),
-    ("http://u:p@ss@host/v1", "http://***@host/v1"),  # an unencoded @ in the password
-    ("GET https://h/v1/models?key=abc123&model=x", "GET https://h/v1/models?key=***&model=x"),
-    ("https://h/x?api_key=abc&token=t0k&access_token=z#frag",
-     "https://h/x?api_key=***&token=***&access_token=***#frag"),
-    ("https://h/x?a=1&API-KEY=zz", "https://h/x?a=1&API-KEY=***"),
-    ("Authorization: Bearer sk-abcdefghijklmnopqrstuvwx", "Authorization: Bearer ***"),
-    ("authorization: Basic dXNlcjpwYXNzd29yZA==", "authorization: Basic ***"),
-    ('{"Authorization": "Bearer abc.def-ghi"}', '{"Authorization": "Bearer ***"}'),
-    ("{'authorization': 'Token zzzzzzzzz'}", "{'authorization': 'Token ***'}"),
-    ("x-api-key: 0123456789", "x-api-key: ***"),
-    ("Proxy-Authorization=Basic Zm9vOmJhcg==", "Proxy-Authorization=Basic ***"),
-    ("the header was Bearer abcdefgh12345", "the header was Bearer ***"),
-    ("sent Basic dXNlcjpwYXNzd29yZA== to it", "sent Basic *** to it"),
-    ("key sk-proj-ABCDEFGHIJKLMNOPQRST here", "key *** here"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "POST http://user:hunter2pw@127.0.0.1:8000/v1/chat/completions",
+            "POST http://***@127.0.0.1:8000/v1/chat/completions",
+        ),
+        ("https://KEYONLY1234@api.example.com/v1", "https://***@api.example.com/v1"),
+        ("http://u:p@ss@host/v1", "http://***@host/v1"),  # an unencoded @ in the password
+        ("GET https://h/v1/models?key=abc123&model=x", "GET https://h/v1/models?key=***&model=x"),
+        (
+            "https://h/x?api_key=abc&token=t0k&access_token=z#frag",
+            "https://h/x?api_key=***&token=***&access_token=***#frag",
+        ),
+        ("https://h/x?a=1&API-KEY=zz", "https://h/x?a=1&API-KEY=***"),
+        ("Authorization: Bearer sk-abcdefghijklmnopqrstuvwx", "Authorization: Bearer ***"),
+        ("authorization: Basic dXNlcjpwYXNzd29yZA==", "authorization: Basic ***"),
+        ('{"Authorization": "Bearer abc.def-ghi"}', '{"Authorization": "Bearer ***"}'),
+        ("{'authorization': 'Token zzzzzzzzz'}", "{'authorization': 'Token ***'}"),
+        ("x-api-key: 0123456789", "x-api-key: ***"),
+        ("Proxy-Authorization=Basic Zm9vOmJhcg==", "Proxy-Authorization=Basic ***"),
+        ("the header was Bearer abcdefgh12345", "the header was Bearer ***"),
+        ("sent Basic dXNlcjpwYXNzd29yZA== to it", "sent Basic *** to it"),
+        ("key sk-proj-ABCDEFGHIJKLMNOPQRST here", "key *** here"),
+    ],
+)
 def test_redact_hides_credentials(text, expected):
     assert R.redact(text) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "http://127.0.0.1:8000/v1/chat/completions",
-    "Basic understanding of the picture shows a red circle.",
-    "Bearer bonds",
-    "--max-new-tokens 3 --judge-timeout 5",
-    "task-abcdefghijklmnopqrstuvwxyz",
-    "Rating: 4, the answer is correct (no hallucination)",
-    "authentication failed for http://127.0.0.1:9/v1 (HTTP 401): check $OPENAI_API_KEY (it is not set)",
-    "email me at someone@example.com",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "http://127.0.0.1:8000/v1/chat/completions",
+        "Basic understanding of the picture shows a red circle.",
+        "Bearer bonds",
+        "--max-new-tokens 3 --judge-timeout 5",
+        "task-abcdefghijklmnopqrstuvwxyz",
+        "Rating: 4, the answer is correct (no hallucination)",
+        "authentication failed for http://127.0.0.1:9/v1 (HTTP 401): check $OPENAI_API_KEY (it is not set)",
+        "email me at someone@example.com",
+    ],
+)
 def test_redact_leaves_ordinary_text_alone(text):
     assert R.redact(text) == text
 
@@ -94,8 +104,10 @@ def test_known_secrets_in_every_form():
     R.add_secret("abc")  # too short to replace everywhere
     R.add_url_credentials("http://evaluser:p%40ss-word99@127.0.0.1/v1")
     basic = base64.b64encode(b"evaluser:p@ss-word99").decode()
-    text = (f"k=plainKEY-0123456789 enc=plainKEY-0123456789 pw=p%40ss-word99 raw=p@ss-word99 basic={basic} "
-            "EMPTY abc evaluser")
+    text = (
+        f"k=plainKEY-0123456789 enc=plainKEY-0123456789 pw=p%40ss-word99 raw=p@ss-word99 basic={basic} "
+        "EMPTY abc evaluser"
+    )
     out = R.redact(text)
     for secret in ("plainKEY-0123456789", "p%40ss-word99", "p@ss-word99", basic, "evaluser"):
         assert secret not in out
@@ -106,9 +118,16 @@ def test_known_secrets_in_every_form():
 
 def test_env_secrets_and_names():
     env = {"MY_KEY": "value-of-the-key-42", "OPENAI_API_KEY": "sk-env-abcdefghijklmnop"}
-    R.register_run_secrets({"api_key_env": "MY_KEY", "judge_api_key_env": "sk-pasted-instead-of-a-name",
-                            "llm_api_key_env": "UNSET_NAME", "base_url": "http://u:pw-in-url-1@h/v1",
-                            "judge_base_url": None}, environ=env)
+    R.register_run_secrets(
+        {
+            "api_key_env": "MY_KEY",
+            "judge_api_key_env": "sk-pasted-instead-of-a-name",
+            "llm_api_key_env": "UNSET_NAME",
+            "base_url": "http://u:pw-in-url-1@h/v1",
+            "judge_base_url": None,
+        },
+        environ=env,
+    )
     secrets = set(R.known_secrets())
     assert {"value-of-the-key-42", "sk-env-abcdefghijklmnop", "sk-pasted-instead-of-a-name", "pw-in-url-1"} <= secrets
     assert "MY_KEY" not in secrets and "UNSET_NAME" not in secrets  # names of variables are not secrets
@@ -116,34 +135,47 @@ def test_env_secrets_and_names():
 
 def test_redact_obj_keys_values_and_nesting():
     R.add_secret("s3cr3t-value")
-    obj = {"base_url": "http://a:b1234567@h/v1", "list": ["s3cr3t-value", 3, None, ("s3cr3t-value",)],
-           "s3cr3t-value": True, "n": 1.5}
-    assert R.redact_obj(obj) == {"base_url": "http://***@h/v1", "list": ["***", 3, None, ("***",)], "***": True,
-                                 "n": 1.5}
+    obj = {
+        "base_url": "http://a:b1234567@h/v1",
+        "list": ["s3cr3t-value", 3, None, ("s3cr3t-value",)],
+        "s3cr3t-value": True,
+        "n": 1.5,
+    }
+    assert R.redact_obj(obj) == {
+        "base_url": "http://***@h/v1",
+        "list": ["***", 3, None, ("***",)],
+        "***": True,
+        "n": 1.5,
+    }
 
 
 # -- redact: command lines ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--api-key-env", "K"], ["--api-key-env", "***"]),
-    (["--api-key-env=K"], ["--api-key-env=***"]),
-    (["--api-k", "K"], ["--api-k", "***"]),
-    (["--api-k=K"], ["--api-k=***"]),
-    (["--api", "K"], ["--api", "***"]),
-    (["--api-key", "K"], ["--api-key", "***"]),
-    (["--judge-api-key-env", "K"], ["--judge-api-key-env", "***"]),
-    (["--judge-api", "K"], ["--judge-api", "***"]),
-    (["--judge-api-key-env=K"], ["--judge-api-key-env=***"]),
-    (["--llm-api-key-env", "K"], ["--llm-api-key-env", "***"]),
-    (["--hf-token", "K"], ["--hf-token", "***"]),
-    (["--base-url", "http://u:K@h/v1"], ["--base-url", "http://***@h/v1"]),
-    (["--judge-base-url=http://u:K@h/v1"], ["--judge-base-url=http://***@h/v1"]),
-    (["--base-url", "https://h/v1?key=K"], ["--base-url", "https://h/v1?key=***"]),
-    (["--api-key-env", "--tasks", "x"], ["--api-key-env", "--tasks", "x"]),  # no value to hide
-    (["--max-new-tokens", "3", "--model", "m", "--judge-model", "j"],
-     ["--max-new-tokens", "3", "--model", "m", "--judge-model", "j"]),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--api-key-env", "K"], ["--api-key-env", "***"]),
+        (["--api-key-env=K"], ["--api-key-env=***"]),
+        (["--api-k", "K"], ["--api-k", "***"]),
+        (["--api-k=K"], ["--api-k=***"]),
+        (["--api", "K"], ["--api", "***"]),
+        (["--api-key", "K"], ["--api-key", "***"]),
+        (["--judge-api-key-env", "K"], ["--judge-api-key-env", "***"]),
+        (["--judge-api", "K"], ["--judge-api", "***"]),
+        (["--judge-api-key-env=K"], ["--judge-api-key-env=***"]),
+        (["--llm-api-key-env", "K"], ["--llm-api-key-env", "***"]),
+        (["--hf-token", "K"], ["--hf-token", "***"]),
+        (["--base-url", "http://u:K@h/v1"], ["--base-url", "http://***@h/v1"]),
+        (["--judge-base-url=http://u:K@h/v1"], ["--judge-base-url=http://***@h/v1"]),
+        (["--base-url", "https://h/v1?key=K"], ["--base-url", "https://h/v1?key=***"]),
+        (["--api-key-env", "--tasks", "x"], ["--api-key-env", "--tasks", "x"]),  # no value to hide
+        (
+            ["--max-new-tokens", "3", "--model", "m", "--judge-model", "j"],
+            ["--max-new-tokens", "3", "--model", "m", "--judge-model", "j"],
+        ),
+    ],
+)
 def test_redacted_argv(args, expected):
     assert redacted_argv(["harness", "run", *args]) == ["harness", "run", *expected]
 
@@ -160,8 +192,15 @@ def test_environment_command_is_redacted():
 def test_filter_redacts_message_args_and_traceback():
     R.add_secret("log-secret-0123")
     flt = R.RedactingFilter()
-    record = logging.LogRecord("httpx", logging.INFO, __file__, 1, 'HTTP Request: POST %s "%s"',
-                               ("http://user:pw-zzzz@h/v1/chat", "log-secret-0123"), None)
+    record = logging.LogRecord(
+        "httpx",
+        logging.INFO,
+        __file__,
+        1,
+        'HTTP Request: POST %s "%s"',
+        ("http://user:pw-zzzz@h/v1/chat", "log-secret-0123"),
+        None,
+    )
     assert flt.filter(record) is True
     assert record.getMessage() == 'HTTP Request: POST http://***@h/v1/chat "***"'
     try:
@@ -216,17 +255,49 @@ def test_planted_keys_reach_no_file_and_no_log(tmp_path):
     given with --api-k, against servers that echo the Authorization header into replies and error bodies."""
     images = mmhal_images(tmp_path / "images", 3)
     out, cache = tmp_path / "out", tmp_path / "cache"
-    with FakeOpenAIServer(models=("fake-model",), echo_auth=True) as engine, \
-            FakeOpenAIServer(models=("gpt-4o-mini",), echo_auth=True) as judge:
+    with (
+        FakeOpenAIServer(models=("fake-model",), echo_auth=True) as engine,
+        FakeOpenAIServer(models=("gpt-4o-mini",), echo_auth=True) as judge,
+    ):
         engine.script(Fail(503, "busy"))  # a retried error whose body echoes the header: logged
         judge.script(Fail(500, "judge busy"))
         env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
         env.update(HARNESS_CACHE=str(cache), OPENAI_API_KEY=K_ENV, OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "harness", "--log-level", "DEBUG", "run", "--tasks", "mmhal", "--data-root",
-               str(MMHAL), "--image-root", str(images), "--limit", "3", "--engine", "openai", "--model", "fake-model",
-               "--base-url", f"http://evaluser:{K_URL}@127.0.0.1:{engine.port}/v1", "--api-k", K_ARG,
-               "--judge-model", "gpt-4o-mini", "--judge-base-url", judge.base_url, "--output-path", str(out),
-               "--no-progress", "--max-retries", "2", "--judge-max-retries", "2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "harness",
+            "--log-level",
+            "DEBUG",
+            "run",
+            "--tasks",
+            "mmhal",
+            "--data-root",
+            str(MMHAL),
+            "--image-root",
+            str(images),
+            "--limit",
+            "3",
+            "--engine",
+            "openai",
+            "--model",
+            "fake-model",
+            "--base-url",
+            f"http://evaluser:{K_URL}@127.0.0.1:{engine.port}/v1",
+            "--api-k",
+            K_ARG,
+            "--judge-model",
+            "gpt-4o-mini",
+            "--judge-base-url",
+            judge.base_url,
+            "--output-path",
+            str(out),
+            "--no-progress",
+            "--max-retries",
+            "2",
+            "--judge-max-retries",
+            "2",
+        ]
         proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         sent = [r.headers.get("authorization") for r in engine.chat_requests + judge.chat_requests]
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -249,8 +320,24 @@ def test_in_process_run_records_a_redacted_command_and_logs(tmp_path, capsys, ca
     monkeypatch.setenv("OPENAI_API_KEY", K_ENV)
     with FakeOpenAIServer(models=("served",), echo_auth=True) as server:
         url = f"http://evaluser:{K_URL}@127.0.0.1:{server.port}/v1"
-        code = main(["run", "--tasks", "toy_amber", "--limit", "2", "--engine", "openai", "--model", "served",
-                     f"--base-url={url}", f"--api-key-env={K_ARG}", "--output-path", str(tmp_path), "--no-progress"])
+        code = main(
+            [
+                "run",
+                "--tasks",
+                "toy_amber",
+                "--limit",
+                "2",
+                "--engine",
+                "openai",
+                "--model",
+                "served",
+                f"--base-url={url}",
+                f"--api-key-env={K_ARG}",
+                "--output-path",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     manifest = json.loads((tmp_path / "served" / "toy_amber" / "manifest.json").read_text())
@@ -263,9 +350,25 @@ def test_in_process_run_records_a_redacted_command_and_logs(tmp_path, capsys, ca
 
 
 def test_error_message_is_redacted(tmp_path, capsys):
-    code = main(["--log-level", "WARNING", "run", "--tasks", "toy_amber", "--engine", "openai", "--model", "m",
-                 "--base-url", f"http://evaluser:{K_URL}@127.0.0.1:9/v1", "--max-retries", "0",
-                 "--output-path", str(tmp_path)])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "run",
+            "--tasks",
+            "toy_amber",
+            "--engine",
+            "openai",
+            "--model",
+            "m",
+            "--base-url",
+            f"http://evaluser:{K_URL}@127.0.0.1:9/v1",
+            "--max-retries",
+            "0",
+            "--output-path",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach http://127.0.0.1:9/v1" in err
     assert K_URL not in err

@@ -24,10 +24,17 @@ def sft_data(tmp_path_factory, shape_image) -> Path:
     records = []
     for i, (colour, shape) in enumerate([("red", "circle"), ("blue", "square"), ("green", "triangle")]):
         shape_image(colour, shape).save(root / f"img/{i}.png")
-        records.append({"id": f"s{i}", "image": f"img/{i}.png", "question": "describe the image .",
-                        "answer": f"there is a {colour} {shape} ."})
-    records.append({"id": "s3", "image": None, "question": "how many shapes are there ?",
-                    "answer": "there are two shapes ."})  # text-only: a mixed image / no-image batch
+        records.append(
+            {
+                "id": f"s{i}",
+                "image": f"img/{i}.png",
+                "question": "describe the image .",
+                "answer": f"there is a {colour} {shape} .",
+            }
+        )
+    records.append(
+        {"id": "s3", "image": None, "question": "how many shapes are there ?", "answer": "there are two shapes ."}
+    )  # text-only: a mixed image / no-image batch
     path = root / "sft.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
@@ -36,11 +43,28 @@ def sft_data(tmp_path_factory, shape_image) -> Path:
 @pytest.mark.parametrize("family, lora", [("llava", False), ("qwen2vl", True)])
 def test_sft_lowers_the_answer_nll(family, lora, request, sft_data, tmp_path):
     model = request.getfixturevalue("tiny_llava_path" if family == "llava" else "tiny_qwen2vl_path")
-    extra = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-                 "modules": ["language_model", "vision_tower", "projector"]} if lora else {}
-    config = TrainConfig(method="sft", model=model, data=str(sft_data), output=str(tmp_path / "out"), bf16=False,
-                         lora=lora, batch_size=4, grad_accum=1, lr=5e-3 if lora else 1e-3, max_steps=4,
-                         warmup_ratio=0.0, lr_scheduler="constant", report_to=["none"], save_steps=1000, **extra)
+    extra = (
+        {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "modules": ["language_model", "vision_tower", "projector"]}
+        if lora
+        else {}
+    )
+    config = TrainConfig(
+        method="sft",
+        model=model,
+        data=str(sft_data),
+        output=str(tmp_path / "out"),
+        bf16=False,
+        lora=lora,
+        batch_size=4,
+        grad_accum=1,
+        lr=5e-3 if lora else 1e-3,
+        max_steps=4,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        report_to=["none"],
+        save_steps=1000,
+        **extra,
+    )
     trainer = build_sft_trainer(config)
     records = trainer.train_dataset.records
     batch = trainer.data_collator(records)
@@ -67,15 +91,56 @@ def test_sft_lowers_the_answer_nll(family, lora, request, sft_data, tmp_path):
 
 def test_harness_train_sft_writes_a_model_harness_run_loads(tiny_llava_path, sft_data, tmp_path, capsys):
     out = tmp_path / "sft"
-    code = main(["--log-level", "WARNING", "train", "--method", "sft", "--config", str(REPO / "configs/sft_llava15.yaml"),
-                 "--model", tiny_llava_path, "--data", str(sft_data), "--output", str(out), "--lora-r", "4",
-                 "--lora-alpha", "8", "--max-steps", "1", "--batch-size", "2", "--grad-accum", "1", "--no-bf16",
-                 "--no-gradient-checkpointing", "--report-to", "none"])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "train",
+            "--method",
+            "sft",
+            "--config",
+            str(REPO / "configs/sft_llava15.yaml"),
+            "--model",
+            tiny_llava_path,
+            "--data",
+            str(sft_data),
+            "--output",
+            str(out),
+            "--lora-r",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--no-bf16",
+            "--no-gradient-checkpointing",
+            "--report-to",
+            "none",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "config.json").is_file()
-    code = main(["--log-level", "WARNING", "run", "--model", str(out), "--tasks", "toy_amber", "--limit", "2",
-                 "--output-path", str(tmp_path / "runs"), "--no-progress"])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "run",
+            "--model",
+            str(out),
+            "--tasks",
+            "toy_amber",
+            "--limit",
+            "2",
+            "--output-path",
+            str(tmp_path / "runs"),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
 
 
@@ -85,7 +150,7 @@ def test_harness_train_sft_writes_a_model_harness_run_loads(tiny_llava_path, sft
         ('{"id": "a", "image": null, "question": "q ?"}', "field 'answer'"),
         ('{"id": "a", "image": "img/missing.png", "question": "q ?", "answer": "a ."}', "file not found"),
         ('{"image": null, "question": "q ?", "answer": "a ."}', "field 'id'"),
-        ('[1, 2]', "expected a JSON object"),
+        ("[1, 2]", "expected a JSON object"),
         ('{"id": "a", "image": null, "question": "q", "answer": "a"', "invalid JSON"),
     ],
 )
@@ -98,7 +163,20 @@ def test_bad_sft_records_name_file_line_and_field(line, expected, sft_data, tmp_
 
 
 def test_sft_cli_missing_data_exits_2(tiny_llava_path, tmp_path, capsys):
-    code = main(["--log-level", "WARNING", "train", "--method", "sft", "--model", tiny_llava_path, "--data",
-                 str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "o")])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "train",
+            "--method",
+            "sft",
+            "--model",
+            tiny_llava_path,
+            "--data",
+            str(tmp_path / "none.jsonl"),
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "none.jsonl" in err and "Traceback" not in err

@@ -146,10 +146,13 @@ def test_run_files_hold_no_credentials(tmp_path):
     try:
         store = RunStore(tmp_path / "run")
         settings = {**SETTINGS, "engine": {"engine": "openai", "base_url": f"http://u:{secret}@h/v1?key={secret}"}}
-        store.open({"engine": {"base_url": f"http://u:{secret}@h/v1"}, "command": ["--x", "known-run-secret-42"]},
-                   settings)
-        store.write_metrics({"notes": [f"Authorization: Bearer {secret}"]},
-                            [{"id": "1", "review": f"echo [Authorization: Bearer {secret}] known-run-secret-42"}])
+        store.open(
+            {"engine": {"base_url": f"http://u:{secret}@h/v1"}, "command": ["--x", "known-run-secret-42"]}, settings
+        )
+        store.write_metrics(
+            {"notes": [f"Authorization: Bearer {secret}"]},
+            [{"id": "1", "review": f"echo [Authorization: Bearer {secret}] known-run-secret-42"}],
+        )
         store.write_failures([{"id": "2", "error": f"GET http://u:{secret}@h failed"}])
         store.log_run({"note": "known-run-secret-42"})
         texts = {p.name: p.read_text() for p in store.dir.iterdir() if p.is_file()}

@@ -155,15 +155,14 @@ def test_crash_mid_stream_keeps_the_ordered_prefix_and_resumes_byte_identical(tm
 
     part = _store(tmp_path / "b")
     with pytest.raises(EngineError, match="backend died"):
-        evaluate(ListTask(samples), ScramblingEngine(window=4, seed=2, fail_after=25), part, samples,
-                 progress=False)
+        evaluate(ListTask(samples), ScramblingEngine(window=4, seed=2, fail_after=25), part, samples, progress=False)
     kept = list(part.load_finished())
     assert 0 < len(kept) < 25
-    assert kept == [s.id for s in samples[:len(kept)]]  # a prefix, in order: nothing after a gap was written
+    assert kept == [s.id for s in samples[: len(kept)]]  # a prefix, in order: nothing after a gap was written
     again = ScramblingEngine(seed=3)
     result = evaluate(ListTask(samples), again, part, samples, progress=False)
     assert result.n_resumed == len(kept)
-    assert sorted(again.drawn) == sorted(s.id for s in samples[len(kept):])
+    assert sorted(again.drawn) == sorted(s.id for s in samples[len(kept) :])
     assert part.predictions_path.read_bytes() == full.predictions_path.read_bytes()
 
 
@@ -187,7 +186,7 @@ def test_interrupt_mid_stream_closes_the_engine_stream(tmp_path):
     assert closed.is_set()
     kept = list(store.load_finished())
     assert info.value.run_counts["generated"] == len(kept) <= 10
-    assert kept == [s.id for s in samples[:len(kept)]]
+    assert kept == [s.id for s in samples[: len(kept)]]
 
 
 def test_image_error_stop_finishes_the_requests_already_drawn(tmp_path):
@@ -270,9 +269,11 @@ def test_engines_receive_the_same_decoded_image_object(tmp_path):
         def generate_stream(self, requests):
             def record(reqs):
                 for r in reqs:
-                    seen.setdefault(r.images[0].size.__repr__() + r.images[0].getpixel((0, 0)).__repr__(),
-                                    []).append(id(r.images[0]))
+                    seen.setdefault(r.images[0].size.__repr__() + r.images[0].getpixel((0, 0)).__repr__(), []).append(
+                        id(r.images[0])
+                    )
                     yield r
+
             yield from super().generate_stream(record(requests))
 
     samples = _samples(tmp_path, n=30, n_images=3)
@@ -377,8 +378,10 @@ def test_a_slow_request_does_not_hold_back_the_others(tmp_path):
     def watch(server):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if any("q63" in (r.body or {}).get("messages", [{}])[0].get("content", [{}])[-1].get("text", "")
-                   for r in server.chat_requests):
+            if any(
+                "q63" in (r.body or {}).get("messages", [{}])[0].get("content", [{}])[-1].get("text", "")
+                for r in server.chat_requests
+            ):
                 time.sleep(1.0)  # the middle of the slow request
                 received_meanwhile.append(len(server.chat_requests))
                 return

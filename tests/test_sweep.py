@@ -34,14 +34,22 @@ def text_prefs(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
     order = sorted(range(5000), key=lambda i: (i * 7919) % 5003)
-    write_preferences(path, [PreferenceExample(f"p{i:05d}", f"question {i}?", None, None, f"yes {i}", f"no {i}")
-                             for i in order])
+    write_preferences(
+        path, [PreferenceExample(f"p{i:05d}", f"question {i}?", None, None, f"yes {i}", f"no {i}") for i in order]
+    )
     return path
 
 
 def settings(output: Path, data: Path | str, **values: object) -> SweepSettings:
-    base = {"methods": list(METHODS), "data_sizes": ["1k", "2k", "5k"], "tasks": ["toy_amber"], "seeds": [1234],
-            "output": str(output), "data": str(data), "no_report": True}
+    base = {
+        "methods": list(METHODS),
+        "data_sizes": ["1k", "2k", "5k"],
+        "tasks": ["toy_amber"],
+        "seeds": [1234],
+        "output": str(output),
+        "data": str(data),
+        "no_report": True,
+    }
     return SweepSettings.from_mapping({**base, **values})
 
 
@@ -59,18 +67,35 @@ def test_plan_is_exactly_the_grid(tmp_path, text_prefs):
         assert jobs[f"train-{n}"].deps == ()
         assert jobs[f"eval-{n}"].deps == (f"train-{n}",)
     train = jobs["train-jompo-2k-b0.05-e2-s1234"]
-    assert train.params == {"method": "jompo", "data_size": 2000, "beta": 0.05, "epochs": 2.0, "seed": 1234,
-                            "rejected_image": None}
+    assert train.params == {
+        "method": "jompo",
+        "data_size": 2000,
+        "beta": 0.05,
+        "epochs": 2.0,
+        "seed": 1234,
+        "rejected_image": None,
+    }
     assert train.train_config["data"] == str(plan.output / "data/preferences-2k.jsonl")
     assert train.train_config["output"] == str(plan.output / "models/jompo-2k-b0.05-e2-s1234")
     assert train.argv == ["train", "--config", str(plan.output / "jobs" / train.id / "train.yaml")]
     ev = jobs["eval-jompo-2k-b0.05-e2-s1234"]
-    assert ev.argv[:9] == ["run", "--model", str(plan.output / "models/jompo-2k-b0.05-e2-s1234"), "--tasks",
-                           "toy_amber", "--output-path", str(plan.output / "runs"), "--run-name",
-                           "jompo-2k-b0.05-e2-s1234"]
+    assert ev.argv[:9] == [
+        "run",
+        "--model",
+        str(plan.output / "models/jompo-2k-b0.05-e2-s1234"),
+        "--tasks",
+        "toy_amber",
+        "--output-path",
+        str(plan.output / "runs"),
+        "--run-name",
+        "jompo-2k-b0.05-e2-s1234",
+    ]
     assert set(ev.job_json) == JOB_KEYS and ev.job_json["data_size"] == 2000 and ev.job_json["method"] == "jompo"
-    assert plan.data.subsets == {1000: "data/preferences-1k.jsonl", 2000: "data/preferences-2k.jsonl",
-                                 5000: "data/preferences-5k.jsonl"}
+    assert plan.data.subsets == {
+        1000: "data/preferences-1k.jsonl",
+        2000: "data/preferences-2k.jsonl",
+        5000: "data/preferences-5k.jsonl",
+    }
     # ids and fingerprints are stable: the same settings plan the same jobs
     again = build_plan(settings(tmp_path / "sw", text_prefs))
     assert [(j.id, j.fingerprint) for j in again.jobs] == [(j.id, j.fingerprint) for j in plan.jobs]
@@ -78,8 +103,11 @@ def test_plan_is_exactly_the_grid(tmp_path, text_prefs):
 
 
 def test_grid_axes_and_rejected_images_only_where_used(tmp_path, text_prefs):
-    plan = build_plan(settings(tmp_path / "sw", text_prefs, data_sizes="1k", betas="0.05,0.1", epochs="2,3",
-                               rejected_images="crop,black"))
+    plan = build_plan(
+        settings(
+            tmp_path / "sw", text_prefs, data_sizes="1k", betas="0.05,0.1", epochs="2,3", rejected_images="crop,black"
+        )
+    )
     trains = [j.id for j in plan.jobs if j.kind == "train"]
     # dpo and jompo: 2 betas x 2 epochs; mpo: also 2 strategies
     assert len(trains) == 4 + 8 + 4
@@ -89,10 +117,10 @@ def test_grid_axes_and_rejected_images_only_where_used(tmp_path, text_prefs):
 
 
 def test_sft_stage_feeds_the_grid(tmp_path, text_prefs):
-    plan = build_plan(settings(tmp_path / "sw", text_prefs, methods="dpo", data_sizes="1k",
-                               sft={"data": "toy", "max_steps": 3}))
-    assert [j.id for j in plan.jobs] == ["sft", "eval-sft", "train-dpo-1k-b0.05-e2-s1234",
-                                         "eval-dpo-1k-b0.05-e2-s1234"]
+    plan = build_plan(
+        settings(tmp_path / "sw", text_prefs, methods="dpo", data_sizes="1k", sft={"data": "toy", "max_steps": 3})
+    )
+    assert [j.id for j in plan.jobs] == ["sft", "eval-sft", "train-dpo-1k-b0.05-e2-s1234", "eval-dpo-1k-b0.05-e2-s1234"]
     jobs = plan.by_id
     assert jobs["eval-sft"].deps == ("sft",) and jobs["train-dpo-1k-b0.05-e2-s1234"].deps == ("sft",)
     assert jobs["train-dpo-1k-b0.05-e2-s1234"].train_config["model"] == str(plan.output / "models/sft")
@@ -175,9 +203,16 @@ def write_fake_outputs(job: Job, output: Path) -> None:
     (model_dir / "config.json").write_text("{}")
     seed = sum(map(ord, job.id))
     save_file({"w": torch.arange(4, dtype=torch.float32) + seed}, str(model_dir / "model.safetensors"))
-    (model_dir / "train_manifest.json").write_text(json.dumps({
-        "config": job.train_config, "model": {"path": str(start.resolve()), "content_hash": content_hash(start)},
-        "global_step": 1, "weights": weights_record(model_dir)}))
+    (model_dir / "train_manifest.json").write_text(
+        json.dumps(
+            {
+                "config": job.train_config,
+                "model": {"path": str(start.resolve()), "content_hash": content_hash(start)},
+                "global_step": 1,
+                "weights": weights_record(model_dir),
+            }
+        )
+    )
 
 
 def _small(tmp_path: Path, text_prefs: Path) -> SweepSettings:
@@ -192,11 +227,17 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path, te
         run_sweep(s, runner=first, echo=lambda _: None)
     index = RunIndex(Path(s.output))
     states = {i: e["state"] for i, e in index.entries().items()}
-    assert states == {"eval-base": "done", "train-dpo-1k-b0.05-e2-s1234": "done",
-                      "eval-dpo-1k-b0.05-e2-s1234": "done", crash: "failed",
-                      "eval-dpo-2k-b0.05-e2-s1234": "pending", "train-jompo-1k-b0.05-e2-s1234": "done",
-                      "eval-jompo-1k-b0.05-e2-s1234": "done", "train-jompo-2k-b0.05-e2-s1234": "done",
-                      "eval-jompo-2k-b0.05-e2-s1234": "pending"}
+    assert states == {
+        "eval-base": "done",
+        "train-dpo-1k-b0.05-e2-s1234": "done",
+        "eval-dpo-1k-b0.05-e2-s1234": "done",
+        crash: "failed",
+        "eval-dpo-2k-b0.05-e2-s1234": "pending",
+        "train-jompo-1k-b0.05-e2-s1234": "done",
+        "eval-jompo-1k-b0.05-e2-s1234": "done",
+        "train-jompo-2k-b0.05-e2-s1234": "done",
+        "eval-jompo-2k-b0.05-e2-s1234": "pending",
+    }
     assert "simulated crash" in index.entries()[crash]["error"]
     assert index.entries()["eval-jompo-2k-b0.05-e2-s1234"]["error"] == "interrupted"
     before = index.entries()
@@ -291,8 +332,12 @@ def test_a_training_job_is_done_only_with_a_verified_model(damage, tmp_path, tex
     result = run_sweep(s, runner=Damaging(), echo=lambda _: None)
     assert result.failed == [f"train-{name}"] and result.blocked == [f"eval-{name}"]
     error = RunIndex(Path(s.output)).entries()[f"train-{name}"]["error"]
-    expected = {"truncated": "not a whole safetensors file", "identical_to_start": "identical to its starting model",
-                "replaced": "differ from those train_manifest.json records", "no_manifest": "train_manifest.json"}
+    expected = {
+        "truncated": "not a whole safetensors file",
+        "identical_to_start": "identical to its starting model",
+        "replaced": "differ from those train_manifest.json records",
+        "no_manifest": "train_manifest.json",
+    }
     assert expected[damage] in error, error
     assert not (Path(s.output) / f"jobs/train-{name}/done.json").exists()
 
@@ -302,39 +347,112 @@ def test_job_json_and_index_have_the_documented_shape(tmp_path, text_prefs):
     run_sweep(s, runner=FakeRunner(), echo=lambda _: None)
     out = Path(s.output)
     job = json.loads((out / "runs/jompo-1k-b0.05-e2-s1234/job.json").read_text())
-    assert job == {"method": "jompo", "data_size": 1000, "beta": 0.05, "epochs": 2.0, "seed": 1234,
-                   "model": "lab-llava-v1", "model_size": "", "rejected_image": None,
-                   "name": "jompo-1k-b0.05-e2-s1234"}
+    assert job == {
+        "method": "jompo",
+        "data_size": 1000,
+        "beta": 0.05,
+        "epochs": 2.0,
+        "seed": 1234,
+        "model": "lab-llava-v1",
+        "model_size": "",
+        "rejected_image": None,
+        "name": "jompo-1k-b0.05-e2-s1234",
+    }
     assert json.loads((out / "runs/base/job.json").read_text())["method"] == "base"
     index = json.loads((out / "index.json").read_text())
     assert index["version"] == 1 and index["data"]["subsets"]["1000"] == "data/preferences-1k.jsonl"
     entry = next(e for e in index["jobs"] if e["id"] == "train-jompo-1k-b0.05-e2-s1234")
-    assert {"id", "kind", "params", "deps", "state", "outputs", "started", "finished", "seconds", "attempts",
-            "command", "fingerprint", "log"} <= set(entry)
+    assert {
+        "id",
+        "kind",
+        "params",
+        "deps",
+        "state",
+        "outputs",
+        "started",
+        "finished",
+        "seconds",
+        "attempts",
+        "command",
+        "fingerprint",
+        "log",
+    } <= set(entry)
     assert entry["outputs"] == {"model": "models/jompo-1k-b0.05-e2-s1234"} and entry["state"] == "done"
-    assert entry["command"][-4:] == ["harness", "train", "--config",
-                                     str(out / "jobs/train-jompo-1k-b0.05-e2-s1234/train.yaml")]
+    assert entry["command"][-4:] == [
+        "harness",
+        "train",
+        "--config",
+        str(out / "jobs/train-jompo-1k-b0.05-e2-s1234/train.yaml"),
+    ]
     assert (out / "jobs/train-jompo-1k-b0.05-e2-s1234/done.json").is_file()
 
 
 def test_changed_training_settings_are_refused(tmp_path, text_prefs, capsys):
     s = _small(tmp_path, text_prefs)
     run_sweep(s, runner=FakeRunner(), echo=lambda _: None)
-    code, _, err = cli("sweep", "--methods", "dpo,jompo", "--data-sizes", "1k,2k", "--tasks", "toy_amber",
-                       "--seeds", "1234", "--data", text_prefs, "--output", s.output, "--max-steps", "5",
-                       "--no-report", "--dry-run", capsys=capsys)
+    code, _, err = cli(
+        "sweep",
+        "--methods",
+        "dpo,jompo",
+        "--data-sizes",
+        "1k,2k",
+        "--tasks",
+        "toy_amber",
+        "--seeds",
+        "1234",
+        "--data",
+        text_prefs,
+        "--output",
+        s.output,
+        "--max-steps",
+        "5",
+        "--no-report",
+        "--dry-run",
+        capsys=capsys,
+    )
     assert code == 0  # a dry run only shows the plan (the changed jobs are pending)
-    code, _, err = cli("sweep", "--methods", "dpo,jompo", "--data-sizes", "1k,2k", "--tasks", "toy_amber",
-                       "--seeds", "1234", "--data", text_prefs, "--output", s.output, "--max-steps", "5",
-                       "--no-report", capsys=capsys)
+    code, _, err = cli(
+        "sweep",
+        "--methods",
+        "dpo,jompo",
+        "--data-sizes",
+        "1k,2k",
+        "--tasks",
+        "toy_amber",
+        "--seeds",
+        "1234",
+        "--data",
+        text_prefs,
+        "--output",
+        s.output,
+        "--max-steps",
+        "5",
+        "--no-report",
+        capsys=capsys,
+    )
     assert code == 2 and "max_steps: -1 -> 5" in err and "another --output" in err and "Traceback" not in err
 
 
 def test_dry_run_runs_nothing(tmp_path, text_prefs, capsys, monkeypatch):
     monkeypatch.setattr(sweep.local, "execute_job", lambda *a, **k: pytest.fail("a dry run ran a job"))
     out_dir = tmp_path / "sw"
-    code, out, _ = cli("sweep", "--methods", "dpo,mpo,jompo", "--data-sizes", "1k,2k,5k", "--data", text_prefs,
-                       "--tasks", "toy_amber", "--seeds", "1234", "--output", out_dir, "--dry-run", capsys=capsys)
+    code, out, _ = cli(
+        "sweep",
+        "--methods",
+        "dpo,mpo,jompo",
+        "--data-sizes",
+        "1k,2k,5k",
+        "--data",
+        text_prefs,
+        "--tasks",
+        "toy_amber",
+        "--seeds",
+        "1234",
+        "--output",
+        out_dir,
+        "--dry-run",
+        capsys=capsys,
+    )
     assert code == 0
     assert "19 jobs (9 train, 10 eval); 19 pending" in out
     assert "train-mpo-5k-b0.05-e2-s1234-crop" in out and "dry run: nothing was written or run" in out
@@ -342,18 +460,26 @@ def test_dry_run_runs_nothing(tmp_path, text_prefs, capsys, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("args, expected", [
-    (["--methods", "jompoo"], "unknown method 'jompoo'; did you mean jompo"),
-    (["--data-sizes", "1k,6k"], "6k (6000 records) is larger than the data set"),
-    (["--data-sizes", "lots"], "'lots' is not a positive record count"),
-    (["--tasks", "ambr"], "unknown task 'ambr'"),
-    (["--rejected-images", "blur"], "unknown strategy 'blur'"),
-    (["--preset", "tyo"], "did you mean toy"),
-    (["--data", "/nonexistent/prefs.jsonl"], "/nonexistent/prefs.jsonl: preference data file not found"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--methods", "jompoo"], "unknown method 'jompoo'; did you mean jompo"),
+        (["--data-sizes", "1k,6k"], "6k (6000 records) is larger than the data set"),
+        (["--data-sizes", "lots"], "'lots' is not a positive record count"),
+        (["--tasks", "ambr"], "unknown task 'ambr'"),
+        (["--rejected-images", "blur"], "unknown strategy 'blur'"),
+        (["--preset", "tyo"], "did you mean toy"),
+        (["--data", "/nonexistent/prefs.jsonl"], "/nonexistent/prefs.jsonl: preference data file not found"),
+    ],
+)
 def test_bad_input_is_one_clear_error(args, expected, tmp_path, text_prefs, capsys):
-    base = {"--methods": "dpo", "--data-sizes": "1k", "--data": str(text_prefs), "--tasks": "toy_amber",
-            "--output": str(tmp_path / "sw")}
+    base = {
+        "--methods": "dpo",
+        "--data-sizes": "1k",
+        "--data": str(text_prefs),
+        "--tasks": "toy_amber",
+        "--output": str(tmp_path / "sw"),
+    }
     flags = dict(zip(args[::2], args[1::2]))
     argv = [x for kv in {**base, **flags}.items() for x in kv]
     code, _, err = cli("sweep", *argv, "--dry-run", capsys=capsys)
@@ -386,8 +512,22 @@ def _fake_bin(folder: Path, name: str, script: str) -> None:
 
 
 def _slurm_args(tmp_path: Path, text_prefs: Path) -> list[object]:
-    return ["sweep", "--methods", "dpo", "--data-sizes", "1k", "--data", text_prefs, "--tasks", "toy_amber",
-            "--output", tmp_path / "sw", "--executor", "slurm", "--no-report"]
+    return [
+        "sweep",
+        "--methods",
+        "dpo",
+        "--data-sizes",
+        "1k",
+        "--data",
+        text_prefs,
+        "--tasks",
+        "toy_amber",
+        "--output",
+        tmp_path / "sw",
+        "--executor",
+        "slurm",
+        "--no-report",
+    ]
 
 
 def test_slurm_without_sbatch_is_a_clear_error(tmp_path, text_prefs, capsys, monkeypatch):
@@ -425,22 +565,39 @@ def test_submitit_missing_a_module_names_it_not_slurm(tmp_path, text_prefs, caps
 
 
 def test_slurm_resources_map_to_submitit_parameters():
-    section = {"partition": "gpu", "setup": ["module load cuda"], "extra": {"qos": "high"},
-               "train": {"gpus": 8, "cpus": 64, "mem": "480G", "time": "1-00:00:00"},
-               "eval": {"gpus": 1, "mem": 64, "time": 90}}
+    section = {
+        "partition": "gpu",
+        "setup": ["module load cuda"],
+        "extra": {"qos": "high"},
+        "train": {"gpus": 8, "cpus": 64, "mem": "480G", "time": "1-00:00:00"},
+        "eval": {"gpus": 1, "mem": 64, "time": 90},
+    }
     assert sweep.slurm_parameters(section, "train") == {
-        "slurm_partition": "gpu", "slurm_setup": ["module load cuda"], "gpus_per_node": 8, "cpus_per_task": 64,
-        "mem_gb": 480.0, "timeout_min": 1440, "slurm_additional_parameters": {"qos": "high"}}
+        "slurm_partition": "gpu",
+        "slurm_setup": ["module load cuda"],
+        "gpus_per_node": 8,
+        "cpus_per_task": 64,
+        "mem_gb": 480.0,
+        "timeout_min": 1440,
+        "slurm_additional_parameters": {"qos": "high"},
+    }
     assert sweep.slurm_parameters(section, "eval")["timeout_min"] == 90
     assert sweep.slurm_parameters({"time": "4:30:00", "mem": "512M"}, "sft") == {
-        "timeout_min": 270, "mem_gb": 0.5, "slurm_additional_parameters": {}}
+        "timeout_min": 270,
+        "mem_gb": 0.5,
+        "slurm_additional_parameters": {},
+    }
 
 
 def test_slurm_submits_with_dependencies_through_submitit(tmp_path, text_prefs, capsys, monkeypatch):
     pytest.importorskip("submitit")
     bin_dir = tmp_path / "bin"
-    _fake_bin(bin_dir, "sbatch", f'n=$(($(cat {tmp_path}/n 2>/dev/null || echo 100) + 1)); echo $n > {tmp_path}/n\n'
-                                 f'cp "$1" {tmp_path}/submitted-$n.sh\necho "Submitted batch job $n"\n')
+    _fake_bin(
+        bin_dir,
+        "sbatch",
+        f"n=$(($(cat {tmp_path}/n 2>/dev/null || echo 100) + 1)); echo $n > {tmp_path}/n\n"
+        f'cp "$1" {tmp_path}/submitted-$n.sh\necho "Submitted batch job $n"\n',
+    )
     _fake_bin(bin_dir, "srun", "exit 0\n")
     _fake_bin(bin_dir, "squeue", f"cat {tmp_path}/queue 2>/dev/null; exit 0\n")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -458,7 +615,10 @@ def test_slurm_submits_with_dependencies_through_submitit(tmp_path, text_prefs, 
     assert "#SBATCH --dependency=afterok:102" in scripts[103] and "#SBATCH --kill-on-invalid-dep=yes" in scripts[103]
     index = RunIndex(tmp_path / "sw")
     assert {i: e["slurm_job_id"] for i, e in index.entries().items()} == {
-        "eval-base": "101", "train-dpo-1k-b0.05-e2-s42": "102", "eval-dpo-1k-b0.05-e2-s42": "103"}
+        "eval-base": "101",
+        "train-dpo-1k-b0.05-e2-s42": "102",
+        "eval-dpo-1k-b0.05-e2-s42": "103",
+    }
 
     # while they are queued, a rerun submits nothing again
     (tmp_path / "queue").write_text("101\n102\n103\n")
@@ -487,16 +647,32 @@ def test_sbatch_failure_is_a_clear_error(tmp_path, text_prefs, capsys, monkeypat
 def test_toy_pipeline_end_to_end_small(tmp_path, capsys):
     """The toy preset cut down (JoMPO, one data size, 1 training step, 4 samples): real subprocesses, a report."""
     out_dir = tmp_path / "toy"
-    args = ["sweep", "--preset", "toy", "--methods", "jompo", "--data-sizes", "8", "--max-steps", "1", "--limit", "4",
-            "--output", out_dir]
+    args = [
+        "sweep",
+        "--preset",
+        "toy",
+        "--methods",
+        "jompo",
+        "--data-sizes",
+        "8",
+        "--max-steps",
+        "1",
+        "--limit",
+        "4",
+        "--output",
+        out_dir,
+    ]
     t0 = time.time()
     code, out, err = cli(*args, capsys=capsys)
     assert code == 0, err
     print(f"small toy sweep: {time.time() - t0:.1f}s")
     index = json.loads((out_dir / "index.json").read_text())
     assert [(j["id"], j["state"]) for j in index["jobs"]] == [
-        ("sft", "done"), ("eval-sft", "done"), ("train-jompo-8-b0.05-e2-s42", "done"),
-        ("eval-jompo-8-b0.05-e2-s42", "done")]
+        ("sft", "done"),
+        ("eval-sft", "done"),
+        ("train-jompo-8-b0.05-e2-s42", "done"),
+        ("eval-jompo-8-b0.05-e2-s42", "done"),
+    ]
     assert (out_dir / "models/jompo-8-b0.05-e2-s42/config.json").is_file()
     saved = json.loads((out_dir / "models/jompo-8-b0.05-e2-s42/train_config.json").read_text())
     assert saved["model"] == str(out_dir / "models/sft") and saved["max_steps"] == 1 and saved["method"] == "jompo"
@@ -540,7 +716,9 @@ def test_a_config_layered_on_a_preset_changes_only_what_it_names(tmp_path):
     assert s.train["max_steps"] == 7 and s.train["lr"] == 1e-4 and s.train["batch_size"] == 4  # preset kept
     assert s.slurm == {"eval": {"gpus": 1}} and s.methods == list(METHODS)
     assert sweep.merge_settings({"a": {"b": 1, "c": {"d": 2}}}, {"a": {"c": {"e": 3}}, "f": 4}) == {
-        "a": {"b": 1, "c": {"d": 2, "e": 3}}, "f": 4}
+        "a": {"b": 1, "c": {"d": 2, "e": 3}},
+        "f": 4,
+    }
 
 
 # --------------------------------------------------------------------------------------------------- the lab preset
@@ -548,18 +726,38 @@ def test_preset_lab_plans_tables_1_2_5_and_figures_3_4_at_three_seeds(tmp_path, 
     code, out, err = cli("sweep", "--preset", "lab", "--output", tmp_path / "lab", "--dry-run", capsys=capsys)
     assert code == 0, err
     assert "121 jobs (60 train, 61 eval)" in out
-    plan = build_plan(sweep.SweepSettings.from_mapping({
-        **sweep.read_sweep_config(sweep.preset_path("lab")), "output": str(tmp_path / "lab")}))
+    plan = build_plan(
+        sweep.SweepSettings.from_mapping(
+            {**sweep.read_sweep_config(sweep.preset_path("lab")), "output": str(tmp_path / "lab")}
+        )
+    )
     trains = [j for j in plan.jobs if j.kind == "train"]
-    points = {(j.params["method"], j.params["data_size"], j.params["beta"], j.params["epochs"], j.params["seed"],
-               j.params["rejected_image"]) for j in trains}
+    points = {
+        (
+            j.params["method"],
+            j.params["data_size"],
+            j.params["beta"],
+            j.params["epochs"],
+            j.params["seed"],
+            j.params["rejected_image"],
+        )
+        for j in trains
+    }
     assert len(points) == len(trains) == 60  # the point the grids share (jompo-300-b0.05-e2) is planned once
     for seed in (0, 1, 2):
         for size in (100, 200, 300):  # Table 1 / Figure 3
-            assert {("dpo", size, 0.05, 2.0, seed, None), ("mpo", size, 0.05, 2.0, seed, "crop"),
-                    ("jompo", size, 0.05, 2.0, seed, None)} <= points
-        for ablation in ("jompo_no_ranking", "jompo_no_symmetry", "jompo_no_both", "jompo_no_ranking_text",
-                         "jompo_no_ranking_noimage"):  # Table 2, at 300 pairs only
+            assert {
+                ("dpo", size, 0.05, 2.0, seed, None),
+                ("mpo", size, 0.05, 2.0, seed, "crop"),
+                ("jompo", size, 0.05, 2.0, seed, None),
+            } <= points
+        for ablation in (
+            "jompo_no_ranking",
+            "jompo_no_symmetry",
+            "jompo_no_both",
+            "jompo_no_ranking_text",
+            "jompo_no_ranking_noimage",
+        ):  # Table 2, at 300 pairs only
             assert (ablation, 300, 0.05, 2.0, seed, None) in points
             assert (ablation, 100, 0.05, 2.0, seed, None) not in points
         for strategy in ("crop", "black", "random", "contrast"):  # Figure 4
@@ -572,33 +770,48 @@ def test_preset_lab_plans_tables_1_2_5_and_figures_3_4_at_three_seeds(tmp_path, 
     assert plan.settings.parallel == 2
 
 
-@pytest.mark.parametrize("values, expected", [
-    ({"lab": {"colour": 1.5}}, "lab setting colour (prior strength) must be a number in [0, 1], got 1.5"),
-    ({"lab": {"pair_types": ["presence", "texture"]}}, "unknown contrast type 'texture'"),
-    ({"lab": {"n_pairs": 150}}, "200 (200 records) is larger than the data set: the lab's contrast pairs (lab: "
-                                "n_pairs) holds 150 records"),
-    ({"lab": {"n_pairs": 10 ** 6}}, "lab setting n_pairs=1000000 is above the generated pool"),
-    ({"lab": {"colur": 0.5}}, "unknown lab setting 'colur'"),
-    ({"grids": [{"method": ["dpo"]}]}, "grids[1]: unknown grid key 'method' (did you mean methods?)"),
-    ({"grids": [{"methods": ["jompo_no_rank"]}]}, "unknown method 'jompo_no_rank'"),
-    ({"grids": "dpo"}, "grids must be a non-empty list of grids"),
-    ({"parallel": 0}, "parallel must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ({"lab": {"colour": 1.5}}, "lab setting colour (prior strength) must be a number in [0, 1], got 1.5"),
+        ({"lab": {"pair_types": ["presence", "texture"]}}, "unknown contrast type 'texture'"),
+        (
+            {"lab": {"n_pairs": 150}},
+            "200 (200 records) is larger than the data set: the lab's contrast pairs (lab: n_pairs) holds 150 records",
+        ),
+        ({"lab": {"n_pairs": 10**6}}, "lab setting n_pairs=1000000 is above the generated pool"),
+        ({"lab": {"colur": 0.5}}, "unknown lab setting 'colur'"),
+        ({"grids": [{"method": ["dpo"]}]}, "grids[1]: unknown grid key 'method' (did you mean methods?)"),
+        ({"grids": [{"methods": ["jompo_no_rank"]}]}, "unknown method 'jompo_no_rank'"),
+        ({"grids": "dpo"}, "grids must be a non-empty list of grids"),
+        ({"parallel": 0}, "parallel must be a positive integer"),
+    ],
+)
 def test_bad_lab_sweep_settings_are_one_line_errors(values, expected, tmp_path, capsys):
     import yaml
 
     config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump({"methods": ["dpo"], "data": "lab", "data_sizes": [100, 200],
-                                      "tasks": ["lab_amber"], **values}))
+    config.write_text(
+        yaml.safe_dump({"methods": ["dpo"], "data": "lab", "data_sizes": [100, 200], "tasks": ["lab_amber"], **values})
+    )
     code, _, err = cli("sweep", "--config", config, "--output", tmp_path / "sw", "--dry-run", capsys=capsys)
     assert code == 2 and expected in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err
 
 
 def test_the_lab_pairs_of_a_sweep_are_written_and_subset(tmp_path):
-    s = sweep.SweepSettings.from_mapping({"methods": ["dpo"], "data": "lab", "data_sizes": ["20", "40"],
-                                          "lab": {"n_pairs": 40}, "tasks": ["lab_amber"], "seeds": [0],
-                                          "output": str(tmp_path / "sw"), "no_report": True})
+    s = sweep.SweepSettings.from_mapping(
+        {
+            "methods": ["dpo"],
+            "data": "lab",
+            "data_sizes": ["20", "40"],
+            "lab": {"n_pairs": 40},
+            "tasks": ["lab_amber"],
+            "seeds": [0],
+            "output": str(tmp_path / "sw"),
+            "no_report": True,
+        }
+    )
     plan = build_plan(s)
     sweep.prepare(plan)
     from trainers.data import read_preferences
@@ -637,8 +850,9 @@ def test_parallel_jobs_overlap_respect_dependencies_and_end_like_a_serial_sweep(
     r2 = run_sweep(s2, runner=par, echo=lambda _: None)
     assert r1.ok and r2.ok and sorted(r1.ran) == sorted(r2.ran) and len(r2.ran) == 5
     spans = par.spans
-    overlapping = [(a, b) for a in spans for b in spans if a < b
-                   and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]]
+    overlapping = [
+        (a, b) for a in spans for b in spans if a < b and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+    ]
     assert overlapping  # jobs ran side by side
     assert max(len([j for j in spans if spans[j][0] <= t < spans[j][1]]) for t, _ in spans.values()) <= 3
     for job in build_plan(s2).jobs:

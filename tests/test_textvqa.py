@@ -33,8 +33,14 @@ CASES: list[tuple[int, str, str, list[str], str, float]] = [
     # punctuation "!" dropped; 1 match -> 9 * 1/3 / 10 = 0.3
     (103, "is it open?", "img_b", ["yes"] + ["no"] * 9, "Yes!", 0.3),
     # periods deleted ("dr." -> "dr"), case folded; 3 matches -> (3 * 2/3 + 7) / 10 = 0.9
-    (104, "what drink is advertised?", "img_b", ["dr. pepper", "Dr Pepper", "dr pepper"] + ["coke"] * 7,
-     "the Dr. Pepper", 0.9),
+    (
+        104,
+        "what drink is advertised?",
+        "img_b",
+        ["dr. pepper", "Dr Pepper", "dr pepper"] + ["coke"] * 7,
+        "the Dr. Pepper",
+        0.9,
+    ),
     # no human said it -> 0
     (105, "what time is it?", "img_c", ["10:30"] * 10, "unknown", 0.0),
 ]
@@ -49,15 +55,23 @@ def png(color: str = "white") -> bytes:
 
 
 def record(qid: int, question: str, image_id: str, answers: list[str]) -> dict[str, Any]:
-    return {"question": question, "image_id": image_id, "image_classes": ["Bottle"], "answers": answers,
-            "question_tokens": question.split(), "question_id": qid, "set_name": "val"}
+    return {
+        "question": question,
+        "image_id": image_id,
+        "image_classes": ["Bottle"],
+        "answers": answers,
+        "question_tokens": question.split(),
+        "question_id": qid,
+        "set_name": "val",
+    }
 
 
 def write_release(root: Path, records: list[dict[str, Any]] | None = None, images: bool = True) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     records = records if records is not None else [record(q, text, img, ans) for q, text, img, ans, _, _ in CASES]
-    (root / "TextVQA_0.5.1_val.json").write_text(json.dumps({"dataset_type": "val", "dataset_name": "textvqa",
-                                                             "dataset_version": "0.5.1", "data": records}))
+    (root / "TextVQA_0.5.1_val.json").write_text(
+        json.dumps({"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": records})
+    )
     if images:
         (root / "train_images").mkdir(exist_ok=True)
         for img in {r["image_id"] for r in records}:
@@ -70,8 +84,9 @@ def write_llava_questions(root: Path) -> None:
     with (root / "llava_textvqa_val_v051_ocr.jsonl").open("w") as fh:
         for _, text, img, _, _, _ in CASES:
             prompt = f"{text.capitalize()}\nReference OCR token: {', '.join(OCR[img])}{LLAVA_SUFFIX}"
-            fh.write(json.dumps({"question_id": img, "image": f"{img}.jpg", "text": prompt, "category": "default"})
-                     + "\n")
+            fh.write(
+                json.dumps({"question_id": img, "image": f"{img}.jpg", "text": prompt, "category": "default"}) + "\n"
+            )
 
 
 def write_parquet(root: Path) -> Path:
@@ -79,8 +94,10 @@ def write_parquet(root: Path) -> Path:
     import pyarrow.parquet as pq
 
     (root / "data").mkdir(parents=True, exist_ok=True)
-    rows = [{**record(q, text, img, ans), "ocr_tokens": OCR[img], "image": {"bytes": png(), "path": None}}
-            for q, text, img, ans, _, _ in CASES]
+    rows = [
+        {**record(q, text, img, ans), "ocr_tokens": OCR[img], "image": {"bytes": png(), "path": None}}
+        for q, text, img, ans, _, _ in CASES
+    ]
     pq.write_table(pa.Table.from_pylist(rows[:3]), root / "data" / "validation-00000-of-00002.parquet")
     pq.write_table(pa.Table.from_pylist(rows[3:]), root / "data" / "validation-00001-of-00002.parquet")
     return root
@@ -94,13 +111,33 @@ PREDICTIONS = {str(q): pred for q, _, _, _, pred, _ in CASES}
 
 
 # ------------------------------------------------------------------------------------------ official rules
-@pytest.mark.parametrize("text, normalized", [
-    ("Two", "2"), ("none", "0"), ("The answer", "answer"), ("an apple", "apple"), ("a", ""),
-    ("coca-cola", "coca cola"), ("coca - cola", "coca cola"), ("Dr. Pepper", "dr pepper"), ("a.m.", "am"),
-    ("3.5", "3.5"), ("no.", "no"), ("10,000", "10000"), ("what?", "what"), ("dont", "don't"),
-    ("somebody'd", "somebodyd"), ("It's", "it 's"), ("yes\nno", "yes no"), ("(hello)", "hello"),
-    ("@home", "home"), ("x/y", "x y"), ("x / y", "x y"), ("a/b", "b"),  # "a" is an article
-])
+@pytest.mark.parametrize(
+    "text, normalized",
+    [
+        ("Two", "2"),
+        ("none", "0"),
+        ("The answer", "answer"),
+        ("an apple", "apple"),
+        ("a", ""),
+        ("coca-cola", "coca cola"),
+        ("coca - cola", "coca cola"),
+        ("Dr. Pepper", "dr pepper"),
+        ("a.m.", "am"),
+        ("3.5", "3.5"),
+        ("no.", "no"),
+        ("10,000", "10000"),
+        ("what?", "what"),
+        ("dont", "don't"),
+        ("somebody'd", "somebodyd"),
+        ("It's", "it 's"),
+        ("yes\nno", "yes no"),
+        ("(hello)", "hello"),
+        ("@home", "home"),
+        ("x/y", "x y"),
+        ("x / y", "x y"),
+        ("a/b", "b"),  # "a" is an article
+    ],
+)
 def test_evalai_normalization(text, normalized):
     assert normalize_answer(text) == normalized
 
@@ -125,12 +162,15 @@ def test_leave_one_out_accuracy():
         vqa_accuracy("3", ["3"] * 9)
 
 
-@pytest.mark.parametrize("prompt, question", [
-    ("What is the brand?\nAnswer the question using a single word or phrase.", "what is the brand?"),
-    ("What is it?\nReference OCR token: A, B\nAnswer the question using a single word or phrase.", "what is it?"),
-    ("Reference OCR token: A, B\nWhat is it?\nAnswer briefly.", "what is it?"),
-    ("OCR tokens: a, b. Question: Which one? Short answer:", "which one?"),
-])
+@pytest.mark.parametrize(
+    "prompt, question",
+    [
+        ("What is the brand?\nAnswer the question using a single word or phrase.", "what is the brand?"),
+        ("What is it?\nReference OCR token: A, B\nAnswer the question using a single word or phrase.", "what is it?"),
+        ("Reference OCR token: A, B\nWhat is it?\nAnswer briefly.", "what is it?"),
+        ("OCR tokens: a, b. Question: Which one? Short answer:", "which one?"),
+    ],
+)
 def test_prompt_processor(prompt, question):
     assert prompt_processor(prompt) == question
 
@@ -183,8 +223,10 @@ def test_ocr_prompts_from_llava_file_and_from_ocr_tokens(tmp_path):
         TextVQA(data_root=root, options={"textvqa_ocr": "true"}).samples()
     write_llava_questions(root)
     s = TextVQA(data_root=root, options={"textvqa_ocr": "true"}).samples()
-    assert s[0].prompt == ("How many bottles are there?\nReference OCR token: DAKOTA, Coca-Cola\n"
-                           "Answer the question using a single word or phrase.")
+    assert s[0].prompt == (
+        "How many bottles are there?\nReference OCR token: DAKOTA, Coca-Cola\n"
+        "Answer the question using a single word or phrase."
+    )
     assert s[4].prompt.endswith("Reference OCR token: \nAnswer the question using a single word or phrase.")
     pq_root = write_parquet(tmp_path / "hf")
     s = TextVQA(data_root=pq_root, options={"textvqa_ocr": True}).samples()
@@ -209,8 +251,19 @@ def test_llava_answer_file_scored_as_eval_textvqa(tmp_path, capsys):
     with answers.open("w") as fh:
         for _, text, img, _, pred, _ in CASES:
             prompt = f"{text.capitalize()}\nReference OCR token: {', '.join(OCR[img])}{LLAVA_SUFFIX}"
-            fh.write(json.dumps({"question_id": img, "prompt": prompt, "text": pred, "answer_id": "x",
-                                 "model_id": "m", "metadata": {}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "question_id": img,
+                        "prompt": prompt,
+                        "text": pred,
+                        "answer_id": "x",
+                        "model_id": "m",
+                        "metadata": {},
+                    }
+                )
+                + "\n"
+            )
     metrics, coverage = TextVQA(data_root=root).score_file(answers)
     assert metrics.headline == {"Accuracy": 56.0}
     assert coverage == {"samples": 5, "responses": 5, "missing": 0}
@@ -262,8 +315,9 @@ def test_bad_answer_files(tmp_path):
     with pytest.raises(DataError, match=r"unknown.json: entry 0: question_id 999 is not a TextVQA question"):
         task.score_file(unknown)
     dup = tmp_path / "dup.jsonl"
-    dup.write_text(json.dumps({"question_id": 101, "answer": "x"}) + "\n" + json.dumps({"question_id": 101,
-                                                                                        "answer": "y"}) + "\n")
+    dup.write_text(
+        json.dumps({"question_id": 101, "answer": "x"}) + "\n" + json.dumps({"question_id": 101, "answer": "y"}) + "\n"
+    )
     with pytest.raises(DataError, match=r"dup.jsonl, line 2: a second answer for question_id 101"):
         task.score_file(dup)
     llava = tmp_path / "llava.jsonl"

@@ -28,8 +28,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _load(root: Path, rel: str):
@@ -37,6 +40,7 @@ def _load(root: Path, rel: str):
 
 
 # --- determinism and generation --------------------------------------------------------------------------------------
+
 
 def test_same_seed_gives_byte_identical_files(root: Path, tmp_path: Path) -> None:
     again = toy.generate_toy_amber(tmp_path / "again", n_images=N, seed=0)
@@ -70,6 +74,7 @@ def test_generation_is_idempotent_and_replaces_other_settings(tmp_path: Path) ->
 
 
 # --- ground truth ----------------------------------------------------------------------------------------------------
+
 
 def _components(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Bounding boxes (left, top, right, bottom; exclusive) of the 4-connected components of ``mask``."""
@@ -114,7 +119,7 @@ def test_pixels_match_the_recorded_scenes(root: Path) -> None:
             assert len(blobs) == len(objs), (scene.image, name)  # one blob per shape: counts are exact
             assert all(any(_inside(b, o.box) for o in objs) for b in blobs)
         for i, a in enumerate(scene.objects):  # boxes never overlap
-            for b in scene.objects[i + 1:]:
+            for b in scene.objects[i + 1 :]:
                 assert a.box[2] <= b.box[0] or b.box[2] <= a.box[0] or a.box[3] <= b.box[1] or b.box[3] <= a.box[1]
 
 
@@ -143,8 +148,12 @@ def test_annotations_agree_with_the_scenes(root: Path) -> None:
         elif m := re.fullmatch(r"Is the (\w+) (on the left of|on the right of|above|below) the (\w+)\?", q["query"]):
             assert shapes.count(m[1]) == shapes.count(m[3]) == 1
             (a,), (b,) = ([o.box for o in scene.objects if o.shape == s] for s in (m[1], m[3]))
-            expected = {"on the left of": a[2] <= b[0], "on the right of": b[2] <= a[0],
-                        "above": a[3] <= b[1], "below": b[3] <= a[1]}[m[2]]
+            expected = {
+                "on the left of": a[2] <= b[0],
+                "on the right of": b[2] <= a[0],
+                "above": a[3] <= b[1],
+                "below": b[3] <= a[1],
+            }[m[2]]
             assert entry["type"] == ("discriminative-relation" if expected else "relation")
         else:
             raise AssertionError(f"unexpected query {q['query']!r}")
@@ -158,13 +167,18 @@ def test_captions_describe_the_scenes(root: Path) -> None:
     for scene, (path, text) in zip(toy.read_scenes(root), pairs):
         assert path == root / "image" / scene.image and path.is_file()
         listing = text.split(".")[0]
-        found = {m[3]: (m[2], numbers[m[1]])
-                 for m in re.finditer(r"\b(a|an|two|three) (\w+) (\w+?)s?\b(?=,| and|$)", listing)}
-        assert found == {s: (next(o.colour for o in scene.objects if o.shape == s),
-                             sum(o.shape == s for o in scene.objects)) for s in {o.shape for o in scene.objects}}
+        found = {
+            m[3]: (m[2], numbers[m[1]])
+            for m in re.finditer(r"\b(a|an|two|three) (\w+) (\w+?)s?\b(?=,| and|$)", listing)
+        }
+        assert found == {
+            s: (next(o.colour for o in scene.objects if o.shape == s), sum(o.shape == s for o in scene.objects))
+            for s in {o.shape for o in scene.objects}
+        }
 
 
 # --- format parity with AMBER ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(not AMBER_DIR.is_dir(), reason="AMBER data files not present")
 def test_same_formats_as_amber(root: Path) -> None:
@@ -200,13 +214,18 @@ def test_same_formats_as_amber(root: Path) -> None:
 
 # --- the task --------------------------------------------------------------------------------------------------------
 
+
 def test_task_samples(root: Path) -> None:
     task = toy.ToyAmber(data_root=root)
     samples = task.samples()
     assert len(samples) == 4 * N
     first = samples[0]
-    assert (first.id, first.prompt, first.meta, first.max_new_tokens) == ("1", "Describe this image.",
-                                                                         {"type": "generative"}, 64)
+    assert (first.id, first.prompt, first.meta, first.max_new_tokens) == (
+        "1",
+        "Describe this image.",
+        {"type": "generative"},
+        64,
+    )
     assert first.reference == _load(root, "annotations.json")[0]
     assert first.images[0].load(first.id).size == (toy.IMAGE_SIZE, toy.IMAGE_SIZE)
     assert {s.max_new_tokens for s in samples[N:]} == {8}
@@ -265,9 +284,14 @@ def test_query_without_annotation_or_field_names_file_and_id(tmp_path: Path) -> 
 
 # --- the interim scorer ----------------------------------------------------------------------------------------------
 
+
 def _gen(sid: str, truth: list[str], hallu: list[str]) -> Sample:
-    return Sample(sid, "Describe this image.", reference={"id": int(sid), "type": "generative", "truth": truth,
-                                                           "hallu": hallu}, meta={"type": "generative"})
+    return Sample(
+        sid,
+        "Describe this image.",
+        reference={"id": int(sid), "type": "generative", "truth": truth, "hallu": hallu},
+        meta={"type": "generative"},
+    )
 
 
 def _disc(sid: str, kind: str, truth: str) -> Sample:
@@ -278,22 +302,32 @@ def test_reference_answers_score_perfectly(root: Path) -> None:
     task = toy.ToyAmber(data_root=root)
     samples = task.samples()
     answers = dict((str(i), text) for i, (_, text) in enumerate(toy.captions(root), start=1))
-    responses = {s.id: Response(s.id, answers.get(s.id) or s.reference["truth"].capitalize(), "stop")
-                 for s in samples}
+    responses = {s.id: Response(s.id, answers.get(s.id) or s.reference["truth"].capitalize(), "stop") for s in samples}
     metrics = task.score(samples, responses)  # AMBER's official scorer, similarity "none"
-    assert metrics.headline == {"CHAIR": 0.0, "Cover": 100.0, "Hal": 0.0, "Cog": 0.0, "Accuracy": 100.0,
-                                "Precision": 100.0, "Recall": 100.0, "F1": 100.0, "AMBER Score": 100.0}
+    assert metrics.headline == {
+        "CHAIR": 0.0,
+        "Cover": 100.0,
+        "Hal": 0.0,
+        "Cog": 0.0,
+        "Accuracy": 100.0,
+        "Precision": 100.0,
+        "Recall": 100.0,
+        "F1": 100.0,
+        "AMBER Score": 100.0,
+    }
     assert metrics.counts["failed"] == 0 and metrics.counts["scored"] == 4 * N
     assert any("similarity: none" in note for note in metrics.notes)
     only_generative = task.score(samples[:2], responses)
     assert set(only_generative.headline) == {"CHAIR", "Cover", "Hal", "Cog"}
     # the official scorer compares answers exactly: "Yes." is not "Yes"
-    dotted = {sid: Response(sid, r.text + ".", "stop") if r.text in ("Yes", "No") else r
-              for sid, r in responses.items()}
+    dotted = {
+        sid: Response(sid, r.text + ".", "stop") if r.text in ("Yes", "No") else r for sid, r in responses.items()
+    }
     assert task.score(samples, dotted).headline["Accuracy"] == 0.0
 
 
 # --- corpus ----------------------------------------------------------------------------------------------------------
+
 
 def _words(texts) -> set[str]:
     return {w for t in texts for w in re.findall(r"\w+|[^\w\s]", t)}
@@ -314,6 +348,7 @@ def test_corpus_covers_the_toy_world(root: Path) -> None:
 
 
 # --- training data ---------------------------------------------------------------------------------------------------
+
 
 def test_toy_preferences_are_contrast_pairs(tmp_path: Path) -> None:
     import json as _json

@@ -15,8 +15,12 @@ from harness.errors import ConfigError
 from trainers.config import TrainConfig, load_config, read_recipe
 
 REPO = Path(__file__).resolve().parent.parent
-COLOURS = [("red", "blue", "circle"), ("green", "yellow", "square"), ("blue", "red", "square"),
-           ("yellow", "green", "circle")]
+COLOURS = [
+    ("red", "blue", "circle"),
+    ("green", "yellow", "square"),
+    ("blue", "red", "square"),
+    ("yellow", "green", "circle"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +32,18 @@ def pref_data(tmp_path_factory, shape_image) -> Path:
     for i, (c1, c2, shape) in enumerate(COLOURS):
         shape_image(c1, shape).save(root / f"img/{i}w.png")
         shape_image(c2, shape).save(root / f"img/{i}l.png")
-        records.append({"id": f"ex{i}", "question": "what colour is the shape ?", "image_w": f"img/{i}w.png",
-                        "image_l": f"img/{i}l.png", "y_w": f"it is {c1} .", "y_l": f"it is {c2} .",
-                        "contrast_type": "color", "source": "test"})
+        records.append(
+            {
+                "id": f"ex{i}",
+                "question": "what colour is the shape ?",
+                "image_w": f"img/{i}w.png",
+                "image_l": f"img/{i}l.png",
+                "y_w": f"it is {c1} .",
+                "y_l": f"it is {c2} .",
+                "contrast_type": "color",
+                "source": "test",
+            }
+        )
     path = root / "pref.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
@@ -45,8 +58,20 @@ def tiny_llava_ref(tmp_path_factory, shapes_corpus) -> str:
 
 
 def _config(model: str, data: Path, out: Path, **kw) -> TrainConfig:
-    base = {"model": model, "data": str(data), "output": str(out), "lora": False, "bf16": False, "batch_size": 4, "grad_accum": 1,
-                "warmup_ratio": 0.0, "lr_scheduler": "constant", "report_to": ["none"], "save_steps": 1000, "logging_steps": 1}
+    base = {
+        "model": model,
+        "data": str(data),
+        "output": str(out),
+        "lora": False,
+        "bf16": False,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "warmup_ratio": 0.0,
+        "lr_scheduler": "constant",
+        "report_to": ["none"],
+        "save_steps": 1000,
+        "logging_steps": 1,
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -67,10 +92,20 @@ def test_each_method_lowers_its_loss_on_a_fixed_batch(method, family, lora, requ
     from trainers.trainer import build_preference_trainer
 
     model = request.getfixturevalue("tiny_llava_path" if family == "llava" else "tiny_qwen2vl_path")
-    extra = {"lora": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-                 "modules": ["language_model", "vision_tower", "projector"]} if lora else {}
-    config = _config(model, pref_data, tmp_path / "out", method=method, lr=5e-3 if lora else 1e-3, max_steps=4,
-                     beta=0.5, **extra)
+    extra = (
+        {
+            "lora": True,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "lora_dropout": 0.0,
+            "modules": ["language_model", "vision_tower", "projector"],
+        }
+        if lora
+        else {}
+    )
+    config = _config(
+        model, pref_data, tmp_path / "out", method=method, lr=5e-3 if lora else 1e-3, max_steps=4, beta=0.5, **extra
+    )
     trainer = build_preference_trainer(config)
     batch = trainer.data_collator(trainer.train_dataset.examples)  # the whole data set: every step sees it
     rows = {"dpo": 2, "mpo": 3, "jompo": 6}[method]
@@ -104,8 +139,17 @@ def test_dpo_equals_trl_dpo_trainer(tiny_llava_path, tiny_llava_ref, pref_data, 
 
     from trainers.trainer import build_preference_trainer
 
-    ours = build_preference_trainer(_config(tiny_llava_path, pref_data, tmp_path / "ours", method="dpo",
-                                            reference="copy", reference_model=tiny_llava_ref, beta=0.1))
+    ours = build_preference_trainer(
+        _config(
+            tiny_llava_path,
+            pref_data,
+            tmp_path / "ours",
+            method="dpo",
+            reference="copy",
+            reference_model=tiny_llava_ref,
+            beta=0.1,
+        )
+    )
     examples = ours.train_dataset.examples
     ours.model.train()
     with torch.no_grad():
@@ -114,14 +158,28 @@ def test_dpo_equals_trl_dpo_trainer(tiny_llava_path, tiny_llava_ref, pref_data, 
 
     family = ours.family
     # TRL's vision collator tokenizes prompt and completions without special tokens: the prompt carries the BOS
-    records = [{"image": Image.open(e.image_w).convert("RGB"), "prompt": "<s>" + family.render_prompt(e.question, 1),
-                "chosen": f" {e.y_w}</s>", "rejected": f" {e.y_l}</s>"} for e in examples]
+    records = [
+        {
+            "image": Image.open(e.image_w).convert("RGB"),
+            "prompt": "<s>" + family.render_prompt(e.question, 1),
+            "chosen": f" {e.y_w}</s>",
+            "rejected": f" {e.y_l}</s>",
+        }
+        for e in examples
+    ]
     dataset = Dataset.from_list(records)
     trl_trainer = DPOTrainer(
         model=AutoModelForImageTextToText.from_pretrained(tiny_llava_path, dtype=torch.float32),
         ref_model=AutoModelForImageTextToText.from_pretrained(tiny_llava_ref, dtype=torch.float32),
-        args=DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, per_device_train_batch_size=4, report_to=[],
-                       max_length=None, bf16=False, gradient_checkpointing=False),
+        args=DPOConfig(
+            output_dir=str(tmp_path / "trl"),
+            beta=0.1,
+            per_device_train_batch_size=4,
+            report_to=[],
+            max_length=None,
+            bf16=False,
+            gradient_checkpointing=False,
+        ),
         train_dataset=dataset,
         processing_class=AutoProcessor.from_pretrained(tiny_llava_path),
     )
@@ -143,10 +201,12 @@ def test_reference_cache_is_computed_once_and_matches_the_copy(tiny_llava_path, 
     from trainers.trainer import build_preference_trainer
 
     cache = tmp_path / "ref.jsonl"
-    with_copy = build_preference_trainer(_config(tiny_llava_path, pref_data, tmp_path / "a", method="mpo",
-                                                 reference="copy"))
-    with_cache = build_preference_trainer(_config(tiny_llava_path, pref_data, tmp_path / "b", method="mpo",
-                                                  reference=f"cache:{cache}"))
+    with_copy = build_preference_trainer(
+        _config(tiny_llava_path, pref_data, tmp_path / "a", method="mpo", reference="copy")
+    )
+    with_cache = build_preference_trainer(
+        _config(tiny_llava_path, pref_data, tmp_path / "b", method="mpo", reference=f"cache:{cache}")
+    )
     assert cache.is_file() and len(cache.read_text().splitlines()) == 1 + 4 * 3
     batch = with_copy.data_collator(with_copy.train_dataset.examples)["rows"]
     expected = with_copy.reference.logps(batch)
@@ -166,8 +226,19 @@ def test_mixed_image_and_text_only_records_train_on_both_families(family, reques
         rec["image_l"] = None
     data = tmp_path / "mixed.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    config = _config(model, data, tmp_path / "out", method="dpo", lora=True, lora_r=4, lora_alpha=8,
-                     modules=["language_model", "vision_tower", "projector"], batch_size=2, max_steps=2, lr=1e-2)
+    config = _config(
+        model,
+        data,
+        tmp_path / "out",
+        method="dpo",
+        lora=True,
+        lora_r=4,
+        lora_alpha=8,
+        modules=["language_model", "vision_tower", "projector"],
+        batch_size=2,
+        max_steps=2,
+        lr=1e-2,
+    )
     trainer = build_preference_trainer(config)
     examples = trainer.train_dataset.examples
     mixed = trainer.data_collator(examples[:2])["rows"]
@@ -175,10 +246,14 @@ def test_mixed_image_and_text_only_records_train_on_both_families(family, reques
     text_only = trainer.data_collator([examples[1], examples[3]])
     loss = trainer.compute_loss(trainer.model, text_only)
     loss.backward()
-    vision_grads = {n: p.grad for n, p in trainer.model.named_parameters()
-                    if p.requires_grad and ("vision_tower" in n or ".visual." in n)}
-    assert vision_grads and all(g is not None and float(g.abs().sum()) == 0.0 for g in vision_grads.values()), \
-        [n for n, g in vision_grads.items() if g is None]
+    vision_grads = {
+        n: p.grad
+        for n, p in trainer.model.named_parameters()
+        if p.requires_grad and ("vision_tower" in n or ".visual." in n)
+    }
+    assert vision_grads and all(g is not None and float(g.abs().sum()) == 0.0 for g in vision_grads.values()), [
+        n for n, g in vision_grads.items() if g is None
+    ]
     trainer.model.zero_grad(set_to_none=True)
     trainer.train()
     assert [e["step"] for e in trainer.state.log_history if "loss" in e] == [1, 2]
@@ -199,13 +274,54 @@ def test_two_processes_with_accelerate_launch(tiny_llava_path, pref_data, tmp_pa
     data = tmp_path / "mixed.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "harness", "--log-level", "WARNING", "train",
-           "--method", "dpo", "--model", tiny_llava_path, "--data", str(data), "--output", str(out), "--lora",
-           "--lora-r", "4", "--lora-alpha", "8", "--modules", "language_model,vision_tower,projector",
-           "--max-steps", "4", "--batch-size", "1", *map(str, FAST[2:])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, check=False,
-                          env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "harness",
+        "--log-level",
+        "WARNING",
+        "train",
+        "--method",
+        "dpo",
+        "--model",
+        tiny_llava_path,
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--lora",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--modules",
+        "language_model,vision_tower,projector",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "1",
+        *map(str, FAST[2:]),
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        check=False,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "config.json").is_file() and (out / "adapter" / "adapter_config.json").is_file()
 
@@ -217,16 +333,44 @@ def run_cli(*args) -> int:
     return main(["--log-level", "WARNING", *map(str, args)])
 
 
-FAST = ["--batch-size", 2, "--grad-accum", 1, "--no-bf16", "--no-gradient-checkpointing", "--report-to", "none",
-        "--lr", "1e-3", "--warmup-ratio", 0]
+FAST = [
+    "--batch-size",
+    2,
+    "--grad-accum",
+    1,
+    "--no-bf16",
+    "--no-gradient-checkpointing",
+    "--report-to",
+    "none",
+    "--lr",
+    "1e-3",
+    "--warmup-ratio",
+    0,
+]
 
 
 def test_train_lora_then_harness_run_evaluates_the_checkpoint(tiny_llava_path, pref_data, tmp_path, capsys):
     """The issue's "done when": a checkpoint written by `harness train` is evaluated by `harness run`."""
     out = tmp_path / "jompo"
-    code = run_cli("train", "--config", REPO / "configs/jompo_llava15_7b.yaml", "--model", tiny_llava_path,
-                   "--data", pref_data, "--output", out, "--lora", "--lora-r", 4, "--lora-alpha", 8,
-                   "--max-steps", 2, *FAST)
+    code = run_cli(
+        "train",
+        "--config",
+        REPO / "configs/jompo_llava15_7b.yaml",
+        "--model",
+        tiny_llava_path,
+        "--data",
+        pref_data,
+        "--output",
+        out,
+        "--lora",
+        "--lora-r",
+        4,
+        "--lora-alpha",
+        8,
+        "--max-steps",
+        2,
+        *FAST,
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert captured.out.strip().endswith(str(out))
@@ -242,8 +386,9 @@ def test_train_lora_then_harness_run_evaluates_the_checkpoint(tiny_llava_path, p
     assert any(k.startswith("vision_tower.vision_model.") for k in keys)  # llava-hf / vLLM names
     assert any(k.startswith("language_model.model.") for k in keys)
 
-    code = run_cli("run", "--model", out, "--tasks", "toy_amber", "--limit", 4, "--output-path", tmp_path / "runs",
-                   "--no-progress")
+    code = run_cli(
+        "run", "--model", out, "--tasks", "toy_amber", "--limit", 4, "--output-path", tmp_path / "runs", "--no-progress"
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     metrics = json.loads((tmp_path / "runs" / "jompo" / "toy_amber" / "metrics.json").read_text())
@@ -252,8 +397,21 @@ def test_train_lora_then_harness_run_evaluates_the_checkpoint(tiny_llava_path, p
 
 def test_resume_continues_the_step_count(tiny_llava_path, pref_data, tmp_path, capsys):
     out = tmp_path / "dpo"
-    common = ["train", "--method", "dpo", "--model", tiny_llava_path, "--data", pref_data, "--output", out, "--full",
-              "--save-steps", 2, *FAST]
+    common = [
+        "train",
+        "--method",
+        "dpo",
+        "--model",
+        tiny_llava_path,
+        "--data",
+        pref_data,
+        "--output",
+        out,
+        "--full",
+        "--save-steps",
+        2,
+        *FAST,
+    ]
     assert run_cli(*common, "--max-steps", 2) == 0
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
     capsys.readouterr()
@@ -273,14 +431,29 @@ def test_resume_continues_the_step_count(tiny_llava_path, pref_data, tmp_path, c
 def test_recipes_hold_the_paper_settings():
     sft = load_config(REPO / "configs/sft_llava15.yaml")
     assert (sft.method, sft.lora, sft.lora_r, sft.lora_alpha, sft.epochs, sft.batch_size, sft.grad_accum) == (
-        "sft", True, 256, 512, 2.0, 4, 4)
+        "sft",
+        True,
+        256,
+        512,
+        2.0,
+        4,
+        4,
+    )
     assert set(sft.modules) == {"language_model", "vision_tower", "projector"}
     for method in ("jompo", "dpo", "mpo"):
         for model in ("llava15_7b", "llava15_13b", "qwen2vl_7b"):
             c = load_config(REPO / f"configs/{method}_{model}.yaml")
             assert c.method == method
             assert (c.lr, c.lr_scheduler, c.warmup_ratio, c.beta, c.epochs, c.batch_size, c.grad_accum, c.bf16) == (
-                5e-7, "cosine", 0.03, 0.05, 2.0, 4, 8, True)
+                5e-7,
+                "cosine",
+                0.03,
+                0.05,
+                2.0,
+                4,
+                8,
+                True,
+            )
     assert load_config(REPO / "configs/mpo_llava15_7b.yaml").rejected_image == "crop"
     for name in ("zero2", "zero3", "fsdp"):
         import yaml
@@ -303,8 +476,9 @@ def test_unknown_yaml_key_names_the_file_and_key(tmp_path):
 # --------------------------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("case", ["missing_data", "malformed", "unknown_method", "unknown_key", "bad_value",
-                                  "no_image_l"])
+@pytest.mark.parametrize(
+    "case", ["missing_data", "malformed", "unknown_method", "unknown_key", "bad_value", "no_image_l"]
+)
 def test_bad_input_is_one_clear_error(case, tiny_llava_path, pref_data, tmp_path, capsys):
     data = pref_data
     args = ["--method", "jompo"]

@@ -87,8 +87,9 @@ def pair_vectors(spec: list[tuple[float, float] | None], dim: int = 64) -> tuple
     return clip, dino
 
 
-def cosines(clip: np.ndarray, dino: np.ndarray, pairs: list[tuple[int, int, float, float]], dim: int = 64
-            ) -> tuple[np.ndarray, np.ndarray]:
+def cosines(
+    clip: np.ndarray, dino: np.ndarray, pairs: list[tuple[int, int, float, float]], dim: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """Overwrite rows so that each listed (i, j) has the given cosines: i keeps its own axis, j is placed on i's axis
     plus a fresh axis (rows must not be reused across pairs)."""
     axis = int(max(np.nonzero(clip.any(axis=0))[0].max(initial=-1), np.nonzero(dino.any(axis=0))[0].max(initial=-1)))
@@ -197,8 +198,9 @@ def test_duplicates_merge_pairs_and_identical_files_drop_them():
 
 
 def test_merge_duplicates_keeps_the_highest_clip_pair():
-    pairs = PairArrays(np.array([0, 2]), np.array([1, 1]), np.array([0.96, 0.98], np.float32),
-                       np.array([0.2, 0.3], np.float32))
+    pairs = PairArrays(
+        np.array([0, 2]), np.array([1, 1]), np.array([0.96, 0.98], np.float32), np.array([0.2, 0.3], np.float32)
+    )
     rep = np.array([0, 1, 0])  # rows 0 and 2 are one image
     merged, dropped = merge_duplicates(pairs, rep)
     assert merged.as_tuples() == [(2, 1)] and dropped == 1
@@ -206,12 +208,17 @@ def test_merge_duplicates_keeps_the_highest_clip_pair():
 
 def test_one_pair_per_image_is_greedy_by_clip_similarity():
     # A=0 B=1 C=2 D=3: A-B 0.99, A-C 0.97, C-D 0.96, B-D 0.955
-    pairs = PairArrays(np.array([0, 0, 2, 1]), np.array([1, 2, 3, 3]),
-                       np.array([0.99, 0.97, 0.96, 0.955], np.float32), np.array([0.5, 0.1, 0.2, 0.3], np.float32))
+    pairs = PairArrays(
+        np.array([0, 0, 2, 1]),
+        np.array([1, 2, 3, 3]),
+        np.array([0.99, 0.97, 0.96, 0.955], np.float32),
+        np.array([0.5, 0.1, 0.2, 0.3], np.float32),
+    )
     assert sorted(one_pair_per_image(pairs).as_tuples()) == [(0, 1), (2, 3)]
     # ties on CLIP: the lower DINOv2 similarity wins
-    tie = PairArrays(np.array([0, 0]), np.array([1, 2]), np.array([0.97, 0.97], np.float32),
-                     np.array([0.5, 0.1], np.float32))
+    tie = PairArrays(
+        np.array([0, 0]), np.array([1, 2]), np.array([0.97, 0.97], np.float32), np.array([0.5, 0.1], np.float32)
+    )
     assert one_pair_per_image(tie).as_tuples() == [(0, 2)]
     # through mine(): rows 1 and 2 both hang on row 0 (so 1-2 pairs too); the flag keeps the best pair only
     clip, dino = pair_vectors([None, None])
@@ -326,20 +333,23 @@ def test_faiss_gpu_path_is_used_when_faiss_sees_a_gpu(monkeypatch):
         build_index(clip, MineConfig(method="faiss-ivf", faiss_device="gpu"))
 
 
-@pytest.mark.parametrize("settings, flag", [
-    ({"method": "faiss-lsh"}, "--mining"),
-    ({"faiss_nprobe": 0}, "--faiss-nprobe"),
-    ({"faiss_nlist": -1}, "--faiss-nlist"),
-    ({"faiss_nlist": 16, "faiss_nprobe": 32}, "--faiss-nprobe"),
-    ({"hnsw_m": 1}, "--hnsw-m"),
-    ({"hnsw_ef_search": 0}, "--hnsw-ef-search"),
-    ({"hnsw_ef_construction": 0}, "--hnsw-ef-construction"),
-    ({"faiss_device": "tpu"}, "--faiss-device"),
-    ({"faiss_recall_sample": -5}, "--faiss-recall-sample"),
-    ({"method": "faiss-hnsw", "faiss_device": "gpu"}, "faiss-hnsw"),
-    ({"method": "faiss-ivf", "faiss_device": "gpu", "faiss_k": 0}, "--faiss-k 0"),
-    ({"method": "faiss", "faiss_device": "gpu", "faiss_k": 5000}, "--faiss-k"),
-])
+@pytest.mark.parametrize(
+    "settings, flag",
+    [
+        ({"method": "faiss-lsh"}, "--mining"),
+        ({"faiss_nprobe": 0}, "--faiss-nprobe"),
+        ({"faiss_nlist": -1}, "--faiss-nlist"),
+        ({"faiss_nlist": 16, "faiss_nprobe": 32}, "--faiss-nprobe"),
+        ({"hnsw_m": 1}, "--hnsw-m"),
+        ({"hnsw_ef_search": 0}, "--hnsw-ef-search"),
+        ({"hnsw_ef_construction": 0}, "--hnsw-ef-construction"),
+        ({"faiss_device": "tpu"}, "--faiss-device"),
+        ({"faiss_recall_sample": -5}, "--faiss-recall-sample"),
+        ({"method": "faiss-hnsw", "faiss_device": "gpu"}, "faiss-hnsw"),
+        ({"method": "faiss-ivf", "faiss_device": "gpu", "faiss_k": 0}, "--faiss-k 0"),
+        ({"method": "faiss", "faiss_device": "gpu", "faiss_k": 5000}, "--faiss-k"),
+    ],
+)
 def test_bad_approximate_index_settings_are_one_line_config_errors(settings, flag):
     with pytest.raises(ConfigError) as err:
         MineConfig(**settings)
@@ -393,22 +403,52 @@ def tiny_encoders(tmp_path_factory) -> tuple[str, str]:
     try:
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            clip = CLIPModel(CLIPConfig(
-                text_config={"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                             "num_attention_heads": 2, "max_position_embeddings": 8, "bos_token_id": 0,
-                             "eos_token_id": 1, "pad_token_id": 1},
-                vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-                               "num_hidden_layers": 2, "num_attention_heads": 2},
-                projection_dim=24))
-            dino = Dinov2Model(Dinov2Config(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                            num_hidden_layers=2, num_attention_heads=2))
+            clip = CLIPModel(
+                CLIPConfig(
+                    text_config={
+                        "vocab_size": 32,
+                        "hidden_size": 16,
+                        "intermediate_size": 32,
+                        "num_hidden_layers": 1,
+                        "num_attention_heads": 2,
+                        "max_position_embeddings": 8,
+                        "bos_token_id": 0,
+                        "eos_token_id": 1,
+                        "pad_token_id": 1,
+                    },
+                    vision_config={
+                        "image_size": 32,
+                        "patch_size": 8,
+                        "hidden_size": 32,
+                        "intermediate_size": 64,
+                        "num_hidden_layers": 2,
+                        "num_attention_heads": 2,
+                    },
+                    projection_dim=24,
+                )
+            )
+            dino = Dinov2Model(
+                Dinov2Config(
+                    image_size=32,
+                    patch_size=8,
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                )
+            )
         clip.save_pretrained(root / "clip")
         dino.save_pretrained(root / "dino")
     finally:
         transformers.logging.set_verbosity(verbosity)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "clip")
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True,
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(root / "dino")
+    BitImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        do_center_crop=True,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(root / "dino")
     return str(root / "clip"), str(root / "dino")
 
 
@@ -422,8 +462,10 @@ def test_image_sources_folder_list_and_dataset(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("# images\npool/coco/00_red.png\tmscoco\n\npool/laion/02_green.png\n", encoding="utf-8")
     pool = open_source(listing)
-    assert [(it.id, it.source) for it in pool.items] == [("pool/coco/00_red.png", "mscoco"),
-                                                         ("pool/laion/02_green.png", "pool")]
+    assert [(it.id, it.source) for it in pool.items] == [
+        ("pool/coco/00_red.png", "mscoco"),
+        ("pool/laion/02_green.png", "pool"),
+    ]
     assert Path(pool.items[0].path).is_file()
     listing.write_text("pool/coco/00_red.png\npool/coco/00_red.png\n", encoding="utf-8")
     with pytest.raises(DataError, match="listed twice"):
@@ -432,9 +474,10 @@ def test_image_sources_folder_list_and_dataset(tmp_path):
     import datasets
 
     images = [draw(c, k) for k, c in enumerate(COLOURS[:3])]
-    ds = datasets.Dataset.from_dict({"picture": images, "origin": ["cc3m", "cc3m", "openimages"]},
-                                    features=datasets.Features({"picture": datasets.Image(),
-                                                                "origin": datasets.Value("string")}))
+    ds = datasets.Dataset.from_dict(
+        {"picture": images, "origin": ["cc3m", "cc3m", "openimages"]},
+        features=datasets.Features({"picture": datasets.Image(), "origin": datasets.Value("string")}),
+    )
     ds.save_to_disk(str(tmp_path / "hfds"))
     pool = open_source(tmp_path / "hfds", source_column="origin")
     assert pool.kind == "dataset" and pool.image_column == "picture"
@@ -479,8 +522,9 @@ def test_embed_shapes_determinism_and_unreadable_images(tmp_path, tiny_encoders)
     from transformers import AutoImageProcessor, CLIPModel
 
     model = CLIPModel.from_pretrained(clip_path).eval()
-    pixels = AutoImageProcessor.from_pretrained(clip_path)(images=[pool.open(pool.item("coco/01_blue.png"))],
-                                                           return_tensors="pt")["pixel_values"]
+    pixels = AutoImageProcessor.from_pretrained(clip_path)(
+        images=[pool.open(pool.item("coco/01_blue.png"))], return_tensors="pt"
+    )["pixel_values"]
     with torch.inference_mode():
         ref = model.get_image_features(pixel_values=pixels)
     ref = (ref if isinstance(ref, torch.Tensor) else ref.pooler_output)[0].numpy()
@@ -515,8 +559,7 @@ def test_embed_resumes_after_a_killed_shard(tmp_path, tiny_encoders):
     assert np.array_equal(load_embeddings(out2).clip.rows(0, 8), before)
     # other settings never mix with existing shards
     with pytest.raises(ConfigError, match="dino_pooling"):
-        embed_images(pool, out, EmbedConfig(clip_path, dino_path, dino_pooling="mean", shard_size=3),
-                     progress=False)
+        embed_images(pool, out, EmbedConfig(clip_path, dino_path, dino_pooling="mean", shard_size=3), progress=False)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -525,9 +568,14 @@ def test_embed_resumes_after_a_killed_shard(tmp_path, tiny_encoders):
 
 def completion(text: str) -> Behaviour:
     """A canned chat completion whose reply is ``text`` (the fake server's Malformed sends a body verbatim)."""
-    body = {"id": "chatcmpl-canned", "object": "chat.completion", "created": 0, "model": "fake-4o",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}
+    body = {
+        "id": "chatcmpl-canned",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "fake-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+    }
     return Malformed(body=json.dumps(body))
 
 
@@ -552,8 +600,16 @@ class CannedLLM(FakeOpenAIServer):
 
 
 def llm(server: FakeOpenAIServer, tmp_path: Path, **kwargs: Any) -> OpenAIJudge:
-    options = {"api_key_env": "VTC_TEST_NO_KEY", "concurrency": 2, "timeout_s": 5.0, "max_retries": 0,
-               "backoff_s": 0.01, "backoff_max_s": 0.02, "cache_dir": tmp_path / "llm-cache", "progress": False}
+    options = {
+        "api_key_env": "VTC_TEST_NO_KEY",
+        "concurrency": 2,
+        "timeout_s": 5.0,
+        "max_retries": 0,
+        "backoff_s": 0.01,
+        "backoff_max_s": 0.02,
+        "cache_dir": tmp_path / "llm-cache",
+        "progress": False,
+    }
     return OpenAIJudge("fake-4o", base_url=server.base_url, **{**options, **kwargs})
 
 
@@ -563,17 +619,33 @@ def label_json(best: str, *, zero: bool = False, drop: str | None = None) -> str
         if t.name == drop:
             continue
         hit = t.name == best and not zero
-        scores.append({"type": t.name, "importance": 0 if zero else (8 if hit else 2),
-                       "hallucination_likelihood": 0 if zero else (7 if hit else 1),
-                       "rationale": f"the images {'differ' if hit else 'agree'} in {t.key}"})
+        scores.append(
+            {
+                "type": t.name,
+                "importance": 0 if zero else (8 if hit else 2),
+                "hallucination_likelihood": 0 if zero else (7 if hit else 1),
+                "rationale": f"the images {'differ' if hit else 'agree'} in {t.key}",
+            }
+        )
     return json.dumps({"difference": f"the shape differs in {best}", "scores": scores})
 
 
-def write_json(prompt: str = "Describe this image in detail.", r1: str = "There is a red circle on the left .",
-               r2: str = "There is a blue circle on the left .", t1: tuple[str, ...] = ("red circle",),
-               t2: tuple[str, ...] = ("blue circle",)) -> str:
-    return json.dumps({"prompt": prompt, "response_1": r1, "response_2": r2, "contrast_terms_1": list(t1),
-                       "contrast_terms_2": list(t2)})
+def write_json(
+    prompt: str = "Describe this image in detail.",
+    r1: str = "There is a red circle on the left .",
+    r2: str = "There is a blue circle on the left .",
+    t1: tuple[str, ...] = ("red circle",),
+    t2: tuple[str, ...] = ("blue circle",),
+) -> str:
+    return json.dumps(
+        {
+            "prompt": prompt,
+            "response_1": r1,
+            "response_2": r2,
+            "contrast_terms_1": list(t1),
+            "contrast_terms_2": list(t2),
+        }
+    )
 
 
 def labelled_dir(root: Path, n_pairs: int) -> tuple[Path, list[MinedPair], dict[str, str]]:
@@ -601,21 +673,27 @@ def test_parse_label_is_strict_and_choose_type_breaks_ties():
     scores, difference = parse_label(label_json("color and appearance"))
     assert difference == "the shape differs in color and appearance" and len(scores) == 9
     assert choose_type(scores).type == "color and appearance"
-    assert [s.type for s in parse_label("```json\n" + label_json("text and symbols") + "\n```")[0]] == \
-        [t.name for t in contrast_types()]
+    assert [s.type for s in parse_label("```json\n" + label_json("text and symbols") + "\n```")[0]] == [
+        t.name for t in contrast_types()
+    ]
     bad = json.loads(label_json("color and appearance"))
     bad["scores"][0]["importance"] = 11
-    for reply, kind in [('{"difference": "x", "scores": [', "malformed"),
-                        ("I'm sorry, but I can't help with that.", "refusal"),
-                        (json.dumps(bad), "malformed"),
-                        (label_json("color and appearance", drop="text and symbols"), "malformed"),
-                        ('["not", "an", "object"]', "malformed")]:
+    for reply, kind in [
+        ('{"difference": "x", "scores": [', "malformed"),
+        ("I'm sorry, but I can't help with that.", "refusal"),
+        (json.dumps(bad), "malformed"),
+        (label_json("color and appearance", drop="text and symbols"), "malformed"),
+        ('["not", "an", "object"]', "malformed"),
+    ]:
         with pytest.raises(Exception) as info:
             parse_label(reply)
         assert getattr(info.value, "kind", None) == kind, reply
     # ties: higher hallucination likelihood first, then the paper's order
-    tie = (TypeScore("quantity and count", 6, 4, "r"), TypeScore("color and appearance", 4, 6, "r"),
-           TypeScore("text and symbols", 4, 6, "r"))
+    tie = (
+        TypeScore("quantity and count", 6, 4, "r"),
+        TypeScore("color and appearance", 4, 6, "r"),
+        TypeScore("text and symbols", 4, 6, "r"),
+    )
     assert choose_type(tie).type == "color and appearance"
     assert choose_type((TypeScore("quantity and count", 0, 0, "r"),)) is None
     assert find_contrast_type("Colour and Appearance").name == "color and appearance"
@@ -642,8 +720,14 @@ def test_label_stage_counts_malformed_refusals_and_timeouts(tmp_path):
     with CannedLLM(reply) as server:
         judge = llm(server, tmp_path, timeout_s=1.0)
         summary = run_label_stage(out, judge, progress=False)
-    assert summary.counts == {"labelled": 2, "failed": 2, "refusal": 1, "malformed": 2, "no_difference": 1,
-                              "unreadable": 0}
+    assert summary.counts == {
+        "labelled": 2,
+        "failed": 2,
+        "refusal": 1,
+        "malformed": 2,
+        "no_difference": 1,
+        "unreadable": 0,
+    }
     assert summary.types == {"color and appearance": 1, "quantity and count": 1}
     assert summary.ledger["failed"] == 2
     labels = {lab.pair_id: lab for lab in read_labels(out)}
@@ -651,8 +735,14 @@ def test_label_stage_counts_malformed_refusals_and_timeouts(tmp_path):
     assert good.contrast_type == "color and appearance" and len(good.scores) == 9
     assert good.score_of("color and appearance").overall == 15 and good.difference
     unlabelled = [json.loads(line) for line in (out / "label" / "unlabelled.jsonl").read_text().splitlines()]
-    assert sorted(u["status"] for u in unlabelled) == ["failed", "failed", "malformed", "malformed", "no_difference",
-                                                       "refusal"]
+    assert sorted(u["status"] for u in unlabelled) == [
+        "failed",
+        "failed",
+        "malformed",
+        "malformed",
+        "no_difference",
+        "refusal",
+    ]
     assert labels[pairs[3].pair_id].reply.startswith("I'm sorry")
 
     # a rerun keeps the labelled pairs, answers the parsed-but-bad replies from the cache, asks again for the failed
@@ -694,17 +784,30 @@ def test_review_page_and_decisions(tmp_path):
     assert html.count('value="accept" checked') == 2
 
     decisions = tmp_path / "decisions.json"
-    decisions.write_text(json.dumps({"format": "vtc-review-decisions", "version": 1, "page": "review-0001",
-                                     "decisions": [
-                                         {"pair_id": pairs[0].pair_id, "decision": "accept",
-                                          "contrast_type": "quantity and count"},
-                                         {"pair_id": pairs[1].pair_id, "decision": "reject",
-                                          "contrast_type": "quantity and count"},
-                                         {"pair_id": "vtc-unknown", "decision": "accept"}]}))
+    decisions.write_text(
+        json.dumps(
+            {
+                "format": "vtc-review-decisions",
+                "version": 1,
+                "page": "review-0001",
+                "decisions": [
+                    {"pair_id": pairs[0].pair_id, "decision": "accept", "contrast_type": "quantity and count"},
+                    {"pair_id": pairs[1].pair_id, "decision": "reject", "contrast_type": "quantity and count"},
+                    {"pair_id": "vtc-unknown", "decision": "accept"},
+                ],
+            }
+        )
+    )
     outcome = apply_decisions(labels, read_decisions([decisions]))
     assert [(lab.pair_id, t.name) for lab, t in outcome.accepted] == [(pairs[0].pair_id, "quantity and count")]
-    assert outcome.counts == {"labelled": 3, "accepted": 1, "rejected": 1, "changed": 1, "undecided": 1,
-                              "not_labelled": 1}
+    assert outcome.counts == {
+        "labelled": 3,
+        "accepted": 1,
+        "rejected": 1,
+        "changed": 1,
+        "undecided": 1,
+        "not_labelled": 1,
+    }
     assert len(apply_decisions(labels, None).accepted) == 3  # no review: every labelled pair
     decisions.write_text(json.dumps({"decisions": [{"pair_id": pairs[0].pair_id, "decision": "maybe"}]}))
     with pytest.raises(DataError, match="accept or reject"):
@@ -716,14 +819,16 @@ def test_review_page_and_decisions(tmp_path):
 
 def test_written_output_checks():
     check_written(parse_written(write_json()))
-    for reply, kind in [(write_json(r2="There is a red circle on the left ."), "identical"),
-                        (write_json(t1=("green square",)), "no_contrast"),
-                        (write_json(t1=(), t2=()), "no_contrast"),
-                        (write_json(t1=("circle",), t2=("circle",)), "no_contrast"),
-                        (write_json(prompt="How does image 1 differ from image 2?"), "mentions_pair"),
-                        (write_json(r1="Unlike the second image, there is a red circle ."), "mentions_pair"),
-                        ('{"prompt": "Describe this image."}', "malformed"),
-                        ("Sorry, I cannot do that.", "refusal")]:
+    for reply, kind in [
+        (write_json(r2="There is a red circle on the left ."), "identical"),
+        (write_json(t1=("green square",)), "no_contrast"),
+        (write_json(t1=(), t2=()), "no_contrast"),
+        (write_json(t1=("circle",), t2=("circle",)), "no_contrast"),
+        (write_json(prompt="How does image 1 differ from image 2?"), "mentions_pair"),
+        (write_json(r1="Unlike the second image, there is a red circle ."), "mentions_pair"),
+        ('{"prompt": "Describe this image."}', "malformed"),
+        ("Sorry, I cannot do that.", "refusal"),
+    ]:
         with pytest.raises(Exception) as info:
             check_written(parse_written(reply))
         assert getattr(info.value, "kind", None) == kind, reply
@@ -733,9 +838,13 @@ def test_write_stage_checks_outputs_and_writes_canonical_records(tmp_path):
     out, pairs, first = labelled_dir(tmp_path, 5)
     write_labels(out, pairs, ["color and appearance"] * 5)
     index = {pid: k for k, pid in enumerate(p.pair_id for p in pairs)}
-    plan = {0: write_json(), 1: write_json(r2="There is a red circle on the left ."),
-            2: write_json(t1=("green square",)), 3: write_json(prompt="Compare image 1 with image 2."),
-            4: '{"prompt": "Describe this image.", "response_1": '}
+    plan = {
+        0: write_json(),
+        1: write_json(r2="There is a red circle on the left ."),
+        2: write_json(t1=("green square",)),
+        3: write_json(prompt="Compare image 1 with image 2."),
+        4: '{"prompt": "Describe this image.", "response_1": ',
+    }
     seen_tasks: list[str] = []
 
     def reply(texts: list[str], urls: list[str]) -> str | Behaviour:
@@ -744,15 +853,23 @@ def test_write_stage_checks_outputs_and_writes_canonical_records(tmp_path):
         assert "color and appearance" in texts[-1] and "Examples" in texts[-1]
         k = index[first[urls[0]]]
         if k == 0 and task == "vqa":
-            return write_json("What colour is the circle?", "The circle is red .", "The circle is blue .",
-                              ("red",), ("blue",))
+            return write_json(
+                "What colour is the circle?", "The circle is red .", "The circle is blue .", ("red",), ("blue",)
+            )
         return plan[k]
 
     with CannedLLM(reply) as server:
         summary = run_write_stage(out, llm(server, tmp_path), progress=False)
     assert sorted(seen_tasks) == ["description"] * 5 + ["vqa"] * 5
-    assert summary.counts == {"written": 2, "failed": 0, "refusal": 0, "malformed": 2, "identical": 2,
-                              "no_contrast": 2, "mentions_pair": 2}
+    assert summary.counts == {
+        "written": 2,
+        "failed": 0,
+        "refusal": 0,
+        "malformed": 2,
+        "identical": 2,
+        "no_contrast": 2,
+        "mentions_pair": 2,
+    }
     assert summary.records == 2 and summary.pairs == 1 and summary.tasks == {"description": 1, "vqa": 1}
     records = read_preferences(out / "vtc.jsonl")
     assert [r.id for r in records] == [f"{pairs[0].pair_id}-description", f"{pairs[0].pair_id}-vqa"]
@@ -763,9 +880,20 @@ def test_write_stage_checks_outputs_and_writes_canonical_records(tmp_path):
 
     # with decisions: only the accepted pair, with the type the reviewer chose, in the prompt and the record
     decisions = tmp_path / "decisions.json"
-    decisions.write_text(json.dumps({"decisions": [
-        {"pair_id": pairs[0].pair_id, "decision": "accept", "contrast_type": "positional and relational context"},
-        {"pair_id": pairs[1].pair_id, "decision": "reject"}]}))
+    decisions.write_text(
+        json.dumps(
+            {
+                "decisions": [
+                    {
+                        "pair_id": pairs[0].pair_id,
+                        "decision": "accept",
+                        "contrast_type": "positional and relational context",
+                    },
+                    {"pair_id": pairs[1].pair_id, "decision": "reject"},
+                ]
+            }
+        )
+    )
     prompts: list[str] = []
 
     def reply2(texts: list[str], urls: list[str]) -> str:
@@ -773,8 +901,9 @@ def test_write_stage_checks_outputs_and_writes_canonical_records(tmp_path):
         return write_json()
 
     with CannedLLM(reply2) as server:
-        summary = run_write_stage(out, llm(server, tmp_path), tasks=("description",), decisions=[decisions],
-                                  progress=False)
+        summary = run_write_stage(
+            out, llm(server, tmp_path), tasks=("description",), decisions=[decisions], progress=False
+        )
     assert len(prompts) == 1 and "positional and relational context" in prompts[0]
     assert summary.review["accepted"] == 1 and summary.review["undecided"] == 3
     records = read_preferences(out / "vtc.jsonl")
@@ -791,8 +920,9 @@ def generic_reply(texts: list[str], urls: list[str]) -> str:
         return label_json("color and appearance")
     if "Task: contrastive question answering" in prompt:
         return write_json("what colour is the shape ?", "it is red .", "it is blue .", ("red",), ("blue",))
-    return write_json("describe the image .", "there is a red circle on the left .",
-                      "there is a blue circle on the left .")
+    return write_json(
+        "describe the image .", "there is a red circle on the left .", "there is a blue circle on the left ."
+    )
 
 
 def test_build_vtc_end_to_end_into_harness_train(tmp_path, tiny_encoders, capsys):
@@ -802,11 +932,38 @@ def test_build_vtc_end_to_end_into_harness_train(tmp_path, tiny_encoders, capsys
     with CannedLLM(generic_reply) as server:
         # random tiny encoders carry no meaning: thresholds that let distinct drawings pair up
         common = ["--log-level", "WARNING", "build-vtc", "--output", out, "--no-progress"]
-        args = [*common, "--images", images, "--clip-model", clip_path, "--dino-model", dino_path,
-                "--shard-size", 4, "--workers", 0, "--clip-threshold", 0.0, "--dino-threshold", 0.9999,
-                "--dup-clip", 0.9999, "--dup-dino", 0.9999, "--one-pair-per-image", "--llm-model", "fake-4o",
-                "--llm-base-url", server.base_url, "--llm-api-key-env", "VTC_TEST_NO_KEY",
-                "--llm-cache-dir", tmp_path / "llm-cache", "--llm-max-retries", 0]
+        args = [
+            *common,
+            "--images",
+            images,
+            "--clip-model",
+            clip_path,
+            "--dino-model",
+            dino_path,
+            "--shard-size",
+            4,
+            "--workers",
+            0,
+            "--clip-threshold",
+            0.0,
+            "--dino-threshold",
+            0.9999,
+            "--dup-clip",
+            0.9999,
+            "--dup-dino",
+            0.9999,
+            "--one-pair-per-image",
+            "--llm-model",
+            "fake-4o",
+            "--llm-base-url",
+            server.base_url,
+            "--llm-api-key-env",
+            "VTC_TEST_NO_KEY",
+            "--llm-cache-dir",
+            tmp_path / "llm-cache",
+            "--llm-max-retries",
+            0,
+        ]
         assert main([str(a) for a in args]) == 0
         asked = len(server.chat_requests)
         printed = capsys.readouterr().out
@@ -826,16 +983,47 @@ def test_build_vtc_end_to_end_into_harness_train(tmp_path, tiny_encoders, capsys
     report = json.loads((out / "report" / "report.json").read_text())
     color = next(r for r in report["contrast_types"] if r["contrast_type"] == "color and appearance")
     assert color["count"] == n_pairs and color["share"] == 100.0
-    assert report["per_source"][-1] == {"source": "Total", "mined": n_pairs, "labelled": n_pairs,
-                                        "accepted": n_pairs, "written_pairs": n_pairs, "records": 2 * n_pairs}
+    assert report["per_source"][-1] == {
+        "source": "Total",
+        "mined": n_pairs,
+        "labelled": n_pairs,
+        "accepted": n_pairs,
+        "written_pairs": n_pairs,
+        "records": 2 * n_pairs,
+    }
     assert (out / "report" / "contrast_types.csv").read_text().startswith("contrast_type,count,share\n")
     assert (out / "review" / "review-0001.html").is_file()
 
     trained = tmp_path / "jompo"
-    code = main(["--log-level", "WARNING", "train", "--method", "jompo", "--data", str(out / "vtc.jsonl"),
-                 "--output", str(trained), "--max-steps", "1", "--batch-size", "2", "--grad-accum", "1",
-                 "--no-bf16", "--no-gradient-checkpointing", "--report-to", "none", "--lr", "1e-3",
-                 "--warmup-ratio", "0", "--save-steps", "100"])
+    code = main(
+        [
+            "--log-level",
+            "WARNING",
+            "train",
+            "--method",
+            "jompo",
+            "--data",
+            str(out / "vtc.jsonl"),
+            "--output",
+            str(trained),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--no-bf16",
+            "--no-gradient-checkpointing",
+            "--report-to",
+            "none",
+            "--lr",
+            "1e-3",
+            "--warmup-ratio",
+            "0",
+            "--save-steps",
+            "100",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert (trained / "config.json").is_file()
 
@@ -845,8 +1033,20 @@ def test_build_vtc_user_errors(tmp_path, capsys):
     assert "run `harness build-vtc --stage embed` first" in capsys.readouterr().err
     assert main(["--log-level", "ERROR", "build-vtc", "--output", str(tmp_path / "x"), "--stage", "embed"]) == 2
     assert "--images" in capsys.readouterr().err
-    assert main(["--log-level", "ERROR", "build-vtc", "--output", str(tmp_path / "x"), "--images",
-                 str(tmp_path / "nowhere")]) == 2
+    assert (
+        main(
+            [
+                "--log-level",
+                "ERROR",
+                "build-vtc",
+                "--output",
+                str(tmp_path / "x"),
+                "--images",
+                str(tmp_path / "nowhere"),
+            ]
+        )
+        == 2
+    )
     assert "image source not found" in capsys.readouterr().err
 
 
@@ -860,6 +1060,13 @@ def test_vtc_report_sets_the_papers_table6_beside_the_written_pairs():
     colour = next(r for r in rows if r["contrast_type"] == "color and appearance")
     assert (colour["count"], colour["share"], colour["paper_count"], colour["paper_share"]) == (3, 75.0, 1745, 34.7)
     assert rows[-1]["contrast_type"] == "Total" and rows[-1]["paper_count"] == 5025
-    text = format_report({"contrast_types": rows, "contrast_types_vs_paper": rows, "per_source": [
-        {"source": "Total", "mined": 0, "labelled": 0, "accepted": 0, "written_pairs": 0, "records": 0}]})
+    text = format_report(
+        {
+            "contrast_types": rows,
+            "contrast_types_vs_paper": rows,
+            "per_source": [
+                {"source": "Total", "mined": 0, "labelled": 0, "accepted": 0, "written_pairs": 0, "records": 0}
+            ],
+        }
+    )
     assert "paper %" in text and "1745" in text

@@ -36,16 +36,27 @@ def write_embeddings(out: Path, clip: np.ndarray, dino: np.ndarray) -> None:
     n = len(clip)
     embed = out / "embed"
     (embed / "shards").mkdir(parents=True)
-    pool = ImagePool("list", str(out / "images.txt"),
-                     [ImageItem(k, f"img{k:05d}", "coco" if k % 2 else "laion", f"/pool/{k}.png") for k in range(n)])
+    pool = ImagePool(
+        "list",
+        str(out / "images.txt"),
+        [ImageItem(k, f"img{k:05d}", "coco" if k % 2 else "laion", f"/pool/{k}.png") for k in range(n)],
+    )
     pool.save(embed / "images.jsonl")
     settings = {"format": 1, "source": pool.describe(), "ids_sha256": pool.ids_digest(), "shard_size": n}
     (embed / "manifest.json").write_text(json.dumps({"settings": settings}))
     np.save(embed / "shards" / f"{shard_name(0)}.clip.npy", clip.astype(np.float32))
     np.save(embed / "shards" / f"{shard_name(0)}.dino.npy", dino.astype(np.float32))
-    (embed / "shards" / f"{shard_name(0)}.json").write_text(json.dumps({
-        "ids": [it.id for it in pool.items], "sha256": [f"{k:064x}" for k in range(n)], "unreadable": [],
-        "clip_dim": clip.shape[1], "dino_dim": dino.shape[1]}))
+    (embed / "shards" / f"{shard_name(0)}.json").write_text(
+        json.dumps(
+            {
+                "ids": [it.id for it in pool.items],
+                "sha256": [f"{k:064x}" for k in range(n)],
+                "unreadable": [],
+                "clip_dim": clip.shape[1],
+                "dino_dim": dino.shape[1],
+            }
+        )
+    )
 
 
 def easy_set(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +78,19 @@ def embedded(tmp_path_factory) -> Path:
 
 
 def mine_args(out: Path, *flags: object) -> list[str]:
-    return ["--log-level", "INFO", "build-vtc", "--output", str(out), "--stage", "mine", "--no-progress",
-            "--clip-threshold", "0.97", *map(str, flags)]
+    return [
+        "--log-level",
+        "INFO",
+        "build-vtc",
+        "--output",
+        str(out),
+        "--stage",
+        "mine",
+        "--no-progress",
+        "--clip-threshold",
+        "0.97",
+        *map(str, flags),
+    ]
 
 
 def copy_embeddings(src: Path, out: Path) -> Path:
@@ -83,14 +105,43 @@ def copy_embeddings(src: Path, out: Path) -> Path:
 
 
 def test_every_index_flag_reaches_the_mine_settings():
-    args = build_parser().parse_args([
-        "build-vtc", "--output", "x", "--mining", "faiss-ivf", "--faiss-k", "6", "--faiss-nlist", "64",
-        "--faiss-nprobe", "8", "--hnsw-m", "12", "--hnsw-ef-construction", "40", "--hnsw-ef-search", "24",
-        "--faiss-device", "cpu", "--faiss-recall-sample", "50"])
+    args = build_parser().parse_args(
+        [
+            "build-vtc",
+            "--output",
+            "x",
+            "--mining",
+            "faiss-ivf",
+            "--faiss-k",
+            "6",
+            "--faiss-nlist",
+            "64",
+            "--faiss-nprobe",
+            "8",
+            "--hnsw-m",
+            "12",
+            "--hnsw-ef-construction",
+            "40",
+            "--hnsw-ef-search",
+            "24",
+            "--faiss-device",
+            "cpu",
+            "--faiss-recall-sample",
+            "50",
+        ]
+    )
     config = config_from_args(args).mine_config()
-    assert config == MineConfig(method="faiss-ivf", faiss_k=6, faiss_nlist=64, faiss_nprobe=8, hnsw_m=12,
-                                hnsw_ef_construction=40, hnsw_ef_search=24, faiss_device="cpu",
-                                faiss_recall_sample=50)
+    assert config == MineConfig(
+        method="faiss-ivf",
+        faiss_k=6,
+        faiss_nlist=64,
+        faiss_nprobe=8,
+        hnsw_m=12,
+        hnsw_ef_construction=40,
+        hnsw_ef_search=24,
+        faiss_device="cpu",
+        faiss_recall_sample=50,
+    )
     # without flags, the command line's defaults are the library's
     assert config_from_args(build_parser().parse_args(["build-vtc", "--output", "x"])).mine_config() == MineConfig()
     for method in MINING_METHODS:
@@ -98,18 +149,21 @@ def test_every_index_flag_reaches_the_mine_settings():
         assert config_from_args(parsed).mine_config().method == method
 
 
-@pytest.mark.parametrize("flags, flag", [
-    (["--mining", "faiss-lsh"], "--mining"),
-    (["--faiss-nprobe", "0"], "--faiss-nprobe"),
-    (["--faiss-nprobe", "-3"], "--faiss-nprobe"),
-    (["--faiss-nlist", "-1"], "--faiss-nlist"),
-    (["--hnsw-m", "1"], "--hnsw-m"),
-    (["--hnsw-ef-search", "0"], "--hnsw-ef-search"),
-    (["--hnsw-ef-construction", "0"], "--hnsw-ef-construction"),
-    (["--faiss-recall-sample", "-1"], "--faiss-recall-sample"),
-    (["--faiss-device", "tpu"], "--faiss-device"),
-    (["--faiss-nprobe", "many"], "--faiss-nprobe"),
-])
+@pytest.mark.parametrize(
+    "flags, flag",
+    [
+        (["--mining", "faiss-lsh"], "--mining"),
+        (["--faiss-nprobe", "0"], "--faiss-nprobe"),
+        (["--faiss-nprobe", "-3"], "--faiss-nprobe"),
+        (["--faiss-nlist", "-1"], "--faiss-nlist"),
+        (["--hnsw-m", "1"], "--hnsw-m"),
+        (["--hnsw-ef-search", "0"], "--hnsw-ef-search"),
+        (["--hnsw-ef-construction", "0"], "--hnsw-ef-construction"),
+        (["--faiss-recall-sample", "-1"], "--faiss-recall-sample"),
+        (["--faiss-device", "tpu"], "--faiss-device"),
+        (["--faiss-nprobe", "many"], "--faiss-nprobe"),
+    ],
+)
 def test_malformed_index_flags_are_usage_errors_naming_the_flag(tmp_path, capsys, flags, flag):
     with pytest.raises(SystemExit) as info:
         main(["build-vtc", "--output", str(tmp_path / "out"), "--stage", "mine", *flags])
@@ -119,12 +173,17 @@ def test_malformed_index_flags_are_usage_errors_naming_the_flag(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--mining", "faiss-ivf", "--faiss-nlist", "16", "--faiss-nprobe", "32"], "--faiss-nprobe (32) cannot exceed "
-                                                                                "--faiss-nlist (16)"),
-    (["--mining", "faiss-hnsw", "--faiss-device", "gpu"], "--mining faiss-hnsw runs on the CPU"),
-    (["--mining", "faiss-ivf", "--faiss-device", "gpu", "--faiss-k", "0"], "--faiss-k 0"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (
+            ["--mining", "faiss-ivf", "--faiss-nlist", "16", "--faiss-nprobe", "32"],
+            "--faiss-nprobe (32) cannot exceed --faiss-nlist (16)",
+        ),
+        (["--mining", "faiss-hnsw", "--faiss-device", "gpu"], "--mining faiss-hnsw runs on the CPU"),
+        (["--mining", "faiss-ivf", "--faiss-device", "gpu", "--faiss-k", "0"], "--faiss-k 0"),
+    ],
+)
 def test_inconsistent_index_flags_are_one_line_config_errors(tmp_path, capsys, flags, needle):
     """Checked before any stage runs: the error is about the flags, not about the missing embeddings."""
     code = main(["--log-level", "WARNING", "build-vtc", "--output", str(tmp_path / "out"), "--stage", "mine", *flags])
@@ -156,13 +215,29 @@ def test_build_vtc_ivf_mining_records_its_recall_and_finds_the_exact_pairs(tmp_p
 
     ivf = copy_embeddings(embedded, tmp_path / "ivf")
     caplog.set_level(logging.INFO, logger="harness.vtc.mine")
-    flags = ["--mining", "faiss-ivf", "--faiss-k", 8, "--faiss-nlist", 50, "--faiss-nprobe", 10,
-             "--faiss-recall-sample", 200, "--faiss-device", "cpu"]
+    flags = [
+        "--mining",
+        "faiss-ivf",
+        "--faiss-k",
+        8,
+        "--faiss-nlist",
+        50,
+        "--faiss-nprobe",
+        10,
+        "--faiss-recall-sample",
+        200,
+        "--faiss-device",
+        "cpu",
+    ]
     assert main(mine_args(ivf, *flags)) == 0
     got = summary(ivf)
     settings = got["settings"]
-    assert (settings["method"], settings["faiss_nlist"], settings["faiss_nprobe"], settings["faiss_k"]) == \
-        ("faiss-ivf", 50, 10, 8)
+    assert (settings["method"], settings["faiss_nlist"], settings["faiss_nprobe"], settings["faiss_k"]) == (
+        "faiss-ivf",
+        50,
+        10,
+        8,
+    )
     recall = got["recall"]
     assert (recall["method"], recall["queries"], recall["k"]) == ("faiss-ivf", 200, 8)
     assert 0.9 <= recall["recall_at_k"] <= 1.0 and recall["neighbours_above"] > 50 and recall["recall_above"] >= 0.99
@@ -183,11 +258,32 @@ def test_build_vtc_ivf_mining_records_its_recall_and_finds_the_exact_pairs(tmp_p
 @needs_faiss
 def test_build_vtc_hnsw_mining_records_its_settings_and_recall(tmp_path, embedded):
     out = copy_embeddings(embedded, tmp_path / "hnsw")
-    assert main(mine_args(out, "--mining", "faiss-hnsw", "--faiss-k", 8, "--hnsw-m", 16, "--hnsw-ef-construction",
-                          64, "--hnsw-ef-search", 48, "--faiss-recall-sample", 100)) == 0
+    assert (
+        main(
+            mine_args(
+                out,
+                "--mining",
+                "faiss-hnsw",
+                "--faiss-k",
+                8,
+                "--hnsw-m",
+                16,
+                "--hnsw-ef-construction",
+                64,
+                "--hnsw-ef-search",
+                48,
+                "--faiss-recall-sample",
+                100,
+            )
+        )
+        == 0
+    )
     got = summary(out)
-    assert (got["settings"]["hnsw_m"], got["settings"]["hnsw_ef_construction"], got["settings"]["hnsw_ef_search"]) \
-        == (16, 64, 48)
+    assert (got["settings"]["hnsw_m"], got["settings"]["hnsw_ef_construction"], got["settings"]["hnsw_ef_search"]) == (
+        16,
+        64,
+        48,
+    )
     assert got["recall"]["method"] == "faiss-hnsw" and got["recall"]["queries"] == 100
     assert got["recall"]["recall_above"] >= 0.99
     # --faiss-recall-sample 0: no measurement, no recall in the summary
@@ -198,8 +294,14 @@ def test_build_vtc_hnsw_mining_records_its_settings_and_recall(tmp_path, embedde
 
 def test_low_recall_is_a_warning_naming_the_flag_to_raise(caplog):
     caplog.set_level(logging.INFO, logger="harness.vtc.mine")
-    base = {"queries": 100, "k": 10, "recall_at_k": 0.6, "neighbours_above": 40, "exact_seconds": 0.2,
-            "index_seconds": 0.01}
+    base = {
+        "queries": 100,
+        "k": 10,
+        "recall_at_k": 0.6,
+        "neighbours_above": 40,
+        "exact_seconds": 0.2,
+        "index_seconds": 0.01,
+    }
     log_recall({**base, "method": "faiss-ivf", "recall_above": 0.8})
     log_recall({**base, "method": "faiss-hnsw", "recall_above": 0.9})
     log_recall({**base, "method": "faiss-ivf", "recall_above": 1.0})

@@ -26,43 +26,84 @@ log = logging.getLogger("harness.train")
 
 # flag dest -> TrainConfig field (the same name unless listed)
 _FIELDS = {
-    "method": "method", "model": "model", "data": "data", "output": "output", "image_root": "image_root",
-    "data_format": "data_format", "template": "template", "rejected_image": "rejected_image",
-    "corruption_seed": "corruption_seed", "reference": "reference", "reference_model": "reference_model",
-    "lora": "lora", "lora_r": "lora_r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-    "modules": "modules", "merge_lora": "merge_lora", "epochs": "epochs", "max_steps": "max_steps", "lr": "lr",
-    "lr_scheduler": "lr_scheduler", "warmup_ratio": "warmup_ratio", "weight_decay": "weight_decay",
-    "beta": "beta", "batch_size": "batch_size", "grad_accum": "grad_accum", "max_length": "max_length",
-    "bf16": "bf16", "gradient_checkpointing": "gradient_checkpointing", "seed": "seed",
-    "logging_steps": "logging_steps", "save_steps": "save_steps", "save_total_limit": "save_total_limit",
-    "resume": "resume", "report_to": "report_to", "dataloader_num_workers": "dataloader_num_workers",
+    "method": "method",
+    "model": "model",
+    "data": "data",
+    "output": "output",
+    "image_root": "image_root",
+    "data_format": "data_format",
+    "template": "template",
+    "rejected_image": "rejected_image",
+    "corruption_seed": "corruption_seed",
+    "reference": "reference",
+    "reference_model": "reference_model",
+    "lora": "lora",
+    "lora_r": "lora_r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "modules": "modules",
+    "merge_lora": "merge_lora",
+    "epochs": "epochs",
+    "max_steps": "max_steps",
+    "lr": "lr",
+    "lr_scheduler": "lr_scheduler",
+    "warmup_ratio": "warmup_ratio",
+    "weight_decay": "weight_decay",
+    "beta": "beta",
+    "batch_size": "batch_size",
+    "grad_accum": "grad_accum",
+    "max_length": "max_length",
+    "bf16": "bf16",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "seed": "seed",
+    "logging_steps": "logging_steps",
+    "save_steps": "save_steps",
+    "save_total_limit": "save_total_limit",
+    "resume": "resume",
+    "report_to": "report_to",
+    "dataloader_num_workers": "dataloader_num_workers",
 }
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``harness train`` (all default to None: "not given")."""
     p = parser
-    p.add_argument("--method", help="sft, dpo, mpo, jompo or an ablation (jompo_no_ranking, jompo_no_symmetry, "
-                                    "jompo_no_both, jompo_no_ranking_text, jompo_no_ranking_noimage)")
+    p.add_argument(
+        "--method",
+        help="sft, dpo, mpo, jompo or an ablation (jompo_no_ranking, jompo_no_symmetry, "
+        "jompo_no_both, jompo_no_ranking_text, jompo_no_ranking_noimage)",
+    )
     p.add_argument("--config", metavar="YAML", help="recipe from configs/ (flags given here override it)")
     p.add_argument("--model", help="starting checkpoint (LLaVA-1.5 or Qwen2-VL, transformers layout)")
-    p.add_argument("--data", help="training records: preference JSONL/JSON/parquet, or SFT JSONL "
-                                  "{id, image, question, answer}")
-    p.add_argument("--output", "--output-path", "--output_path", "-o", dest="output",
-                   help="output folder: checkpoints/, the final model (loadable by `harness run`)")
+    p.add_argument(
+        "--data", help="training records: preference JSONL/JSON/parquet, or SFT JSONL {id, image, question, answer}"
+    )
+    p.add_argument(
+        "--output",
+        "--output-path",
+        "--output_path",
+        "-o",
+        dest="output",
+        help="output folder: checkpoints/, the final model (loadable by `harness run`)",
+    )
     p.add_argument("--image-root", help="folder that relative image paths of the data are resolved against")
     p.add_argument("--data-format", choices=["auto", "canonical", "rlaif_v", "trl", "mdpo"])
     p.add_argument("--template", help="prompt template of the model family (default: the family's own)")
 
     obj = p.add_argument_group("objective")
     obj.add_argument("--beta", type=float)
-    obj.add_argument("--rejected-image", metavar="STRATEGY",
-                     help="rejected image of MPO's image-conditional term: crop (default), diffusion, black, "
-                          "random, contrast")
+    obj.add_argument(
+        "--rejected-image",
+        metavar="STRATEGY",
+        help="rejected image of MPO's image-conditional term: crop (default), diffusion, black, random, contrast",
+    )
     obj.add_argument("--corruption-seed", type=int, help="seed of the rejected-image strategies")
-    obj.add_argument("--reference", metavar="MODE",
-                     help="adapter (LoRA disabled; default with --lora), copy (frozen copy; default otherwise) "
-                          "or cache:FILE (precomputed reference log-probs; computed first if FILE is missing)")
+    obj.add_argument(
+        "--reference",
+        metavar="MODE",
+        help="adapter (LoRA disabled; default with --lora), copy (frozen copy; default otherwise) "
+        "or cache:FILE (precomputed reference log-probs; computed first if FILE is missing)",
+    )
     obj.add_argument("--reference-model", help="reference checkpoint for copy / cache (default: --model)")
 
     params = p.add_argument_group("parameters trained")
@@ -72,10 +113,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     params.add_argument("--lora-r", type=int)
     params.add_argument("--lora-alpha", type=int)
     params.add_argument("--lora-dropout", type=float)
-    params.add_argument("--modules", help="comma-separated: language_model, vision_tower, projector (LoRA targets, "
-                                          "or the parts full fine-tuning trains)")
-    params.add_argument("--merge-lora", action=argparse.BooleanOptionalAction,
-                        help="with LoRA, also write the merged model to --output (default: on)")
+    params.add_argument(
+        "--modules",
+        help="comma-separated: language_model, vision_tower, projector (LoRA targets, "
+        "or the parts full fine-tuning trains)",
+    )
+    params.add_argument(
+        "--merge-lora",
+        action=argparse.BooleanOptionalAction,
+        help="with LoRA, also write the merged model to --output (default: on)",
+    )
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=float)
@@ -92,9 +139,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--seed", type=int)
 
     run = p.add_argument_group("run")
-    run.add_argument("--resume", action="store_const", const=True,
-                     help="continue from the last complete checkpoint in OUTPUT/checkpoints (weights, optimizer, "
-                          "scheduler, RNG state); incomplete ones are skipped with a warning")
+    run.add_argument(
+        "--resume",
+        action="store_const",
+        const=True,
+        help="continue from the last complete checkpoint in OUTPUT/checkpoints (weights, optimizer, "
+        "scheduler, RNG state); incomplete ones are skipped with a warning",
+    )
     run.add_argument("--logging-steps", type=int)
     run.add_argument("--save-steps", type=int)
     run.add_argument("--save-total-limit", type=int)

@@ -26,8 +26,16 @@ from harness.io import read_yaml_mapping
 
 #: The preference methods and the paper's Table 2 ablations, by name (their losses: ``trainers.losses.METHODS``;
 #: definitions: docs/methods.md). Defined here, without heavy imports, so names are checked before torch loads.
-PREFERENCE_METHODS: tuple[str, ...] = ("dpo", "mpo", "jompo", "jompo_no_ranking", "jompo_no_symmetry",
-                                       "jompo_no_both", "jompo_no_ranking_text", "jompo_no_ranking_noimage")
+PREFERENCE_METHODS: tuple[str, ...] = (
+    "dpo",
+    "mpo",
+    "jompo",
+    "jompo_no_ranking",
+    "jompo_no_symmetry",
+    "jompo_no_both",
+    "jompo_no_ranking_text",
+    "jompo_no_ranking_noimage",
+)
 #: Every method ``harness train`` runs: supervised fine-tuning and the preference methods.
 TRAIN_METHODS: tuple[str, ...] = ("sft", *PREFERENCE_METHODS)
 
@@ -134,7 +142,7 @@ class TrainConfig:
 
     @property
     def reference_cache(self) -> str | None:
-        return self.reference[len("cache:"):] if self.reference.startswith("cache:") else None
+        return self.reference[len("cache:") :] if self.reference.startswith("cache:") else None
 
     def validate(self) -> TrainConfig:
         """Check cross-field constraints; returns self. Raises :class:`ConfigError`."""
@@ -154,18 +162,14 @@ class TrainConfig:
         if self.lr_scheduler not in SCHEDULERS:
             raise ConfigError(_unknown("lr scheduler", self.lr_scheduler, SCHEDULERS))
         if not self.reference.startswith("cache:") and self.reference not in REFERENCE_MODES:
-            raise ConfigError(
-                f"unknown reference {self.reference!r}; expected adapter, copy or cache:FILE (or auto)"
-            )
+            raise ConfigError(f"unknown reference {self.reference!r}; expected adapter, copy or cache:FILE (or auto)")
         if self.reference_cache == "":
             raise ConfigError("--reference cache:FILE needs a file name after 'cache:'")
         if self.reference_mode == "adapter" and not self.lora:
             raise ConfigError("--reference adapter needs --lora (the reference is the model with the adapter off)")
         bad = [m for m in self.modules if m not in MODULE_GROUPS]
         if bad or not self.modules:
-            raise ConfigError(
-                f"modules must be a non-empty list of {', '.join(MODULE_GROUPS)}; got {self.modules}"
-            )
+            raise ConfigError(f"modules must be a non-empty list of {', '.join(MODULE_GROUPS)}; got {self.modules}")
         if self.lora and (self.lora_r <= 0 or self.lora_alpha <= 0):
             raise ConfigError("lora_r and lora_alpha must be positive")
         if self.max_length is not None and self.max_length <= 0:

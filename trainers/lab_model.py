@@ -44,8 +44,17 @@ SETTINGS_FILE = "lab_model.json"
 #: The lab model of the default settings, shipped with the package (1.5 MB; rebuilt byte for byte by
 #: ``python -m trainers.lab_model --rebuild-shipped``): :func:`ensure_lab_model` copies it instead of training.
 SHIPPED_DIR = Path(__file__).resolve().parent / "lab_checkpoint"
-SHIPPED_FILES = ("chat_template.jinja", "config.json", "generation_config.json", SETTINGS_FILE, TRAIN_LOG,
-                 "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json")
+SHIPPED_FILES = (
+    "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    SETTINGS_FILE,
+    TRAIN_LOG,
+    "model.safetensors",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 
 
 @dataclass(frozen=True)
@@ -95,8 +104,11 @@ def _lab_config(config: Any = None) -> Any:
 def _cache_key(settings: LabModelSettings | None = None, config: Any = None) -> dict[str, Any]:
     from tasks.lab import FORMAT_VERSION
 
-    return {"settings": (settings or LabModelSettings()).to_dict(), "lab": _lab_config(config).to_dict(),
-            "format": FORMAT_VERSION}
+    return {
+        "settings": (settings or LabModelSettings()).to_dict(),
+        "lab": _lab_config(config).to_dict(),
+        "format": FORMAT_VERSION,
+    }
 
 
 def lab_model_dir(settings: LabModelSettings | None = None, config: Any = None) -> Path:
@@ -149,21 +161,48 @@ def build_lab_base(out_dir: str | Path, settings: LabModelSettings | None = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = word_level_tokenizer(
-        [*corpus(), LLAVA_TEMPLATE_TEXT], LLAVA_SPECIALS, bos="<s>", unk_token="<unk>", bos_token="<s>",
-        eos_token="</s>", pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+        [*corpus(), LLAVA_TEMPLATE_TEXT],
+        LLAVA_SPECIALS,
+        bos="<s>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
     tokenizer.padding_side = "left"
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in LLAVA_SPECIALS}
-    vision = CLIPVisionConfig(image_size=s.image_size, patch_size=s.patch_size, hidden_size=s.vision_hidden,
-                              intermediate_size=s.vision_intermediate, num_hidden_layers=s.vision_layers,
-                              num_attention_heads=s.vision_heads, projection_dim=s.vision_hidden)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=s.text_hidden, intermediate_size=s.text_intermediate,
-                       num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads,
-                       num_key_value_heads=s.text_heads, max_position_embeddings=512, bos_token_id=ids["<s>"],
-                       eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"])
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=ids["<image>"],
-                         image_seq_length=(s.image_size // s.patch_size) ** 2, vision_feature_layer=-1,
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu",
-                         tie_word_embeddings=False)
+    vision = CLIPVisionConfig(
+        image_size=s.image_size,
+        patch_size=s.patch_size,
+        hidden_size=s.vision_hidden,
+        intermediate_size=s.vision_intermediate,
+        num_hidden_layers=s.vision_layers,
+        num_attention_heads=s.vision_heads,
+        projection_dim=s.vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=s.text_hidden,
+        intermediate_size=s.text_intermediate,
+        num_hidden_layers=s.text_layers,
+        num_attention_heads=s.text_heads,
+        num_key_value_heads=s.text_heads,
+        max_position_embeddings=512,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+        pad_token_id=ids["<pad>"],
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=ids["<image>"],
+        image_seq_length=(s.image_size // s.patch_size) ** 2,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(s.seed)
         model = LlavaForConditionalGeneration(config).eval()
@@ -180,19 +219,29 @@ def build_lab_base(out_dir: str | Path, settings: LabModelSettings | None = None
         gen = torch.Generator().manual_seed(s.seed + 2)
         pos.copy_(torch.randn(pos.shape, generator=gen) * s.position_std)
     never_generate(model, [i for t, i in ids.items() if t != "</s>"])
-    model.generation_config = GenerationConfig(bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
-                                               pad_token_id=ids["<pad>"])
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"]
+    )
     with no_progress_bars():
         model.save_pretrained(out)
     rename_tensor_prefixes(out / "model.safetensors", {"vision_tower.": "vision_tower.vision_model."})
     # the white background normalises to 0: an empty cell is a zero patch, and the features of a cell are those of
     # its shape (with CLIP's mean and std, the background dominates every patch and the shapes barely register)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": s.image_size},
-                                         crop_size={"height": s.image_size, "width": s.image_size},
-                                         do_center_crop=True, image_mean=[1.0, 1.0, 1.0], image_std=[0.5, 0.5, 0.5])
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=s.patch_size,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=LLAVA_V1_CHAT_TEMPLATE)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": s.image_size},
+        crop_size={"height": s.image_size, "width": s.image_size},
+        do_center_crop=True,
+        image_mean=[1.0, 1.0, 1.0],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=s.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_V1_CHAT_TEMPLATE,
+    )
     processor.save_pretrained(out)
     tokenizer.chat_template = LLAVA_V1_CHAT_TEMPLATE
     tokenizer.save_pretrained(out)
@@ -222,8 +271,9 @@ class _Encoded:
         return (x.to(torch.float32) * self.scale - self.mean) / self.std
 
 
-def encode_records(model_dir: str | Path, records: Sequence[Any], scenes_pixels: Callable[[Sequence[Any]], Any]
-                   | None = None) -> _Encoded:
+def encode_records(
+    model_dir: str | Path, records: Sequence[Any], scenes_pixels: Callable[[Sequence[Any]], Any] | None = None
+) -> _Encoded:
     """Tokenize SFT records exactly as :func:`trainers.logprobs.tokenize_rows` does (the llava_v1 template of the
     family adapter, the image placeholder expanded to the image's tokens, labels on the answer and ``</s>``), in
     one pass: each record's text once, each unique image once."""
@@ -328,13 +378,21 @@ def answer_loss(model: Any, batch: dict[str, Any], prefix: int, *, record_mean: 
         lm = model.model.language_model
         cache = lm(input_ids=ids[:1, :prefix], use_cache=True).past_key_values
         cache.batch_repeat_interleave(rows)
-        out = model(input_ids=ids[:, prefix:], attention_mask=batch["attention_mask"],
-                    pixel_values=batch["pixel_values"], past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=ids[:, prefix:],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            past_key_values=cache,
+            use_cache=True,
+        )
         logits = out.logits[:, :-1].float()
-        target = labels[:, prefix + 1:]
+        target = labels[:, prefix + 1 :]
     else:
-        logits = model(input_ids=ids, attention_mask=batch["attention_mask"],
-                       pixel_values=batch["pixel_values"]).logits[:, :-1].float()
+        logits = (
+            model(input_ids=ids, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"])
+            .logits[:, :-1]
+            .float()
+        )
         target = labels[:, 1:]
     mask = target != -100
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp_min(0), reduction="none") * mask
@@ -352,7 +410,7 @@ def _epoch_batches(records: Sequence[Any], batch_size: int, gen: Any) -> list[li
     kinds: dict[bool, list[int]] = {True: [], False: []}
     for i in perm:
         kinds[records[i].answer in ("Yes", "No")].append(i)
-    batches = [ids[k:k + batch_size] for ids in kinds.values() for k in range(0, len(ids), batch_size)]
+    batches = [ids[k : k + batch_size] for ids in kinds.values() for k in range(0, len(ids), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
@@ -363,8 +421,9 @@ def _lr_at(step: int, s: LabModelSettings) -> float:
     return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train_lab_model(out_dir: str | Path, settings: LabModelSettings | None = None, config: Any = None, *,
-                    progress: bool = True) -> Path:
+def train_lab_model(
+    out_dir: str | Path, settings: LabModelSettings | None = None, config: Any = None, *, progress: bool = True
+) -> Path:
     """Build the base model in ``out_dir`` and fine-tune it there on the lab's SFT records (see the module
     docstring); writes the trained checkpoint, ``lab_model.json`` (settings) and ``lab_train_log.jsonl``."""
     import torch
@@ -388,8 +447,11 @@ def train_lab_model(out_dir: str | Path, settings: LabModelSettings | None = Non
         model.train()
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         other = [p for n, p in model.named_parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                                 {"params": other, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.98))
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": s.weight_decay}, {"params": other, "weight_decay": 0.0}],
+            lr=s.lr,
+            betas=(0.9, 0.98),
+        )
         gen = torch.Generator().manual_seed(s.seed)
         prefix = shared_prefix(enc, model.config.image_token_index)
         order: list[list[int]] = []
@@ -412,8 +474,14 @@ def train_lab_model(out_dir: str | Path, settings: LabModelSettings | None = Non
             value = float(loss.detach())
             running = value if running is None else 0.95 * running + 0.05 * value
             if step % 20 == 0 or step == s.steps - 1:
-                log.append({"step": step, "loss": round(value, 5), "lr": _lr_at(step, s),
-                            "seconds": round(time.perf_counter() - start, 1)})
+                log.append(
+                    {
+                        "step": step,
+                        "loss": round(value, 5),
+                        "lr": _lr_at(step, s),
+                        "seconds": round(time.perf_counter() - start, 1),
+                    }
+                )
             bar.set_postfix(loss=f"{running:.3f}")
             bar.update(1)
         bar.close()
@@ -422,9 +490,20 @@ def train_lab_model(out_dir: str | Path, settings: LabModelSettings | None = Non
             model.save_pretrained(out)
         rewrite_llava_keys(out)
         (out / TRAIN_LOG).write_text("".join(json.dumps(e) + "\n" for e in log), encoding="utf-8")
-        (out / SETTINGS_FILE).write_text(json.dumps({**_cache_key(s, config), "records": len(records), "images": int(enc.pixel_values.shape[0]),
-                                                     "seconds": round(time.perf_counter() - start, 1)},
-                                                    indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (out / SETTINGS_FILE).write_text(
+            json.dumps(
+                {
+                    **_cache_key(s, config),
+                    "records": len(records),
+                    "images": int(enc.pixel_values.shape[0]),
+                    "seconds": round(time.perf_counter() - start, 1),
+                },
+                indent=2,
+                sort_keys=True,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     finally:
         torch.set_num_threads(threads)
     return out
@@ -482,10 +561,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m trainers.lab_model")
     parser.add_argument("output", nargs="?")
-    parser.add_argument("--rebuild-shipped", action="store_true",
-                        help=f"train the default lab model into {SHIPPED_DIR} (what the package ships)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a LabModelSettings field")
+    parser.add_argument(
+        "--rebuild-shipped",
+        action="store_true",
+        help=f"train the default lab model into {SHIPPED_DIR} (what the package ships)",
+    )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a LabModelSettings field")
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     fields = {f.name: f.type for f in dataclasses.fields(LabModelSettings)}
@@ -494,8 +575,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if key not in fields:
             parser.error(f"unknown setting {key!r}; settings: {', '.join(fields)}")
         kind = str(fields[key])
-        values[key] = float(raw) if kind == "float" else (raw.lower() in ("1", "true", "yes")) if kind == "bool" \
-            else int(raw)
+        values[key] = (
+            float(raw) if kind == "float" else (raw.lower() in ("1", "true", "yes")) if kind == "bool" else int(raw)
+        )
     settings = LabModelSettings(**values)
     if args.rebuild_shipped:
         if values or args.output:

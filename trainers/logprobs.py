@@ -45,9 +45,7 @@ def _logps_family(family: ModelFamily | str) -> type[ModelFamily]:
     cls = families().get(name) if isinstance(family, str) else type(family)
     if cls is None or not cls.supports_logprobs:
         supported = sorted(n for n, c in families().items() if c.supports_logprobs)
-        raise HarnessError(
-            f"log-probabilities are implemented for model families {', '.join(supported)}, not {name!r}"
-        )
+        raise HarnessError(f"log-probabilities are implemented for model families {', '.join(supported)}, not {name!r}")
     return cls
 
 
@@ -131,19 +129,11 @@ class RowBatch:
         image_index = self.image_index[idx]
         used = sorted({int(i) for i in image_index.tolist() if i >= 0})
         remap = {old: new for new, old in enumerate(used)}
-        new_index = torch.tensor(
-            [remap.get(int(i), -1) for i in image_index.tolist()], dtype=torch.long
-        )
-        pixel_values, grid = _select_images(
-            self.pixel_values, self.image_grid_thw, used
-        )
+        new_index = torch.tensor([remap.get(int(i), -1) for i in image_index.tolist()], dtype=torch.long)
+        pixel_values, grid = _select_images(self.pixel_values, self.image_grid_thw, used)
         attention_mask = self.attention_mask[idx]
         width = int(attention_mask.sum(dim=1).max().item()) if len(idx) else 0
-        mm = (
-            self.mm_token_type_ids[idx, :width]
-            if self.mm_token_type_ids is not None
-            else None
-        )
+        mm = self.mm_token_type_ids[idx, :width] if self.mm_token_type_ids is not None else None
         return replace(
             self,
             input_ids=self.input_ids[idx, :width],
@@ -157,9 +147,7 @@ class RowBatch:
         )
 
 
-def _image_slices(
-    pixel_values: torch.Tensor, grid: torch.Tensor | None
-) -> list[torch.Tensor]:
+def _image_slices(pixel_values: torch.Tensor, grid: torch.Tensor | None) -> list[torch.Tensor]:
     """The pixels of each image: rows of ``pixel_values`` (one per image, or ``t*h*w`` patches per image)."""
     if grid is None:
         return list(pixel_values.split(1, dim=0))
@@ -172,9 +160,7 @@ def _select_images(
     if pixel_values is None or not used:
         return None, None
     slices = _image_slices(pixel_values, grid)
-    return torch.cat([slices[i] for i in used], dim=0), (
-        grid[used] if grid is not None else None
-    )
+    return torch.cat([slices[i] for i in used], dim=0), (grid[used] if grid is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -227,8 +213,11 @@ class _PlaceholderExpander:
         out = self.family.processor_inputs(self.processor, todo, [[] for _ in todo])
         for i, text in enumerate(todo):
             keep = out["attention_mask"][i].bool()  # left padding: the text's own tokens are where the mask is 1
-            self._plain[text] = {k: v[i][keep][None] for k, v in out.items()
-                                 if isinstance(v, torch.Tensor) and v.shape == out["attention_mask"].shape}
+            self._plain[text] = {
+                k: v[i][keep][None]
+                for k, v in out.items()
+                if isinstance(v, torch.Tensor) and v.shape == out["attention_mask"].shape
+            }
 
     def plain(self, text: str) -> dict[str, torch.Tensor]:
         """The processor's inputs for ``text`` alone, without images."""
@@ -243,7 +232,7 @@ class _PlaceholderExpander:
             where = (ids == self.token_id).nonzero().flatten()
             if len(where) == 1:
                 at = int(where[0])
-                ids = torch.cat([ids[:at], ids.new_full((n_tokens,), self.token_id), ids[at + 1:]])
+                ids = torch.cat([ids[:at], ids.new_full((n_tokens,), self.token_id), ids[at + 1 :]])
                 out = {"input_ids": ids[None], "attention_mask": torch.ones_like(ids)[None]}
                 if "mm_token_type_ids" in plain:
                     out["mm_token_type_ids"] = (ids == self.token_id).to(plain["mm_token_type_ids"].dtype)[None]
@@ -304,10 +293,13 @@ def tokenize_rows(
             rendered[key] = family.render_prompt(question, num_images, response=response)
         return rendered[key]
 
-    expander.tokenize([
-        render(row.question, 0 if row.image is None else 1, response)
-        for row in rows for response in (row.response, None)
-    ])
+    expander.tokenize(
+        [
+            render(row.question, 0 if row.image is None else 1, response)
+            for row in rows
+            for response in (row.response, None)
+        ]
+    )
 
     seqs: list[dict[str, torch.Tensor]] = []
     prompt_lens: list[int] = []
@@ -328,9 +320,7 @@ def tokenize_rows(
         prompt_ids = prompt_cache[pkey]
         prompt_len = min(len(prompt_ids), _common_prefix(prompt_ids, ids.tolist()))
         if prompt_len >= len(ids):
-            raise HarnessError(
-                f"row {row.key or n}: the response {row.response!r} renders to no tokens"
-            )
+            raise HarnessError(f"row {row.key or n}: the response {row.response!r} renders to no tokens")
 
         image_index.append(image_slot[img_key] if has_image else -1)
 
@@ -356,9 +346,7 @@ def tokenize_rows(
     attention_mask = torch.zeros((n_rows, width), dtype=torch.long)
     labels = torch.full((n_rows, width), IGNORE_INDEX, dtype=torch.long)
     has_mm = any("mm_token_type_ids" in s for s in seqs)
-    mm_token_type_ids = (
-        torch.zeros((n_rows, width), dtype=torch.long) if has_mm else None
-    )
+    mm_token_type_ids = torch.zeros((n_rows, width), dtype=torch.long) if has_mm else None
     for i, (seq, plen) in enumerate(zip(seqs, prompt_lens)):
         length = len(seq["input_ids"])
         input_ids[i, :length] = seq["input_ids"]
@@ -404,18 +392,11 @@ def _parts(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(multimodal base model, its vision encoder, LM head) of a transformers VLM."""
     hf = unwrap_model(model)
     inner = getattr(hf, getattr(hf, "base_model_prefix", "model"), None)
-    lm_head = (
-        hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
-    )
+    lm_head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
     vision = getattr(inner, "vision_tower", None)
     if vision is None:
         vision = getattr(inner, "visual", None)
-    if (
-        inner is None
-        or lm_head is None
-        or vision is None
-        or not hasattr(inner, "get_image_features")
-    ):
+    if inner is None or lm_head is None or vision is None or not hasattr(inner, "get_image_features"):
         raise HarnessError(
             f"{type(hf).__name__} is not a supported vision-language model "
             "(expected LlavaForConditionalGeneration or Qwen2VLForConditionalGeneration)"
@@ -592,8 +573,14 @@ def _pack(batch: RowBatch, image_token_id: int | None, budget: int | None = None
     source: list[int] = []
     for r, (g, path) in enumerate(paths):
         source += [g * width + where[g][path[t]] for t in range(starts[r] - 1, lengths[r] - 1)]
-    return _Packing(input_ids, mask[:, None], position_ids, torch.tensor(occurrences, dtype=torch.long),
-                    torch.tensor(source, dtype=torch.long), mm)
+    return _Packing(
+        input_ids,
+        mask[:, None],
+        position_ids,
+        torch.tensor(occurrences, dtype=torch.long),
+        torch.tensor(source, dtype=torch.long),
+        mm,
+    )
 
 
 def _packing_for(inner: nn.Module, family_name: str, batch: RowBatch) -> _Packing | None:
@@ -641,9 +628,7 @@ def row_logps(
     family_cls = _logps_family(family)
     family_name = family_cls.name
     if batch.family and batch.family != family_name:
-        raise HarnessError(
-            f"the batch was tokenized for {batch.family!r}, not {family_name!r}"
-        )
+        raise HarnessError(f"the batch was tokenized for {batch.family!r}, not {family_name!r}")
     inner, vision, lm_head = _parts(model)
     device = lm_head.weight.device
     packing = _packing_for(inner, family_name, batch) if pack else None
@@ -655,15 +640,11 @@ def row_logps(
     zero: torch.Tensor | None = None
     with_image = (image_index >= 0).nonzero(as_tuple=True)[0]
     if batch.pixel_values is not None and len(with_image) > 0:
-        unique = _encode_images(
-            inner, vision, family_cls, batch.pixel_values, batch.image_grid_thw
-        )
+        unique = _encode_images(inner, vision, family_cls, batch.pixel_values, batch.image_grid_thw)
         per_row = [unique[int(i)] for i in image_index[with_image].tolist()]
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        extra["mm_encoder_outputs"] = {
-            "image": BaseModelOutputWithPooling(pooler_output=tuple(per_row))
-        }
+        extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(per_row))}
         if batch.image_grid_thw is not None:
             extra["image_grid_thw"] = batch.image_grid_thw[image_index[with_image]]
     elif one_vision_call:
@@ -704,16 +685,10 @@ def row_logps(
     else:
         h = hidden[:, :-1][predict]  # [n_tokens, hidden], row-major: row by row, left to right
     logits = lm_head(h)
-    logits = logits.to(
-        torch.promote_types(logits.dtype, torch.float32)
-    )  # bf16/fp16 -> fp32; fp64 stays
-    token_logps = logits.gather(-1, targets[predict].unsqueeze(-1)).squeeze(
-        -1
-    ) - logits.logsumexp(dim=-1)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 -> fp32; fp64 stays
+    token_logps = logits.gather(-1, targets[predict].unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
     # deterministic per-row sums (no atomic scatter-add): place the tokens back on the grid and sum each row
-    grid = torch.zeros(
-        predict.shape, dtype=token_logps.dtype, device=device
-    ).masked_scatter(predict, token_logps)
+    grid = torch.zeros(predict.shape, dtype=token_logps.dtype, device=device).masked_scatter(predict, token_logps)
     logps = grid.sum(dim=1)
     if zero is not None:
         logps = logps + zero.to(logps.dtype)
@@ -740,9 +715,7 @@ class LogpsModel(nn.Module):
         self.one_vision_call = one_vision_call
 
     def forward(self, batch: RowBatch) -> torch.Tensor:
-        return row_logps(
-            self.model, self.family_name, batch, one_vision_call=self.one_vision_call
-        )
+        return row_logps(self.model, self.family_name, batch, one_vision_call=self.one_vision_call)
 
 
 __all__ = [

@@ -100,8 +100,10 @@ class ModelReference:
         if was_training:
             self.module.eval()  # no dropout in the reference
         try:
-            with torch.inference_mode(), (peft_model.disable_adapter() if peft_model is not None
-                                          else contextlib.nullcontext()):
+            with (
+                torch.inference_mode(),
+                peft_model.disable_adapter() if peft_model is not None else contextlib.nullcontext(),
+            ):
                 logps = self.module(rows=batch)
         finally:
             if was_training:
@@ -155,30 +157,20 @@ class ReferenceMeta:
         return asdict(self)
 
     @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], *, path: str | Path | None = None
-    ) -> ReferenceMeta:
+    def from_dict(cls, data: Mapping[str, Any], *, path: str | Path | None = None) -> ReferenceMeta:
         names = {f.name for f in fields(cls)}
-        missing = sorted(
-            n for n in ("model_hash", "family", "template") if n not in data
-        )
+        missing = sorted(n for n in ("model_hash", "family", "template") if n not in data)
         if missing:
-            raise DataError(
-                f"reference cache header lacks {', '.join(missing)}", path=path, line=1
-            )
+            raise DataError(f"reference cache header lacks {', '.join(missing)}", path=path, line=1)
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def _check_key(key: Any) -> _Key:
     if not isinstance(key, tuple) or not key:
-        raise HarnessError(
-            f"a reference cache key must be a non-empty tuple, got {key!r}"
-        )
+        raise HarnessError(f"a reference cache key must be a non-empty tuple, got {key!r}")
     for part in key:
         if not isinstance(part, (str, int, float, bool)) and part is not None:
-            raise HarnessError(
-                f"reference cache key {key!r}: {part!r} is not a string or number"
-            )
+            raise HarnessError(f"reference cache key {key!r}: {part!r} is not a string or number")
     return key
 
 
@@ -201,9 +193,7 @@ class RowBatches(Protocol):
 class RowList:
     """:class:`RowBatches` over rows already in memory, ``batch_size`` consecutive rows per batch."""
 
-    def __init__(
-        self, rows_by_key: Mapping[_Key, Row] | Sequence[Row], batch_size: int = 8
-    ):
+    def __init__(self, rows_by_key: Mapping[_Key, Row] | Sequence[Row], batch_size: int = 8):
         if batch_size < 1:
             raise HarnessError(f"batch_size must be at least 1, got {batch_size}")
         if isinstance(rows_by_key, Mapping):
@@ -284,12 +274,7 @@ def _score_into(
             values = row_logps(model, family, batch).tolist()
         counts = batch.token_counts.tolist()
         for key, value, count in zip(keys, values, counts):
-            fh.write(
-                dumps_record(
-                    {"key": list(key), "logp": float(value), "n_tokens": int(count)}
-                )
-                + "\n"
-            )
+            fh.write(dumps_record({"key": list(key), "logp": float(value), "n_tokens": int(count)}) + "\n")
         written += len(keys)
         bar.update(len(keys))
     return written
@@ -342,9 +327,7 @@ def _wait_for(
             return
         if deadline is not None and time.monotonic() > deadline:
             missing = [str(p) for p in paths if not p.is_file()]
-            raise HarnessError(
-                f"reference precompute: timed out waiting for {', '.join(missing[:3])}"
-            )
+            raise HarnessError(f"reference precompute: timed out waiting for {', '.join(missing[:3])}")
         time.sleep(poll_seconds)
 
 
@@ -396,8 +379,7 @@ def precompute_reference_sharded(
     try:
         with tqdm(
             total=share,
-            desc="reference log-probs"
-            + (f" (rank {rank}/{world_size})" if world_size > 1 else ""),
+            desc="reference log-probs" + (f" (rank {rank}/{world_size})" if world_size > 1 else ""),
             unit="row",
             disable=not progress,
         ) as bar:
@@ -405,21 +387,31 @@ def precompute_reference_sharded(
                 with _atomic_open(out) as fh:
                     fh.write(_header(meta, count) + "\n")
                     return _score_into(
-                        model, family, processor, batches, mine, fh,
-                        max_length=max_length, bar=bar,
+                        model,
+                        family,
+                        processor,
+                        batches,
+                        mine,
+                        fh,
+                        max_length=max_length,
+                        bar=bar,
                     )
             folder.mkdir(parents=True, exist_ok=True)
             try:
                 with _atomic_open(shard_path(folder, rank, world_size)) as fh:
                     scored = _score_into(
-                        model, family, processor, batches, mine, fh,
-                        max_length=max_length, bar=bar,
+                        model,
+                        family,
+                        processor,
+                        batches,
+                        mine,
+                        fh,
+                        max_length=max_length,
+                        bar=bar,
                     )
             except BaseException as exc:
                 with contextlib.suppress(OSError):
-                    _failure_path(folder, rank).write_text(
-                        f"{type(exc).__name__}: {exc}"[:2000], encoding="utf-8"
-                    )
+                    _failure_path(folder, rank).write_text(f"{type(exc).__name__}: {exc}"[:2000], encoding="utf-8")
                 raise
     finally:
         model.train(was_training)
@@ -465,13 +457,17 @@ def precompute_reference(
     Several processes share the work with :func:`precompute_reference_sharded`.
     """
     batches = (
-        RowList(rows_by_key, batch_size=batch_size)
-        if isinstance(rows_by_key, (Mapping, Sequence))
-        else rows_by_key
+        RowList(rows_by_key, batch_size=batch_size) if isinstance(rows_by_key, (Mapping, Sequence)) else rows_by_key
     )
     precompute_reference_sharded(
-        model, family, processor, batches, out_path, meta,
-        max_length=max_length, progress=progress,
+        model,
+        family,
+        processor,
+        batches,
+        out_path,
+        meta,
+        max_length=max_length,
+        progress=progress,
     )
     return Path(out_path)
 
@@ -501,10 +497,7 @@ class ReferenceFromCache:
             _, header = next(entries)
         except StopIteration:
             raise DataError("empty reference cache", path=self.path) from None
-        if (
-            header.get("format") != CACHE_FORMAT
-            or header.get("version") != CACHE_VERSION
-        ):
+        if header.get("format") != CACHE_FORMAT or header.get("version") != CACHE_VERSION:
             raise DataError(
                 f"not a reference cache of version {CACHE_VERSION} "
                 f"(format={header.get('format')!r}, version={header.get('version')!r})",
@@ -530,9 +523,7 @@ class ReferenceFromCache:
                 key = _as_key(entry["key"])
                 self._values[key] = (float(entry["logp"]), int(entry["n_tokens"]))
             except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(
-                    f"malformed reference entry ({exc!r})", path=self.path, line=lineno
-                ) from exc
+                raise DataError(f"malformed reference entry ({exc!r})", path=self.path, line=lineno) from exc
 
     def __len__(self) -> int:
         return len(self._values)
@@ -556,9 +547,7 @@ class ReferenceFromCache:
             counts.append(count)
         return values, counts
 
-    def logps(
-        self, batch: RowBatch, dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
+    def logps(self, batch: RowBatch, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         values, counts = self.lookup(batch.keys)
         expected = batch.token_counts.tolist()
         for key, cached, now in zip(batch.keys, counts, expected):

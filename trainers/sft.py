@@ -75,6 +75,7 @@ def read_sft_records(path: str | Path, image_root: str | Path | None = None) -> 
     out: list[SFTRecord] = []
     seen: dict[str, str] = {}
     for line, label, obj in _records(path):
+
         def fail(message: str, line: int | None = line, label: str = label) -> DataError:
             return DataError(message if line is not None else f"{label}: {message}", path=path, line=line)
 
@@ -129,9 +130,13 @@ class SFTCollator:
         from harness.types import ImageRef
 
         return [
-            Row(question=r.question, response=r.answer,
+            Row(
+                question=r.question,
+                response=r.answer,
                 image=None if r.image is None else ImageRef(path=r.image).load(r.id),
-                key=(r.id,), image_id=r.image)
+                key=(r.id,),
+                image_id=r.image,
+            )
             for r in records
         ]
 

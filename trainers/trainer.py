@@ -121,8 +121,12 @@ def lora_target_modules(model: nn.Module, groups: Sequence[str]) -> list[str]:
     family = model_family(model)
     unused = unused_vision_prefixes(model)
     for name, module in model.named_modules():
-        if (isinstance(module, nn.Linear) and "lm_head" not in name.split(".")
-                and family.module_group(name) in groups and not _is_unused(name, unused)):
+        if (
+            isinstance(module, nn.Linear)
+            and "lm_head" not in name.split(".")
+            and family.module_group(name) in groups
+            and not _is_unused(name, unused)
+        ):
             names.append(name)
     if not names:
         raise ConfigError(f"no linear layers found in {', '.join(groups)} of {type(model).__name__}")
@@ -208,8 +212,14 @@ def build_policy(config: TrainConfig) -> tuple[nn.Module, Any, ModelFamily]:
         total = sum(p.numel() for p in model.parameters())
     else:
         trainable, total = freeze_except(model, config.modules)
-    log.info("%s: %s trainable parameters of %s (%s on %s)", Path(config.model).name, f"{trainable:,}",
-             f"{total:,}", "LoRA" if config.lora else "full fine-tuning", ", ".join(config.modules))
+    log.info(
+        "%s: %s trainable parameters of %s (%s on %s)",
+        Path(config.model).name,
+        f"{trainable:,}",
+        f"{total:,}",
+        "LoRA" if config.lora else "full fine-tuning",
+        ", ".join(config.modules),
+    )
     return model, processor, family
 
 
@@ -334,7 +344,9 @@ def checkpoint_problem(folder: str | Path) -> str | None:
     for index_name in _WEIGHT_INDEXES:
         if index_name in names:
             try:
-                shards = sorted(set(json.loads((folder / index_name).read_text(encoding="utf-8"))["weight_map"].values()))
+                shards = sorted(
+                    set(json.loads((folder / index_name).read_text(encoding="utf-8"))["weight_map"].values())
+                )
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 return f"unreadable {index_name}"
             missing = [s for s in shards if s not in names]
@@ -397,7 +409,8 @@ def check_start_model(config: TrainConfig) -> None:
         raise ConfigError(
             f"--resume: the checkpoints in {marker.parent / CHECKPOINTS_DIR} were made from {recorded.get('path')} "
             f"(content hash {str(recorded.get('content_hash'))[:12]}), but --model {now['path']} is now "
-            f"{now['content_hash'][:12]}; remove {marker.parent / CHECKPOINTS_DIR} to train from the start")
+            f"{now['content_hash'][:12]}; remove {marker.parent / CHECKPOINTS_DIR} to train from the start"
+        )
 
 
 def resume_checkpoint(config: TrainConfig) -> str | None:
@@ -424,13 +437,19 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     complete = [p for p in found if problems[p] is None]
     if not complete:
         listed = ", ".join(f"{p.name}: {problems[p]}" for p in found)
-        raise ConfigError(f"--resume: no complete checkpoint in {ckpt_dir} ({listed}); remove them to train from "
-                          "the start")
+        raise ConfigError(
+            f"--resume: no complete checkpoint in {ckpt_dir} ({listed}); remove them to train from the start"
+        )
     chosen = complete[0]
     incomplete = [p for p in found if problems[p] is not None]
     for p in incomplete:
-        log.warning("skipping incomplete checkpoint %s (%s): resuming from %s; it is moved to %s", p, problems[p],
-                    chosen.name, ckpt_dir / INCOMPLETE_DIR)
+        log.warning(
+            "skipping incomplete checkpoint %s (%s): resuming from %s; it is moved to %s",
+            p,
+            problems[p],
+            chosen.name,
+            ckpt_dir / INCOMPLETE_DIR,
+        )
     if incomplete:
         from accelerate import PartialState
 
@@ -469,8 +488,7 @@ def weights_record(folder: str | Path) -> dict[str, dict[str, Any]]:
     return {p.name: {"size": p.stat().st_size, "sha256": content_hash(p)} for p in weight_files(Path(folder))}
 
 
-def write_train_manifest(trainer: transformers.Trainer, config: TrainConfig, family: ModelFamily,
-                         path: Path) -> None:
+def write_train_manifest(trainer: transformers.Trainer, config: TrainConfig, family: ModelFamily, path: Path) -> None:
     """What the run was: resolved settings, loss weights, reference, starting model and its content hash, template,
     steps, the saved weight files (size, sha256), package versions, git revision and command line
     (``harness.manifest.environment``). Written last by :func:`save_final_model`: its presence marks a complete
@@ -481,16 +499,23 @@ def write_train_manifest(trainer: transformers.Trainer, config: TrainConfig, fam
 
     loss = getattr(trainer, "loss_config", None)
     reference = getattr(trainer, "reference", None)
-    atomic_write_json(path, {
-        "config": config.to_dict(),
-        "loss": loss.to_dict() if loss is not None else None,
-        "reference": reference.describe() if hasattr(reference, "describe") else None,
-        "model": {"path": str(Path(config.model).resolve()), "content_hash": content_hash(config.model),
-                  "family": family.name, "template": family.template},
-        "global_step": trainer.state.global_step,
-        "weights": weights_record(path.parent),
-        **environment(),
-    })
+    atomic_write_json(
+        path,
+        {
+            "config": config.to_dict(),
+            "loss": loss.to_dict() if loss is not None else None,
+            "reference": reference.describe() if hasattr(reference, "describe") else None,
+            "model": {
+                "path": str(Path(config.model).resolve()),
+                "content_hash": content_hash(config.model),
+                "family": family.name,
+                "template": family.template,
+            },
+            "global_step": trainer.state.global_step,
+            "weights": weights_record(path.parent),
+            **environment(),
+        },
+    )
 
 
 def discard_final_manifest(config: TrainConfig) -> None:
@@ -615,8 +640,12 @@ class RowsTrainer(transformers.Trainer):
             publish_checkpoint(staging / name, run_dir / name)
             with contextlib.suppress(OSError):
                 staging.rmdir()
-            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
         self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -625,8 +654,10 @@ class RowsTrainer(transformers.Trainer):
         target = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         import inspect
 
-        if (not isinstance(target, transformers.PreTrainedModel)
-                or "save_original_format" not in inspect.signature(target.save_pretrained).parameters):
+        if (
+            not isinstance(target, transformers.PreTrainedModel)
+            or "save_original_format" not in inspect.signature(target.save_pretrained).parameters
+        ):
             return super()._save(output_dir, state_dict)  # a peft model saves its adapter under its own names
         target.save_pretrained = functools.partial(target.save_pretrained, save_original_format=False)
         try:
@@ -649,8 +680,9 @@ class RowsTrainer(transformers.Trainer):
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         """Missing or unexpected keys are an error (the Trainer only warns and trains on from what was there)."""
         hf = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        tied = set(getattr(hf, "all_tied_weights_keys", None) or ()) | set(getattr(hf, "_keys_to_ignore_on_save",
-                                                                                      None) or ())
+        tied = set(getattr(hf, "all_tied_weights_keys", None) or ()) | set(
+            getattr(hf, "_keys_to_ignore_on_save", None) or ()
+        )
         missing = [k for k in load_result.missing_keys if k not in tied]
         unexpected = list(load_result.unexpected_keys)
         if missing or unexpected:
@@ -663,16 +695,22 @@ class RowsTrainer(transformers.Trainer):
         were, through transformers' own name conversion (``from_pretrained``); False when that does not apply."""
         model = model if model is not None else self.model
         hf = self.accelerator.unwrap_model(model, keep_torch_compile=False)
-        if (self.is_deepspeed_enabled or self.is_fsdp_enabled or not isinstance(hf, transformers.PreTrainedModel)
-                or not (Path(checkpoint) / "config.json").is_file()):
+        if (
+            self.is_deepspeed_enabled
+            or self.is_fsdp_enabled
+            or not isinstance(hf, transformers.PreTrainedModel)
+            or not (Path(checkpoint) / "config.json").is_file()
+        ):
             return False
         dtype = next(hf.parameters()).dtype
         loaded, info = type(hf).from_pretrained(checkpoint, dtype=dtype, output_loading_info=True)
-        bad = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys")
-               and v}
+        bad = {
+            k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
+        }
         if bad:
-            raise CheckpointKeysError(checkpoint, bad.get("missing_keys", []),
-                                      bad.get("unexpected_keys", []) + bad.get("mismatched_keys", []))
+            raise CheckpointKeysError(
+                checkpoint, bad.get("missing_keys", []), bad.get("unexpected_keys", []) + bad.get("mismatched_keys", [])
+            )
         result = hf.load_state_dict(loaded.state_dict(), strict=False)
         del loaded
         self._loading_from = checkpoint
@@ -708,15 +746,21 @@ class RowsTrainer(transformers.Trainer):
 class CheckpointKeysError(ConfigError):
     """A checkpoint whose weights do not match the model being trained (names missing, unexpected or not loaded)."""
 
-    def __init__(self, checkpoint: str, missing: Sequence[str], unexpected: Sequence[str],
-                 not_loaded: Sequence[str] = ()):
+    def __init__(
+        self, checkpoint: str, missing: Sequence[str], unexpected: Sequence[str], not_loaded: Sequence[str] = ()
+    ):
         def some(keys: Sequence[str]) -> str:
             return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
-        parts = [f"{len(k)} {what} ({some(list(k))})" for k, what in ((missing, "missing"), (unexpected, "unexpected"),
-                                                                      (not_loaded, "not loaded")) if k]
-        super().__init__(f"{checkpoint}: the checkpoint's weights do not match the model: {'; '.join(parts)} "
-                         "keys; nothing was resumed")
+        parts = [
+            f"{len(k)} {what} ({some(list(k))})"
+            for k, what in ((missing, "missing"), (unexpected, "unexpected"), (not_loaded, "not loaded"))
+            if k
+        ]
+        super().__init__(
+            f"{checkpoint}: the checkpoint's weights do not match the model: {'; '.join(parts)} "
+            "keys; nothing was resumed"
+        )
         self.missing, self.unexpected, self.not_loaded = list(missing), list(unexpected), list(not_loaded)
 
 
@@ -777,8 +821,9 @@ class PreferenceDataset(torch.utils.data.Dataset):
         return self.examples[i]
 
 
-def check_examples(examples: Sequence[Any], rows_needed: Sequence[tuple[str, str]], strategy: str,
-                   path: str | None = None) -> None:
+def check_examples(
+    examples: Sequence[Any], rows_needed: Sequence[tuple[str, str]], strategy: str, path: str | None = None
+) -> None:
     """Fail before training when the records cannot give the rows a method needs (``m_l`` for JoMPO, an image
     to corrupt for MPO...); the message names the first records at fault."""
     conditions = {c for c, _ in rows_needed}
@@ -786,12 +831,13 @@ def check_examples(examples: Sequence[Any], rows_needed: Sequence[tuple[str, str
     needs_w = "rej" in conditions and strategy != "contrast"
     missing_l = [ex.id for ex in examples if needs_l and ex.image_l is None]
     missing_w = [ex.id for ex in examples if needs_w and ex.image_w is None]
-    for ids, what, why in ((missing_l, "image_l", "the paired image m_l"),
-                           (missing_w, "image_w", f"an image for the rejected-image strategy {strategy!r}")):
+    for ids, what, why in (
+        (missing_l, "image_l", "the paired image m_l"),
+        (missing_w, "image_w", f"an image for the rejected-image strategy {strategy!r}"),
+    ):
         if ids:
             shown = ", ".join(map(repr, ids[:3])) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
-            raise DataError(f"{len(ids)} record(s) have no {what} ({shown}), but this method needs {why}",
-                            path=path)
+            raise DataError(f"{len(ids)} record(s) have no {what} ({shown}), but this method needs {why}", path=path)
 
 
 class PreferenceCollator:
@@ -841,8 +887,7 @@ class PreferenceCollator:
                 raise DataError(f"record {example.id!r}: this method needs the paired image m_l (image_l is null)")
             out["l"] = load(example.image_l)
         if "rej" in conditions:
-            image = rejected_image(example, self.strategy, seed=self.seed, pool=self.pool,
-                                   image_root=self.image_root)
+            image = rejected_image(example, self.strategy, seed=self.seed, pool=self.pool, image_root=self.image_root)
             out["rej"] = (image, f"rej:{self.strategy}:{self.seed}:{example.id}")
         return out
 
@@ -852,8 +897,15 @@ class PreferenceCollator:
             images = self.images(ex)
             for cond, resp in self.rows_needed:
                 image, image_id = images[cond]
-                rows.append(Row(question=ex.question, response=ex.y_w if resp == "w" else ex.y_l, image=image,
-                                key=(ex.id, cond, resp), image_id=image_id))
+                rows.append(
+                    Row(
+                        question=ex.question,
+                        response=ex.y_w if resp == "w" else ex.y_l,
+                        image=image,
+                        key=(ex.id, cond, resp),
+                        image_id=image_id,
+                    )
+                )
         return rows
 
     def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
@@ -868,8 +920,15 @@ class PreferenceTrainer(RowsTrainer):
     (``nn.Module``, row forward enabled; prepared like the policy: DeepSpeed inference engine, FSDP shards or the
     device), or an object with ``logps(batch)`` such as :class:`trainers.reference.ReferenceFromCache`."""
 
-    def __init__(self, *args: Any, loss_config: Any, rows_needed: Sequence[tuple[str, str]], reference: Any,
-                 family: ModelFamily, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        loss_config: Any,
+        rows_needed: Sequence[tuple[str, str]],
+        reference: Any,
+        family: ModelFamily,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
         self.rows_needed = tuple(rows_needed)
@@ -938,9 +997,12 @@ def reference_meta(config: TrainConfig, family: ModelFamily, rows_needed: Sequen
     from trainers.reference import ReferenceMeta
 
     rej = _uses_generated_image(rows_needed)
-    return ReferenceMeta.for_model(config.reference_model or config.model, family,
-                                   strategy=config.rejected_image if rej else None,
-                                   seed=config.corruption_seed if rej else None)
+    return ReferenceMeta.for_model(
+        config.reference_model or config.model,
+        family,
+        strategy=config.rejected_image if rej else None,
+        seed=config.corruption_seed if rej else None,
+    )
 
 
 class ExampleBatches:
@@ -956,7 +1018,7 @@ class ExampleBatches:
         return (len(self.examples) + self.per_batch - 1) // self.per_batch
 
     def _slice(self, index: int) -> Sequence[Any]:
-        return self.examples[index * self.per_batch:(index + 1) * self.per_batch]
+        return self.examples[index * self.per_batch : (index + 1) * self.per_batch]
 
     def keys(self, index: int) -> list[tuple[Any, ...]]:
         return [(ex.id, cond, resp) for ex in self._slice(index) for cond, resp in self.collator.rows_needed]
@@ -965,8 +1027,14 @@ class ExampleBatches:
         return self.collator.rows(self._slice(index))
 
 
-def precompute_reference_cache(config: TrainConfig, family: ModelFamily, processor: Any,
-                               collator: PreferenceCollator, examples: Sequence[Any], path: Path) -> None:
+def precompute_reference_cache(
+    config: TrainConfig,
+    family: ModelFamily,
+    processor: Any,
+    collator: PreferenceCollator,
+    examples: Sequence[Any],
+    path: Path,
+) -> None:
     """The offline pass of ``--reference cache:FILE`` when FILE does not exist yet: the reference model scores every
     row of every example once, then is freed. Every process scores a contiguous share of the micro-batches
     (``batch_size`` examples each, as one process would) on its own device, decoding each micro-batch's images
@@ -989,18 +1057,32 @@ def precompute_reference_cache(config: TrainConfig, family: ModelFamily, process
     ref = load_model(config.reference_model or config.model, dtype=dtype).to(device)
     batches = ExampleBatches(collator, examples, config.batch_size)
     if state.is_main_process:
-        log.info("reference cache %s: scoring %d rows once on %d process(es)", path,
-                 len(examples) * len(collator.rows_needed), state.num_processes)
-    precompute_reference_sharded(ref, family, processor, batches, path,
-                                 reference_meta(config, family, collator.rows_needed),
-                                 rank=state.process_index, world_size=state.num_processes, shard_dir=shard_dir,
-                                 max_length=config.max_length, progress=state.is_main_process)
+        log.info(
+            "reference cache %s: scoring %d rows once on %d process(es)",
+            path,
+            len(examples) * len(collator.rows_needed),
+            state.num_processes,
+        )
+    precompute_reference_sharded(
+        ref,
+        family,
+        processor,
+        batches,
+        path,
+        reference_meta(config, family, collator.rows_needed),
+        rank=state.process_index,
+        world_size=state.num_processes,
+        shard_dir=shard_dir,
+        max_length=config.max_length,
+        progress=state.is_main_process,
+    )
     del ref
     state.wait_for_everyone()
 
 
-def build_reference(config: TrainConfig, family: ModelFamily, processor: Any, collator: PreferenceCollator,
-                    examples: Sequence[Any]) -> Any:
+def build_reference(
+    config: TrainConfig, family: ModelFamily, processor: Any, collator: PreferenceCollator, examples: Sequence[Any]
+) -> Any:
     """The reference of ``config.reference`` as :class:`PreferenceTrainer` takes it: ``"adapter"``, a frozen copy (a
     model the trainer prepares), or a precomputed cache (computed first when its file does not exist)."""
     from trainers.reference import ReferenceFromCache
@@ -1033,10 +1115,16 @@ def build_preference_trainer(config: TrainConfig, examples: Sequence[Any] | None
     check_examples(examples, rows_needed, config.rejected_image, path=config.data)
     transformers.set_seed(config.seed)
     model, processor, family = build_policy(config)
-    collator = PreferenceCollator(family, processor, rows_needed, strategy=config.rejected_image,
-                                  seed=config.corruption_seed,
-                                  pool=examples if config.rejected_image == "random" else None,
-                                  image_root=config.image_root, max_length=config.max_length)
+    collator = PreferenceCollator(
+        family,
+        processor,
+        rows_needed,
+        strategy=config.rejected_image,
+        seed=config.corruption_seed,
+        pool=examples if config.rejected_image == "random" else None,
+        image_root=config.image_root,
+        max_length=config.max_length,
+    )
     reference = build_reference(config, family, processor, collator, examples)
     trainer = PreferenceTrainer(
         model=model,
@@ -1049,8 +1137,14 @@ def build_preference_trainer(config: TrainConfig, examples: Sequence[Any] | None
         reference=reference,
         family=family,
     )
-    log.info("%s: %d examples, %d rows each (%s); reference: %s", config.method, len(examples), len(rows_needed),
-             ", ".join(f"m_{c}/y_{r}" for c, r in rows_needed), config.reference_mode)
+    log.info(
+        "%s: %d examples, %d rows each (%s); reference: %s",
+        config.method,
+        len(examples),
+        len(rows_needed),
+        ", ".join(f"m_{c}/y_{r}" for c, r in rows_needed),
+        config.reference_mode,
+    )
     return trainer
 
 

@@ -77,9 +77,7 @@ class HFEngine(Engine):
             "pad_token_id": self.pad_id,
         }
         if self.decoding.temperature > 0:
-            kwargs.update(
-                do_sample=True, temperature=self.decoding.temperature, top_p=self.decoding.top_p, top_k=0
-            )
+            kwargs.update(do_sample=True, temperature=self.decoding.temperature, top_p=self.decoding.top_p, top_k=0)
         else:
             kwargs["do_sample"] = False
         return kwargs

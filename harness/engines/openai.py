@@ -120,11 +120,14 @@ class OpenAIEngine(Engine):
         if options.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {options.concurrency}")
         if options.concurrency > MAX_CONCURRENCY:
-            raise ConfigError(f"concurrency {options.concurrency} is more than the {MAX_CONCURRENCY} connections "
-                              "of the HTTP client; use at most that")
+            raise ConfigError(
+                f"concurrency {options.concurrency} is more than the {MAX_CONCURRENCY} connections "
+                "of the HTTP client; use at most that"
+            )
         # id(image) -> (image, data URL); the entry holds the image, so its id is not reused while cached
-        self._png: OnceCache[int, tuple[Any, str]] = OnceCache(PNG_CACHE_IMAGES, PNG_CACHE_CHARS,
-                                                               lambda entry: len(entry[1]))
+        self._png: OnceCache[int, tuple[Any, str]] = OnceCache(
+            PNG_CACHE_IMAGES, PNG_CACHE_CHARS, lambda entry: len(entry[1])
+        )
         self.policy = RetryPolicy(max_retries=options.max_retries, backoff_s=backoff_s, backoff_max_s=backoff_max_s)
         self._endpoint = OpenAIEndpoint(
             options.base_url,
@@ -171,18 +174,20 @@ class OpenAIEngine(Engine):
         return params
 
     def describe(self) -> dict[str, Any]:
-        return redact_obj({
-            "engine": self.name,
-            "engine_version": openai.__version__,
-            "model": self.model,
-            "served_model": self.served_model,
-            "base_url": self.base_url,
-            "template": "server",
-            "sampling_params": self.sampling_params(),
-            "concurrency": self.concurrency,
-            "timeout_s": self.timeout_s,
-            "max_retries": self.max_retries,
-        })
+        return redact_obj(
+            {
+                "engine": self.name,
+                "engine_version": openai.__version__,
+                "model": self.model,
+                "served_model": self.served_model,
+                "base_url": self.base_url,
+                "template": "server",
+                "sampling_params": self.sampling_params(),
+                "concurrency": self.concurrency,
+                "timeout_s": self.timeout_s,
+                "max_retries": self.max_retries,
+            }
+        )
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Response]:
         """Send ``requests`` with at most ``concurrency`` in flight; yield responses as they complete."""
@@ -247,7 +252,9 @@ class OpenAIEngine(Engine):
 
         def attempt() -> Response:
             completion = self._endpoint.client.chat.completions.create(
-                model=self.served_model, messages=messages, **params  # type: ignore[arg-type]
+                model=self.served_model,
+                messages=messages,
+                **params,  # type: ignore[arg-type]
             )
             return self._parse(request.sample_id, completion)
 

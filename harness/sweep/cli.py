@@ -61,8 +61,10 @@ def format_plan(plan: Plan, states: Mapping[str, str]) -> str:
     kinds = {k: sum(1 for j in plan.jobs if j.kind == k) for k in KINDS}
     lines = [
         f"sweep {plan.output}: {len(plan.jobs)} jobs ("
-        + ", ".join(f"{n} {k}" for k, n in kinds.items() if n) + "); "
-        + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"; executor {plan.settings.executor}",
+        + ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+        + "); "
+        + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        + f"; executor {plan.settings.executor}",
         f"data: {plan.data.source} ({plan.data.n_records} records), nested subsets (seed {plan.data.subset_seed}): "
         + ", ".join(f"{format_size(n)} -> {p}" for n, p in plan.data.subsets.items()),
     ]
@@ -70,8 +72,15 @@ def format_plan(plan: Plan, states: Mapping[str, str]) -> str:
         lines.append(f"sft data: {plan.data.sft_source}")
     rows = [("id", "kind", "state", "after", "output")]
     for job in plan.jobs:
-        rows.append((job.id, job.kind, states.get(job.id, "pending"), ",".join(job.deps) or "-",
-                     next(iter(job.outputs.values()))))
+        rows.append(
+            (
+                job.id,
+                job.kind,
+                states.get(job.id, "pending"),
+                ",".join(job.deps) or "-",
+                next(iter(job.outputs.values())),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for k, row in enumerate(rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -109,51 +118,104 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     import argparse as _argparse
 
     p = parser
-    p.add_argument("--preset", metavar="NAME",
-                   help="a shipped sweep, configs/sweeps/NAME.yaml (lab: the laboratory's experiment, docs/lab.md; "
-                        "toy: the whole pipeline in minutes on a CPU)")
-    p.add_argument("--config", metavar="YAML", help="sweep settings (keys: the long flags' names with "
-                                                    "underscores, plus train, sft, eval, report, slurm sections)")
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="a shipped sweep, configs/sweeps/NAME.yaml (lab: the laboratory's experiment, docs/lab.md; "
+        "toy: the whole pipeline in minutes on a CPU)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="YAML",
+        help="sweep settings (keys: the long flags' names with "
+        "underscores, plus train, sft, eval, report, slurm sections)",
+    )
     g = p.add_argument_group("grid")
     g.add_argument("--methods", help="comma-separated preference methods: dpo, mpo, jompo, jompo_no_ranking, ...")
     g.add_argument("--data-sizes", help="comma-separated preference data sizes (nested subsets): 1k,2k,5k or all")
     g.add_argument("--betas", help="comma-separated betas (default: the recipe's)")
     g.add_argument("--epochs", help="comma-separated epoch counts (default: the recipe's)")
     g.add_argument("--seeds", help="comma-separated training seeds (default: the recipe's)")
-    g.add_argument("--rejected-images", metavar="STRATEGIES",
-                   help="comma-separated rejected-image strategies for methods that use one (mpo): crop, "
-                        "diffusion, black, random, contrast")
+    g.add_argument(
+        "--rejected-images",
+        metavar="STRATEGIES",
+        help="comma-separated rejected-image strategies for methods that use one (mpo): crop, "
+        "diffusion, black, random, contrast",
+    )
     d = p.add_argument_group("model, data and tasks")
     d.add_argument("--model", help="starting checkpoint (default: the lab model, docs/lab.md)")
-    d.add_argument("--data", help="preference data (canonical JSONL, RLAIF-V parquet, TRL, mDPO), `toy` or `lab` "
-                                 "(generated contrast pairs)")
+    d.add_argument(
+        "--data",
+        help="preference data (canonical JSONL, RLAIF-V parquet, TRL, mDPO), `toy` or `lab` (generated contrast pairs)",
+    )
     d.add_argument("--data-format", choices=["auto", "canonical", "rlaif_v", "trl", "mdpo"])
     d.add_argument("--image-root", help="folder that relative image paths of --data are resolved against")
     d.add_argument("--subset-seed", type=int, help=f"seed of the nested data subsets (default {DEFAULT_SUBSET_SEED})")
     d.add_argument("--tasks", help="comma-separated evaluation tasks (`harness tasks` lists them)")
     t = p.add_argument_group("training and evaluation")
-    t.add_argument("--train-config", metavar="YAML",
-                   help="training recipe for every method; {method} in the path is replaced by the method "
-                        "(e.g. configs/{method}_llava15_7b.yaml)")
+    t.add_argument(
+        "--train-config",
+        metavar="YAML",
+        help="training recipe for every method; {method} in the path is replaced by the method "
+        "(e.g. configs/{method}_llava15_7b.yaml)",
+    )
     t.add_argument("--max-steps", type=int, help="cap every training job at N optimizer steps (smoke tests)")
     t.add_argument("--engine", choices=["hf", "vllm", "openai"], help="inference engine of the evaluations")
     t.add_argument("--limit", type=int, help="evaluate at most N samples per task")
     r = p.add_argument_group("running")
-    r.add_argument("--output", "--output-path", "--output_path", "-o", dest="output",
-                   help="the sweep's folder (presets: sweeps/NAME)")
-    r.add_argument("--executor", choices=list(EXECUTORS), help="local (default): the jobs here (see --parallel); slurm: "
-                                                               "submit through submitit")
-    r.add_argument("--parallel", type=int, metavar="N",
-                   help="local executor: run up to N jobs at once (each with cpu_count/N CPU threads; default 1)")
+    r.add_argument(
+        "--output",
+        "--output-path",
+        "--output_path",
+        "-o",
+        dest="output",
+        help="the sweep's folder (presets: sweeps/NAME)",
+    )
+    r.add_argument(
+        "--executor",
+        choices=list(EXECUTORS),
+        help="local (default): the jobs here (see --parallel); slurm: submit through submitit",
+    )
+    r.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="local executor: run up to N jobs at once (each with cpu_count/N CPU threads; default 1)",
+    )
     r.add_argument("--dry-run", action="store_true", help="print the plan (jobs, dependencies, states); run nothing")
-    r.add_argument("--no-report", dest="no_report", action="store_const", const=True, default=None,
-                   help="do not run `harness report` after the jobs")
+    r.add_argument(
+        "--no-report",
+        dest="no_report",
+        action="store_const",
+        const=True,
+        default=None,
+        help="do not run `harness report` after the jobs",
+    )
     del _argparse
 
 
-_FLAG_SETTINGS = ("methods", "data_sizes", "betas", "epochs", "seeds", "rejected_images", "model", "data",
-                  "data_format", "image_root", "subset_seed", "tasks", "train_config", "max_steps", "engine", "limit",
-                  "output", "executor", "no_report", "parallel")
+_FLAG_SETTINGS = (
+    "methods",
+    "data_sizes",
+    "betas",
+    "epochs",
+    "seeds",
+    "rejected_images",
+    "model",
+    "data",
+    "data_format",
+    "image_root",
+    "subset_seed",
+    "tasks",
+    "train_config",
+    "max_steps",
+    "engine",
+    "limit",
+    "output",
+    "executor",
+    "no_report",
+    "parallel",
+)
 
 
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
@@ -172,8 +234,13 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     return SweepSettings.from_mapping(values)
 
 
-def run_sweep(settings: SweepSettings, *, dry_run: bool = False, runner: JobRunner | None = None,
-              echo: Callable[[str], None] = print) -> SweepResult:
+def run_sweep(
+    settings: SweepSettings,
+    *,
+    dry_run: bool = False,
+    runner: JobRunner | None = None,
+    echo: Callable[[str], None] = print,
+) -> SweepResult:
     """Plan the sweep and (unless ``dry_run``) prepare and run it with its executor, then write the report."""
     plan = build_plan(settings)
     if dry_run:
@@ -186,8 +253,10 @@ def run_sweep(settings: SweepSettings, *, dry_run: bool = False, runner: JobRunn
         echo(format_plan(plan, plan_states(plan, entries)))
         if settings.executor == "slurm":
             result = run_slurm(plan, entries)
-            echo(f"submitted {len(result.submitted)} job(s) to Slurm; index: {plan.output / INDEX_FILE}. "
-                 "Rerun the same command when they finish: finished jobs are skipped, the report is written.")
+            echo(
+                f"submitted {len(result.submitted)} job(s) to Slurm; index: {plan.output / INDEX_FILE}. "
+                "Rerun the same command when they finish: finished jobs are skipped, the report is written."
+            )
             if not result.submitted and not settings.no_report:
                 result.report = write_report(plan)
             return result
@@ -195,9 +264,11 @@ def run_sweep(settings: SweepSettings, *, dry_run: bool = False, runner: JobRunn
     if not settings.no_report:
         result.report = write_report(plan)
     done = len(result.ran) + len(result.skipped)
-    echo(f"\n{done}/{len(plan.jobs)} jobs done ({len(result.ran)} run now, {len(result.skipped)} earlier)"
-         + (f", {len(result.failed)} failed: {', '.join(result.failed)}" if result.failed else "")
-         + (f", {len(result.blocked)} not run: {', '.join(result.blocked)}" if result.blocked else ""))
+    echo(
+        f"\n{done}/{len(plan.jobs)} jobs done ({len(result.ran)} run now, {len(result.skipped)} earlier)"
+        + (f", {len(result.failed)} failed: {', '.join(result.failed)}" if result.failed else "")
+        + (f", {len(result.blocked)} not run: {', '.join(result.blocked)}" if result.blocked else "")
+    )
     echo(f"index: {plan.output / INDEX_FILE}")
     if result.report is not None:
         echo(f"report: {result.report / 'report.html'}")
@@ -246,7 +317,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         stopped = ""
         if job:
             stopped = f": jobs {job} were stopped" if ", " in job else f": job {job} was stopped"
-        print(f"harness: sweep interrupted ({signal.Signals(signum).name}){stopped}; rerun the same command to resume",
-              file=sys.stderr, flush=True)
+        print(
+            f"harness: sweep interrupted ({signal.Signals(signum).name}){stopped}; rerun the same command to resume",
+            file=sys.stderr,
+            flush=True,
+        )
         return 128 + int(signum)
     return 0 if result.ok else 1

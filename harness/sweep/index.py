@@ -35,8 +35,11 @@ def is_done(job: Job, output: Path) -> bool:
     training job, the model's weight files are still those verified when it was marked done (names, sizes and the
     hashes its manifest records)."""
     done = _read_json(job_dir(output, job.id) / DONE_FILE)
-    if not (isinstance(done, dict) and done.get("fingerprint") == job.fingerprint
-            and all((output / p).exists() for p in job.expect)):
+    if not (
+        isinstance(done, dict)
+        and done.get("fingerprint") == job.fingerprint
+        and all((output / p).exists() for p in job.expect)
+    ):
         return False
     if job.kind not in TRAIN_KINDS:
         return True
@@ -48,8 +51,9 @@ def is_done(job: Job, output: Path) -> bool:
     if isinstance(manifest.get("weights"), dict) and manifest["weights"] != weights:
         return False
     try:
-        return (sorted(p.name for p in weight_files(model_dir)) == sorted(weights)
-                and all((model_dir / n).stat().st_size == w.get("size") for n, w in weights.items()))
+        return sorted(p.name for p in weight_files(model_dir)) == sorted(weights) and all(
+            (model_dir / n).stat().st_size == w.get("size") for n, w in weights.items()
+        )
     except (OSError, AttributeError):
         return False
 
@@ -98,8 +102,10 @@ def verify_trained_model(job: Job, output: Path) -> tuple[str | None, dict[str, 
         return f"{model_dir}: the weight files differ from those {MANIFEST_FILE} records", {}
     if job.train_config is not None and isinstance(manifest.get("config"), dict):
         ignore = set(_NON_SEMANTIC_TRAIN)
-        changes = _diff({k: v for k, v in manifest["config"].items() if k in job.train_config and k not in ignore},
-                        {k: v for k, v in job.train_config.items() if k in manifest["config"] and k not in ignore})
+        changes = _diff(
+            {k: v for k, v in manifest["config"].items() if k in job.train_config and k not in ignore},
+            {k: v for k, v in job.train_config.items() if k in manifest["config"] and k not in ignore},
+        )
         if changes:
             return f"{model_dir}: trained with other settings ({'; '.join(changes)})", {}
     start = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
@@ -115,8 +121,9 @@ def verify_trained_model(job: Job, output: Path) -> tuple[str | None, dict[str, 
         return f"{model_dir}: its starting model {start_path} changed since it was trained", {}
     try:
         if same_weights(model_dir, start_path):
-            return (f"{model_dir}: the weights are identical to its starting model {start_path} "
-                    "(nothing was trained)"), {}
+            return (
+                f"{model_dir}: the weights are identical to its starting model {start_path} (nothing was trained)"
+            ), {}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{model_dir}: cannot compare the weights with {start_path} ({exc})", {}
     return None, weights
@@ -155,8 +162,9 @@ class RunIndex:
         except FileNotFoundError:
             return {"version": INDEX_VERSION, "jobs": []}
         except (OSError, ValueError) as exc:
-            raise DataError(f"unreadable run index ({exc}); remove it and rerun to rebuild it",
-                            path=self.path) from None
+            raise DataError(
+                f"unreadable run index ({exc}); remove it and rerun to rebuild it", path=self.path
+            ) from None
         if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
             raise DataError("not a sweep run index", path=self.path)
         return data
@@ -185,11 +193,21 @@ class RunIndex:
                 elif state == "running" and plan.settings.executor == "local":
                     state = "pending"  # the local sweep that ran it was stopped (this one holds the sweep lock)
                     entry["error"] = "interrupted"
-                entry.update({
-                    "id": job.id, "kind": job.kind, "name": job.name, "params": job.params, "deps": list(job.deps),
-                    "state": state, "fingerprint": job.fingerprint, "command": job.command(),
-                    "outputs": dict(job.outputs), "log": f"jobs/{job.id}/{LOG_FILE}", "in_plan": True,
-                })
+                entry.update(
+                    {
+                        "id": job.id,
+                        "kind": job.kind,
+                        "name": job.name,
+                        "params": job.params,
+                        "deps": list(job.deps),
+                        "state": state,
+                        "fingerprint": job.fingerprint,
+                        "command": job.command(),
+                        "outputs": dict(job.outputs),
+                        "log": f"jobs/{job.id}/{LOG_FILE}",
+                        "in_plan": True,
+                    }
+                )
                 for key in ("attempts",):
                     entry.setdefault(key, 0)
                 for key in ("submitted", "started", "finished", "seconds", "error", "slurm_job_id", "host"):
@@ -198,8 +216,14 @@ class RunIndex:
             for entry in old.values():  # jobs of an earlier, larger grid: kept, marked
                 entry["in_plan"] = False
                 jobs.append(entry)
-            data = {"version": INDEX_VERSION, "output": str(plan.output), "settings": plan.settings.to_dict(),
-                    "data": plan.data.to_dict(), "created": data.get("created") or _now(), "jobs": jobs}
+            data = {
+                "version": INDEX_VERSION,
+                "output": str(plan.output),
+                "settings": plan.settings.to_dict(),
+                "data": plan.data.to_dict(),
+                "created": data.get("created") or _now(),
+                "jobs": jobs,
+            }
             self._write(data)
             return {e["id"]: e for e in jobs}
 
@@ -234,11 +258,15 @@ def _check_reuse(job: Job, output: Path) -> None:
     if old.fingerprint == job.fingerprint:
         return
     ignore = set(_NON_SEMANTIC_TRAIN)
-    changes = _diff({k: v for k, v in (old.train_config or {}).items() if k not in ignore},
-                    {k: v for k, v in (job.train_config or {}).items() if k not in ignore})
+    changes = _diff(
+        {k: v for k, v in (old.train_config or {}).items() if k not in ignore},
+        {k: v for k, v in (job.train_config or {}).items() if k not in ignore},
+    )
     what = "; ".join(changes) or "its data or starting model changed"
-    raise ConfigError(f"job {job.id}: {model_dir} was trained with other settings ({what}); use another --output, "
-                      f"or remove {model_dir} and {job_dir(output, job.id)} to train it again")
+    raise ConfigError(
+        f"job {job.id}: {model_dir} was trained with other settings ({what}); use another --output, "
+        f"or remove {model_dir} and {job_dir(output, job.id)} to train it again"
+    )
 
 
 def prepare(plan: Plan) -> dict[str, dict[str, Any]]:
@@ -287,7 +315,10 @@ def prepare(plan: Plan) -> dict[str, dict[str, Any]]:
         folder = job_dir(output, job.id)
         folder.mkdir(parents=True, exist_ok=True)
         if job.train_config is not None:
-            atomic_write_text(folder / TRAIN_YAML, "# written by `harness sweep`; the job's complete recipe\n"
-                              + yaml.safe_dump(job.train_config, sort_keys=True))
+            atomic_write_text(
+                folder / TRAIN_YAML,
+                "# written by `harness sweep`; the job's complete recipe\n"
+                + yaml.safe_dump(job.train_config, sort_keys=True),
+            )
         atomic_write_json(folder / SPEC_FILE, job.to_dict())
     return RunIndex(output).sync(plan)

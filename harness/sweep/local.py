@@ -67,8 +67,12 @@ def job_arguments(job: Job, output: Path) -> list[str]:
     if ckpt_dir is not None and has_checkpoint(ckpt_dir):
         if _stale_checkpoints(job, ckpt_dir):
             aside = ckpt_dir.with_name(f"checkpoints.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-            log.warning("%s: its checkpoints were made from another version of its starting model; moved to %s, "
-                        "training from the start", job.id, aside)
+            log.warning(
+                "%s: its checkpoints were made from another version of its starting model; moved to %s, "
+                "training from the start",
+                job.id,
+                aside,
+            )
             ckpt_dir.rename(aside)
         else:
             cmd.append("--resume")
@@ -114,15 +118,29 @@ class SubprocessRunner:
             for name in THREAD_VARIABLES:
                 env.setdefault(name, str(self.threads))
         lock_fd = _job_lock_fds.get(job.id)
-        supervised = [sys.executable, "-c", "from harness.sweep import supervise_main; supervise_main()",
-                      str(os.getpid()), str(-1 if lock_fd is None else lock_fd), job.id, "--", *cmd]
+        supervised = [
+            sys.executable,
+            "-c",
+            "from harness.sweep import supervise_main; supervise_main()",
+            str(os.getpid()),
+            str(-1 if lock_fd is None else lock_fd),
+            job.id,
+            "--",
+            *cmd,
+        ]
         with open(log_path, "a", encoding="utf-8") as fh:
             fh.write(f"\n===== {_now()} {shlex.join(cmd)}\n")
             fh.flush()
             try:
-                proc = subprocess.Popen(supervised, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True,
-                                        pass_fds=() if lock_fd is None else (lock_fd,))
+                proc = subprocess.Popen(
+                    supervised,
+                    stdin=subprocess.DEVNULL,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    pass_fds=() if lock_fd is None else (lock_fd,),
+                )
             except OSError as exc:
                 raise JobFailed(f"cannot start {sys.executable}: {exc.strerror}") from exc
             with _running_lock:
@@ -204,8 +222,13 @@ def supervise_main(argv: Sequence[str] | None = None) -> None:
         os._exit(code if code >= 0 else 128 - code)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    print(f"harness sweep: job {job_id}: stopping it ("
-          + (signal.Signals(stopping[0]).name if stopping else "the sweep is gone") + ")", file=sys.stderr, flush=True)
+    print(
+        f"harness sweep: job {job_id}: stopping it ("
+        + (signal.Signals(stopping[0]).name if stopping else "the sweep is gone")
+        + ")",
+        file=sys.stderr,
+        flush=True,
+    )
     with contextlib.suppress(ProcessLookupError):
         os.killpg(0, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -227,8 +250,16 @@ def execute_job(job: Job, output: Path, runner: JobRunner | None = None) -> bool
     with job_lock(output, job):
         (folder / DONE_FILE).unlink(missing_ok=True)
         started = time.time()
-        index.update(job.id, increment=("attempts",), state="running", started=_now(), finished=None,
-                     seconds=None, error=None, host=socket.gethostname())
+        index.update(
+            job.id,
+            increment=("attempts",),
+            state="running",
+            started=_now(),
+            finished=None,
+            seconds=None,
+            error=None,
+            host=socket.gethostname(),
+        )
         if job.kind in TRAIN_KINDS and (output / job.outputs["model"] / MANIFEST_FILE).is_file():
             problem, weights = verify_trained_model(job, output)
             if problem is None:
@@ -246,8 +277,9 @@ def execute_job(job: Job, output: Path, runner: JobRunner | None = None) -> bool
             if problem:
                 raise JobFailed(problem)
         except JobFailed as exc:
-            index.update(job.id, state="failed", finished=_now(), seconds=round(time.time() - started, 3),
-                         error=str(exc))
+            index.update(
+                job.id, state="failed", finished=_now(), seconds=round(time.time() - started, 3), error=str(exc)
+            )
             return False
         except KeyboardInterrupt as exc:
             index.update(job.id, state="pending", error="interrupted", seconds=round(time.time() - started, 3))
@@ -258,8 +290,9 @@ def execute_job(job: Job, output: Path, runner: JobRunner | None = None) -> bool
         return True
 
 
-def _mark_done(job: Job, output: Path, index: RunIndex, started: float, weights: Mapping[str, Any],
-               adopted: bool = False) -> None:
+def _mark_done(
+    job: Job, output: Path, index: RunIndex, started: float, weights: Mapping[str, Any], adopted: bool = False
+) -> None:
     seconds = round(time.time() - started, 3)
     marker: dict[str, Any] = {"fingerprint": job.fingerprint, "finished": _now(), "seconds": seconds}
     if job.kind in TRAIN_KINDS:
@@ -341,8 +374,9 @@ def run_local(plan: Plan, runner: JobRunner | None = None, parallel: int = 1) ->
     return result
 
 
-def _run_parallel(waiting: list[Job], parallel: int, run_one: Any, block: Any, record: Any, finished: set[str],
-                  not_finished: set[str]) -> None:
+def _run_parallel(
+    waiting: list[Job], parallel: int, run_one: Any, block: Any, record: Any, finished: set[str], not_finished: set[str]
+) -> None:
     """The parallel loop of :func:`run_local`: start each ready job (in plan order) while fewer than ``parallel``
     run; on an interrupt, stop them all (their index entries go back to pending) and re-raise."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait

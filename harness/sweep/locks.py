@@ -84,8 +84,10 @@ def job_lock(output: Path, job: Job, wait: float | None = None) -> Iterator[int]
         if fd is not None:
             break
         if time.monotonic() >= deadline:
-            raise HarnessError(f"job {job.id} is being run by another process: {lock_holder(path)}; wait for it "
-                               "to finish or stop it, then rerun")
+            raise HarnessError(
+                f"job {job.id} is being run by another process: {lock_holder(path)}; wait for it "
+                "to finish or stop it, then rerun"
+            )
         time.sleep(0.1)
     _job_lock_fds[job.id] = fd
     try:
@@ -123,8 +125,9 @@ def sweep_lock(output: Path) -> Iterator[int]:
     path = output / SWEEP_LOCK
     fd = try_lock(path, _lock_info(command=shlex.join(sys.argv)))
     if fd is None:
-        raise HarnessError(f"another `harness sweep` is running on {output}: {lock_holder(path)}; wait for it to "
-                           "finish or stop it")
+        raise HarnessError(
+            f"another `harness sweep` is running on {output}: {lock_holder(path)}; wait for it to finish or stop it"
+        )
     try:
         yield fd
     finally:

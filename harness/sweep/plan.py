@@ -29,8 +29,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("harness.sweep")
 
 # Training settings that do not change the trained model (left out of a training job's fingerprint).
-_NON_SEMANTIC_TRAIN = ("model", "data", "output", "image_root", "resume", "report_to", "logging_steps", "save_steps",
-                       "save_total_limit", "dataloader_num_workers")
+_NON_SEMANTIC_TRAIN = (
+    "model",
+    "data",
+    "output",
+    "image_root",
+    "resume",
+    "report_to",
+    "logging_steps",
+    "save_steps",
+    "save_total_limit",
+    "dataloader_num_workers",
+)
 
 # Training settings the sweep sets itself (not allowed in the `train:` / `sft:` sections).
 _SWEEP_SET_TRAIN = ("method", "model", "data", "output", "resume")
@@ -56,8 +66,14 @@ class Point:
         return f"{name}-{self.rejected_image}" if self.rejected_image else name
 
     def params(self) -> dict[str, Any]:
-        return {"method": self.method, "data_size": self.data_size, "beta": self.beta, "epochs": self.epochs,
-                "seed": self.seed, "rejected_image": self.rejected_image}
+        return {
+            "method": self.method,
+            "data_size": self.data_size,
+            "beta": self.beta,
+            "epochs": self.epochs,
+            "seed": self.seed,
+            "rejected_image": self.rejected_image,
+        }
 
 
 @dataclass
@@ -112,9 +128,14 @@ class DataPlan:
     examples: list[PreferenceExample] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "records": self.n_records, "subset_seed": self.subset_seed,
-                "subsets": {str(k): v for k, v in self.subsets.items()}, "fingerprint": self.fingerprint,
-                "sft_source": self.sft_source}
+        return {
+            "source": self.source,
+            "records": self.n_records,
+            "subset_seed": self.subset_seed,
+            "subsets": {str(k): v for k, v in self.subsets.items()},
+            "fingerprint": self.fingerprint,
+            "sft_source": self.sft_source,
+        }
 
 
 @dataclass
@@ -176,14 +197,17 @@ def parse_data_sizes(tokens: Sequence[str], n_records: int, source: str) -> list
         if size is None or size <= 0:
             raise ConfigError(f"--data-sizes: {token!r} is not a positive record count (e.g. 500, 1k, 2.5k, all)")
         if size > n_records:
-            raise ConfigError(f"--data-sizes: {token} ({size} records) is larger than the data set: "
-                              f"{source} holds {n_records} records")
+            raise ConfigError(
+                f"--data-sizes: {token} ({size} records) is larger than the data set: "
+                f"{source} holds {n_records} records"
+            )
         sizes.append(size)
     return sorted(set(sizes))
 
 
-def nested_subsets(examples: Sequence[PreferenceExample], sizes: Sequence[int],
-                   seed: int = DEFAULT_SUBSET_SEED) -> dict[int, list[PreferenceExample]]:
+def nested_subsets(
+    examples: Sequence[PreferenceExample], sizes: Sequence[int], seed: int = DEFAULT_SUBSET_SEED
+) -> dict[int, list[PreferenceExample]]:
     """Reproducible nested subsets: the records sorted by id, shuffled once with ``seed``; size ``n`` takes the
     first ``n``. The result does not depend on the file's record order, and a smaller subset is a prefix of a
     larger one."""
@@ -236,8 +260,10 @@ def _recipe(template: str | None, method: str) -> Path | None:
 def _train_overrides(section: Mapping[str, Any], what: str) -> dict[str, Any]:
     bad = [k for k in section if k in _SWEEP_SET_TRAIN]
     if bad:
-        raise ConfigError(f"{what}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} set by the sweep "
-                          "(use the sweep's own settings: methods, model, data, output)")
+        raise ConfigError(
+            f"{what}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} set by the sweep "
+            "(use the sweep's own settings: methods, model, data, output)"
+        )
     return dict(section)
 
 
@@ -289,8 +315,10 @@ def build_plan(settings: SweepSettings) -> Plan:
     for task in settings.tasks:
         get_task(task)  # unknown names fail with the closest ones
     if settings.data is None:
-        raise ConfigError("no --data given: a preference data file, `toy` (generated toy contrast pairs) or `lab` "
-                          "(the lab's contrast pairs)")
+        raise ConfigError(
+            "no --data given: a preference data file, `toy` (generated toy contrast pairs) or `lab` "
+            "(the lab's contrast pairs)"
+        )
     if settings.lab and settings.data != "lab":
         raise ConfigError("the lab: settings apply to `data: lab` only (the lab's contrast pairs)")
     if settings.eval:
@@ -306,15 +334,18 @@ def build_plan(settings: SweepSettings) -> Plan:
         if strategy not in REJECTED_IMAGE_STRATEGIES:
             close = difflib.get_close_matches(strategy, REJECTED_IMAGE_STRATEGIES, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"--rejected-images: unknown strategy {strategy!r}{hint} "
-                              f"(strategies: {', '.join(REJECTED_IMAGE_STRATEGIES)})")
+            raise ConfigError(
+                f"--rejected-images: unknown strategy {strategy!r}{hint} "
+                f"(strategies: {', '.join(REJECTED_IMAGE_STRATEGIES)})"
+            )
 
     train_overrides = _train_overrides(settings.train, "train")
     global_steps = {"max_steps": settings.max_steps} if settings.max_steps else {}
     configs: dict[str, TrainConfig] = {}
     for method in methods:
-        configs[method] = _load_train_config(_recipe(settings.train_config, method),
-                                             {**train_overrides, **global_steps, "method": method})
+        configs[method] = _load_train_config(
+            _recipe(settings.train_config, method), {**train_overrides, **global_steps, "method": method}
+        )
     first = configs[methods[0]]
 
     # --- data
@@ -345,8 +376,14 @@ def build_plan(settings: SweepSettings) -> Plan:
     what = {"toy": "toy data", "lab": "the lab's contrast pairs (lab: n_pairs)"}.get(settings.data, source)
     grid_sizes = [parse_data_sizes(grid["data_sizes"], n_records, what) for grid in grids]
     sizes = sorted({n for gs in grid_sizes for n in gs})
-    data = DataPlan(source=source, n_records=n_records, subset_seed=settings.subset_seed,
-                    subsets={n: subset_file(n) for n in sizes}, fingerprint=data_fp, examples=examples)
+    data = DataPlan(
+        source=source,
+        n_records=n_records,
+        subset_seed=settings.subset_seed,
+        subsets={n: subset_file(n) for n in sizes},
+        fingerprint=data_fp,
+        examples=examples,
+    )
 
     jobs: list[Job] = []
     start_model = _absolute_model(settings.model)  # jobs may run in another folder (Slurm)
@@ -379,11 +416,19 @@ def build_plan(settings: SweepSettings) -> Plan:
             data.sft_source = str(sft_path)
         sft_config = _load_train_config(
             project_path(str(sft_recipe)) if sft_recipe else None,
-            {**sft_overrides, **global_steps, "method": "sft", "model": start_model, "data": str(sft_path),
-             "output": str(output / "models" / "sft")})
+            {
+                **sft_overrides,
+                **global_steps,
+                "method": "sft",
+                "model": start_model,
+                "data": str(sft_path),
+                "output": str(output / "models" / "sft"),
+            },
+        )
         _validated(sft_config)
-        sft_fingerprint = fingerprint({"kind": "sft", "config": _semantic(sft_config), "data": sft_fp,
-                                       "model": start_key})
+        sft_fingerprint = fingerprint(
+            {"kind": "sft", "config": _semantic(sft_config), "data": sft_fp, "model": start_key}
+        )
         jobs.append(_train_job("sft", "sft", "sft", (), {}, sft_config, sft_fingerprint, output, settings))
         start_model = str(output / "models" / "sft")
         start_key = f"job:sft:{sft_fingerprint}"
@@ -391,8 +436,9 @@ def build_plan(settings: SweepSettings) -> Plan:
 
     # --- the base evaluation
     base_name = settings.base_method or ("sft" if settings.sft is not None else "base")
-    jobs.append(_eval_job(base_name, start_dep, start_model, start_key, {"method": base_name}, model_name, output,
-                          settings))
+    jobs.append(
+        _eval_job(base_name, start_dep, start_model, start_key, {"method": base_name}, model_name, output, settings)
+    )
 
     # --- the grids (a point two grids share is planned once)
     planned: set[str] = {job.id for job in jobs}
@@ -403,21 +449,25 @@ def build_plan(settings: SweepSettings) -> Plan:
             epochs = grid["epochs"] or [config.epochs]
             seeds = grid["seeds"] or [config.seed]
             strategies: list[str | None] = (
-                list(grid["rejected_images"] or [config.rejected_image]) if uses_rejected_image(method) else [None])
+                list(grid["rejected_images"] or [config.rejected_image]) if uses_rejected_image(method) else [None]
+            )
             for size in gsizes:
                 for beta in betas:
                     for ep in epochs:
                         for seed in seeds:
                             for strategy in strategies:
                                 point = Point(method, size, beta, ep, seed, strategy)
-                                for job in _point_jobs(point, config, data, start_model, start_key, start_dep,
-                                                       model_name, output, settings):
+                                for job in _point_jobs(
+                                    point, config, data, start_model, start_key, start_dep, model_name, output, settings
+                                ):
                                     if job.id not in planned:
                                         planned.add(job.id)
                                         jobs.append(job)
         if grid["rejected_images"] and not any(uses_rejected_image(m) for m in grid["methods"]):
-            log.warning("--rejected-images has no effect: none of %s uses a generated rejected image (mpo does)",
-                        ", ".join(grid["methods"]))
+            log.warning(
+                "--rejected-images has no effect: none of %s uses a generated rejected image (mpo does)",
+                ", ".join(grid["methods"]),
+            )
     counts = Counter(job.id for job in jobs)
     duplicates = sorted(i for i, n in counts.items() if n > 1)
     if duplicates:  # pragma: no cover - names spell every grid value
@@ -451,54 +501,142 @@ def _size_or_none(token: str) -> int | None:
     return parse_size(token)
 
 
-def _point_jobs(point: Point, config: TrainConfig, data: DataPlan, start_model: str | None, start_key: str,
-                start_dep: tuple[str, ...], model_name: str, output: Path, settings: SweepSettings) -> list[Job]:
+def _point_jobs(
+    point: Point,
+    config: TrainConfig,
+    data: DataPlan,
+    start_model: str | None,
+    start_key: str,
+    start_dep: tuple[str, ...],
+    model_name: str,
+    output: Path,
+    settings: SweepSettings,
+) -> list[Job]:
     name = point.name
-    changes: dict[str, Any] = {"beta": point.beta, "epochs": point.epochs, "seed": point.seed,
-                               "model": start_model, "data": str(output / data.subsets[point.data_size]),
-                               "output": str(output / "models" / name), "data_format": "canonical",
-                               "image_root": None}
+    changes: dict[str, Any] = {
+        "beta": point.beta,
+        "epochs": point.epochs,
+        "seed": point.seed,
+        "model": start_model,
+        "data": str(output / data.subsets[point.data_size]),
+        "output": str(output / "models" / name),
+        "data_format": "canonical",
+        "image_root": None,
+    }
     if point.rejected_image is not None:
         changes["rejected_image"] = point.rejected_image
     train_config = _validated(dataclasses.replace(config, **changes))
-    train_fp = fingerprint({"kind": "train", "config": _semantic(train_config), "model": start_key,
-                            "data": {"source": data.fingerprint, "size": point.data_size,
-                                     "subset_seed": data.subset_seed}})
-    train = _train_job(f"train-{name}", "train", name, start_dep, point.params(), train_config, train_fp, output,
-                       settings)
-    evaluate = _eval_job(name, (train.id,), str(output / "models" / name), f"job:{train.id}:{train_fp}",
-                         point.params(), model_name, output, settings)
+    train_fp = fingerprint(
+        {
+            "kind": "train",
+            "config": _semantic(train_config),
+            "model": start_key,
+            "data": {"source": data.fingerprint, "size": point.data_size, "subset_seed": data.subset_seed},
+        }
+    )
+    train = _train_job(
+        f"train-{name}", "train", name, start_dep, point.params(), train_config, train_fp, output, settings
+    )
+    evaluate = _eval_job(
+        name,
+        (train.id,),
+        str(output / "models" / name),
+        f"job:{train.id}:{train_fp}",
+        point.params(),
+        model_name,
+        output,
+        settings,
+    )
     return [train, evaluate]
 
 
-def _train_job(job_id: str, kind: str, name: str, deps: tuple[str, ...], params: dict[str, Any],
-               config: TrainConfig, fp: str, output: Path, settings: SweepSettings) -> Job:
-    return Job(id=job_id, kind=kind, name=name, deps=deps, params=params, fingerprint=fp,
-               argv=["train", "--config", str(output / "jobs" / job_id / TRAIN_YAML)],
-               outputs={"model": f"models/{name}"},
-               expect=[f"models/{name}/config.json", f"models/{name}/{MANIFEST_FILE}"],
-               launcher=settings.train_launcher, train_config=config.to_dict())
+def _train_job(
+    job_id: str,
+    kind: str,
+    name: str,
+    deps: tuple[str, ...],
+    params: dict[str, Any],
+    config: TrainConfig,
+    fp: str,
+    output: Path,
+    settings: SweepSettings,
+) -> Job:
+    return Job(
+        id=job_id,
+        kind=kind,
+        name=name,
+        deps=deps,
+        params=params,
+        fingerprint=fp,
+        argv=["train", "--config", str(output / "jobs" / job_id / TRAIN_YAML)],
+        outputs={"model": f"models/{name}"},
+        expect=[f"models/{name}/config.json", f"models/{name}/{MANIFEST_FILE}"],
+        launcher=settings.train_launcher,
+        train_config=config.to_dict(),
+    )
 
 
-def _eval_job(name: str, deps: tuple[str, ...], model: str | None, model_key: str, params: dict[str, Any],
-              model_name: str, output: Path, settings: SweepSettings) -> Job:
+def _eval_job(
+    name: str,
+    deps: tuple[str, ...],
+    model: str | None,
+    model_key: str,
+    params: dict[str, Any],
+    model_name: str,
+    output: Path,
+    settings: SweepSettings,
+) -> Job:
     from reports.frame import model_size_of
 
     # --overwrite: the run folder belongs to the sweep; predictions made with other settings (a retrained model,
     # another engine) are stale and discarded, while a rerun with the same settings resumes as usual
-    argv = ["run", *(["--model", model] if model is not None else []), "--tasks", ",".join(settings.tasks),
-            "--output-path", str(output / "runs"), "--run-name", name, "--no-progress", "--overwrite"]
+    argv = [
+        "run",
+        *(["--model", model] if model is not None else []),
+        "--tasks",
+        ",".join(settings.tasks),
+        "--output-path",
+        str(output / "runs"),
+        "--run-name",
+        name,
+        "--no-progress",
+        "--overwrite",
+    ]
     if settings.engine:
         argv += ["--engine", settings.engine]
     if settings.limit:
         argv += ["--limit", str(settings.limit)]
     argv += _flags(settings.eval)
-    fp = fingerprint({"kind": "eval", "model": model_key, "tasks": settings.tasks, "limit": settings.limit,
-                      "engine": settings.engine, "eval": settings.eval})
-    job_json = JobInfo(method=params.get("method"), data_size=params.get("data_size"), beta=params.get("beta"),
-                       epochs=params.get("epochs"), seed=params.get("seed"), model=model_name,
-                       model_size=model_size_of(model_name), rejected_image=params.get("rejected_image"),
-                       name=name).to_dict()
-    return Job(id=f"eval-{name}", kind="eval", name=name, deps=deps, params=params, fingerprint=fp, argv=argv,
-               outputs={"run": f"runs/{name}"}, expect=[f"runs/{name}/{t}/metrics.json" for t in settings.tasks],
-               job_json=job_json)
+    fp = fingerprint(
+        {
+            "kind": "eval",
+            "model": model_key,
+            "tasks": settings.tasks,
+            "limit": settings.limit,
+            "engine": settings.engine,
+            "eval": settings.eval,
+        }
+    )
+    job_json = JobInfo(
+        method=params.get("method"),
+        data_size=params.get("data_size"),
+        beta=params.get("beta"),
+        epochs=params.get("epochs"),
+        seed=params.get("seed"),
+        model=model_name,
+        model_size=model_size_of(model_name),
+        rejected_image=params.get("rejected_image"),
+        name=name,
+    ).to_dict()
+    return Job(
+        id=f"eval-{name}",
+        kind="eval",
+        name=name,
+        deps=deps,
+        params=params,
+        fingerprint=fp,
+        argv=argv,
+        outputs={"run": f"runs/{name}"},
+        expect=[f"runs/{name}/{t}/metrics.json" for t in settings.tasks],
+        job_json=job_json,
+    )

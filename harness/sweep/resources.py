@@ -10,8 +10,7 @@ from typing import Any
 from harness.errors import ConfigError
 from harness.sweep.layout import KINDS
 
-_RESOURCE_KEYS = ("gpus", "cpus", "mem", "time", "partition", "account", "qos", "constraint", "nodes", "setup",
-                  "extra")
+_RESOURCE_KEYS = ("gpus", "cpus", "mem", "time", "partition", "account", "qos", "constraint", "nodes", "setup", "extra")
 
 
 def _minutes(value: Any, where: str) -> int:
@@ -81,8 +80,10 @@ def slurm_parameters(section: Mapping[str, Any], kind: str) -> dict[str, Any]:
         if key not in _RESOURCE_KEYS:
             close = difflib.get_close_matches(str(key), _RESOURCE_KEYS, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"{at}: unknown resource {key!r}{hint} (resources: {', '.join(_RESOURCE_KEYS)}, "
-                              f"and per-kind sections {', '.join(KINDS)})")
+            raise ConfigError(
+                f"{at}: unknown resource {key!r}{hint} (resources: {', '.join(_RESOURCE_KEYS)}, "
+                f"and per-kind sections {', '.join(KINDS)})"
+            )
         if value is None:
             continue
         if key in ("gpus", "cpus", "nodes"):

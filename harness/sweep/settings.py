@@ -85,8 +85,7 @@ class SweepSettings:
 
 _STR_LISTS = ("methods", "tasks", "rejected_images")
 _FLOAT_LISTS = ("betas", "epochs")
-_STRINGS = ("output", "model", "data", "data_format", "image_root", "train_config", "engine", "executor",
-            "base_method")
+_STRINGS = ("output", "model", "data", "data_format", "image_root", "train_config", "engine", "executor", "base_method")
 _INTS = ("subset_seed", "toy_pairs", "toy_captions", "limit", "max_steps", "parallel")
 _MAPPINGS = ("train", "eval", "report", "slurm", "lab", "parallel")
 #: The keys a further grid (``grids:``) may set.
@@ -116,8 +115,21 @@ def coerce_setting(key: str, value: Any, source: str) -> Any:
         close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(close)}?)" if close else f" (known keys: {', '.join(names)})"
         raise ConfigError(f"{source}: unknown sweep setting {key!r}{hint}")
-    nullable = key not in ("methods", "data_sizes", "tasks", "subset_seed", "toy_captions", "no_report", "executor",
-                           "train", "eval", "report", "slurm", "lab", "parallel")
+    nullable = key not in (
+        "methods",
+        "data_sizes",
+        "tasks",
+        "subset_seed",
+        "toy_captions",
+        "no_report",
+        "executor",
+        "train",
+        "eval",
+        "report",
+        "slurm",
+        "lab",
+        "parallel",
+    )
     if value is None:
         if nullable:
             return None
@@ -163,8 +175,9 @@ def coerce_setting(key: str, value: Any, source: str) -> Any:
         return {str(k): v for k, v in value.items()}
     if key == "grids":
         if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(f"{source}: grids must be a non-empty list of grids (mappings of "
-                              f"{', '.join(GRID_KEYS)}), got {value!r}")
+            raise ConfigError(
+                f"{source}: grids must be a non-empty list of grids (mappings of {', '.join(GRID_KEYS)}), got {value!r}"
+            )
         grids = []
         for i, grid in enumerate(value, 1):
             where = f"{source}: grids[{i}]"

@@ -29,8 +29,9 @@ def _slurm_alive(job_ids: Sequence[str]) -> set[str]:
     squeue = shutil.which("squeue")
     if squeue is None:
         raise HarnessError("cannot tell whether the jobs submitted earlier still run: no `squeue` on PATH")
-    proc = subprocess.run([squeue, "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [squeue, "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
         raise HarnessError(f"squeue failed (exit status {proc.returncode}): {proc.stderr.strip()}")
     listed = {line.strip() for line in proc.stdout.splitlines() if line.strip()}
@@ -40,8 +41,9 @@ def _slurm_alive(job_ids: Sequence[str]) -> set[str]:
 def slurm_executor(folder: Path) -> Any:
     """A submitit Slurm executor writing under ``folder``; a clear error when submitit or Slurm is missing."""
     if shutil.which("sbatch") is None:
-        raise HarnessError("Slurm is unreachable: no `sbatch` on PATH (run the sweep on a Slurm login node, or "
-                           "use --executor local)")
+        raise HarnessError(
+            "Slurm is unreachable: no `sbatch` on PATH (run the sweep on a Slurm login node, or use --executor local)"
+        )
     try:
         import submitit
     except ImportError as exc:
@@ -50,8 +52,12 @@ def slurm_executor(folder: Path) -> Any:
         return submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")
     except ImportError as exc:  # a module submitit imports lazily (old submitit: pkg_resources of setuptools < 81)
         missing = getattr(exc, "name", None) or str(exc)
-        raise MissingPackage(str(missing), f"submitit {getattr(submitit, '__version__', '')} (--executor slurm)",
-                             "extra:slurm", detail=str(exc)) from None
+        raise MissingPackage(
+            str(missing),
+            f"submitit {getattr(submitit, '__version__', '')} (--executor slurm)",
+            "extra:slurm",
+            detail=str(exc),
+        ) from None
     except Exception as exc:  # submitit raises RuntimeError when srun is missing
         raise HarnessError(f"Slurm is unreachable: {exc}") from exc
 
@@ -63,8 +69,11 @@ def run_slurm(plan: Plan, entries: Mapping[str, Mapping[str, Any]]) -> SweepResu
     executor = slurm_executor(plan.output / "slurm")
     result = SweepResult()
     index = RunIndex(plan.output)
-    earlier = {e["slurm_job_id"]: job_id for job_id, e in entries.items()
-               if e.get("slurm_job_id") and e.get("state") in ("pending", "running")}
+    earlier = {
+        e["slurm_job_id"]: job_id
+        for job_id, e in entries.items()
+        if e.get("slurm_job_id") and e.get("state") in ("pending", "running")
+    }
     alive = _slurm_alive(sorted(earlier))
     slurm_ids: dict[str, str] = {earlier[sid]: sid for sid in alive}
     for job in plan.jobs:
@@ -89,8 +98,12 @@ def run_slurm(plan: Plan, entries: Mapping[str, Mapping[str, Any]]) -> SweepResu
         slurm_ids[job.id] = str(submitted.job_id)
         result.submitted[job.id] = slurm_ids[job.id]
         index.update(job.id, state="pending", slurm_job_id=slurm_ids[job.id], submitted=_now(), error=None)
-        log.info("%s: submitted as Slurm job %s%s", job.id, slurm_ids[job.id],
-                 f" (after {', '.join(waits)})" if waits else "")
+        log.info(
+            "%s: submitted as Slurm job %s%s",
+            job.id,
+            slurm_ids[job.id],
+            f" (after {', '.join(waits)})" if waits else "",
+        )
     return result
 
 

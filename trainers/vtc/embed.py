@@ -160,8 +160,13 @@ class ImagePool:
         return ImagePool(self.kind, self.location, list(items), self.image_column, self.split)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "location": self.location, "image_column": self.image_column,
-                "split": self.split, "images": len(self.items)}
+        return {
+            "kind": self.kind,
+            "location": self.location,
+            "image_column": self.image_column,
+            "split": self.split,
+            "images": len(self.items),
+        }
 
     def ids_digest(self) -> str:
         """SHA-256 of the ordered ids: two pools with the same images in the same order share it."""
@@ -184,8 +189,14 @@ class ImagePool:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the pool as JSONL: a header line (kind, location...), then one line per image."""
-        header = {"format": EMBED_FORMAT, "kind": self.kind, "location": self.location,
-                  "image_column": self.image_column, "split": self.split, "images": len(self.items)}
+        header = {
+            "format": EMBED_FORMAT,
+            "kind": self.kind,
+            "location": self.location,
+            "image_column": self.image_column,
+            "split": self.split,
+            "images": len(self.items),
+        }
         lines = [dumps_record({"pool": header})]
         lines += [dumps_record({k: v for k, v in asdict(it).items() if v is not None}) for it in self.items]
         atomic_write_text(path, "\n".join(lines) + "\n")
@@ -202,8 +213,9 @@ class ImagePool:
                 header = obj["pool"]
                 continue
             try:
-                items.append(ImageItem(int(obj["index"]), str(obj["id"]), str(obj["source"]), obj.get("path"),
-                                       obj.get("row")))
+                items.append(
+                    ImageItem(int(obj["index"]), str(obj["id"]), str(obj["source"]), obj.get("path"), obj.get("row"))
+                )
             except (KeyError, TypeError, ValueError) as exc:
                 raise DataError(f"malformed image entry ({exc})", path=path, line=lineno) from exc
         if header is None:
@@ -220,19 +232,28 @@ def decode_image(data: bytes) -> Any:
         return img.convert("RGB")
 
 
-def open_source(source: str | os.PathLike[str], *, image_column: str | None = None,
-                source_column: str | None = None, split: str | None = None) -> ImagePool:
+def open_source(
+    source: str | os.PathLike[str],
+    *,
+    image_column: str | None = None,
+    source_column: str | None = None,
+    split: str | None = None,
+) -> ImagePool:
     """The image pool of ``source``: a folder, a file list or a Hugging Face dataset saved to disk."""
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError("image source not found (expected a folder, a file list or a dataset saved with "
-                        "datasets' save_to_disk)", path=path)
+        raise DataError(
+            "image source not found (expected a folder, a file list or a dataset saved with datasets' save_to_disk)",
+            path=path,
+        )
     path = path.resolve()
     if path.is_dir() and _is_hf_dataset(path):
         return _dataset_pool(path, image_column, source_column, split)
     if image_column or source_column or split:
-        raise ConfigError("--image-column, --source-column and --split apply to a Hugging Face dataset on disk; "
-                          f"{path} is a {'folder' if path.is_dir() else 'file list'}")
+        raise ConfigError(
+            "--image-column, --source-column and --split apply to a Hugging Face dataset on disk; "
+            f"{path} is a {'folder' if path.is_dir() else 'file list'}"
+        )
     if path.is_dir():
         return _folder_pool(path)
     return _list_pool(path)
@@ -240,7 +261,8 @@ def open_source(source: str | os.PathLike[str], *, image_column: str | None = No
 
 def _is_hf_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (
-        (path / "dataset_info.json").is_file() and (path / "state.json").is_file())
+        (path / "dataset_info.json").is_file() and (path / "state.json").is_file()
+    )
 
 
 def _folder_pool(root: Path) -> ImagePool:
@@ -275,8 +297,9 @@ def _list_pool(list_path: Path) -> ImagePool:
         image, _, source = line.partition("\t")
         image, source = image.strip(), source.strip()
         if image in seen:
-            raise DataError(f"image {image!r} is listed twice (first at line {seen[image]})", path=list_path,
-                            line=lineno)
+            raise DataError(
+                f"image {image!r} is listed twice (first at line {seen[image]})", path=list_path, line=lineno
+            )
         seen[image] = lineno
         full = Path(image).expanduser()
         if not full.is_absolute():
@@ -291,8 +314,9 @@ def _list_pool(list_path: Path) -> ImagePool:
     return ImagePool("list", str(list_path), items)
 
 
-def _load_dataset(path: Path, split: str | None, image_column: str | None, *,
-                  decode: bool) -> tuple[Any, str | None, str]:
+def _load_dataset(
+    path: Path, split: str | None, image_column: str | None, *, decode: bool
+) -> tuple[Any, str | None, str]:
     """(dataset, split, image column) of a dataset on disk; with ``decode=False`` the images stay bytes."""
     try:
         import datasets
@@ -408,8 +432,10 @@ def _load_weights(cls: Any, path: str, what: str, **kwargs: Any) -> Any:
         transformers.logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        raise ModelError(f"{path}: the {what} checkpoint lacks {len(missing)} weights (first: {missing[0]}); "
-                         "expected a CLIP or DINOv2 checkpoint in the transformers layout")
+        raise ModelError(
+            f"{path}: the {what} checkpoint lacks {len(missing)} weights (first: {missing[0]}); "
+            "expected a CLIP or DINOv2 checkpoint in the transformers layout"
+        )
     return model
 
 
@@ -424,8 +450,15 @@ def _torch_dtype(name: str, device: str) -> Any:
 class ImageEncoders:
     """CLIP (``image_embeds``) and DINOv2 (CLS or mean-pooled) image encoders on one device."""
 
-    def __init__(self, clip_model: str, dino_model: str, *, device: str | None = None, dtype: str = "auto",
-                 dino_pooling: str = "cls"):
+    def __init__(
+        self,
+        clip_model: str,
+        dino_model: str,
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        dino_pooling: str = "cls",
+    ):
         import torch
         from transformers import AutoConfig, AutoModel, CLIPVisionModelWithProjection
 
@@ -437,17 +470,21 @@ class ImageEncoders:
         if config.model_type == "clip":  # a full CLIP checkpoint: its vision tower, with the projection's width
             vision = config.vision_config
             vision.projection_dim = config.projection_dim
-            self.clip = _load_weights(CLIPVisionModelWithProjection, clip_model, "CLIP model", config=vision,
-                                      dtype=self.dtype)
+            self.clip = _load_weights(
+                CLIPVisionModelWithProjection, clip_model, "CLIP model", config=vision, dtype=self.dtype
+            )
         elif config.model_type == "clip_vision_model":
             self.clip = _load_weights(CLIPVisionModelWithProjection, clip_model, "CLIP model", dtype=self.dtype)
         else:
-            raise ModelError(f"{clip_model}: expected a CLIP checkpoint (model_type clip or clip_vision_model), "
-                             f"found {config.model_type!r}")
+            raise ModelError(
+                f"{clip_model}: expected a CLIP checkpoint (model_type clip or clip_vision_model), "
+                f"found {config.model_type!r}"
+            )
         dconfig = _load(AutoConfig.from_pretrained, dino_model, "DINOv2 config")
         if not str(dconfig.model_type).startswith("dinov2"):
-            raise ModelError(f"{dino_model}: expected a DINOv2 checkpoint (model_type dinov2...), "
-                             f"found {dconfig.model_type!r}")
+            raise ModelError(
+                f"{dino_model}: expected a DINOv2 checkpoint (model_type dinov2...), found {dconfig.model_type!r}"
+            )
         self.dino = _load_weights(AutoModel, dino_model, "DINOv2 model", dtype=self.dtype)
         self._registers = int(getattr(dconfig, "num_register_tokens", 0) or 0)
         self.clip.to(self.device).eval()
@@ -463,7 +500,7 @@ class ImageEncoders:
             if self.dino_pooling == "cls":
                 d = out.pooler_output
             else:
-                d = out.last_hidden_state[:, 1 + self._registers:].mean(dim=1)
+                d = out.last_hidden_state[:, 1 + self._registers :].mean(dim=1)
             c = torch.nn.functional.normalize(c.float(), dim=-1)
             d = torch.nn.functional.normalize(d.float(), dim=-1)
         return c.cpu().numpy(), d.cpu().numpy()
@@ -572,10 +609,17 @@ def embed_settings(pool: ImagePool, config: EmbedConfig) -> dict[str, Any]:
     def model_hash(path: str) -> str | None:
         return content_hash(path) if Path(path).exists() else None
 
-    return {"format": EMBED_FORMAT, "source": pool.describe(), "ids_sha256": pool.ids_digest(),
-            "clip_model": config.clip_model, "clip_model_hash": model_hash(config.clip_model),
-            "dino_model": config.dino_model, "dino_model_hash": model_hash(config.dino_model),
-            "dino_pooling": config.dino_pooling, "shard_size": config.shard_size}
+    return {
+        "format": EMBED_FORMAT,
+        "source": pool.describe(),
+        "ids_sha256": pool.ids_digest(),
+        "clip_model": config.clip_model,
+        "clip_model_hash": model_hash(config.clip_model),
+        "dino_model": config.dino_model,
+        "dino_model_hash": model_hash(config.dino_model),
+        "dino_pooling": config.dino_pooling,
+        "shard_size": config.shard_size,
+    }
 
 
 def _check_manifest(embed_dir: Path, settings: dict[str, Any]) -> None:
@@ -584,8 +628,10 @@ def _check_manifest(embed_dir: Path, settings: dict[str, Any]) -> None:
         old = read_json(path).get("settings")
         if old != settings:
             diff = sorted(k for k in set(old or {}) | set(settings) if (old or {}).get(k) != settings.get(k))
-            raise ConfigError(f"{embed_dir} holds embeddings made with other settings (differing: "
-                              f"{', '.join(diff)}); use another --output, or delete {embed_dir} to start over")
+            raise ConfigError(
+                f"{embed_dir} holds embeddings made with other settings (differing: "
+                f"{', '.join(diff)}); use another --output, or delete {embed_dir} to start over"
+            )
     else:
         atomic_write_json(path, {"settings": settings})
 
@@ -598,9 +644,16 @@ def rank_and_world() -> tuple[int, int]:
     return rank, world
 
 
-def embed_images(pool: ImagePool, out_dir: str | os.PathLike[str], config: EmbedConfig, *,
-                 rank: int | None = None, world_size: int | None = None, progress: bool = True,
-                 encoders: ImageEncoders | None = None) -> EmbedResult:
+def embed_images(
+    pool: ImagePool,
+    out_dir: str | os.PathLike[str],
+    config: EmbedConfig,
+    *,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+    encoders: ImageEncoders | None = None,
+) -> EmbedResult:
     """Embed the pool's images into ``out_dir/embed``: this rank's unfinished shards, then the summary if all are done.
 
     ``rank`` / ``world_size`` default to :func:`rank_and_world`. ``encoders`` may be passed to reuse loaded models.
@@ -628,11 +681,15 @@ def embed_images(pool: ImagePool, out_dir: str | os.PathLike[str], config: Embed
 
         preprocess = Preprocessor(config.clip_model, config.dino_model)
         if encoders is None:
-            encoders = ImageEncoders(config.clip_model, config.dino_model, device=config.device,
-                                     dtype=config.dtype, dino_pooling=config.dino_pooling)
+            encoders = ImageEncoders(
+                config.clip_model,
+                config.dino_model,
+                device=config.device,
+                dtype=config.dtype,
+                dino_pooling=config.dino_pooling,
+            )
         total = sum(len(_shard_items(pool, k, config.shard_size)) for k in todo)
-        with tqdm(total=total, desc="embed", unit="img", file=sys.stderr,
-                  disable=None if progress else True) as bar:
+        with tqdm(total=total, desc="embed", unit="img", file=sys.stderr, disable=None if progress else True) as bar:
             for k in todo:
                 info = _embed_shard(pool, k, config, shards_dir, preprocess, encoders, bar)
                 embedded += len(info.ids)
@@ -645,7 +702,7 @@ def embed_images(pool: ImagePool, out_dir: str | os.PathLike[str], config: Embed
 
 
 def _shard_items(pool: ImagePool, k: int, shard_size: int) -> list[ImageItem]:
-    return pool.items[k * shard_size:(k + 1) * shard_size]
+    return pool.items[k * shard_size : (k + 1) * shard_size]
 
 
 def _remove_tmp_files(shards_dir: Path, shards: set[int]) -> None:
@@ -656,14 +713,26 @@ def _remove_tmp_files(shards_dir: Path, shards: set[int]) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _embed_shard(pool: ImagePool, k: int, config: EmbedConfig, shards_dir: Path, preprocess: Preprocessor,
-                 encoders: ImageEncoders, bar: Any) -> ShardInfo:
+def _embed_shard(
+    pool: ImagePool,
+    k: int,
+    config: EmbedConfig,
+    shards_dir: Path,
+    preprocess: Preprocessor,
+    encoders: ImageEncoders,
+    bar: Any,
+) -> ShardInfo:
     import torch
     from torch.utils.data import DataLoader
 
     items = _shard_items(pool, k, config.shard_size)
-    loader = DataLoader(_ShardImages(pool, items, preprocess), batch_size=config.batch_size,
-                        num_workers=config.workers, collate_fn=_collate, shuffle=False)
+    loader = DataLoader(
+        _ShardImages(pool, items, preprocess),
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        collate_fn=_collate,
+        shuffle=False,
+    )
     clip_parts: list[np.ndarray] = []
     dino_parts: list[np.ndarray] = []
     ids: list[str] = []
@@ -683,15 +752,24 @@ def _embed_shard(pool: ImagePool, k: int, config: EmbedConfig, shards_dir: Path,
             hashes += [str(b[3]) for b in good]
         bar.update(len(batch))
     if not ids and len(items) >= 8:
-        raise DataError(f"shard {k}: none of its {len(items)} images could be read or preprocessed; the first "
-                        f"error: {bad[0]['error']}", path=pool.location)
+        raise DataError(
+            f"shard {k}: none of its {len(items)} images could be read or preprocessed; the first "
+            f"error: {bad[0]['error']}",
+            path=pool.location,
+        )
     clip = np.concatenate(clip_parts) if clip_parts else np.zeros((0, 0), np.float32)
     dino = np.concatenate(dino_parts) if dino_parts else np.zeros((0, 0), np.float32)
     name = shard_name(k)
     _save_npy(shards_dir / f"{name}.clip.npy", clip.astype(np.float32))
     _save_npy(shards_dir / f"{name}.dino.npy", dino.astype(np.float32))
-    info = {"shard": k, "ids": ids, "sha256": hashes, "unreadable": bad,
-            "clip_dim": int(clip.shape[1]) if ids else None, "dino_dim": int(dino.shape[1]) if ids else None}
+    info = {
+        "shard": k,
+        "ids": ids,
+        "sha256": hashes,
+        "unreadable": bad,
+        "clip_dim": int(clip.shape[1]) if ids else None,
+        "dino_dim": int(dino.shape[1]) if ids else None,
+    }
     atomic_write_json(shards_dir / f"{name}.json", info)  # last: the shard is finished now
     return ShardInfo(k, ids, hashes, bad, info["clip_dim"], info["dino_dim"])
 
@@ -708,10 +786,17 @@ def finalize_embeddings(out_dir: Path, n_shards: int) -> dict[str, Any] | None:
     bad = [b for i in infos if i is not None for b in i.unreadable]
     embedded = Counter(sources[x] for i in infos if i is not None for x in i.ids)
     unreadable = Counter(b["source"] for b in bad)
-    per_source = {s: {"images": embedded[s] + unreadable[s], "embedded": embedded[s], "unreadable": unreadable[s]}
-                  for s in sorted(set(embedded) | set(unreadable))}
-    summary = {"images": len(pool), "embedded": sum(embedded.values()), "unreadable": len(bad),
-               "shards": n_shards, "per_source": per_source}
+    per_source = {
+        s: {"images": embedded[s] + unreadable[s], "embedded": embedded[s], "unreadable": unreadable[s]}
+        for s in sorted(set(embedded) | set(unreadable))
+    }
+    summary = {
+        "images": len(pool),
+        "embedded": sum(embedded.values()),
+        "unreadable": len(bad),
+        "shards": n_shards,
+        "per_source": per_source,
+    }
     atomic_write_text(embed_dir / "unreadable.jsonl", "".join(dumps_record(b) + "\n" for b in bad))
     atomic_write_json(embed_dir / "summary.json", summary)
     return summary
@@ -747,7 +832,7 @@ class ShardedRows:
             hi = lo + part.shape[0]
             if hi <= start or lo >= stop:
                 continue
-            out.append(np.asarray(part[max(start, lo) - lo:min(stop, hi) - lo], dtype=np.float32))
+            out.append(np.asarray(part[max(start, lo) - lo : min(stop, hi) - lo], dtype=np.float32))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def take(self, index: np.ndarray) -> np.ndarray:
@@ -785,8 +870,10 @@ def load_embeddings(out_dir: str | os.PathLike[str]) -> Embeddings:
     infos = [read_shard_info(shards_dir, k) for k in range(n_shards)]
     missing = [k for k, i in enumerate(infos) if i is None]
     if missing:
-        raise ConfigError(f"{len(missing)} of {n_shards} embedding shards in {shards_dir} are unfinished (first: "
-                          f"{shard_name(missing[0])}); rerun `harness build-vtc --stage embed` to finish them")
+        raise ConfigError(
+            f"{len(missing)} of {n_shards} embedding shards in {shards_dir} are unfinished (first: "
+            f"{shard_name(missing[0])}); rerun `harness build-vtc --stage embed` to finish them"
+        )
     if not (embed_dir / "summary.json").is_file():
         finalize_embeddings(Path(out_dir), n_shards)
     pool = ImagePool.load(embed_dir / "images.jsonl")
@@ -796,8 +883,11 @@ def load_embeddings(out_dir: str | os.PathLike[str]) -> Embeddings:
     clip = ShardedRows(shards_dir / f"{shard_name(k)}.clip.npy" for k in range(n_shards))
     dino = ShardedRows(shards_dir / f"{shard_name(k)}.dino.npy" for k in range(n_shards))
     if len(clip) != len(ids) or len(dino) != len(ids):
-        raise DataError(f"the shards hold {len(clip)} CLIP and {len(dino)} DINOv2 rows for {len(ids)} ids; "
-                        "delete the damaged shard's .json to redo it", path=shards_dir)
+        raise DataError(
+            f"the shards hold {len(clip)} CLIP and {len(dino)} DINOv2 rows for {len(ids)} ids; "
+            "delete the damaged shard's .json to redo it",
+            path=shards_dir,
+        )
     return Embeddings(ids, [sources[x] for x in ids], hashes, clip, dino)
 
 
@@ -810,7 +900,20 @@ def load_pool(out_dir: str | os.PathLike[str]) -> ImagePool:
 
 
 __all__ = [
-    "DEFAULT_CLIP_MODEL", "DEFAULT_DINO_MODEL", "EmbedConfig", "EmbedResult", "Embeddings", "ImageEncoders",
-    "ImageItem", "ImagePool", "Preprocessor", "ShardedRows", "decode_image", "embed_images", "load_embeddings",
-    "load_pool", "open_source", "rank_and_world",
+    "DEFAULT_CLIP_MODEL",
+    "DEFAULT_DINO_MODEL",
+    "EmbedConfig",
+    "EmbedResult",
+    "Embeddings",
+    "ImageEncoders",
+    "ImageItem",
+    "ImagePool",
+    "Preprocessor",
+    "ShardedRows",
+    "decode_image",
+    "embed_images",
+    "load_embeddings",
+    "load_pool",
+    "open_source",
+    "rank_and_world",
 ]

@@ -56,7 +56,9 @@ STATUSES = ("labelled", "failed", "refusal", "malformed", "no_difference", "unre
 
 _REFUSAL = re.compile(
     r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i can(?:'|no)t|i am unable|i'?m unable|unable to (?:help|assist|comply)|"
-    r"not able to (?:help|assist)|as an ai)\b", re.IGNORECASE)
+    r"not able to (?:help|assist)|as an ai)\b",
+    re.IGNORECASE,
+)
 _FENCE = re.compile(r"```(?:json)?\s*\n?(.*?)\n?\s*```", re.DOTALL)
 
 
@@ -71,8 +73,9 @@ def image_data_url(image: Any, max_side: int = 768, quality: int = 90) -> str:
     img = image.convert("RGB") if image.mode != "RGB" else image
     if max(img.size) > max_side:
         scale = max_side / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.Resampling.BICUBIC)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC
+        )
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality, optimize=False, progressive=False, subsampling=0)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -94,8 +97,9 @@ def parse_json_reply(text: str) -> dict[str, Any]:
         stripped = fenced.group(1).strip()
     if not stripped.startswith("{"):
         kind = "refusal" if _REFUSAL.search(text) else "malformed"
-        raise ReplyError(kind, "the reply is not a JSON object" + (" (it reads as a refusal)" if kind == "refusal"
-                                                                    else ""))
+        raise ReplyError(
+            kind, "the reply is not a JSON object" + (" (it reads as a refusal)" if kind == "refusal" else "")
+        )
     try:
         obj = json.loads(stripped)
     except json.JSONDecodeError as exc:
@@ -129,9 +133,18 @@ def _score(obj: dict[str, Any], key: str, where: str) -> float:
 def label_prompt() -> str:
     """The instruction sent after the two images (the same for every pair)."""
     types = "\n".join(f"{k}. {t.name}: {t.definition}" for k, t in enumerate(contrast_types(), start=1))
-    example = {"difference": "<one sentence: the main visible difference between Image 1 and Image 2>",
-               "scores": [{"type": contrast_types()[0].name, "importance": 0, "hallucination_likelihood": 0,
-                           "rationale": "<one sentence>"}, "... one entry for each of the nine types, in order"]}
+    example = {
+        "difference": "<one sentence: the main visible difference between Image 1 and Image 2>",
+        "scores": [
+            {
+                "type": contrast_types()[0].name,
+                "importance": 0,
+                "hallucination_likelihood": 0,
+                "rationale": "<one sentence>",
+            },
+            "... one entry for each of the nine types, in order",
+        ],
+    }
     return (
         "Image 1 and Image 2 look almost the same to a CLIP image encoder, yet a self-supervised vision model sees "
         "them as different. Find out how they differ.\n\n"
@@ -183,9 +196,12 @@ def parse_label(text: str) -> tuple[tuple[TypeScore, ...], str]:
             raise ReplyError("malformed", f"{where}unknown contrast type {name!r}")
         if t.name in found:
             raise ReplyError("malformed", f"{where}type {t.name!r} is scored twice")
-        found[t.name] = TypeScore(t.name, _score(entry, "importance", where),
-                                  _score(entry, "hallucination_likelihood", where),
-                                  _text_field(entry, "rationale", where))
+        found[t.name] = TypeScore(
+            t.name,
+            _score(entry, "importance", where),
+            _score(entry, "hallucination_likelihood", where),
+            _text_field(entry, "rationale", where),
+        )
     missing = [t.name for t in contrast_types() if t.name not in found]
     if missing:
         raise ReplyError("malformed", f"no scores for {', '.join(missing)}")
@@ -229,10 +245,21 @@ class Label:
 
     @classmethod
     def from_record(cls, obj: dict[str, Any]) -> Label:
-        scores = tuple(TypeScore(s["type"], float(s["importance"]), float(s["hallucination_likelihood"]),
-                                 s["rationale"]) for s in obj.get("scores") or ())
-        return cls(obj["pair_id"], obj["status"], obj.get("contrast_type"), obj.get("difference"), scores,
-                   obj.get("error"), obj.get("reply"), obj.get("model"), int(obj.get("prompt_version", 0)))
+        scores = tuple(
+            TypeScore(s["type"], float(s["importance"]), float(s["hallucination_likelihood"]), s["rationale"])
+            for s in obj.get("scores") or ()
+        )
+        return cls(
+            obj["pair_id"],
+            obj["status"],
+            obj.get("contrast_type"),
+            obj.get("difference"),
+            scores,
+            obj.get("error"),
+            obj.get("reply"),
+            obj.get("model"),
+            int(obj.get("prompt_version", 0)),
+        )
 
 
 def label_from_reply(pair_id: str, text: str | None, error: str | None, model: str) -> Label:
@@ -245,8 +272,14 @@ def label_from_reply(pair_id: str, text: str | None, error: str | None, model: s
         return Label(pair_id, exc.kind, error=str(exc), reply=text[:2000], model=model)
     best = choose_type(scores)
     if best is None:
-        return Label(pair_id, "no_difference", difference=difference, scores=scores,
-                     error="every contrast type scored 0", model=model)
+        return Label(
+            pair_id,
+            "no_difference",
+            difference=difference,
+            scores=scores,
+            error="every contrast type scored 0",
+            model=model,
+        )
     return Label(pair_id, "labelled", best.type, difference, scores, model=model)
 
 
@@ -256,9 +289,13 @@ def label_from_reply(pair_id: str, text: str | None, error: str | None, model: s
 
 def pair_images_content(url_a: str, url_b: str, text: str) -> list[dict[str, Any]]:
     """One user message's content: "Image 1:", the first image, "Image 2:", the second, then the instruction."""
-    return [{"type": "text", "text": "Image 1:"}, {"type": "image_url", "image_url": {"url": url_a}},
-            {"type": "text", "text": "Image 2:"}, {"type": "image_url", "image_url": {"url": url_b}},
-            {"type": "text", "text": text}]
+    return [
+        {"type": "text", "text": "Image 1:"},
+        {"type": "image_url", "image_url": {"url": url_a}},
+        {"type": "text", "text": "Image 2:"},
+        {"type": "image_url", "image_url": {"url": url_b}},
+        {"type": "text", "text": text},
+    ]
 
 
 @dataclass
@@ -270,8 +307,10 @@ class PairImages:
 
     def urls(self, id_a: str, id_b: str) -> tuple[str, str]:
         pool = self.pool
-        return (image_data_url(pool.open(pool.item(id_a)), self.max_side),
-                image_data_url(pool.open(pool.item(id_b)), self.max_side))
+        return (
+            image_data_url(pool.open(pool.item(id_a)), self.max_side),
+            image_data_url(pool.open(pool.item(id_b)), self.max_side),
+        )
 
 
 def read_labels(out_dir: str | os.PathLike[str], *, required: bool = True) -> list[Label]:
@@ -294,7 +333,7 @@ def read_labels(out_dir: str | os.PathLike[str], *, required: bool = True) -> li
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for s in range(0, len(items), size):
-        yield items[s:s + size]
+        yield items[s : s + size]
 
 
 @dataclass
@@ -308,8 +347,15 @@ class LabelSummary:
     ledger: dict[str, Any] | None = None
 
 
-def run_label_stage(out_dir: str | os.PathLike[str], judge: Judge, *, max_pairs: int | None = None,
-                    image_max_side: int = 768, chunk_size: int = 64, progress: bool = True) -> LabelSummary:
+def run_label_stage(
+    out_dir: str | os.PathLike[str],
+    judge: Judge,
+    *,
+    max_pairs: int | None = None,
+    image_max_side: int = 768,
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> LabelSummary:
     """Label the mined pairs of ``DIR`` (the first ``max_pairs`` only, when given) with ``judge``."""
     from tqdm import tqdm
 
@@ -341,38 +387,67 @@ def run_label_stage(out_dir: str | os.PathLike[str], judge: Judge, *, max_pairs:
                 try:
                     url_a, url_b = images.urls(p.id_a, p.id_b)
                 except Exception as exc:  # noqa: BLE001 - an unreadable image leaves the pair unlabelled
-                    labels[p.pair_id] = Label(p.pair_id, "unreadable", error=f"{type(exc).__name__}: {exc}",
-                                              model=judge.model)
+                    labels[p.pair_id] = Label(
+                        p.pair_id, "unreadable", error=f"{type(exc).__name__}: {exc}", model=judge.model
+                    )
                     continue
-                requests.append(JudgeRequest(p.pair_id, ({"role": "user",
-                                                          "content": pair_images_content(url_a, url_b, prompt)},),
-                                             temperature=0.0, max_tokens=LABEL_MAX_TOKENS))
+                requests.append(
+                    JudgeRequest(
+                        p.pair_id,
+                        ({"role": "user", "content": pair_images_content(url_a, url_b, prompt)},),
+                        temperature=0.0,
+                        max_tokens=LABEL_MAX_TOKENS,
+                    )
+                )
             if requests:
                 for pid, result in judge.judge(requests).items():
                     labels[pid] = label_from_reply(pid, result.text, result.error, judge.model)
             bar.update(len(chunk))
     ordered = [labels[p.pair_id] for p in pairs]
     atomic_write_text(label_dir / "labels.jsonl", "".join(dumps_record(lab.to_record()) + "\n" for lab in ordered))
-    unlabelled = [{"pair_id": lab.pair_id, "status": lab.status, "error": lab.error} for lab in ordered
-                  if not lab.labelled]
+    unlabelled = [
+        {"pair_id": lab.pair_id, "status": lab.status, "error": lab.error} for lab in ordered if not lab.labelled
+    ]
     atomic_write_text(label_dir / "unlabelled.jsonl", "".join(dumps_record(u) + "\n" for u in unlabelled))
     source = {p.pair_id: p.source for p in pairs}
     summary = LabelSummary(
         counts={s: sum(lab.status == s for lab in ordered) for s in STATUSES},
         types=dict(Counter(lab.contrast_type for lab in ordered if lab.labelled and lab.contrast_type)),
         per_source=dict(sorted(Counter(source[lab.pair_id] for lab in ordered if lab.labelled).items())),
-        reused=reused, ledger=judge.ledger().to_dict())
-    atomic_write_json(label_dir / "summary.json", {"model": judge.model, "prompt_version": LABEL_PROMPT_VERSION,
-                                                   "pairs": len(pairs), **asdict(summary)})
+        reused=reused,
+        ledger=judge.ledger().to_dict(),
+    )
+    atomic_write_json(
+        label_dir / "summary.json",
+        {"model": judge.model, "prompt_version": LABEL_PROMPT_VERSION, "pairs": len(pairs), **asdict(summary)},
+    )
     bad = len(ordered) - summary.counts["labelled"]
-    log.info("label: %d of %d pairs labelled (%d reused), %d unlabelled (%s)", summary.counts["labelled"],
-             len(ordered), reused, bad, ", ".join(f"{k} {v}" for k, v in summary.counts.items()
-                                                  if k != "labelled" and v))
+    log.info(
+        "label: %d of %d pairs labelled (%d reused), %d unlabelled (%s)",
+        summary.counts["labelled"],
+        len(ordered),
+        reused,
+        bad,
+        ", ".join(f"{k} {v}" for k, v in summary.counts.items() if k != "labelled" and v),
+    )
     return summary
 
 
 __all__ = [
-    "LABEL_PROMPT_VERSION", "STATUSES", "Label", "LabelSummary", "PairImages", "ReplyError",
-    "TypeScore", "choose_type", "image_data_url", "label_from_reply", "label_prompt", "pair_images_content",
-    "parse_json_reply", "parse_label", "read_labels", "run_label_stage",
+    "LABEL_PROMPT_VERSION",
+    "STATUSES",
+    "Label",
+    "LabelSummary",
+    "PairImages",
+    "ReplyError",
+    "TypeScore",
+    "choose_type",
+    "image_data_url",
+    "label_from_reply",
+    "label_prompt",
+    "pair_images_content",
+    "parse_json_reply",
+    "parse_label",
+    "read_labels",
+    "run_label_stage",
 ]

@@ -193,8 +193,10 @@ class MineConfig:
         if self.faiss_nprobe < 1:
             raise ConfigError(f"--faiss-nprobe must be at least 1, got {self.faiss_nprobe}")
         if self.faiss_nlist and self.faiss_nprobe > self.faiss_nlist:
-            raise ConfigError(f"--faiss-nprobe ({self.faiss_nprobe}) cannot exceed --faiss-nlist "
-                              f"({self.faiss_nlist}): it is the number of lists scanned per query")
+            raise ConfigError(
+                f"--faiss-nprobe ({self.faiss_nprobe}) cannot exceed --faiss-nlist "
+                f"({self.faiss_nlist}): it is the number of lists scanned per query"
+            )
         if self.hnsw_m < 2:
             raise ConfigError(f"--hnsw-m must be at least 2, got {self.hnsw_m}")
         for name in ("hnsw_ef_construction", "hnsw_ef_search"):
@@ -206,14 +208,20 @@ class MineConfig:
             raise ConfigError(f"--faiss-recall-sample must be >= 0 (0: not measured), got {self.faiss_recall_sample}")
         if self.faiss_device == "gpu":
             if self.method == "faiss-hnsw":
-                raise ConfigError("--mining faiss-hnsw runs on the CPU (faiss has no GPU HNSW index); use "
-                                  "--mining faiss-ivf or faiss on the GPU, or --faiss-device auto")
+                raise ConfigError(
+                    "--mining faiss-hnsw runs on the CPU (faiss has no GPU HNSW index); use "
+                    "--mining faiss-ivf or faiss on the GPU, or --faiss-device auto"
+                )
             if self.method.startswith("faiss") and self.faiss_k == 0:
-                raise ConfigError("--faiss-k 0 (range search) has no GPU implementation in faiss; give --faiss-k N "
-                                  "or --faiss-device cpu")
+                raise ConfigError(
+                    "--faiss-k 0 (range search) has no GPU implementation in faiss; give --faiss-k N "
+                    "or --faiss-device cpu"
+                )
             if self.faiss_k + 1 > GPU_MAX_K or (self.method == "faiss-ivf" and self.faiss_nprobe > GPU_MAX_K):
-                raise ConfigError(f"faiss-gpu searches at most {GPU_MAX_K} neighbours and lists; lower --faiss-k "
-                                  "/ --faiss-nprobe or use --faiss-device cpu")
+                raise ConfigError(
+                    f"faiss-gpu searches at most {GPU_MAX_K} neighbours and lists; lower --faiss-k "
+                    "/ --faiss-nprobe or use --faiss-device cpu"
+                )
 
     @property
     def approximate(self) -> bool:
@@ -267,13 +275,14 @@ class SearchResult:
 def _dino_sims(dino: Any, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     out = np.empty(len(i), np.float32)
     for s in range(0, len(i), _PAIR_CHUNK):
-        a, b = _take(dino, i[s:s + _PAIR_CHUNK]), _take(dino, j[s:s + _PAIR_CHUNK])
-        out[s:s + _PAIR_CHUNK] = np.einsum("nd,nd->n", a, b)
+        a, b = _take(dino, i[s : s + _PAIR_CHUNK]), _take(dino, j[s : s + _PAIR_CHUNK])
+        out[s : s + _PAIR_CHUNK] = np.einsum("nd,nd->n", a, b)
     return out
 
 
-def _classify(dino: Any, i: np.ndarray, j: np.ndarray, clip: np.ndarray, config: MineConfig,
-              result: SearchResult) -> None:
+def _classify(
+    dino: Any, i: np.ndarray, j: np.ndarray, clip: np.ndarray, config: MineConfig, result: SearchResult
+) -> None:
     """Split pairs already above min(clip threshold, dup_clip) into candidates and near-duplicate links."""
     if len(i) == 0:
         return
@@ -294,8 +303,7 @@ def search_within_batches(clip: Any, dino: Any, config: MineConfig, *, progress:
     floor = min(config.clip_threshold, config.dup_clip)
     result = SearchResult(PairArrays.empty(), PairArrays.empty())
     starts = range(0, n, config.batch_size)
-    for start in tqdm(starts, desc="mine (batches)", unit="batch", file=sys.stderr,
-                      disable=None if progress else True):
+    for start in tqdm(starts, desc="mine (batches)", unit="batch", file=sys.stderr, disable=None if progress else True):
         block = _rows(clip, start, min(start + config.batch_size, n))
         m = len(block)
         sims = block @ block.T
@@ -303,8 +311,9 @@ def search_within_batches(clip: Any, dino: Any, config: MineConfig, *, progress:
         upper = a < b
         a, b = a[upper], b[upper]
         result.compared += m * (m - 1) // 2
-        _classify(dino, a.astype(np.int64) + start, b.astype(np.int64) + start, sims[a, b].astype(np.float32),
-                  config, result)
+        _classify(
+            dino, a.astype(np.int64) + start, b.astype(np.int64) + start, sims[a, b].astype(np.float32), config, result
+        )
     return result
 
 
@@ -313,8 +322,12 @@ def import_faiss() -> Any:
     try:
         import faiss
     except ImportError as exc:
-        raise MissingPackage("faiss", "--mining faiss (--mining batch needs nothing extra; faiss-gpu on a CUDA "
-                             "machine)", FAISS_PIN, detail=str(exc)) from None
+        raise MissingPackage(
+            "faiss",
+            "--mining faiss (--mining batch needs nothing extra; faiss-gpu on a CUDA machine)",
+            FAISS_PIN,
+            detail=str(exc),
+        ) from None
     return faiss
 
 
@@ -324,8 +337,10 @@ def faiss_gpus(faiss: Any, device: str = "auto") -> int:
         return 0
     count = getattr(faiss, "get_num_gpus", lambda: 0)()
     if device == "gpu" and count < 1:
-        raise ConfigError("--faiss-device gpu: this faiss has no GPU support or sees no GPU (install faiss-gpu, "
-                          "or use --faiss-device auto)")
+        raise ConfigError(
+            "--faiss-device gpu: this faiss has no GPU support or sees no GPU (install faiss-gpu, "
+            "or use --faiss-device auto)"
+        )
     return int(count)
 
 
@@ -347,8 +362,7 @@ def ivf_lists(n: int, config: MineConfig) -> int:
     return max(1, min(int(4 * np.sqrt(n)), n // 39))
 
 
-def build_index(clip: Any, config: MineConfig, *, faiss: Any = None, add_chunk: int = 16384,
-                seed: int = 0) -> Any:
+def build_index(clip: Any, config: MineConfig, *, faiss: Any = None, add_chunk: int = 16384, seed: int = 0) -> Any:
     """The inner-product faiss index of ``config.method`` over all CLIP rows (unit norm: inner product = cosine).
 
     ``faiss``: ``IndexFlatIP`` (exact). ``faiss-ivf``: ``IndexIVFFlat`` with :func:`ivf_lists` lists, spherical
@@ -372,8 +386,7 @@ def build_index(clip: Any, config: MineConfig, *, faiss: Any = None, add_chunk: 
         if gpus:  # k-means assignments on the GPU(s)
             index.clustering_index = _to_gpus(faiss, faiss.IndexFlatIP(dim))
         size = min(n, 40 * nlist)
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)) if size < n \
-            else np.arange(n)
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)) if size < n else np.arange(n)
         index.train(_take(clip, rows) if size < n else _rows(clip, 0, n))
         index.nprobe = min(config.faiss_nprobe, nlist)
     else:
@@ -382,8 +395,9 @@ def build_index(clip: Any, config: MineConfig, *, faiss: Any = None, add_chunk: 
         index = _to_gpus(faiss, index)
         if config.method == "faiss-ivf":
             with contextlib.suppress(AttributeError):
-                faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", min(config.faiss_nprobe,
-                                                                                  ivf_lists(n, config)))
+                faiss.GpuParameterSpace().set_index_parameter(
+                    index, "nprobe", min(config.faiss_nprobe, ivf_lists(n, config))
+                )
     for start in range(0, n, add_chunk):
         index.add(_rows(clip, start, min(start + add_chunk, n)))
     return index
@@ -414,8 +428,16 @@ def _reset_distance_count(faiss: Any, method: str) -> None:
         getattr(cvar, stats).reset()
 
 
-def search_faiss(clip: Any, dino: Any, config: MineConfig, *, progress: bool = False,
-                 query_chunk: int = 16384, queries: np.ndarray | None = None, index: Any = None) -> SearchResult:
+def search_faiss(
+    clip: Any,
+    dino: Any,
+    config: MineConfig,
+    *,
+    progress: bool = False,
+    query_chunk: int = 16384,
+    queries: np.ndarray | None = None,
+    index: Any = None,
+) -> SearchResult:
     """Global search: each row's ``faiss_k`` nearest CLIP neighbours (or, with ``faiss_k=0``, all above the CLIP
     threshold) in the index of ``config.method`` (:func:`build_index`: exact flat, IVF or HNSW; or ``index``, one
     built already). ``queries`` restricts the search to some rows (the benchmark). ``compared`` counts the
@@ -433,9 +455,14 @@ def search_faiss(clip: Any, dino: Any, config: MineConfig, *, progress: bool = F
     found_i, found_j, found_s = [], [], []
     k = min(config.faiss_k + 1, n) if config.faiss_k else 0  # + 1: a row finds itself
     _reset_distance_count(faiss, config.method)
-    for s in tqdm(range(0, len(query_rows), query_chunk), desc=f"mine ({config.method})", unit="chunk",
-                  file=sys.stderr, disable=None if progress else True):
-        rows = query_rows[s:s + query_chunk]
+    for s in tqdm(
+        range(0, len(query_rows), query_chunk),
+        desc=f"mine ({config.method})",
+        unit="chunk",
+        file=sys.stderr,
+        disable=None if progress else True,
+    ):
+        rows = query_rows[s : s + query_chunk]
         x = _take(clip, rows) if queries is not None else _rows(clip, int(rows[0]), int(rows[-1]) + 1)
         lims, sims, labels = _search(index, x, k, floor, faiss)
         q = np.repeat(rows, np.diff(lims))
@@ -460,8 +487,7 @@ def search_faiss(clip: Any, dino: Any, config: MineConfig, *, progress: bool = F
     return result
 
 
-def exact_neighbours(clip: Any, queries: np.ndarray, k: int, *, chunk: int = 65536
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def exact_neighbours(clip: Any, queries: np.ndarray, k: int, *, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """The exact ``k`` nearest rows (inner product) of each query row, itself excluded: ``(sims, labels)``, both
     ``[len(queries), k]``, best first. Reads the pool in chunks (no second copy of it in memory)."""
     queries = np.asarray(queries, dtype=np.int64)
@@ -478,16 +504,20 @@ def exact_neighbours(clip: Any, queries: np.ndarray, k: int, *, chunk: int = 655
         labels = np.broadcast_to(np.arange(start, start + len(block)), sims.shape)
         all_s = np.concatenate([best_s, sims], axis=1)
         all_l = np.concatenate([best_l, labels], axis=1)
-        top = np.argpartition(-all_s, k - 1, axis=1)[:, :k] if all_s.shape[1] > k else \
-            np.broadcast_to(np.arange(all_s.shape[1]), (len(queries), all_s.shape[1]))
+        top = (
+            np.argpartition(-all_s, k - 1, axis=1)[:, :k]
+            if all_s.shape[1] > k
+            else np.broadcast_to(np.arange(all_s.shape[1]), (len(queries), all_s.shape[1]))
+        )
         best_s = np.take_along_axis(all_s, top, axis=1)
         best_l = np.take_along_axis(all_l, top, axis=1)
     order = np.argsort(-best_s, axis=1, kind="stable")
     return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_l, order, axis=1)
 
 
-def index_recall(clip: Any, config: MineConfig, *, index: Any = None, sample: int | None = None, k: int | None = None,
-                 seed: int = 0) -> dict[str, Any]:
+def index_recall(
+    clip: Any, config: MineConfig, *, index: Any = None, sample: int | None = None, k: int | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Recall of the index of ``config.method`` against exact search on ``sample`` random query rows (default
     ``config.faiss_recall_sample``).
 
@@ -520,9 +550,16 @@ def index_recall(clip: Any, config: MineConfig, *, index: Any = None, sample: in
         above = [t for t, s in zip(truth, exact_s[r].tolist()) if s > floor]
         total_above += len(above)
         hits_above += sum(1 for t in above if t in got_set)
-    return {"method": config.method, "queries": q, "k": k, "recall_at_k": hits / (q * k) if q * k else None,
-            "neighbours_above": total_above, "recall_above": hits_above / total_above if total_above else None,
-            "exact_seconds": exact_seconds, "index_seconds": approx_seconds}
+    return {
+        "method": config.method,
+        "queries": q,
+        "k": k,
+        "recall_at_k": hits / (q * k) if q * k else None,
+        "neighbours_above": total_above,
+        "recall_above": hits_above / total_above if total_above else None,
+        "exact_seconds": exact_seconds,
+        "index_seconds": approx_seconds,
+    }
 
 
 RECALL_WARNING = 0.95  # below this recall of the neighbours above the CLIP floor, the mine stage warns
@@ -535,11 +572,13 @@ def _share(x: float | None) -> str:
 def log_recall(recall: dict[str, Any]) -> None:
     """Log :func:`index_recall`'s figures; a warning when the index missed more than 5% of the exact neighbours
     above the CLIP floor (the pairs mining keeps), naming the flag that trades speed for recall."""
-    what = (f"mine: {recall['method']} recall against exact search on {recall['queries']} queries: "
-            f"recall@{recall['k']} {_share(recall['recall_at_k'])}, above the CLIP floor "
-            f"{_share(recall['recall_above'])} ({recall['neighbours_above']} exact neighbours); per query "
-            f"{1e3 * recall['index_seconds'] / max(recall['queries'], 1):.3f} ms against "
-            f"{1e3 * recall['exact_seconds'] / max(recall['queries'], 1):.3f} ms exact")
+    what = (
+        f"mine: {recall['method']} recall against exact search on {recall['queries']} queries: "
+        f"recall@{recall['k']} {_share(recall['recall_at_k'])}, above the CLIP floor "
+        f"{_share(recall['recall_above'])} ({recall['neighbours_above']} exact neighbours); per query "
+        f"{1e3 * recall['index_seconds'] / max(recall['queries'], 1):.3f} ms against "
+        f"{1e3 * recall['exact_seconds'] / max(recall['queries'], 1):.3f} ms exact"
+    )
     above = recall["recall_above"]
     if above is not None and above < RECALL_WARNING:
         knob = "--faiss-nprobe" if recall["method"] == "faiss-ivf" else "--hnsw-ef-search"
@@ -658,9 +697,16 @@ class MineResult:
     recall: dict[str, Any] | None = None  # an approximate index's recall against exact search (index_recall)
 
 
-def mine(clip: Any, dino: Any, config: MineConfig, *, ids: Sequence[str] | None = None,
-         sources: Sequence[str] | None = None, sha256: Sequence[str] | None = None,
-         progress: bool = False) -> MineResult:
+def mine(
+    clip: Any,
+    dino: Any,
+    config: MineConfig,
+    *,
+    ids: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None,
+    sha256: Sequence[str] | None = None,
+    progress: bool = False,
+) -> MineResult:
     """Mine pairs from unit-norm CLIP and DINOv2 rows (NumPy arrays or sharded rows), ``ids`` / ``sources`` /
     ``sha256`` per row (defaults: the row numbers, one source, no hashes)."""
     n = len(clip)
@@ -684,13 +730,22 @@ def mine(clip: Any, dino: Any, config: MineConfig, *, ids: Sequence[str] | None 
     if config.one_pair_per_image:
         pairs = one_pair_per_image(pairs)
     pairs = pairs.sorted()
-    mined = [MinedPair(pair_id(ids[a], ids[b]), ids[a], ids[b], round(float(c), 6), round(float(d), 6),
-                       sources[a], sources[b])
-             for a, b, c, d in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.clip.tolist(), pairs.dino.tolist())]
-    counts = {"images": n, "compared": int(found.compared), "above_clip_threshold": int(found.above_clip),
-              "candidates": len(found.candidates), "duplicate_images": int((rep != np.arange(n)).sum()),
-              "dropped_duplicates": dropped_dup, "dropped_one_pair_per_image": before_one - len(pairs),
-              "pairs": len(mined)}
+    mined = [
+        MinedPair(
+            pair_id(ids[a], ids[b]), ids[a], ids[b], round(float(c), 6), round(float(d), 6), sources[a], sources[b]
+        )
+        for a, b, c, d in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.clip.tolist(), pairs.dino.tolist())
+    ]
+    counts = {
+        "images": n,
+        "compared": int(found.compared),
+        "above_clip_threshold": int(found.above_clip),
+        "candidates": len(found.candidates),
+        "duplicate_images": int((rep != np.arange(n)).sum()),
+        "dropped_duplicates": dropped_dup,
+        "dropped_one_pair_per_image": before_one - len(pairs),
+        "pairs": len(mined),
+    }
     per_source = dict(sorted(Counter(p.source for p in mined).items()))
     return MineResult(mined, counts, per_source, recall)
 
@@ -712,8 +767,11 @@ def run_mine_stage(out_dir: str | os.PathLike[str], config: MineConfig, *, progr
     emb = load_embeddings(out)
     mine_dir = out / "mine"
     summary_path = mine_dir / "summary.json"
-    settings = {**asdict(config), "embeddings": read_json(out / "embed" / "manifest.json")["settings"]["ids_sha256"],
-                "rows": len(emb.ids)}
+    settings = {
+        **asdict(config),
+        "embeddings": read_json(out / "embed" / "manifest.json")["settings"]["ids_sha256"],
+        "rows": len(emb.ids),
+    }
     if summary_path.is_file() and (mine_dir / "pairs.jsonl").is_file():
         old = read_json(summary_path)
         if old.get("settings") == settings:
@@ -722,12 +780,15 @@ def run_mine_stage(out_dir: str | os.PathLike[str], config: MineConfig, *, progr
                 log_recall(old["recall"])
             return old
     t0 = time.time()
-    result = mine(emb.clip, emb.dino, config, ids=emb.ids, sources=emb.sources, sha256=emb.sha256,
-                  progress=progress)
+    result = mine(emb.clip, emb.dino, config, ids=emb.ids, sources=emb.sources, sha256=emb.sha256, progress=progress)
     mine_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(mine_dir / "pairs.jsonl", "".join(dumps_record(p.to_record()) + "\n" for p in result.pairs))
-    summary = {"settings": settings, "counts": result.counts, "per_source": result.per_source,
-               "seconds": round(time.time() - t0, 3)}
+    summary = {
+        "settings": settings,
+        "counts": result.counts,
+        "per_source": result.per_source,
+        "seconds": round(time.time() - t0, 3),
+    }
     if result.recall is not None:
         summary["recall"] = result.recall
     atomic_write_json(summary_path, summary)
@@ -736,8 +797,29 @@ def run_mine_stage(out_dir: str | os.PathLike[str], config: MineConfig, *, progr
 
 
 __all__ = [
-    "FAISS_DEVICES", "FAISS_PIN", "MINING_METHODS", "MineConfig", "MineResult", "MinedPair", "PairArrays",
-    "SearchResult", "build_index", "duplicate_representatives", "exact_neighbours", "faiss_gpus", "import_faiss",
-    "index_recall", "ivf_lists", "log_recall", "merge_duplicates", "mine", "normalize", "one_pair_per_image",
-    "pair_id", "read_pairs", "run_mine_stage", "search_faiss", "search_within_batches",
+    "FAISS_DEVICES",
+    "FAISS_PIN",
+    "MINING_METHODS",
+    "MineConfig",
+    "MineResult",
+    "MinedPair",
+    "PairArrays",
+    "SearchResult",
+    "build_index",
+    "duplicate_representatives",
+    "exact_neighbours",
+    "faiss_gpus",
+    "import_faiss",
+    "index_recall",
+    "ivf_lists",
+    "log_recall",
+    "merge_duplicates",
+    "mine",
+    "normalize",
+    "one_pair_per_image",
+    "pair_id",
+    "read_pairs",
+    "run_mine_stage",
+    "search_faiss",
+    "search_within_batches",
 ]

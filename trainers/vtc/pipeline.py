@@ -119,28 +119,54 @@ class BuildConfig:
     def embed_config(self) -> Any:
         from trainers.vtc.embed import EmbedConfig
 
-        return EmbedConfig(self.clip_model, self.dino_model, self.dino_pooling, self.shard_size,  # type: ignore[arg-type]
-                           self.embed_batch_size, self.workers, self.device, self.dtype)
+        return EmbedConfig(
+            self.clip_model,
+            self.dino_model,
+            self.dino_pooling,
+            self.shard_size,  # type: ignore[arg-type]
+            self.embed_batch_size,
+            self.workers,
+            self.device,
+            self.dtype,
+        )
 
     def mine_config(self) -> Any:
         from trainers.vtc.mine import MineConfig
 
         return MineConfig(  # type: ignore[arg-type]
-            clip_threshold=self.clip_threshold, dino_threshold=self.dino_threshold, method=self.mining,
-            batch_size=self.batch_size, faiss_k=self.faiss_k, dup_clip=self.dup_clip, dup_dino=self.dup_dino,
-            one_pair_per_image=self.one_pair_per_image, faiss_nlist=self.faiss_nlist, faiss_nprobe=self.faiss_nprobe,
-            hnsw_m=self.hnsw_m, hnsw_ef_construction=self.hnsw_ef_construction, hnsw_ef_search=self.hnsw_ef_search,
-            faiss_device=self.faiss_device, faiss_recall_sample=self.faiss_recall_sample)
+            clip_threshold=self.clip_threshold,
+            dino_threshold=self.dino_threshold,
+            method=self.mining,
+            batch_size=self.batch_size,
+            faiss_k=self.faiss_k,
+            dup_clip=self.dup_clip,
+            dup_dino=self.dup_dino,
+            one_pair_per_image=self.one_pair_per_image,
+            faiss_nlist=self.faiss_nlist,
+            faiss_nprobe=self.faiss_nprobe,
+            hnsw_m=self.hnsw_m,
+            hnsw_ef_construction=self.hnsw_ef_construction,
+            hnsw_ef_search=self.hnsw_ef_search,
+            faiss_device=self.faiss_device,
+            faiss_recall_sample=self.faiss_recall_sample,
+        )
 
 
 def make_llm(config: BuildConfig) -> Judge:
     """The LLM client for labelling and writing: the harness judge client on an OpenAI-compatible endpoint."""
     from harness.judge_openai import OpenAIJudge
 
-    return OpenAIJudge(config.llm_model, base_url=config.llm_base_url, api_key_env=config.llm_api_key_env,
-                       concurrency=config.llm_concurrency, timeout_s=config.llm_timeout,
-                       max_retries=config.llm_max_retries, use_cache=config.llm_cache,
-                       cache_dir=config.llm_cache_dir, progress=config.progress)
+    return OpenAIJudge(
+        config.llm_model,
+        base_url=config.llm_base_url,
+        api_key_env=config.llm_api_key_env,
+        concurrency=config.llm_concurrency,
+        timeout_s=config.llm_timeout,
+        max_retries=config.llm_max_retries,
+        use_cache=config.llm_cache,
+        cache_dir=config.llm_cache_dir,
+        progress=config.progress,
+    )
 
 
 def build_vtc(config: BuildConfig, *, llm: Judge | None = None) -> dict[str, Any]:
@@ -161,8 +187,13 @@ def build_vtc(config: BuildConfig, *, llm: Judge | None = None) -> dict[str, Any
                 rank, world = rank_and_world()
                 if world > 1:  # several processes embed; the later stages run once, in one process
                     if stages != ["embed"]:
-                        log.warning("rank %d of %d: embedding done; the stages after it run in one process: "
-                                    "harness build-vtc --output %s --stage all", rank, world, config.output)
+                        log.warning(
+                            "rank %d of %d: embedding done; the stages after it run in one process: "
+                            "harness build-vtc --output %s --stage all",
+                            rank,
+                            world,
+                            config.output,
+                        )
                     return results
                 if results["embed"] is None:
                     raise ConfigError("the embedding is unfinished; rerun the embed stage")
@@ -176,19 +207,31 @@ def build_vtc(config: BuildConfig, *, llm: Judge | None = None) -> dict[str, Any
                 if stage == "label":
                     from trainers.vtc.label import run_label_stage
 
-                    results["label"] = asdict(run_label_stage(out, llm, max_pairs=config.max_pairs,
-                                                              image_max_side=config.image_max_side,
-                                                              progress=config.progress))
+                    results["label"] = asdict(
+                        run_label_stage(
+                            out,
+                            llm,
+                            max_pairs=config.max_pairs,
+                            image_max_side=config.image_max_side,
+                            progress=config.progress,
+                        )
+                    )
                     if config.stage == "all":
                         continue  # the review stage comes next
                     results["review"] = _review(config)
                 else:
                     from trainers.vtc.write import run_write_stage
 
-                    results["write"] = asdict(run_write_stage(out, llm, tasks=config.tasks,
-                                                              decisions=config.decisions or None,
-                                                              image_max_side=config.image_max_side,
-                                                              progress=config.progress))
+                    results["write"] = asdict(
+                        run_write_stage(
+                            out,
+                            llm,
+                            tasks=config.tasks,
+                            decisions=config.decisions or None,
+                            image_max_side=config.image_max_side,
+                            progress=config.progress,
+                        )
+                    )
             elif stage == "review":
                 results["review"] = _review(config)
             elif stage == "report":
@@ -207,11 +250,17 @@ def _embed(config: BuildConfig) -> dict[str, Any] | None:
         if (out / "embed" / "summary.json").is_file():
             return read_json(out / "embed" / "summary.json")
         raise ConfigError("the embed stage needs --images SOURCE (a folder, a file list or a dataset on disk)")
-    pool = open_source(config.images, image_column=config.image_column, source_column=config.source_column,
-                       split=config.split)
+    pool = open_source(
+        config.images, image_column=config.image_column, source_column=config.source_column, split=config.split
+    )
     result = embed_images(pool, out, config.embed_config(), progress=config.progress)
-    log.info("embed: %d shards embedded now, %d found finished, %d images embedded, %d unreadable",
-             len(result.shards_done), len(result.shards_skipped), result.images_embedded, result.images_unreadable)
+    log.info(
+        "embed: %d shards embedded now, %d found finished, %d images embedded, %d unreadable",
+        len(result.shards_done),
+        len(result.shards_skipped),
+        result.images_embedded,
+        result.images_unreadable,
+    )
     return result.summary
 
 
@@ -224,8 +273,11 @@ def _review(config: BuildConfig) -> dict[str, Any]:
     out = Path(config.output)
     labels = read_labels(out)
     pages = write_review_pages(out, labels, read_pairs(out), load_pool(out), page_size=config.review_page_size)
-    log.info("review: %d page(s) in %s; export the decisions and pass them to --stage write --decisions FILE",
-             len(pages), out / "review")
+    log.info(
+        "review: %d page(s) in %s; export the decisions and pass them to --stage write --decisions FILE",
+        len(pages),
+        out / "review",
+    )
     return {"pages": [str(p) for p in pages], "pairs": sum(lab.labelled for lab in labels)}
 
 
@@ -247,8 +299,14 @@ def contrast_type_table(types: dict[str, int]) -> list[dict[str, Any]]:
     from trainers.vtc import contrast_types
 
     total = sum(types.values())
-    rows = [{"contrast_type": t.name, "count": types.get(t.name, 0),
-             "share": round(100 * types.get(t.name, 0) / total, 1) if total else 0.0} for t in contrast_types()]
+    rows = [
+        {
+            "contrast_type": t.name,
+            "count": types.get(t.name, 0),
+            "share": round(100 * types.get(t.name, 0) / total, 1) if total else 0.0,
+        }
+        for t in contrast_types()
+    ]
     rows.append({"contrast_type": "Total", "count": total, "share": 100.0 if total else 0.0})
     return rows
 
@@ -309,12 +367,19 @@ def build_report(out_dir: str | os.PathLike[str], *, echo: bool = False) -> dict
     per_source = [{"source": s, **{k: c.get(s, 0) for k, c in stages.items()}} for s in sources]
     per_source.append({"source": "Total", **{k: sum(c.values()) for k, c in stages.items()}})
     table = contrast_type_table(dict(Counter(written_type.values())))
-    labelled_table = contrast_type_table(dict(Counter(lab.contrast_type for lab in labels
-                                                      if lab.labelled and lab.contrast_type)))
-    report = {"contrast_types": table, "contrast_types_labelled": labelled_table,
-              "contrast_types_vs_paper": with_paper_table6(table), "per_source": per_source,
-              "statuses": {"label": dict(Counter(lab.status for lab in labels)),
-                           "write": dict(Counter(o["status"] for o in outputs))}}
+    labelled_table = contrast_type_table(
+        dict(Counter(lab.contrast_type for lab in labels if lab.labelled and lab.contrast_type))
+    )
+    report = {
+        "contrast_types": table,
+        "contrast_types_labelled": labelled_table,
+        "contrast_types_vs_paper": with_paper_table6(table),
+        "per_source": per_source,
+        "statuses": {
+            "label": dict(Counter(lab.status for lab in labels)),
+            "write": dict(Counter(o["status"] for o in outputs)),
+        },
+    }
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(report_dir / "contrast_types.csv", _csv(table))
@@ -333,8 +398,10 @@ def format_report(report: dict[str, Any]) -> str:
     width = max(len(r["contrast_type"]) for r in rows)
     lines.append(f"{'contrast type':<{width}}  {'count':>7}  {'share %':>7}  {'paper':>7}  {'paper %':>7}")
     for r in rows:
-        lines.append(f"{r['contrast_type']:<{width}}  {r['count']:>7}  {r['share']:>7.1f}  "
-                     f"{r.get('paper_count', ''):>7}  {r.get('paper_share', ''):>7}")
+        lines.append(
+            f"{r['contrast_type']:<{width}}  {r['count']:>7}  {r['share']:>7.1f}  "
+            f"{r.get('paper_count', ''):>7}  {r.get('paper_share', ''):>7}"
+        )
     lines.append("")
     lines.append("Pairs per source")
     keys = ["mined", "labelled", "accepted", "written_pairs", "records"]
@@ -383,16 +450,27 @@ def add_build_vtc_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``harness build-vtc``."""
     from trainers.vtc.mine import FAISS_DEVICES, MINING_METHODS
 
-    p.add_argument("--images", metavar="SOURCE",
-                   help="image pool: a folder (searched recursively), a file list (one path per line, optionally "
-                        "TAB source) or a Hugging Face dataset saved to disk; needed by the embed stage")
+    p.add_argument(
+        "--images",
+        metavar="SOURCE",
+        help="image pool: a folder (searched recursively), a file list (one path per line, optionally "
+        "TAB source) or a Hugging Face dataset saved to disk; needed by the embed stage",
+    )
     p.add_argument("--output", required=True, metavar="DIR", help="output folder; every stage resumes from it")
     p.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="stage to run (default: all)")
     e = p.add_argument_group("embed")
-    e.add_argument("--clip-model", default="openai/clip-vit-large-patch14-336", metavar="PATH",
-                   help="CLIP checkpoint, local or hub (default: openai/clip-vit-large-patch14-336, LLaVA-1.5's)")
-    e.add_argument("--dino-model", default="facebook/dinov2-large", metavar="PATH",
-                   help="DINOv2 checkpoint, local or hub (default: facebook/dinov2-large)")
+    e.add_argument(
+        "--clip-model",
+        default="openai/clip-vit-large-patch14-336",
+        metavar="PATH",
+        help="CLIP checkpoint, local or hub (default: openai/clip-vit-large-patch14-336, LLaVA-1.5's)",
+    )
+    e.add_argument(
+        "--dino-model",
+        default="facebook/dinov2-large",
+        metavar="PATH",
+        help="DINOv2 checkpoint, local or hub (default: facebook/dinov2-large)",
+    )
     e.add_argument("--dino-pooling", choices=["cls", "mean"], default="cls", help="DINOv2 embedding (default: cls)")
     e.add_argument("--image-column", help="dataset image column (default: the first Image feature)")
     e.add_argument("--source-column", help="dataset column naming each image's source (default: the folder name)")
@@ -401,37 +479,73 @@ def add_build_vtc_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--embed-batch-size", type=_positive, default=64, help="images per forward pass")
     e.add_argument("--workers", type=_non_negative, default=4, help="image decoding processes (default: 4)")
     e.add_argument("--device", help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
-    e.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                   help="model dtype (auto: float16 on CUDA, float32 on CPU)")
+    e.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        default="auto",
+        help="model dtype (auto: float16 on CUDA, float32 on CPU)",
+    )
     m = p.add_argument_group("mine")
     m.add_argument("--clip-threshold", type=_unit_float, default=0.95, help="CLIP cosine above this (default 0.95)")
     m.add_argument("--dino-threshold", type=_unit_float, default=0.6, help="DINOv2 cosine below this (default 0.6)")
-    m.add_argument("--mining", choices=MINING_METHODS, default="batch",
-                   help="batch: all pairs within consecutive batches (the paper's); faiss: exact global nearest "
-                        "neighbours; faiss-ivf, faiss-hnsw: approximate global search in an IVF or HNSW index, "
-                        "for large pools (recall against exact search is measured and recorded)")
+    m.add_argument(
+        "--mining",
+        choices=MINING_METHODS,
+        default="batch",
+        help="batch: all pairs within consecutive batches (the paper's); faiss: exact global nearest "
+        "neighbours; faiss-ivf, faiss-hnsw: approximate global search in an IVF or HNSW index, "
+        "for large pools (recall against exact search is measured and recorded)",
+    )
     m.add_argument("--batch-size", type=_positive, default=2048, help="mining batch (default: 2048, the paper's)")
-    m.add_argument("--faiss-k", type=_non_negative, default=10,
-                   help="neighbours per image in faiss mining (0: every neighbour above the CLIP threshold)")
-    m.add_argument("--faiss-nlist", type=_non_negative, default=0,
-                   help="faiss-ivf: inverted lists (default 0: 4 sqrt(N), at most N / 39)")
-    m.add_argument("--faiss-nprobe", type=_positive, default=32,
-                   help="faiss-ivf: lists scanned per query, at most --faiss-nlist (default 32)")
+    m.add_argument(
+        "--faiss-k",
+        type=_non_negative,
+        default=10,
+        help="neighbours per image in faiss mining (0: every neighbour above the CLIP threshold)",
+    )
+    m.add_argument(
+        "--faiss-nlist",
+        type=_non_negative,
+        default=0,
+        help="faiss-ivf: inverted lists (default 0: 4 sqrt(N), at most N / 39)",
+    )
+    m.add_argument(
+        "--faiss-nprobe",
+        type=_positive,
+        default=32,
+        help="faiss-ivf: lists scanned per query, at most --faiss-nlist (default 32)",
+    )
     m.add_argument("--hnsw-m", type=int_at_least(2), default=32, help="faiss-hnsw: links per node (default 32)")
-    m.add_argument("--hnsw-ef-construction", type=_positive, default=80,
-                   help="faiss-hnsw: candidate list while building (default 80)")
-    m.add_argument("--hnsw-ef-search", type=_positive, default=128,
-                   help="faiss-hnsw: candidate list per query (default 128)")
-    m.add_argument("--faiss-device", choices=FAISS_DEVICES, default="auto",
-                   help="auto: flat and IVF indexes on the GPU(s) when faiss has GPU support (HNSW stays on the "
-                        "CPU); cpu; gpu: require one")
-    m.add_argument("--faiss-recall-sample", type=_non_negative, default=1000,
-                   help="faiss-ivf / faiss-hnsw: random queries on which recall against exact search is measured "
-                        "and recorded in the mine summary (0: not measured; default 1000)")
+    m.add_argument(
+        "--hnsw-ef-construction",
+        type=_positive,
+        default=80,
+        help="faiss-hnsw: candidate list while building (default 80)",
+    )
+    m.add_argument(
+        "--hnsw-ef-search", type=_positive, default=128, help="faiss-hnsw: candidate list per query (default 128)"
+    )
+    m.add_argument(
+        "--faiss-device",
+        choices=FAISS_DEVICES,
+        default="auto",
+        help="auto: flat and IVF indexes on the GPU(s) when faiss has GPU support (HNSW stays on the "
+        "CPU); cpu; gpu: require one",
+    )
+    m.add_argument(
+        "--faiss-recall-sample",
+        type=_non_negative,
+        default=1000,
+        help="faiss-ivf / faiss-hnsw: random queries on which recall against exact search is measured "
+        "and recorded in the mine summary (0: not measured; default 1000)",
+    )
     m.add_argument("--dup-clip", type=_unit_float, default=0.995, help="near duplicates: CLIP cosine above this")
     m.add_argument("--dup-dino", type=_unit_float, default=0.95, help="near duplicates: DINOv2 cosine above this")
-    m.add_argument("--one-pair-per-image", action="store_true",
-                   help="use each image in at most one pair (greedy by CLIP similarity)")
+    m.add_argument(
+        "--one-pair-per-image",
+        action="store_true",
+        help="use each image in at most one pair (greedy by CLIP similarity)",
+    )
     lw = p.add_argument_group("label and write (LLM)")
     lw.add_argument("--llm-model", default=DEFAULT_LLM_MODEL, help="vision-capable model (default: gpt-4o)")
     lw.add_argument("--llm-base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI)")
@@ -444,11 +558,16 @@ def add_build_vtc_arguments(p: argparse.ArgumentParser) -> None:
     lw.add_argument("--max-pairs", type=_positive, help="label only the first N mined pairs (a cheap trial)")
     lw.add_argument("--image-max-side", type=_positive, default=768, help="longest image side sent to the LLM")
     lw.add_argument("--review-page-size", type=_positive, default=250, help="pairs per review page")
-    lw.add_argument("--decisions", action="append", default=[], metavar="FILE",
-                    help="review decisions exported from the review pages (repeatable); then only accepted pairs "
-                         "are written")
-    lw.add_argument("--tasks", default="description,vqa",
-                    help="task types to write per pair: description, vqa or both (default)")
+    lw.add_argument(
+        "--decisions",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="review decisions exported from the review pages (repeatable); then only accepted pairs are written",
+    )
+    lw.add_argument(
+        "--tasks", default="description,vqa", help="task types to write per pair: description, vqa or both (default)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -456,20 +575,50 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     """A :class:`BuildConfig` from parsed ``build-vtc`` flags."""
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     return BuildConfig(
-        output=args.output, images=args.images, stage=args.stage, clip_model=args.clip_model,
-        dino_model=args.dino_model, dino_pooling=args.dino_pooling, image_column=args.image_column,
-        source_column=args.source_column, split=args.split, shard_size=args.shard_size,
-        embed_batch_size=args.embed_batch_size, workers=args.workers, device=args.device, dtype=args.dtype,
-        clip_threshold=args.clip_threshold, dino_threshold=args.dino_threshold, mining=args.mining,
-        batch_size=args.batch_size, faiss_k=args.faiss_k, dup_clip=args.dup_clip, dup_dino=args.dup_dino,
-        one_pair_per_image=args.one_pair_per_image, faiss_nlist=args.faiss_nlist, faiss_nprobe=args.faiss_nprobe,
-        hnsw_m=args.hnsw_m, hnsw_ef_construction=args.hnsw_ef_construction, hnsw_ef_search=args.hnsw_ef_search,
-        faiss_device=args.faiss_device, faiss_recall_sample=args.faiss_recall_sample, llm_model=args.llm_model,
+        output=args.output,
+        images=args.images,
+        stage=args.stage,
+        clip_model=args.clip_model,
+        dino_model=args.dino_model,
+        dino_pooling=args.dino_pooling,
+        image_column=args.image_column,
+        source_column=args.source_column,
+        split=args.split,
+        shard_size=args.shard_size,
+        embed_batch_size=args.embed_batch_size,
+        workers=args.workers,
+        device=args.device,
+        dtype=args.dtype,
+        clip_threshold=args.clip_threshold,
+        dino_threshold=args.dino_threshold,
+        mining=args.mining,
+        batch_size=args.batch_size,
+        faiss_k=args.faiss_k,
+        dup_clip=args.dup_clip,
+        dup_dino=args.dup_dino,
+        one_pair_per_image=args.one_pair_per_image,
+        faiss_nlist=args.faiss_nlist,
+        faiss_nprobe=args.faiss_nprobe,
+        hnsw_m=args.hnsw_m,
+        hnsw_ef_construction=args.hnsw_ef_construction,
+        hnsw_ef_search=args.hnsw_ef_search,
+        faiss_device=args.faiss_device,
+        faiss_recall_sample=args.faiss_recall_sample,
+        llm_model=args.llm_model,
         llm_base_url=args.llm_base_url,
-        llm_api_key_env=args.llm_api_key_env, llm_concurrency=args.llm_concurrency, llm_timeout=args.llm_timeout,
-        llm_max_retries=args.llm_max_retries, llm_cache=not args.no_llm_cache, llm_cache_dir=args.llm_cache_dir,
-        max_pairs=args.max_pairs, image_max_side=args.image_max_side, review_page_size=args.review_page_size,
-        decisions=list(args.decisions), tasks=tasks, progress=not args.no_progress)
+        llm_api_key_env=args.llm_api_key_env,
+        llm_concurrency=args.llm_concurrency,
+        llm_timeout=args.llm_timeout,
+        llm_max_retries=args.llm_max_retries,
+        llm_cache=not args.no_llm_cache,
+        llm_cache_dir=args.llm_cache_dir,
+        max_pairs=args.max_pairs,
+        image_max_side=args.image_max_side,
+        review_page_size=args.review_page_size,
+        decisions=list(args.decisions),
+        tasks=tasks,
+        progress=not args.no_progress,
+    )
 
 
 def run_build_vtc(args: argparse.Namespace) -> int:
@@ -481,5 +630,15 @@ def run_build_vtc(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["STAGES", "BuildConfig", "add_build_vtc_arguments", "build_report", "build_vtc", "config_from_args",
-           "contrast_type_table", "format_report", "make_llm", "run_build_vtc"]
+__all__ = [
+    "STAGES",
+    "BuildConfig",
+    "add_build_vtc_arguments",
+    "build_report",
+    "build_vtc",
+    "config_from_args",
+    "contrast_type_table",
+    "format_report",
+    "make_llm",
+    "run_build_vtc",
+]

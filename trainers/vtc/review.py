@@ -42,11 +42,22 @@ def render_page(title: str, page: str, pairs: Sequence[dict[str, Any]], page_ind
     """The HTML of one review page (``pairs``: the template's pair entries)."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     return env.get_template("review.html.j2").render(
-        title=title, page=page, pairs=pairs, types=[t.name for t in contrast_types()],
-        page_index=page_index, page_count=page_count, format=DECISIONS_FORMAT)
+        title=title,
+        page=page,
+        pairs=pairs,
+        types=[t.name for t in contrast_types()],
+        page_index=page_index,
+        page_count=page_count,
+        format=DECISIONS_FORMAT,
+    )
 
 
 def _entry(label: Label, pair: Any, pool: Any, thumb_side: int) -> dict[str, Any]:
@@ -57,14 +68,30 @@ def _entry(label: Label, pair: Any, pool: Any, thumb_side: int) -> dict[str, Any
             log.warning("review page: cannot read image %s: %s", image_id, exc)
             return None
 
-    return {"pair_id": label.pair_id, "id_a": pair.id_a, "id_b": pair.id_b, "source": pair.source,
-            "clip": pair.clip, "dino": pair.dino, "image_a": url(pair.id_a), "image_b": url(pair.id_b),
-            "contrast_type": label.contrast_type, "difference": label.difference,
-            "scores": [{**s.to_record(), "chosen": s.type == label.contrast_type} for s in label.scores]}
+    return {
+        "pair_id": label.pair_id,
+        "id_a": pair.id_a,
+        "id_b": pair.id_b,
+        "source": pair.source,
+        "clip": pair.clip,
+        "dino": pair.dino,
+        "image_a": url(pair.id_a),
+        "image_b": url(pair.id_b),
+        "contrast_type": label.contrast_type,
+        "difference": label.difference,
+        "scores": [{**s.to_record(), "chosen": s.type == label.contrast_type} for s in label.scores],
+    }
 
 
-def write_review_pages(out_dir: str | os.PathLike[str], labels: Sequence[Label], pairs: Iterable[Any], pool: Any, *,
-                       page_size: int = DEFAULT_PAGE_SIZE, thumb_side: int = THUMBNAIL_SIDE) -> list[Path]:
+def write_review_pages(
+    out_dir: str | os.PathLike[str],
+    labels: Sequence[Label],
+    pairs: Iterable[Any],
+    pool: Any,
+    *,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    thumb_side: int = THUMBNAIL_SIDE,
+) -> list[Path]:
     """Write the review pages of the labelled pairs to ``DIR/review/`` (old pages there are replaced)."""
     from harness.io import atomic_write_text
 
@@ -74,7 +101,7 @@ def write_review_pages(out_dir: str | os.PathLike[str], labels: Sequence[Label],
         old.unlink()
     by_id = {p.pair_id: p for p in pairs}
     labelled = [lab for lab in labels if lab.labelled]
-    pages = [labelled[s:s + page_size] for s in range(0, len(labelled), page_size)] or [[]]
+    pages = [labelled[s : s + page_size] for s in range(0, len(labelled), page_size)] or [[]]
     written = []
     for k, chunk in enumerate(pages, start=1):
         page = f"review-{k:04d}"
@@ -120,8 +147,9 @@ def read_decisions(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Decisio
             pid = entry["pair_id"]
             decision = entry.get("decision")
             if decision not in ("accept", "reject"):
-                raise DataError(f"decision {k} ({pid}): 'decision' must be accept or reject, got {decision!r}",
-                                path=path)
+                raise DataError(
+                    f"decision {k} ({pid}): 'decision' must be accept or reject, got {decision!r}", path=path
+                )
             ctype = entry.get("contrast_type")
             if ctype is not None:
                 found = find_contrast_type(ctype) if isinstance(ctype, str) else None
@@ -146,8 +174,9 @@ def apply_decisions(labels: Sequence[Label], decisions: dict[str, Decision] | No
     """The pairs to write: every labelled pair without decisions; with them, the accepted ones (type as decided)."""
     from trainers.vtc import contrast_type
 
-    outcome = ReviewOutcome(counts={"labelled": 0, "accepted": 0, "rejected": 0, "changed": 0, "undecided": 0,
-                                    "not_labelled": 0})
+    outcome = ReviewOutcome(
+        counts={"labelled": 0, "accepted": 0, "rejected": 0, "changed": 0, "undecided": 0, "not_labelled": 0}
+    )
     labelled_ids = set()
     for lab in labels:
         if not lab.labelled or lab.contrast_type is None:
@@ -172,10 +201,18 @@ def apply_decisions(labels: Sequence[Label], decisions: dict[str, Decision] | No
         unknown = sorted(set(decisions) - labelled_ids)
         outcome.counts["not_labelled"] = len(unknown)
         if unknown:
-            log.warning("%d decisions name pairs that are not labelled (first: %s); they are ignored",
-                        len(unknown), unknown[0])
+            log.warning(
+                "%d decisions name pairs that are not labelled (first: %s); they are ignored", len(unknown), unknown[0]
+            )
     return outcome
 
 
-__all__ = ["DECISIONS_FORMAT", "Decision", "ReviewOutcome", "apply_decisions", "read_decisions", "render_page",
-           "write_review_pages"]
+__all__ = [
+    "DECISIONS_FORMAT",
+    "Decision",
+    "ReviewOutcome",
+    "apply_decisions",
+    "read_decisions",
+    "render_page",
+    "write_review_pages",
+]

@@ -78,7 +78,9 @@ _TASK_INSTRUCTIONS = {
 }
 _MENTIONS_PAIR = re.compile(
     r"\b(?:image|picture|photo)\s*(?:#\s*)?(?:1|2|one|two)\b|"
-    r"\b(?:first|second|other|both|two)\s+(?:images?|pictures?|photos?)\b|\bthe\s+pair\b", re.IGNORECASE)
+    r"\b(?:first|second|other|both|two)\s+(?:images?|pictures?|photos?)\b|\bthe\s+pair\b",
+    re.IGNORECASE,
+)
 
 
 @cache
@@ -101,9 +103,17 @@ def write_prompt(contrast: ContrastType, difference: str, rationale: str | None,
     if task not in _TASK_INSTRUCTIONS:
         raise ConfigError(f"unknown task type {task!r}; task types: {', '.join(TASK_TYPES)}")
     examples = "\n".join(
-        json.dumps({"images": ex["images"], "contrast_type": ex["contrast_type"], "difference": ex["difference"],
-                    "output": ex["output"]}, ensure_ascii=False)
-        for ex in load_exemplars()[task])
+        json.dumps(
+            {
+                "images": ex["images"],
+                "contrast_type": ex["contrast_type"],
+                "difference": ex["difference"],
+                "output": ex["output"],
+            },
+            ensure_ascii=False,
+        )
+        for ex in load_exemplars()[task]
+    )
     reason = f" Why it matters: {rationale}" if rationale else ""
     return (
         "Image 1 and Image 2 look alike but differ in this respect: "
@@ -152,8 +162,9 @@ def parse_written(text: str) -> WrittenOutput:
         if not isinstance(value, str) or not value.strip():
             raise ReplyError("malformed", f"{key!r} must be a non-empty string")
         fields[key] = value.strip()
-    return WrittenOutput(**fields, contrast_terms_1=_terms(obj, "contrast_terms_1"),
-                         contrast_terms_2=_terms(obj, "contrast_terms_2"))
+    return WrittenOutput(
+        **fields, contrast_terms_1=_terms(obj, "contrast_terms_1"), contrast_terms_2=_terms(obj, "contrast_terms_2")
+    )
 
 
 def _norm(text: str) -> str:
@@ -164,8 +175,9 @@ def check_written(out: WrittenOutput) -> None:
     """Raise a :class:`ReplyError` (identical, no_contrast, mentions_pair) when an output breaks a rule."""
     if _norm(out.response_1) == _norm(out.response_2):
         raise ReplyError("identical", "the two responses are identical")
-    for k, (response, terms) in enumerate(((out.response_1, out.contrast_terms_1),
-                                           (out.response_2, out.contrast_terms_2)), start=1):
+    for k, (response, terms) in enumerate(
+        ((out.response_1, out.contrast_terms_1), (out.response_2, out.contrast_terms_2)), start=1
+    ):
         if not terms:
             raise ReplyError("no_contrast", f"contrast_terms_{k} is empty: response_{k} states no difference")
         absent = [t for t in terms if _norm(t) not in _norm(response)]
@@ -201,8 +213,7 @@ class Written:
         return rec
 
 
-def written_from_reply(pair_id: str, task: str, contrast_type: str, text: str | None,
-                       error: str | None) -> Written:
+def written_from_reply(pair_id: str, task: str, contrast_type: str, text: str | None, error: str | None) -> Written:
     """Parse and check one writer reply (``text=None``: the call failed with ``error``)."""
     if text is None:
         return Written(pair_id, task, contrast_type, "failed", error=error or "no reply")
@@ -228,9 +239,16 @@ class WriteSummary:
     ledger: dict[str, Any] | None = None
 
 
-def run_write_stage(out_dir: str | os.PathLike[str], judge: Judge, *, tasks: Sequence[str] = TASK_TYPES,
-                    decisions: Sequence[str | os.PathLike[str]] | None = None, image_max_side: int = 768,
-                    chunk_size: int = 64, progress: bool = True) -> WriteSummary:
+def run_write_stage(
+    out_dir: str | os.PathLike[str],
+    judge: Judge,
+    *,
+    tasks: Sequence[str] = TASK_TYPES,
+    decisions: Sequence[str | os.PathLike[str]] | None = None,
+    image_max_side: int = 768,
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> WriteSummary:
     """Write the records of the accepted pairs of ``DIR`` to ``DIR/vtc.jsonl``."""
     from tqdm import tqdm
 
@@ -242,8 +260,9 @@ def run_write_stage(out_dir: str | os.PathLike[str], judge: Judge, *, tasks: Seq
 
     unknown = [t for t in tasks if t not in TASK_TYPES]
     if unknown or not tasks:
-        raise ConfigError(f"unknown task type {unknown[0] if unknown else '(none)'!r}; task types: "
-                          f"{', '.join(TASK_TYPES)}")
+        raise ConfigError(
+            f"unknown task type {unknown[0] if unknown else '(none)'!r}; task types: {', '.join(TASK_TYPES)}"
+        )
     out = Path(out_dir)
     pairs = {p.pair_id: p for p in read_pairs(out)}
     labels = [lab for lab in read_labels(out) if lab.pair_id in pairs]
@@ -255,7 +274,7 @@ def run_write_stage(out_dir: str | os.PathLike[str], judge: Judge, *, tasks: Seq
     results: dict[str, Written] = {}
     with tqdm(total=len(jobs), desc="write", unit="output", disable=None if progress else True) as bar:
         for s in range(0, len(jobs), chunk_size):
-            chunk = jobs[s:s + chunk_size]
+            chunk = jobs[s : s + chunk_size]
             requests = []
             meta: dict[str, tuple[str, str, str]] = {}
             for lab, ct, task in chunk:
@@ -268,9 +287,14 @@ def run_write_stage(out_dir: str | os.PathLike[str], judge: Judge, *, tasks: Seq
                     continue
                 score = lab.score_of(ct.name)
                 text = write_prompt(ct, lab.difference or "", score.rationale if score else None, task)
-                requests.append(JudgeRequest(rid, ({"role": "user",
-                                                    "content": pair_images_content(url_a, url_b, text)},),
-                                             temperature=0.0, max_tokens=WRITE_MAX_TOKENS))
+                requests.append(
+                    JudgeRequest(
+                        rid,
+                        ({"role": "user", "content": pair_images_content(url_a, url_b, text)},),
+                        temperature=0.0,
+                        max_tokens=WRITE_MAX_TOKENS,
+                    )
+                )
                 meta[rid] = (lab.pair_id, task, ct.name)
             if requests:
                 for rid, result in judge.judge(requests).items():
@@ -284,11 +308,18 @@ def run_write_stage(out_dir: str | os.PathLike[str], judge: Judge, *, tasks: Seq
         if w.status != "written" or w.output is None:
             continue
         pair = pairs[w.pair_id]
-        examples.append(PreferenceExample(
-            id=w.record_id, question=w.output.prompt,
-            image_w=pool.file_for(pool.item(pair.id_a), image_dir),
-            image_l=pool.file_for(pool.item(pair.id_b), image_dir),
-            y_w=w.output.response_1, y_l=w.output.response_2, contrast_type=w.contrast_type, source=pair.source))
+        examples.append(
+            PreferenceExample(
+                id=w.record_id,
+                question=w.output.prompt,
+                image_w=pool.file_for(pool.item(pair.id_a), image_dir),
+                image_l=pool.file_for(pool.item(pair.id_b), image_dir),
+                y_w=w.output.response_1,
+                y_l=w.output.response_2,
+                contrast_type=w.contrast_type,
+                source=pair.source,
+            )
+        )
     write_preferences(out / "vtc.jsonl", examples)
     write_dir = out / "write"
     write_dir.mkdir(parents=True, exist_ok=True)
@@ -299,11 +330,22 @@ def run_write_stage(out_dir: str | os.PathLike[str], judge: Judge, *, tasks: Seq
         tasks=dict(Counter(w.task for w in ordered if w.status == "written")),
         types=dict(Counter(written_pairs.values())),
         per_source=dict(sorted(Counter(pairs[p].source for p in written_pairs).items())),
-        review=outcome.counts, records=len(examples), pairs=len(written_pairs), ledger=judge.ledger().to_dict())
-    atomic_write_json(write_dir / "summary.json", {"model": judge.model, "prompt_version": WRITE_PROMPT_VERSION,
-                                                   "tasks": list(tasks), **asdict(summary)})
-    log.info("write: %d records from %d pairs -> %s (%s)", len(examples), len(written_pairs), out / "vtc.jsonl",
-             ", ".join(f"{k} {v}" for k, v in summary.counts.items() if v))
+        review=outcome.counts,
+        records=len(examples),
+        pairs=len(written_pairs),
+        ledger=judge.ledger().to_dict(),
+    )
+    atomic_write_json(
+        write_dir / "summary.json",
+        {"model": judge.model, "prompt_version": WRITE_PROMPT_VERSION, "tasks": list(tasks), **asdict(summary)},
+    )
+    log.info(
+        "write: %d records from %d pairs -> %s (%s)",
+        len(examples),
+        len(written_pairs),
+        out / "vtc.jsonl",
+        ", ".join(f"{k} {v}" for k, v in summary.counts.items() if v),
+    )
     return summary
 
 
