@@ -284,9 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("output", help="folder to create")
     lab.add_argument(
         "--kind",
-        choices=["amber", "objhal", "sft", "preferences"],
+        choices=["amber", "objhal", "mmhal", "sft", "preferences"],
         default="preferences",
-        help="preferences: contrast pairs in the trainers' preference format (default); amber, objhal: "
+        help="preferences: contrast pairs in the trainers' preference format (default); amber, objhal, mmhal: "
         "the lab benchmarks; sft: the biased world's captions and yes/no answers",
     )
     lab.add_argument(
@@ -471,7 +471,7 @@ def cmd_lab_data(args) -> int:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. colour=0.8)")
         values[key.strip()] = _lab_value(key.strip(), raw.strip())
     config = lab.LabConfig.from_dict(values)
-    if args.kind in ("amber", "objhal"):
+    if args.kind in ("amber", "objhal", "mmhal"):
         print(lab.generate_lab_benchmark(args.output, args.kind, config))
     elif args.kind == "sft":
         print(lab.generate_lab_sft(args.output, config))

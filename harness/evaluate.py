@@ -176,7 +176,7 @@ def make_judge(settings: Any, task: Any, reviews: str | None = None):
         raise ConfigError(f"task {task.name} needs a judge: pass --judge-model")
     return OpenAIJudge(
         model,
-        base_url=settings.judge_base_url,
+        base_url=settings.judge_base_url or task.default_judge_base_url(model),
         api_key_env=settings.judge_api_key_env,
         concurrency=settings.judge_concurrency,
         use_cache=not settings.no_judge_cache,

@@ -138,6 +138,11 @@ class Task(ABC):
         """True when scoring (with the task's current options) calls an LLM judge."""
         return False
 
+    def default_judge_base_url(self, model: str) -> str | None:
+        """The endpoint of judge ``model`` when none is given (``--judge-base-url``): None is the OpenAI API. A
+        task whose judge runs locally (the lab's rater) starts it here and returns its URL."""
+        return None
+
     def score_file(self, path: str | Path, judge: Any = None) -> tuple[Metrics, dict[str, int]]:
         """Score a response file in the benchmark's official format (``harness score``): the metrics, and the
         coverage (samples, responses, missing). Unknown ids are an error; missing ones are reported as coverage."""

@@ -4,6 +4,7 @@ from tasks import (  # noqa: F401
     amber,
     cvbench,
     lab,
+    lab_mmhal,
     llava_bench,
     mmhal,
     mmvet,

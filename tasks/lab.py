@@ -1286,12 +1286,24 @@ def _write_objhal(root: Path, config: LabConfig) -> None:
 _WRITERS = {"amber": _write_amber, "objhal": _write_objhal}
 
 
+def register_writer(kind: str, writer: Callable[[Path, LabConfig], None]) -> None:
+    """Add a lab benchmark ``kind`` to :func:`generate_lab_benchmark` (``writer(root, config)`` fills the new folder
+    ``root`` and ends with :func:`write_config`)."""
+    _WRITERS[kind] = writer
+
+
+def write_config(root: Path, config: LabConfig) -> None:
+    """Record the settings a lab folder was generated with (the stamp :func:`generate_lab_benchmark` checks)."""
+    _write_config(root, config)
+
+
 def _stamp(root: Path) -> dict[str, Any] | None:
     return toy.read_stamp(root / CONFIG_FILE, GENERATOR)
 
 
 def generate_lab_benchmark(out_dir: str | Path, kind: str = "amber", config: LabConfig | None = None) -> Path:
-    """Write the lab benchmark ``kind`` (``amber``: ``lab_amber``'s files; ``objhal``: ``lab_objhal``'s) into
+    """Write the lab benchmark ``kind`` (``amber``: ``lab_amber``'s files; ``objhal``: ``lab_objhal``'s; ``mmhal``:
+    ``lab_mmhal``'s, :mod:`tasks.lab_mmhal`) into
     ``out_dir`` and return it. Atomic and idempotent as :func:`tasks.toy.generate_toy_amber`: a folder that holds
     the same benchmark is left as is, one of other settings is replaced, anything else is refused."""
     if kind not in _WRITERS:
@@ -1700,7 +1712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m tasks.lab", description="write a lab dataset")
     parser.add_argument("output")
-    parser.add_argument("--kind", choices=["amber", "objhal", "sft", "preferences"], default="amber")
+    parser.add_argument("--kind", choices=["amber", "objhal", "mmhal", "sft", "preferences"], default="amber")
     parser.add_argument(
         "--set",
         action="append",
@@ -1715,8 +1727,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         values[key] = json.loads(raw) if raw[:1] in "[{" or raw.replace(".", "", 1).lstrip("-").isdigit() else raw
     try:
         config = LabConfig.from_dict(values)
-        if args.kind in ("amber", "objhal"):
-            print(generate_lab_benchmark(args.output, args.kind, config))
+        if args.kind in ("amber", "objhal", "mmhal"):
+            from tasks import lab as registered  # ``python -m tasks.lab``: the writers live in the imported module
+
+            print(registered.generate_lab_benchmark(args.output, args.kind, config))
         elif args.kind == "sft":
             print(generate_lab_sft(args.output, config))
         else:
