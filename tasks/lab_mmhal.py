@@ -141,7 +141,6 @@ lab.register_writer("mmhal", write_mmhal)
 
 
 # --------------------------------------------------------------------------------------------------- the rater
-_SECTIONS = ("Image Contents", "Question", "Standard Human-Generated Answer", "LMM Response to Evaluate")
 _PROMPT = re.compile(
     r"### Image Contents\n(?P<contents>.*?)\n\n### Question\n(?P<question>.*?)\n\n"
     r"### Standard Human-Generated Answer\n(?P<answer>.*?)\n\n### LMM Response to Evaluate\n(?P<response>.*)\Z",
@@ -295,7 +294,7 @@ def rater_url() -> str:
 
 # --------------------------------------------------------------------------------------------------- the task
 def mmhal_numbers(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Score and HalRate (as MMHal's, unrounded to 2 places) and the count of rated records."""
+    """Score and HalRate (as MMHal's, rounded to 2 places) and the count of rated records."""
     ratings = [r["rating"] for r in records if r.get("rating") is not None]
     if not ratings:
         return {"n": 0}
