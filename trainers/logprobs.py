@@ -436,11 +436,6 @@ def _dummy_vision_output(
     return sum(f.sum() for f in feats) * 0.0
 
 
-# families whose language model takes plain one-dimensional positions (LLaVA's Llama decoder), which packing sets
-# itself; Qwen2-VL's M-RoPE positions are transformers' own, so its rows are never packed
-_PACKED_FAMILIES = frozenset({"llava"})
-
-
 @dataclass
 class _Packing:
     """The rows as prefix trees: rows that begin with the same tokens (the same image, when the tokens include
@@ -583,9 +578,12 @@ def _pack(batch: RowBatch, image_token_id: int | None, budget: int | None = None
     )
 
 
-def _packing_for(inner: nn.Module, family_name: str, batch: RowBatch) -> _Packing | None:
+def _packing_for(inner: nn.Module, family: type[ModelFamily] | str, batch: RowBatch) -> _Packing | None:
+    """The packing of ``batch``, or None where the family's positions cannot be set by packing
+    (:attr:`~harness.models.base.ModelFamily.packs_rows`) or the attention takes no custom 4-D mask."""
+    family = families()[family] if isinstance(family, str) else family
     config = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
-    if family_name not in _PACKED_FAMILIES or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+    if not family.packs_rows or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
         return None
     token = getattr(inner.config, "image_token_id", None)
     token = token if token is not None else getattr(inner.config, "image_token_index", None)
@@ -631,7 +629,7 @@ def row_logps(
         raise HarnessError(f"the batch was tokenized for {batch.family!r}, not {family_name!r}")
     inner, vision, lm_head = _parts(model)
     device = lm_head.weight.device
-    packing = _packing_for(inner, family_name, batch) if pack else None
+    packing = _packing_for(inner, family_cls, batch) if pack else None
     batch = batch.to(device)
     # the sequences the language model runs on: the rows, or the rows packed by shared prompt
     image_index = packing.image_index.to(device) if packing is not None else batch.image_index

@@ -29,6 +29,10 @@ class ModelFamily(ABC):
     # Whether trainers.logprobs can score rows of this family: the adapter implements encode_images and
     # empty_vision_input.
     supports_logprobs: ClassVar[bool] = False
+    # Whether trainers.logprobs may pack rows that share a prompt into one sequence (a 4-D mask and explicit
+    # position_ids): true when the language model takes plain one-dimensional positions (LLaVA's Llama decoder),
+    # false when the positions are computed by transformers from the images (Qwen2-VL's M-RoPE).
+    packs_rows: ClassVar[bool] = False
 
     def __init__(self, model_path: str | Path, template: str | None = None):
         self.model_path = Path(model_path)

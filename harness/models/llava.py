@@ -45,6 +45,7 @@ class LlavaFamily(ModelFamily):
     server_request_fields: ClassVar[dict[str, Any]] = {"add_special_tokens": True}  # BOS, as offline
     max_images_per_prompt: ClassVar[int] = 1
     supports_logprobs: ClassVar[bool] = True
+    packs_rows: ClassVar[bool] = True  # Llama positions are plain 1-D positions
 
     def render_prompt(self, prompt: str, num_images: int, response: str | None = None) -> str:
         if self.template == "hub":
