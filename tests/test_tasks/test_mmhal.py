@@ -34,7 +34,7 @@ from tasks.mmhal import (
     score_response_file,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DATA = FIXTURES / "data" / "mmhal_bench"
 GOLDEN = FIXTURES / "golden" / "mmhal_bench"
 RESPONSES = GOLDEN / "mmhal_responses_synthetic.json"

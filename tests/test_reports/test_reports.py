@@ -395,12 +395,12 @@ def test_published_rows(tmp_path: Path) -> None:
     assert any("JoMPO paper" in n for n in t1.notes)
     # the shipped file names its source and holds the paper's Table 1 (both model sizes)
     shipped, shipped_warnings = load_baselines("paper")
-    header = (Path(__file__).resolve().parents[1] / "reports" / "data" / "jompo_table1.csv").read_text()
+    header = (Path(__file__).resolve().parents[2] / "reports" / "data" / "jompo_table1.csv").read_text()
     assert "Source:" in header and "JoMPO" in header
     assert shipped_warnings == [] and set(shipped["model_size"]) == {"7B", "13B", "Qwen2-VL-7B"}
 
 
-PAPER_TABLE1 = Path(__file__).resolve().parents[1] / "reports" / "data" / "jompo_table1.csv"
+PAPER_TABLE1 = Path(__file__).resolve().parents[2] / "reports" / "data" / "jompo_table1.csv"
 TABLE1_COLUMNS = [
     "object_halbench:CHAIRs",
     "object_halbench:CHAIRi",
@@ -761,7 +761,7 @@ def test_table3_fills_from_the_general_tasks_metrics(tmp_path, capsys):
     from reports.frame import load_runs
     from reports.tables import table3
 
-    golden = Path(__file__).resolve().parent / "fixtures" / "golden"
+    golden = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
     cases = {
         "mmvp": [
             "--responses",
@@ -958,7 +958,7 @@ def test_paper_tables_2_3_5_stand_beside_the_runs_they_belong_to(sweep: Path) ->
     assert warnings == []
     report = build_report(load_runs([sweep]), baselines=base, ci=False, examples=0)
     by_number = {t.number: t for t in report.tables if t.number}
-    data = Path(__file__).resolve().parents[1] / "reports" / "data"
+    data = Path(__file__).resolve().parents[2] / "reports" / "data"
 
     def published(name: str) -> list[dict[str, str]]:
         lines = [ln for ln in (data / name).read_text().splitlines() if ln and not ln.startswith("#")]

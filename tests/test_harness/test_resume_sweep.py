@@ -23,7 +23,7 @@ from harness import sweep
 from harness.cli import main
 from harness.sweep import JobFailed, RunIndex, SweepSettings, run_sweep
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ===================================================================================== real training, in process

@@ -25,7 +25,7 @@ from tasks.pope import (
     score_answer_file,
 )
 
-DATA = Path(__file__).resolve().parent / "fixtures" / "data" / "pope"
+DATA = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "pope"
 
 # 8 questions: 5 "yes", 3 "no". Model answers parse to yes yes yes no no | yes no no:
 # TP 3, FN 2, FP 1, TN 2 -> accuracy 5/8, precision 3/4, recall 3/5, yes ratio 4/8.

@@ -16,7 +16,7 @@ import pytest
 from harness.errors import HarnessError
 from trainers.config import TrainConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COLOURS = [
     ("red", "blue", "circle"),
     ("green", "yellow", "square"),

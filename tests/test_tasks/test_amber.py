@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 from harness.errors import ConfigError, DataError, HarnessError  # noqa: E402
 from harness.task import _TASKS  # noqa: E402

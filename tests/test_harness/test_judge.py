@@ -527,7 +527,7 @@ def test_each_retry_is_logged_with_its_cause_and_attempt(server: FakeOpenAIServe
 def _mmhal_images(root: Path, n: int) -> Path:
     from PIL import Image
 
-    data = Path(__file__).resolve().parent / "fixtures" / "data" / "mmhal_bench"
+    data = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "mmhal_bench"
     records = json.loads((data / "mmhal-bench_answer_template.json").read_text())
     root.mkdir()
     for rec in records[:n]:
@@ -538,7 +538,7 @@ def _mmhal_images(root: Path, n: int) -> Path:
 def test_judge_timeout_flags_bound_a_hung_judge_in_harness_run(tmp_path: Path, capsys, caplog) -> None:
     from harness.cli import main
 
-    data = Path(__file__).resolve().parent / "fixtures" / "data" / "mmhal_bench"
+    data = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "mmhal_bench"
     images = _mmhal_images(tmp_path / "images", 2)
     caplog.set_level(logging.WARNING)
     with FakeOpenAIServer(models=("fake-model",)) as engine, FakeOpenAIServer(models=(MODEL,)) as judge_server:

@@ -14,7 +14,7 @@ from harness.errors import DataError
 from trainers.config import TrainConfig
 from trainers.sft import build_sft_trainer, read_sft_records
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

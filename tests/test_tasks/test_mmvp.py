@@ -34,7 +34,7 @@ from tasks.mmvp import (
     score_answer_file,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOLDEN = FIXTURES / "golden" / "mmvp"
 TSB = GOLDEN / "mmvp_answers_tsb0601_format.jsonl"
 CAMBRIAN = GOLDEN / "mmvp_answers_cambrian_format.jsonl"

@@ -14,7 +14,7 @@ from harness.cli import main
 from harness.errors import ConfigError
 from trainers.config import TrainConfig, load_config, read_recipe
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COLOURS = [
     ("red", "blue", "circle"),
     ("green", "yellow", "square"),

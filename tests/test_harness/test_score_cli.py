@@ -7,7 +7,7 @@ import pytest
 
 from harness.cli import main
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 AMBER = FIXTURES / "data" / "amber"
 GOLDEN = FIXTURES / "golden" / "amber"
 

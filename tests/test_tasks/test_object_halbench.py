@@ -39,7 +39,7 @@ from tasks.object_halbench import (
     trim_coh,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DATA = FIXTURES / "data" / "object_halbench"
 GOLDEN = FIXTURES / "golden" / "object_halbench"
 QUESTION = "Provide a thorough description of the given image."

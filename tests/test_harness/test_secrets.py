@@ -23,7 +23,7 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from fake_openai_server import Fail, FakeOpenAIServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MMHAL = REPO / "tests" / "fixtures" / "data" / "mmhal_bench"
 
 

@@ -18,7 +18,7 @@ from harness.types import Response, Sample
 from tasks import toy
 from tasks._amber_format import QUERY_FILES, dimension, dumps
 
-AMBER_DIR = Path(__file__).resolve().parent / "fixtures" / "data" / "amber"
+AMBER_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "amber"
 N = 40
 
 

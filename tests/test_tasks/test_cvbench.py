@@ -28,7 +28,7 @@ from tasks.cvbench import (
     score_cambrian_files,
 )
 
-GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden" / "cv_bench"
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "cv_bench"
 ADE, COCO, OMNI = (GOLDEN / f"cvbench_{s}_answers.jsonl" for s in ("ade", "coco", "omni"))
 
 
