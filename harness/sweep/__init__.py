@@ -69,8 +69,9 @@ sweep YAML, then returns; rerun the same command later to refresh the index and 
 
 Modules
 -------
-:mod:`~harness.sweep.settings` (settings, presets, sweep YAML), :mod:`~harness.sweep.plan` (jobs, names, data
-subsets), :mod:`~harness.sweep.flags` (the ``eval:`` / ``report:`` flags), :mod:`~harness.sweep.resources` (the
+:mod:`~harness.sweep.settings` (settings, presets, sweep YAML), :mod:`~harness.sweep.plan` (jobs, names,
+fingerprints), :mod:`~harness.sweep.inputs` (methods, data sizes and nested subsets, the base model, training
+recipes), :mod:`~harness.sweep.flags` (the ``eval:`` / ``report:`` flags), :mod:`~harness.sweep.resources` (the
 ``slurm:`` section), :mod:`~harness.sweep.layout` (the sweep folder's files), :mod:`~harness.sweep.locks`,
 :mod:`~harness.sweep.index` (done markers, verification, the run index, :func:`prepare`),
 :mod:`~harness.sweep.local` (supervised subprocesses, the local executor), :mod:`~harness.sweep.slurm` (the Slurm
@@ -105,6 +106,15 @@ from harness.sweep.index import (
     verify_trained_model,
     weight_files,
 )
+from harness.sweep.inputs import (
+    base_model_name,
+    check_methods,
+    fingerprint,
+    nested_subsets,
+    parse_data_sizes,
+    subset_file,
+    uses_rejected_image,
+)
 from harness.sweep.layout import (
     DONE_FILE,
     INDEX_FILE,
@@ -134,20 +144,7 @@ from harness.sweep.local import (
     supervise_main,
 )
 from harness.sweep.locks import JOB_LOCK_WAIT_S, _lock_info, job_lock, lock_holder, sweep_lock, try_lock
-from harness.sweep.plan import (
-    DataPlan,
-    Job,
-    Plan,
-    Point,
-    base_model_name,
-    build_plan,
-    check_methods,
-    fingerprint,
-    nested_subsets,
-    parse_data_sizes,
-    subset_file,
-    uses_rejected_image,
-)
+from harness.sweep.plan import DataPlan, Job, Plan, Point, build_plan
 from harness.sweep.resources import slurm_parameters
 from harness.sweep.settings import (
     DEFAULT_SUBSET_SEED,

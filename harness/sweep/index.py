@@ -13,6 +13,7 @@ from typing import Any
 from harness.errors import ConfigError, DataError
 from harness.io import atomic_write_json, atomic_write_text
 from harness.models.weights import safetensors_header, same_weights, weight_files  # noqa: F401
+from harness.sweep.inputs import NON_SEMANTIC_TRAIN, nested_subsets
 from harness.sweep.layout import (
     DONE_FILE,
     INDEX_FILE,
@@ -27,7 +28,7 @@ from harness.sweep.layout import (
     job_dir,
 )
 from harness.sweep.locks import _locked
-from harness.sweep.plan import _NON_SEMANTIC_TRAIN, Job, Plan, nested_subsets
+from harness.sweep.plan import Job, Plan
 
 
 def is_done(job: Job, output: Path) -> bool:
@@ -101,7 +102,7 @@ def verify_trained_model(job: Job, output: Path) -> tuple[str | None, dict[str, 
     if isinstance(recorded, dict) and recorded != weights:
         return f"{model_dir}: the weight files differ from those {MANIFEST_FILE} records", {}
     if job.train_config is not None and isinstance(manifest.get("config"), dict):
-        ignore = set(_NON_SEMANTIC_TRAIN)
+        ignore = set(NON_SEMANTIC_TRAIN)
         changes = _diff(
             {k: v for k, v in manifest["config"].items() if k in job.train_config and k not in ignore},
             {k: v for k, v in job.train_config.items() if k in manifest["config"] and k not in ignore},
@@ -257,7 +258,7 @@ def _check_reuse(job: Job, output: Path) -> None:
         return
     if old.fingerprint == job.fingerprint:
         return
-    ignore = set(_NON_SEMANTIC_TRAIN)
+    ignore = set(NON_SEMANTIC_TRAIN)
     changes = _diff(
         {k: v for k, v in (old.train_config or {}).items() if k not in ignore},
         {k: v for k, v in (job.train_config or {}).items() if k not in ignore},

@@ -6,11 +6,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-import random
-import re
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,32 +16,31 @@ from typing import TYPE_CHECKING, Any
 from harness.errors import ConfigError, DataError
 from harness.records import JobInfo
 from harness.sweep.flags import _SWEEP_SET_EVAL, _check_flags, _flags
+from harness.sweep.inputs import (
+    absolute_model,
+    base_model_name,
+    check_methods,
+    fingerprint,
+    load_train_config,
+    model_key,
+    parse_data_sizes,
+    read_source_examples,
+    recipe_path,
+    semantic_settings,
+    subset_file,
+    train_overrides,
+    uses_rejected_image,
+    validated,
+)
 from harness.sweep.layout import KINDS, MANIFEST_FILE, TRAIN_YAML
 from harness.sweep.resources import slurm_parameters
-from harness.sweep.settings import DEFAULT_SUBSET_SEED, DEFAULT_TOY_PAIRS, EXECUTORS, SweepSettings, project_path
+from harness.sweep.settings import DEFAULT_TOY_PAIRS, EXECUTORS, SweepSettings, project_path
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
     from trainers.data import PreferenceExample
 
 log = logging.getLogger("harness.sweep")
-
-# Training settings that do not change the trained model (left out of a training job's fingerprint).
-_NON_SEMANTIC_TRAIN = (
-    "model",
-    "data",
-    "output",
-    "image_root",
-    "resume",
-    "report_to",
-    "logging_steps",
-    "save_steps",
-    "save_total_limit",
-    "dataloader_num_workers",
-)
-
-# Training settings the sweep sets itself (not allowed in the `train:` / `sft:` sections).
-_SWEEP_SET_TRAIN = ("method", "model", "data", "output", "resume")
 
 
 @dataclass(frozen=True)
@@ -158,142 +155,6 @@ class Plan:
         return {job.id: job for job in self.jobs}
 
 
-def fingerprint(values: Mapping[str, Any]) -> str:
-    """A stable 16-hex-digit hash of ``values``."""
-    from harness.store import fingerprint as _fp
-
-    return _fp(dict(values))
-
-
-def uses_rejected_image(method: str) -> bool:
-    """Whether ``method``'s loss uses a generated rejected image (the ``rej`` condition: MPO's term)."""
-    from trainers.losses import METHODS, required_rows
-
-    return any(condition == "rej" for condition, _ in required_rows(METHODS[method]))
-
-
-def check_methods(methods: Sequence[str]) -> None:
-    """An unknown method is a :class:`ConfigError` naming the closest method names."""
-    from trainers.config import PREFERENCE_METHODS, unknown_method_message
-
-    if not methods:
-        raise ConfigError("no --methods given (e.g. --methods dpo,mpo,jompo)")
-    for name in methods:
-        if name not in PREFERENCE_METHODS:
-            note = " (sft is a stage: the `sft:` section of the sweep YAML)" if name == "sft" else ""
-            raise ConfigError(f"--methods: {unknown_method_message(name, PREFERENCE_METHODS)}{note}")
-
-
-def parse_data_sizes(tokens: Sequence[str], n_records: int, source: str) -> list[int]:
-    """Data sizes (``1k``, ``2000``, ``all``) as record counts, ascending; a size larger than the data set, or not
-    a positive count, is a :class:`ConfigError`."""
-    from reports.frame import parse_size
-
-    if not tokens:
-        raise ConfigError("no --data-sizes given (e.g. --data-sizes 1k,2k,5k, or all)")
-    sizes: list[int] = []
-    for token in tokens:
-        size = n_records if token.strip().lower() == "all" else parse_size(token)
-        if size is None or size <= 0:
-            raise ConfigError(f"--data-sizes: {token!r} is not a positive record count (e.g. 500, 1k, 2.5k, all)")
-        if size > n_records:
-            raise ConfigError(
-                f"--data-sizes: {token} ({size} records) is larger than the data set: "
-                f"{source} holds {n_records} records"
-            )
-        sizes.append(size)
-    return sorted(set(sizes))
-
-
-def nested_subsets(
-    examples: Sequence[PreferenceExample], sizes: Sequence[int], seed: int = DEFAULT_SUBSET_SEED
-) -> dict[int, list[PreferenceExample]]:
-    """Reproducible nested subsets: the records sorted by id, shuffled once with ``seed``; size ``n`` takes the
-    first ``n``. The result does not depend on the file's record order, and a smaller subset is a prefix of a
-    larger one."""
-    order = sorted(examples, key=lambda e: e.id)
-    random.Random(seed).shuffle(order)
-    return {n: order[:n] for n in sizes}
-
-
-def subset_file(size: int) -> str:
-    from reports.frame import format_size
-
-    return f"data/preferences-{format_size(size)}.jsonl"
-
-
-def _absolute_model(model: str | None) -> str | None:
-    if model is None:
-        return None
-    p = Path(model).expanduser()
-    return str(p.resolve()) if p.exists() else model
-
-
-def _model_key(model: str | None) -> str:
-    if model is None:  # the default model: the lab model of the documented settings (its cache folder names them)
-        from trainers.lab_model import lab_model_dir
-
-        return f"embedded:{lab_model_dir().name}"
-    p = Path(model).expanduser()
-    return str(p.resolve()) if p.exists() else model
-
-
-def base_model_name(model: str | None) -> str:
-    """The base model's name in reports: the checkpoint folder's name, or the embedded model's."""
-    if model is None:
-        from trainers.lab_model import LAB_MODEL_NAME
-
-        return LAB_MODEL_NAME
-    text = model.rstrip("/\\")
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name or text).strip("_") or "model"
-
-
-def _recipe(template: str | None, method: str) -> Path | None:
-    if template is None:
-        return None
-    path = project_path(template.replace("{method}", method))
-    if not path.is_file():
-        raise ConfigError(f"train_config {template!r}: recipe file not found: {path}")
-    return path
-
-
-def _train_overrides(section: Mapping[str, Any], what: str) -> dict[str, Any]:
-    bad = [k for k in section if k in _SWEEP_SET_TRAIN]
-    if bad:
-        raise ConfigError(
-            f"{what}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} set by the sweep "
-            "(use the sweep's own settings: methods, model, data, output)"
-        )
-    return dict(section)
-
-
-def _load_train_config(recipe: Path | None, overrides: Mapping[str, Any]) -> TrainConfig:
-    from trainers.config import load_config
-
-    return load_config(recipe, {k: v for k, v in overrides.items() if v is not None})
-
-
-def _validated(config: TrainConfig) -> TrainConfig:
-    # the embedded model has no path until it is built; validate() only needs a non-empty value
-    dataclasses.replace(config, model=config.model or "embedded").validate()
-    return config
-
-
-def _semantic(config: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.to_dict().items() if k not in _NON_SEMANTIC_TRAIN}
-
-
-def _read_source_examples(settings: SweepSettings, recipe_defaults: TrainConfig) -> list[PreferenceExample]:
-    from trainers.data import read_preferences
-
-    path = project_path(settings.data or "")
-    if not path.is_file():
-        raise DataError("preference data file not found (--data)", path=path)
-    image_root = settings.image_root or recipe_defaults.image_root
-    fmt = settings.data_format or recipe_defaults.data_format or "auto"
-    return read_preferences(path, image_root=image_root, fmt=fmt)
-
-
 def build_plan(settings: SweepSettings) -> Plan:
     """Expand ``settings`` into the sweep's jobs (no file is written). Reads the preference data (to count it and
     check the data sizes) unless it is ``toy``; bad settings raise :class:`ConfigError` / :class:`DataError`."""
@@ -339,12 +200,12 @@ def build_plan(settings: SweepSettings) -> Plan:
                 f"(strategies: {', '.join(REJECTED_IMAGE_STRATEGIES)})"
             )
 
-    train_overrides = _train_overrides(settings.train, "train")
+    train_section = train_overrides(settings.train, "train")
     global_steps = {"max_steps": settings.max_steps} if settings.max_steps else {}
     configs: dict[str, TrainConfig] = {}
     for method in methods:
-        configs[method] = _load_train_config(
-            _recipe(settings.train_config, method), {**train_overrides, **global_steps, "method": method}
+        configs[method] = load_train_config(
+            recipe_path(settings.train_config, method), {**train_section, **global_steps, "method": method}
         )
     first = configs[methods[0]]
 
@@ -367,7 +228,7 @@ def build_plan(settings: SweepSettings) -> Plan:
         data_fp = fingerprint({"lab": lab_config.to_dict()})
         examples = None
     else:
-        examples = _read_source_examples(settings, first)
+        examples = read_source_examples(settings, first)
         n_records = len(examples)
         source = str(project_path(settings.data).resolve())
         from harness.cache import content_hash
@@ -386,8 +247,8 @@ def build_plan(settings: SweepSettings) -> Plan:
     )
 
     jobs: list[Job] = []
-    start_model = _absolute_model(settings.model)  # jobs may run in another folder (Slurm)
-    start_key = _model_key(settings.model)
+    start_model = absolute_model(settings.model)  # jobs may run in another folder (Slurm)
+    start_key = model_key(settings.model)
     start_dep: tuple[str, ...] = ()
     model_name = base_model_name(settings.model)
 
@@ -398,7 +259,7 @@ def build_plan(settings: SweepSettings) -> Plan:
         sft_recipe = sft.pop("config", None)
         if sft_data is None:
             raise ConfigError("sft: no data given (a file of {id, image, question, answer} records, or toy)")
-        sft_overrides = _train_overrides(sft, "sft")
+        sft_overrides = train_overrides(sft, "sft")
         if sft_data == "toy":
             from tasks.toy import SFT_FILE
 
@@ -414,7 +275,7 @@ def build_plan(settings: SweepSettings) -> Plan:
             sft_path = path.resolve()
             sft_fp = content_hash(sft_path)
             data.sft_source = str(sft_path)
-        sft_config = _load_train_config(
+        sft_config = load_train_config(
             project_path(str(sft_recipe)) if sft_recipe else None,
             {
                 **sft_overrides,
@@ -425,9 +286,9 @@ def build_plan(settings: SweepSettings) -> Plan:
                 "output": str(output / "models" / "sft"),
             },
         )
-        _validated(sft_config)
+        validated(sft_config)
         sft_fingerprint = fingerprint(
-            {"kind": "sft", "config": _semantic(sft_config), "data": sft_fp, "model": start_key}
+            {"kind": "sft", "config": semantic_settings(sft_config), "data": sft_fp, "model": start_key}
         )
         jobs.append(_train_job("sft", "sft", "sft", (), {}, sft_config, sft_fingerprint, output, settings))
         start_model = str(output / "models" / "sft")
@@ -525,11 +386,11 @@ def _point_jobs(
     }
     if point.rejected_image is not None:
         changes["rejected_image"] = point.rejected_image
-    train_config = _validated(dataclasses.replace(config, **changes))
+    train_config = validated(dataclasses.replace(config, **changes))
     train_fp = fingerprint(
         {
             "kind": "train",
-            "config": _semantic(train_config),
+            "config": semantic_settings(train_config),
             "model": start_key,
             "data": {"source": data.fingerprint, "size": point.data_size, "subset_seed": data.subset_seed},
         }
