@@ -7,13 +7,15 @@
 - :func:`select_layout` is the ``auto|jsonl|parquet`` option of the tasks whose data comes as the official release
   files or as the HF dataset saved as parquet (``json`` stands for ``jsonl`` where the release is one JSON file);
   :class:`DataLayout` gives a task that option and its ``check_files``.
-- :class:`UniqueIds` (:func:`require_unique`, :func:`add_response`) refuses a repeated id (a question, an answer, a
+- :class:`UniqueIds` (:func:`require_unique`, :class:`Answers`) refuses a repeated id (a question, an answer, a
   review) with a :class:`DataError` naming the file and line.
+- :class:`TaskOptions` reads a task's options when it is made (:meth:`TaskOptions.read_options`);
+  :func:`suffix_text` is the answer-instruction option (text appended to each prompt).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -145,10 +147,67 @@ def no_judge(who: str, model: str, *, grader: bool = False, about: str = "", alt
     )
 
 
+def replies_in_order(
+    data: Sequence[Any], ids: Sequence[str], path: str | Path, *, expected: str = ""
+) -> dict[str, Any]:
+    """Saved judge replies given as a JSON list, one per id of ``ids`` in that order: ``{id: reply}``. A list of
+    another length is a :class:`DataError` (``expected``: what the message says it should hold)."""
+    if len(data) != len(ids):
+        raise DataError(
+            f"holds {len(data)} replies for {len(ids)} questions; "
+            f"expected {expected or 'one per question in question order'}",
+            path=path,
+        )
+    return dict(zip(ids, data))
+
+
+def loop_counts(loop: JudgeLoop[Any], scored: tuple[str, int], **more: int) -> dict[str, int]:
+    """The counts of a judge loop: ``scored`` (its name and number), ``judge_failed``, ``unparsed``, then ``more``."""
+    return {scored[0]: scored[1], "judge_failed": len(loop.failed), "unparsed": len(loop.unparsed), **more}
+
+
+def loop_notes(notes: list[str], loop: JudgeLoop[Any], unparsed: str) -> None:
+    """Add to ``notes`` the notes on the loop's failed judgments and on its unparsed replies (``unparsed``: what the
+    official scorer makes of them, after their number), each with the first ids."""
+    if loop.failed:
+        notes.append(failed_note(loop.failed))
+    if loop.unparsed:
+        notes.append(f"{len(loop.unparsed)} {unparsed}: ids {', '.join(loop.unparsed[:NOTE_IDS])}")
+
+
 def no_score(task: str, counts: dict[str, int], notes: list[str], records: list[dict[str, Any]]) -> Metrics:
     """The metrics when no judgment succeeded: no number, the counts, notes and records."""
     notes.append("no judgment succeeded: no score computed")
     return Metrics(task=task, headline={}, counts=counts, notes=notes, records=records)
+
+
+# --------------------------------------------------------------------------------------------------- options
+class TaskOptions:
+    """For a :class:`~harness.task.Task` (listed before it among the bases) that reads and checks its options when it
+    is made: the task's constructor, then :meth:`read_options` (a bad option fails there, before any work)."""
+
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        image_root: str | Path | None = None,
+        options: Mapping[str, Any] | None = None,
+    ):
+        super().__init__(data_root, image_root, options)  # type: ignore[call-arg]
+        self.read_options()
+
+    def read_options(self) -> None:
+        """Read the task's options (``self.options``) into attributes; a bad value is a :class:`ConfigError`."""
+
+
+def suffix_text(value: Any, option: str) -> str:
+    """The value of the text option ``option`` that a task appends to each prompt (its answer instruction): ``None``,
+    ``""`` or ``none`` for no text; a literal ``\\n`` in it is a newline; a value not a string is a
+    :class:`ConfigError`."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"{option} must be a string, got {value!r}")
+    return value.replace("\\n", "\n")
 
 
 # --------------------------------------------------------------------------------------------------- data layout
@@ -198,13 +257,14 @@ def missing_layout(
     return MissingDataFile(first, auto_source if fmt == "auto" and auto_source is not None else release_source)
 
 
-class DataLayout:
+class DataLayout(TaskOptions):
     """For a :class:`~harness.task.Task` (listed before it among the bases) whose data is the official release files
     (:attr:`release_names` under the data root, format :attr:`release_format`) or the HF dataset saved as parquet
     (:meth:`parquet_paths`): the task's option :attr:`format_option` (``auto``, :attr:`release_format`,
     ``parquet``; read by :meth:`read_format_option`) picks them (:func:`select_layout`). :meth:`layout` gives the
     format and the files, ``check_files`` the files; a missing layout is :meth:`missing_layout_error`;
-    :meth:`layout_records` is the task's :meth:`read_layout` of them, read once."""
+    :meth:`layout_records` is the task's :meth:`read_layout` of them, read once. :meth:`read_options` reads the
+    format option; a task with more options reads them there too."""
 
     format_option: ClassVar[str]
     release_format: ClassVar[str] = "jsonl"
@@ -216,6 +276,9 @@ class DataLayout:
     data_root: Path
     format: str
     choice_option: Callable[[str, str, Sequence[str]], str]
+
+    def read_options(self) -> None:
+        self.read_format_option()
 
     def read_format_option(self) -> str:
         self.format = self.choice_option(self.format_option, "auto", format_choices(self.release_format))
@@ -300,25 +363,28 @@ class UniqueIds:
         self._first[key] = at if at is not None else f"on line {line}"
 
 
-def add_response(
-    out: dict[str, Response],
-    sample_id: str,
-    text: str,
-    *,
-    known: Collection[str],
-    unknown: str,
-    second: str,
-    path: str | Path,
-    line: int | None = None,
-) -> None:
-    """``out[sample_id] = Response(sample_id, text, "stop")``, a response read from an answer file; an id not in
-    ``known`` (message ``unknown``) or already answered (message ``second``) is a :class:`DataError` naming the file
-    and line."""
-    if sample_id not in known:
-        raise DataError(unknown, path=path, line=line)
-    if sample_id in out:
-        raise DataError(second, path=path, line=line)
-    out[sample_id] = Response(sample_id, text, "stop")
+class Answers:
+    """The responses read from the answer file ``path``, by sample id (:attr:`responses`).
+
+    :meth:`add` of an id not in ``known`` (``<name> is not <question>``, ``question`` saying which questions are
+    known, e.g. ``a POPE question of DIR``) or already answered (``a second answer for <name>``) raises
+    :class:`DataError` naming the file and line; ``name`` is how the message names the id (the id itself by default)
+    and ``where`` comes before either message.
+    """
+
+    def __init__(self, path: str | Path, known: Collection[str], question: str):
+        self.path = path
+        self.known = known
+        self.question = question
+        self.responses: dict[str, Response] = {}
+
+    def add(self, sample_id: str, text: str, line: int | None, *, name: str | None = None, where: str = "") -> None:
+        name = sample_id if name is None else name
+        if sample_id not in self.known:
+            raise DataError(f"{where}{name} is not {self.question}", path=self.path, line=line)
+        if sample_id in self.responses:
+            raise DataError(f"{where}a second answer for {name}", path=self.path, line=line)
+        self.responses[sample_id] = Response(sample_id, text, "stop")
 
 
 def require_unique(

@@ -468,17 +468,8 @@ def score_cambrian_files(files: Sequence[tuple[str, Path]], *, task: str = "cvbe
 
 
 # --------------------------------------------------------------------------------------------------- task
-def _suffix_option(options: Mapping[str, Any]) -> str:
-    value = options.get("cvbench_suffix", CAMBRIAN_SUFFIX)
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return ""
-    if not isinstance(value, str):
-        raise ConfigError(f"cvbench_suffix must be a string, got {value!r}")
-    return value.replace("\\n", "\n")
-
-
 @register_task
-class CVBench(Task):
+class CVBench(scaffold.TaskOptions, Task):
     """CV-Bench (2D: ADE20K, COCO; 3D: Omni3D): per-source accuracy and the card's ``((ade + coco) / 2 + omni) / 2``.
 
     Options: ``cvbench_suffix`` (text appended to each ``prompt``; default Cambrian's answer instruction
@@ -497,16 +488,11 @@ class CVBench(Task):
     data_files = (DataFile("test_2d.jsonl", DATA_SOURCE), DataFile("test_3d.jsonl", DATA_SOURCE))
     default_max_new_tokens = DEFAULT_MAX_NEW_TOKENS
 
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
-        self.suffix = _suffix_option(self.options)
+    _records: list[CVBenchRecord] | None = None
+
+    def read_options(self) -> None:
+        self.suffix = scaffold.suffix_text(self.options.get("cvbench_suffix", CAMBRIAN_SUFFIX), "cvbench_suffix")
         self.format = self.choice_option("cvbench_format", "auto", FORMATS)
-        self._records: list[CVBenchRecord] | None = None
 
     def default_data_root(self) -> Path:
         raise ConfigError(
@@ -609,11 +595,10 @@ class CVBench(Task):
         """CV-Bench-indexed answers (see the module docstring) by sample id; unknown, ambiguous or repeated ids
         raise :class:`DataError` naming the file and line."""
         records = self.records()
-        ids = {r.sample_id for r in records}
+        answers = scaffold.Answers(path, {r.sample_id for r in records}, f"a CV-Bench question of {self.data_root}")
         by_idx: dict[int, list[str]] = {}
         for r in records:
             by_idx.setdefault(r.idx, []).append(r.sample_id)
-        out: dict[str, Response] = {}
         for lineno, obj in iter_jsonl(path):
             text = next((obj[k] for k in ("response", "text", "prediction") if k in obj), None)
             if not isinstance(text, str):
@@ -641,17 +626,8 @@ class CVBench(Task):
                 raise DataError(
                     "expected a sample 'id' (\"2D-0\") or an integer 'idx' (with 'type')", path=path, line=lineno
                 )
-            scaffold.add_response(
-                out,
-                sid,
-                text,
-                known=ids,
-                path=path,
-                line=lineno,
-                unknown=f"{sid} is not a CV-Bench question of {self.data_root}",
-                second=f"a second answer for {sid}",
-            )
-        return out
+            answers.add(sid, text, lineno)
+        return answers.responses
 
     def score_file(self, path: str | Path, judge: Any = None) -> tuple[Metrics, dict[str, int]]:
         """Score Cambrian per-source answer files on their own (as ``*_test.py``), or CV-Bench-indexed answers

@@ -330,18 +330,12 @@ def read_reviews(path: str | Path, question_ids: Sequence[str]) -> ReplayJudge:
     except DataError:
         data = None  # JSON lines, not one JSON document
     if isinstance(data, list):
-        if len(data) != len(question_ids):
-            raise DataError(
-                f"holds {len(data)} replies for {len(question_ids)} questions; expected one per question "
-                f"in question order",
-                path=path,
-            )
-        for i, (sid, text) in enumerate(zip(question_ids, data)):
+        replies = scaffold.replies_in_order(data, question_ids, path)
+        for i, text in enumerate(replies.values()):
             if text is not None and not isinstance(text, str):
                 raise DataError(
                     f"reply {i} is a {type(text).__name__}; expected the judge's reply text or null", path=path
                 )
-            replies[sid] = text
     elif isinstance(data, dict):  # a single review record on one line
         replies = _review_lines([(1, data)], path)
     else:
@@ -418,13 +412,7 @@ def score_items(
                 "judge_error": j.error,
             }
         )
-    failed, unparsed = loop.failed, loop.unparsed
-    counts: dict[str, int] = {
-        "judged": len(all_pairs),
-        "judge_failed": len(failed),
-        "unparsed": len(unparsed),
-        **(extra_counts or {}),
-    }
+    counts = scaffold.loop_counts(loop, ("judged", len(all_pairs)), **(extra_counts or {}))
     notes = [
         f"scorer: {JUDGE_SOURCE}",
         f"judge: {judge.model}",
@@ -434,13 +422,12 @@ def score_items(
         ),
         *extra_notes,
     ]
-    if failed:
-        notes.append(scaffold.failed_note(failed))
-    if unparsed:
-        notes.append(
-            f"{len(unparsed)} judge replies have no two scores on their first line and are averaged in as "
-            f"[-1, -1], as the official scorer does: ids {', '.join(unparsed[:20])}"
-        )
+    scaffold.loop_notes(
+        notes,
+        loop,
+        "judge replies have no two scores on their first line and are averaged in as [-1, -1], as the official "
+        "scorer does",
+    )
     if not all_pairs:
         return scaffold.no_score(task, counts, notes, records)
     headline: dict[str, float] = {}
@@ -498,13 +485,7 @@ class LLaVABench(scaffold.DataLayout, Task):
     release_names = JSONL_FILES
     layout_source = DATA_SOURCE
 
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
+    def read_options(self) -> None:
         self.caption_mode = self.choice_option("llava_bench_caption", "text", CAPTION_MODES)
         self.read_format_option()
 
@@ -597,21 +578,13 @@ class LLaVABench(scaffold.DataLayout, Task):
     def read_responses(self, path: str | Path) -> dict[str, Response]:
         """LLaVA's ``model_vqa.py`` answers (JSON lines ``{"question_id", "text"}``; also ``answer``/``response``);
         unknown or repeated ids raise :class:`DataError` naming the file and line."""
-        ids = {q.sample_id for q in self.questions()}
-        out: dict[str, Response] = {}
+        answers = scaffold.Answers(
+            path, {q.sample_id for q in self.questions()}, f"a LLaVA-Bench question of {self.data_root}"
+        )
         for lineno, obj in iter_jsonl(path):
             qid = obj.get("question_id")
             text = next((obj[k] for k in ("text", "answer", "response") if k in obj), None)
             if not isinstance(qid, (int, str)) or isinstance(qid, bool) or not isinstance(text, str):
                 raise DataError('expected LLaVA\'s answer {"question_id", "text"}', path=path, line=lineno)
-            scaffold.add_response(
-                out,
-                str(qid),
-                text,
-                known=ids,
-                path=path,
-                line=lineno,
-                unknown=f"question_id {qid} is not a LLaVA-Bench question of {self.data_root}",
-                second=f"a second answer for question_id {qid}",
-            )
-        return out
+            answers.add(str(qid), text, lineno, name=f"question_id {qid}")
+        return answers.responses

@@ -47,6 +47,7 @@ from typing import Any, ClassVar
 from harness.errors import ConfigError, DataError, MissingPackage, install_command
 from harness.task import Task
 from harness.types import ImageRef, Metrics, Response, Sample
+from tasks import _scaffold as scaffold
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class _Filtered:
     filtered_resps: dict[str, Any] = field(default_factory=dict)
 
 
-class LmmsTask(Task):
+class LmmsTask(scaffold.TaskOptions, Task):
     """A task of lmms-eval's registry (``lmms_task``), run by the harness; see the module docstring.
 
     Subclasses are made by :func:`lmms_task_class` (``harness.task.get_task("lmms:<task>")``).
@@ -133,13 +134,7 @@ class LmmsTask(Task):
     version: ClassVar[str] = "1"
     option_names: ClassVar[tuple[str, ...]] = ("lmms_include_path", "lmms_output_path")
 
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
+    def read_options(self) -> None:
         self.include_path = _include_paths(self.options)
         self._manager: Any = None
         self._task: Any = None

@@ -614,7 +614,7 @@ def _no_judge() -> ConfigError:
 
 # --------------------------------------------------------------------------------------------------- task
 @register_task
-class MMHalBench(Task):
+class MMHalBench(scaffold.TaskOptions, Task):
     """MMHal-Bench: 96 free-form questions, answers rated 0-6 by a judge LLM (official ``eval_gpt4.py``).
 
     Options: ``mmhal_file`` (the question file's path relative to the data root; default: the first of
@@ -647,13 +647,7 @@ class MMHalBench(Task):
         n = metrics.counts.get("questions", 0)
         return metrics, {"samples": n, "responses": n, "missing": 0}
 
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
+    def read_options(self) -> None:
         file_option = self.options.get("mmhal_file")
         if file_option is not None and not isinstance(file_option, (str, Path)):
             raise ConfigError(f"mmhal_file must be a file name or path, got {file_option!r}")

@@ -231,13 +231,7 @@ def read_reviews(path: str | Path, question_ids: Sequence[str]) -> ReplayJudge:
     data = read_json(path)
     replies: dict[str, Any]
     if isinstance(data, list):
-        if len(data) != len(question_ids):
-            raise DataError(
-                f"holds {len(data)} replies for {len(question_ids)} questions; expected one per question "
-                f"in question order",
-                path=path,
-            )
-        replies = dict(zip(question_ids, data))
+        replies = scaffold.replies_in_order(data, question_ids, path)
     elif isinstance(data, Mapping):
         replies = {}
         for k, v in data.items():
@@ -374,14 +368,7 @@ def score_items(
             scored.append((it.capabilities, g.value))
             rec.update(score=g.value, parsed=g.parsed, judge_error=None)
         records.append(rec)
-    failed, unparsed = loop.failed, loop.unparsed
-    counts: dict[str, int] = {
-        "graded": len(scored),
-        "judge_failed": len(failed),
-        "unparsed": len(unparsed),
-        "retried": retried,
-        **(extra_counts or {}),
-    }
+    counts = scaffold.loop_counts(loop, ("graded", len(scored)), retried=retried, **(extra_counts or {}))
     notes = [
         f"scorer: {GRADER_SOURCE}",
         f"judge: {judge.model}",
@@ -389,13 +376,11 @@ def score_items(
         "scores are means x 100, rounded to 1 decimal with numpy's rounding",
         *extra_notes,
     ]
-    if failed:
-        notes.append(scaffold.failed_note(failed))
-    if unparsed:
-        notes.append(
-            f"{len(unparsed)} questions got no parseable grade after the official retries and score 0.0, "
-            f"as the official evaluator: ids {', '.join(unparsed[:20])}"
-        )
+    scaffold.loop_notes(
+        notes,
+        loop,
+        "questions got no parseable grade after the official retries and score 0.0, as the official evaluator",
+    )
     if not scored:
         return scaffold.no_score(task, counts, notes, records)
     if any(math.isnan(s) for _, s in scored):
@@ -430,15 +415,6 @@ class MMVet(scaffold.DataLayout, Task):
     release_format = "json"
     release_names = (DATA_FILE,)
     layout_source = DATA_SOURCE
-
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
-        self.read_format_option()
 
     def needs_judge(self) -> bool:
         return True
@@ -511,8 +487,8 @@ class MMVet(scaffold.DataLayout, Task):
     def read_responses(self, path: str | Path) -> dict[str, Response]:
         """The official ``results/<model>.json`` (``{"v1_0": prediction}``) or LLaVA's answer JSON lines
         (``{"question_id": 0, "text"}`` -> ``v1_0``); unknown or repeated ids raise :class:`DataError`."""
-        ids = {q.id for q in self.questions()}
         path = Path(path)
+        answers = scaffold.Answers(path, {q.id for q in self.questions()}, f"an MM-Vet question of {self.data_root}")
         pairs: list[tuple[int | None, Any, Any]] = []
         if path.suffix == ".json":
             data = read_json(path)
@@ -525,20 +501,10 @@ class MMVet(scaffold.DataLayout, Task):
                 if isinstance(qid, int) and not isinstance(qid, bool):
                     qid = f"v1_{qid}"  # scripts/convert_mmvet_for_eval.py
                 pairs.append((lineno, qid, next((obj[k] for k in ("text", "answer", "response") if k in obj), None)))
-        out: dict[str, Response] = {}
         for line, qid, text in pairs:
             if not isinstance(qid, str) or not isinstance(text, str):
                 raise DataError(
                     f'answer {qid!r}: expected an id ("v1_0") and the prediction text', path=path, line=line
                 )
-            scaffold.add_response(
-                out,
-                qid,
-                text,
-                known=ids,
-                path=path,
-                line=line,
-                unknown=f"{qid} is not an MM-Vet question of {self.data_root}",
-                second=f"a second answer for {qid}",
-            )
-        return out
+            answers.add(qid, text, line)
+        return answers.responses

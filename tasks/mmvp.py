@@ -751,7 +751,7 @@ def _no_judge() -> ConfigError:
 
 # --------------------------------------------------------------------------------------------------- task
 @register_task
-class MMVP(Task):
+class MMVP(scaffold.TaskOptions, Task):
     """MMVP: 150 pairs of two-option questions, pair accuracy by the GPT grader or Cambrian's rule.
 
     Options: ``mmvp_method`` (``gpt``, default: tsb0601 ``gpt_grader.py`` through the judge; ``rule``: Cambrian
@@ -770,13 +770,7 @@ class MMVP(Task):
     default_max_new_tokens = MAX_NEW_TOKENS[DEFAULT_PROMPT]
     default_judge_model: ClassVar[str] = DEFAULT_JUDGE_MODEL
 
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
+    def read_options(self) -> None:
         self.method = str(self.options.get("mmvp_method", DEFAULT_METHOD)).strip().lower()
         _check_method(self.method)
         self.prompt_style = self.choice_option("mmvp_prompt", DEFAULT_PROMPT, PROMPTS)

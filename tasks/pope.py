@@ -244,16 +244,7 @@ def score_answer_file(answers_path: str | Path, label_path: str | Path) -> PopeS
 
 
 # --------------------------------------------------------------------------------------------------- tasks
-def _suffix_option(options: Mapping[str, Any]) -> str:
-    value = options.get("pope_suffix", LLAVA_SUFFIX)
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return ""
-    if not isinstance(value, str):
-        raise ConfigError(f"pope_suffix must be a string, got {value!r}")
-    return value.replace("\\n", "\n")
-
-
-class _PopeTask(Task):
+class _PopeTask(scaffold.TaskOptions, Task):
     """Shared by the POPE tasks. Option ``pope_suffix``: text appended to each question (default
     :data:`LLAVA_SUFFIX`; ``""`` or ``none``: the bare question; a literal ``\\n`` in it is a newline)."""
 
@@ -262,14 +253,8 @@ class _PopeTask(Task):
     default_max_new_tokens: ClassVar[int] = DEFAULT_MAX_NEW_TOKENS
     option_names: ClassVar[tuple[str, ...]] = ("pope_suffix",)
 
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
-        self.suffix = _suffix_option(self.options)
+    def read_options(self) -> None:
+        self.suffix = scaffold.suffix_text(self.options.get("pope_suffix", LLAVA_SUFFIX), "pope_suffix")
 
     def default_data_root(self) -> Path:
         raise ConfigError(f"task {self.name} needs --data-root: the folder holding {self._file_list()} ({DATA_SOURCE})")

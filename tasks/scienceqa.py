@@ -255,15 +255,6 @@ def read_llava_questions(path: Path) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------- scoring
-def _suffix_option(options: Mapping[str, Any]) -> str:
-    value = options.get("scienceqa_suffix", SINGLE_PRED_SUFFIX)
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return ""
-    if not isinstance(value, str):
-        raise ConfigError(f"scienceqa_suffix must be a string, got {value!r}")
-    return value.replace("\\n", "\n")
-
-
 # --------------------------------------------------------------------------------------------------- task
 @register_task
 class ScienceQAImg(scaffold.DataLayout, Task):
@@ -289,19 +280,13 @@ class ScienceQAImg(scaffold.DataLayout, Task):
     release_names = (PROBLEMS_FILE, SPLITS_FILE)
     layout_source = DATA_SOURCE
 
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
+    def read_options(self) -> None:
         self.subset = self.choice_option("scienceqa_subset", "img", SUBSETS)
         self.read_format_option()
         self.split = str(self.options.get("scienceqa_split", "test")).strip()
         if not self.split:
             raise ConfigError("scienceqa_split is empty; expected a split of pid_splits.json, e.g. test")
-        self.suffix = _suffix_option(self.options)
+        self.suffix = scaffold.suffix_text(self.options.get("scienceqa_suffix", SINGLE_PRED_SUFFIX), "scienceqa_suffix")
 
     def default_data_root(self) -> Path:
         raise ConfigError(
@@ -449,11 +434,12 @@ class ScienceQAImg(scaffold.DataLayout, Task):
         """LLaVA's ``model_vqa_science.py`` answers (``question_id`` = pid, ``text``) or JSON lines with
         ``question_id``/``id`` and ``text``/``answer``/``response``. Answers to questions of the split outside the
         subset are skipped; unknown or repeated ids raise :class:`DataError` naming the file and line."""
-        ids = {p.id for p in self.problems()}
+        answers = scaffold.Answers(
+            path, {p.id for p in self.problems()}, f"a ScienceQA {self.split} question of {self.data_root}"
+        )
         split_ids: set[str] = set()
         if self.subset == "img":
             split_ids = {p.id for p in self._read_split(*self.layout())}
-        out: dict[str, Response] = {}
         skipped = 0
         for lineno, obj in iter_jsonl(path):
             raw = obj.get("question_id", obj.get("id"))
@@ -465,19 +451,10 @@ class ScienceQAImg(scaffold.DataLayout, Task):
                     line=lineno,
                 )
             sid = str(raw)
-            if sid not in ids and sid in split_ids:
+            if sid not in answers.known and sid in split_ids:
                 skipped += 1
                 continue
-            scaffold.add_response(
-                out,
-                sid,
-                text,
-                known=ids,
-                path=path,
-                line=lineno,
-                unknown=(f"question_id {sid} is not a ScienceQA {self.split} question of {self.data_root}"),
-                second=f"a second answer for question_id {sid}",
-            )
+            answers.add(sid, text, lineno, name=f"question_id {sid}")
         if skipped:
             log.info("%s: skipped %d answers to %s questions without an image", path, skipped, self.split)
-        return out
+        return answers.responses

@@ -501,15 +501,6 @@ def _metrics(items: Sequence[_Scored], *, task: str, counts: Mapping[str, int], 
     )
 
 
-def _suffix_option(options: Mapping[str, Any]) -> str:
-    value = options.get("textvqa_suffix", LLAVA_SUFFIX)
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return ""
-    if not isinstance(value, str):
-        raise ConfigError(f"textvqa_suffix must be a string, got {value!r}")
-    return value.replace("\\n", "\n")
-
-
 def _bool_option(options: Mapping[str, Any], key: str) -> bool:
     value = options.get(key, False)
     if isinstance(value, bool):
@@ -548,15 +539,9 @@ class TextVQA(scaffold.DataLayout, Task):
     layout_source = DATA_SOURCE
     parquet_globs = PARQUET_GLOBS
 
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
+    def read_options(self) -> None:
         self.ocr = _bool_option(self.options, "textvqa_ocr")
-        self.suffix = _suffix_option(self.options)
+        self.suffix = scaffold.suffix_text(self.options.get("textvqa_suffix", LLAVA_SUFFIX), "textvqa_suffix")
         self.read_format_option()
 
     def default_data_root(self) -> Path:
@@ -662,8 +647,10 @@ class TextVQA(scaffold.DataLayout, Task):
     def read_responses(self, path: str | Path) -> dict[str, Response]:
         """An EvalAI submission (JSON list) or JSON lines with ``question_id`` (int) and the answer under
         ``answer``, ``text`` or ``response``; unknown or repeated ids raise :class:`DataError`."""
-        ids = {q.sample_id for q in self.questions()}
         path = Path(path)
+        answers = scaffold.Answers(
+            path, {q.sample_id for q in self.questions()}, f"a TextVQA question of {self.data_root}"
+        )
         entries: list[tuple[int | None, str, Any]] = []
         if path.suffix == ".json":
             data = read_json(path)
@@ -672,7 +659,6 @@ class TextVQA(scaffold.DataLayout, Task):
             entries = [(None, f"entry {i}: ", obj) for i, obj in enumerate(data)]
         else:
             entries = [(lineno, "", obj) for lineno, obj in iter_jsonl(path)]
-        out: dict[str, Response] = {}
         for line, where, obj in entries:
             if not isinstance(obj, Mapping):
                 raise DataError(f"{where}not an object", path=path, line=line)
@@ -684,17 +670,8 @@ class TextVQA(scaffold.DataLayout, Task):
                     path=path,
                     line=line,
                 )
-            scaffold.add_response(
-                out,
-                str(qid),
-                text,
-                known=ids,
-                path=path,
-                line=line,
-                unknown=f"{where}question_id {qid} is not a TextVQA question of {self.data_root}",
-                second=f"{where}a second answer for question_id {qid}",
-            )
-        return out
+            answers.add(str(qid), text, line, name=f"question_id {qid}", where=where)
+        return answers.responses
 
     def score_llava_answers(self, path: str | Path) -> Metrics:
         """LLaVA's answer file, scored exactly as ``eval_textvqa.py`` (see the module docstring)."""
