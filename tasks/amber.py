@@ -75,7 +75,7 @@ from harness.task import DataFile, Task, TaskFlag, register_task
 from harness.types import Metrics, Response, Sample
 from tasks import _amber_format as fmt
 from tasks import _scaffold as scaffold
-from tasks.text import extract_nouns, nltk_provenance, require_nltk_resources
+from tasks.text import extract_nouns, load_spacy_model, nltk_provenance, require_nltk_resources
 
 OFFICIAL_SOURCE = (
     "AMBER inference.py, https://github.com/junyangwang0410/AMBER, commit 534babf6bbfcce2e735c26289dedfb21cef3c939"
@@ -227,13 +227,7 @@ class SpacySimilarity(WordSimilarity):
         doc = self._docs.get(word)
         if doc is None:
             if self._nlp is None:
-                spacy = _import_spacy(self.model)
-                try:
-                    self._nlp = spacy.load(self.model)
-                except OSError as exc:
-                    raise HarnessError(
-                        f"cannot load spaCy model {self.model!r}: {exc}; {_spacy_hint(self.model)}"
-                    ) from exc
+                self._nlp = load_spacy_model(_import_spacy(self.model), self.model, _spacy_hint(self.model))
             doc = self._docs[word] = self._nlp(word)
         return doc
 
@@ -808,7 +802,7 @@ class AmberScorer:
 
 
 # --------------------------------------------------------------------------------------------------- tasks
-class _AmberTask(Task):
+class _AmberTask(scaffold.TaskOptions, Task):
     """Shared by the three AMBER tasks. Options: ``amber_similarity`` (a :func:`parse_similarity` spec, default
     ``spacy:en_core_web_lg``) and ``amber_answer`` (a key of :data:`ANSWER_MODES`, default ``official``).
 
@@ -836,18 +830,12 @@ class _AmberTask(Task):
         ),
     )
 
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
+    def read_options(self) -> None:
         self.answer_mode = str(self.options.get("amber_answer", "official"))
         if self.answer_mode not in ANSWER_MODES:
             raise ConfigError(f"unknown amber_answer {self.answer_mode!r}; expected one of {', '.join(ANSWER_MODES)}")
         self.similarity: WordSimilarity | None = None
-        if data_root is None and type(self).default_data_root is _AmberTask.default_data_root:
+        if self.data_root_given is None and type(self).default_data_root is _AmberTask.default_data_root:
             self.default_data_root()  # the missing data root is the first thing to say, before any backend
         if self.generative:  # fail before any generation: similarity backend and NLTK data must be usable
             self.similarity = parse_similarity(self.options.get("amber_similarity", DEFAULT_SIMILARITY))

@@ -133,6 +133,7 @@ from tasks.text import (
     TAGGER_ENG,
     WORDNET,
     lemmatize,
+    load_spacy_model,
     nltk_provenance,
     pos_tag,
     require_nltk_resources,
@@ -473,13 +474,7 @@ class SpacyPhraseAnalyzer(PhraseAnalyzer):
         hit = self._memo.get(text)
         if hit is None:
             if self._nlp is None:
-                spacy = self._import()
-                try:
-                    self._nlp = spacy.load(self.model)
-                except OSError as exc:
-                    raise HarnessError(
-                        f"cannot load spaCy model {self.model!r}: {exc}; {_spacy_install_hint(self.model)}"
-                    ) from exc
+                self._nlp = load_spacy_model(self._import(), self.model, _spacy_install_hint(self.model))
             hit = self._memo[text] = [(t.lemma_, t.tag_) for t in self._nlp(text)]
         return list(hit)
 
@@ -659,7 +654,7 @@ def _option_bool(value: Any, name: str) -> bool:
 
 
 @register_task
-class ObjectHalBench(Task):
+class ObjectHalBench(scaffold.TaskOptions, Task):
     """Object HalBench: 300 detailed descriptions of COCO val2014 images, CHAIR metrics (RLHF-V's scorer).
 
     Data root: ``obj_halbench_300_with_image.jsonl`` and ``synonyms_refine.txt`` (RLHF-V ``eval/data/``) and the
@@ -706,13 +701,7 @@ class ObjectHalBench(Task):
     default_max_new_tokens = MAX_NEW_TOKENS
     default_judge_model = DEFAULT_JUDGE_MODEL
 
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
+    def read_options(self) -> None:
         self.method = str(self.options.get("objhal_method", "chair"))
         if self.method not in METHODS:
             raise ConfigError(f"unknown objhal_method {self.method!r}; expected one of {', '.join(METHODS)}")

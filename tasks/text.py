@@ -15,6 +15,9 @@ wraps them so that
 - repeated work is not repeated: the tokenizer and tagger are NLTK's cached instances, and lemmas are memoised
   (the lemmatizer is a pure function of the word and WordNet).
 
+The scorers that use spaCy (AMBER's word similarity, Object HalBench's GPT path) load its model with
+:func:`load_spacy_model`, which says how to install a model that does not load.
+
 The functions return exactly what the NLTK calls return; caching changes speed, never output.
 """
 
@@ -26,6 +29,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 
@@ -172,6 +176,15 @@ def lemmatize(word: str, pos: str = "n") -> str:
         return _lemmatize(word, pos)
     except LookupError as exc:
         raise _translate_lookup((WORDNET,)) from exc
+
+
+def load_spacy_model(spacy: Any, model: str, hint: str) -> Any:
+    """``spacy.load(model)`` (``spacy``: the imported module); a model that does not load is a
+    :class:`~harness.errors.HarnessError` naming it, followed by ``hint`` (how to install it)."""
+    try:
+        return spacy.load(model)
+    except OSError as exc:
+        raise HarnessError(f"cannot load spaCy model {model!r}: {exc}; {hint}") from exc
 
 
 def extract_nouns(text: str) -> list[str]:
