@@ -77,7 +77,7 @@ from harness.task import DataFile, register_task
 from harness.types import Metrics, Response, Sample
 from tasks import _amber_format as amber
 from tasks import toy
-from tasks.amber import Amber, _f1, _pct
+from tasks.amber import _f1, _pct
 from tasks.chair import CAPTION_FILES, COCO_DIR, INSTANCE_FILES, SYNONYMS_FILE, printed_numbers
 from tasks.object_halbench import QUESTION_FILE, ObjectHalBench
 
@@ -301,11 +301,9 @@ class LabObject:
 
 
 @dataclass(frozen=True)
-class LabGroup:
+class LabGroup(toy.ShapeGroup):
     """All the instances of one shape in a scene (they share colour, size and state)."""
 
-    shape: str
-    colour: str
     size: str
     state: str
     cells: tuple[int, ...]
@@ -1532,7 +1530,7 @@ class _LabTask:
 
 
 @register_task
-class LabAmber(_LabTask, Amber):
+class LabAmber(_LabTask, toy.GeneratedAmber):
     """The lab's AMBER: images of the evaluation world (balanced prior-consistent / prior-conflicting) in AMBER's
     format, a description and four yes/no questions each, scored by AMBER's official scorer
     (:class:`tasks.amber.AmberScorer`, word similarity ``none``), plus the breakdown of :func:`prior_breakdown`.
@@ -1559,26 +1557,9 @@ class LabAmber(_LabTask, Amber):
         )
     )
     default_max_new_tokens = GENERATIVE_MAX_NEW_TOKENS
+    discriminative_max_new_tokens = DISCRIMINATIVE_MAX_NEW_TOKENS
+    image_dir = IMAGE_DIR
     lab_kind = "amber"
-
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, {"amber_similarity": "none", **(options or {})})
-
-    def default_image_root(self) -> Path:
-        return self.data_root / IMAGE_DIR
-
-    def load_samples(self) -> list[Sample]:
-        return amber.load_samples(
-            self.data_root,
-            self.image_root,
-            generative_tokens=GENERATIVE_MAX_NEW_TOKENS,
-            discriminative_tokens=DISCRIMINATIVE_MAX_NEW_TOKENS,
-        )
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
         metrics = super().score(samples, responses, judge)
@@ -1627,14 +1608,6 @@ class LabObjectHalBench(_LabTask, ObjectHalBench):
     default_judge_model = None
     lab_kind = "objhal"
 
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, options)
-
     def _required(self) -> list[tuple[Path, str]]:
         return [(path, DATA_SOURCE) for path, _ in super()._required()] + [(self.data_root / META_FILE, DATA_SOURCE)]
 
@@ -1670,17 +1643,7 @@ class LabObjectHalBench(_LabTask, ObjectHalBench):
 def corpus() -> list[str]:
     """Sentences that use every word of the lab world: the llava_v1 template, queries, answers, every noun phrase,
     question and relation sentence, and the vocabulary files. Deterministic; no duplicates."""
-    out: list[str] = [
-        toy.LLAVA_SYSTEM,
-        *toy.LLAVA_ROLES,
-        GENERATIVE_QUERY,
-        OBJHAL_QUERY,
-        "Yes",
-        "No",
-        "There is",
-        "There are",
-        "and",
-    ]
+    out: list[str] = [*toy.LLAVA_TEMPLATE, GENERATIVE_QUERY, OBJHAL_QUERY, "Yes", "No", "There is", "There are", "and"]
     for shape in SHAPES:
         out.append(existence_query(shape))
         for n in NUMBER_WORDS:

@@ -35,10 +35,10 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.cache import cache_dir
 from harness.errors import ConfigError, DataError, MissingDataFile
@@ -90,6 +90,8 @@ LLAVA_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 LLAVA_ROLES = ("USER:", "ASSISTANT:")
+#: The llava_v1 template's words, the first sentences of a world's tokenizer corpus.
+LLAVA_TEMPLATE = (LLAVA_SYSTEM, *LLAVA_ROLES)
 
 GENERATOR = "toy_amber"
 FORMAT_VERSION = 1
@@ -149,11 +151,17 @@ def relations(a: ToyObject, b: ToyObject) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Group:
-    """All the instances of one shape in a scene (they share one colour)."""
+class ShapeGroup:
+    """The instances of one shape in a scene, all of one colour (a world's groups say what else they share)."""
 
     shape: str
     colour: str
+
+
+@dataclass(frozen=True)
+class Group(ShapeGroup):
+    """All the instances of one shape in a scene (they share one colour)."""
+
     instances: tuple[ToyObject, ...]
 
     @property
@@ -569,8 +577,7 @@ def corpus() -> list[str]:
     """Sentences that use every word of the toy world: its captions, questions, answers, vocabulary
     (relation.json, safe words) and the llava_v1 chat template. Deterministic; no duplicates."""
     out: list[str] = [
-        LLAVA_SYSTEM,
-        *LLAVA_ROLES,
+        *LLAVA_TEMPLATE,
         f"{LLAVA_ROLES[0]} {GENERATIVE_QUERY} {LLAVA_ROLES[1]}",
         GENERATIVE_QUERY,
         "Yes",
@@ -774,8 +781,33 @@ def generate_toy_sft(out_dir: str | Path, n: int = 64, seed: int = 0) -> Path:
 # --- the task --------------------------------------------------------------------------------------------------------
 
 
+class GeneratedAmber(Amber):
+    """AMBER over a generated benchmark folder (the toy and the lab worlds): images under :attr:`image_dir`, word
+    similarity ``none`` unless the options say otherwise, descriptions of at most :attr:`default_max_new_tokens` new
+    tokens and yes/no answers of at most :attr:`discriminative_max_new_tokens`."""
+
+    default_max_new_tokens = GENERATIVE_MAX_NEW_TOKENS
+    discriminative_max_new_tokens: ClassVar[int] = DISCRIMINATIVE_MAX_NEW_TOKENS
+    image_dir: ClassVar[str] = IMAGE_DIR
+
+    def read_options(self) -> None:
+        self.options = {"amber_similarity": "none", **self.options}
+        super().read_options()
+
+    def default_image_root(self) -> Path:
+        return self.data_root / self.image_dir
+
+    def load_samples(self) -> list[Sample]:
+        return amber.load_samples(
+            self.data_root,
+            self.image_root,
+            generative_tokens=self.default_max_new_tokens,
+            discriminative_tokens=self.discriminative_max_new_tokens,
+        )
+
+
 @register_task
-class ToyAmber(Amber):
+class ToyAmber(GeneratedAmber):
     """Toy AMBER, the embedded default benchmark: generated images of coloured shapes in AMBER's format.
 
     Without a data root it uses (and on first use generates) the cached default dataset; with a data root it reads
@@ -791,26 +823,6 @@ class ToyAmber(Amber):
         DataFile(rel, DATA_SOURCE)
         for rel in ("annotations.json", "relation.json", "safe_words.txt", "metrics.txt", amber.QUERY_FILES["all"])
     )
-    default_max_new_tokens = GENERATIVE_MAX_NEW_TOKENS
-
-    def __init__(
-        self,
-        data_root: str | Path | None = None,
-        image_root: str | Path | None = None,
-        options: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(data_root, image_root, {"amber_similarity": "none", **(options or {})})
 
     def default_data_root(self) -> Path:
         return default_toy_root()
-
-    def default_image_root(self) -> Path:
-        return self.data_root / IMAGE_DIR
-
-    def load_samples(self) -> list[Sample]:
-        return amber.load_samples(
-            self.data_root,
-            self.image_root,
-            generative_tokens=GENERATIVE_MAX_NEW_TOKENS,
-            discriminative_tokens=DISCRIMINATIVE_MAX_NEW_TOKENS,
-        )
