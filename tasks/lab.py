@@ -652,12 +652,18 @@ def held_out_signatures(config: LabConfig) -> frozenset[tuple]:
     return _HELD_OUT_CACHE[key]
 
 
+def _from_pool(n: int, pool: int, setting: str, what: str) -> int:
+    """``n``, how many of the generated pool of ``pool`` ``what`` the lab setting ``setting`` asks for; more than the
+    pool holds is a :class:`ConfigError`."""
+    if n > pool:
+        raise ConfigError(f"lab setting {setting}={n} is above the generated pool of {pool} {what}")
+    return n
+
+
 def train_scenes(config: LabConfig, n: int | None = None) -> list[LabScene]:
     """The first ``n`` (default ``config.n_train``) scenes of the training world; a scene that an evaluation image
     shows is skipped (the next one is drawn in its place)."""
-    n = config.n_train if n is None else n
-    if n > TRAIN_POOL:
-        raise ConfigError(f"lab setting n_train={n} is above the generated pool of {TRAIN_POOL} training scenes")
+    n = _from_pool(config.n_train if n is None else n, TRAIN_POOL, "n_train", "training scenes")
     held = held_out_signatures(config)
     out: list[LabScene] = []
     k = 0
@@ -1066,9 +1072,7 @@ def contrast_pairs(config: LabConfig, n: int | None = None) -> list[ContrastPair
     """The first ``n`` (default ``config.n_pairs``) contrast pairs of the training world, their types in turn
     (``config.pair_types``). Even pairs are descriptions ("Describe this image.", the two captions), odd pairs a
     yes/no question about the difference (bare "Yes" / "No" answers). Scenes an evaluation image shows are skipped."""
-    n = config.n_pairs if n is None else n
-    if n > PAIR_POOL:
-        raise ConfigError(f"lab setting n_pairs={n} is above the generated pool of {PAIR_POOL} contrast pairs")
+    n = _from_pool(config.n_pairs if n is None else n, PAIR_POOL, "n_pairs", "contrast pairs")
     held = held_out_signatures(config)
     out: list[ContrastPair] = []
     attempt = 0
@@ -1528,6 +1532,29 @@ class _LabTask:
             self._lab_meta = cached
         return cached
 
+    def with_lab_breakdown(
+        self,
+        metrics: Metrics,
+        numbers: Callable[[Sequence[Mapping[str, Any]]], dict[str, float]],
+        headline: Sequence[tuple[str, str, str]],
+        note: str,
+    ) -> Metrics:
+        """``metrics`` with the lab breakdown of its records (:func:`prior_breakdown`, each group's ``numbers``) under
+        ``lab/*``, the records tagged (:func:`tag_records`) and ``note`` added. Each ``(title, part, number)`` of
+        ``headline`` adds ``<title> (conflicting)`` and ``<title> (consistent)``: ``number`` of the groups
+        ``<part>conflicting`` and ``<part>consistent``."""
+        lab = prior_breakdown(metrics.records, self.lab_meta(), numbers)
+        tag_records(metrics.records, self.lab_meta())
+        metrics.breakdown.update({f"lab/{k}": v for k, v in lab.items()})
+        keys = {
+            f"{title} ({label})": (f"{part}{label}", number)
+            for title, part, number in headline
+            for label in ("conflicting", "consistent")
+        }
+        metrics.headline.update(_lab_headline(lab, keys))
+        metrics.notes.append(note)
+        return metrics
+
 
 @register_task
 class LabAmber(_LabTask, toy.GeneratedAmber):
@@ -1562,28 +1589,13 @@ class LabAmber(_LabTask, toy.GeneratedAmber):
     lab_kind = "amber"
 
     def score(self, samples: Sequence[Sample], responses: Mapping[str, Response], judge: Any = None) -> Metrics:
-        metrics = super().score(samples, responses, judge)
-        lab = prior_breakdown(metrics.records, self.lab_meta(), amber_numbers)
-        tag_records(metrics.records, self.lab_meta())
-        metrics.breakdown.update({f"lab/{k}": v for k, v in lab.items()})
-        metrics.headline.update(
-            _lab_headline(
-                lab,
-                {
-                    "CHAIR (conflicting)": ("conflicting", "CHAIR"),
-                    "CHAIR (consistent)": ("consistent", "CHAIR"),
-                    "Hal (conflicting)": ("conflicting", "Hal"),
-                    "Hal (consistent)": ("consistent", "Hal"),
-                    "Yes/No error (conflicting)": ("probe:conflicting", "error"),
-                    "Yes/No error (consistent)": ("probe:consistent", "error"),
-                },
-            )
-        )
-        metrics.notes.append(
+        return self.with_lab_breakdown(
+            super().score(samples, responses, judge),
+            amber_numbers,
+            [("CHAIR", "", "CHAIR"), ("Hal", "", "Hal"), ("Yes/No error", "probe:", "error")],
             "lab breakdown (breakdown lab/*): images labelled prior-consistent or prior-conflicting "
-            "(tasks.lab); probe = the two questions about the probed prior"
+            "(tasks.lab); probe = the two questions about the probed prior",
         )
-        return metrics
 
 
 @register_task
@@ -1615,26 +1627,13 @@ class LabObjectHalBench(_LabTask, ObjectHalBench):
         return [dataclasses.replace(s, max_new_tokens=OBJHAL_MAX_NEW_TOKENS) for s in super().load_samples()]
 
     def _metrics(self, result: Any, judge: Any, extra_notes: Sequence[str]) -> Metrics:
-        metrics = super()._metrics(result, judge, extra_notes)
-        lab = prior_breakdown(metrics.records, self.lab_meta(), objhal_numbers)
-        tag_records(metrics.records, self.lab_meta())
-        metrics.breakdown.update({f"lab/{k}": v for k, v in lab.items()})
-        metrics.headline.update(
-            _lab_headline(
-                lab,
-                {
-                    "CHAIRi (conflicting)": ("conflicting", "CHAIRi"),
-                    "CHAIRi (consistent)": ("consistent", "CHAIRi"),
-                    "CHAIRs (conflicting)": ("conflicting", "CHAIRs"),
-                    "CHAIRs (consistent)": ("consistent", "CHAIRs"),
-                },
-            )
-        )
-        metrics.notes.append(
+        return self.with_lab_breakdown(
+            super()._metrics(result, judge, extra_notes),
+            objhal_numbers,
+            [("CHAIRi", "", "CHAIRi"), ("CHAIRs", "", "CHAIRs")],
             "lab breakdown (breakdown lab/*): triangle images with their star (prior-consistent) "
-            "or without (prior-conflicting)"
+            "or without (prior-conflicting)",
         )
-        return metrics
 
 
 # --- the tokenizer's corpus ------------------------------------------------------------------------------------------
