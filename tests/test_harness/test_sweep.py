@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -178,6 +179,9 @@ class FakeRunner:
         write_fake_outputs(job, output)
 
 
+_FAKE_BASE_LOCK = threading.Lock()
+
+
 def write_fake_outputs(job: Job, output: Path) -> None:
     """What a job that finished writes: a training job, a small model (weights that depend on the job) with the
     manifest `harness train` writes last, trained from the job's starting model (a fake base model when the sweep
@@ -194,10 +198,13 @@ def write_fake_outputs(job: Job, output: Path) -> None:
     from trainers.trainer import weights_record
 
     start = Path(job.train_config["model"]) if job.train_config.get("model") else output / "fake-base"
-    if not start.is_dir():
-        start.mkdir(parents=True)
-        (start / "config.json").write_text("{}")
-        save_file({"w": torch.zeros(4)}, str(start / "model.safetensors"))
+    with _FAKE_BASE_LOCK:  # parallel training jobs share one fake base: it appears whole, once
+        if not start.is_dir():
+            part = start.with_name(start.name + ".part")
+            part.mkdir(parents=True, exist_ok=True)
+            (part / "config.json").write_text("{}")
+            save_file({"w": torch.zeros(4)}, str(part / "model.safetensors"))
+            part.rename(start)
     model_dir = output / job.outputs["model"]
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.json").write_text("{}")
