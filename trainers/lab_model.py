@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import harness.models as models_package
 from harness.models import cache_dir
 
 LAB_MODEL_NAME = "lab-llava-v1"
@@ -43,7 +44,7 @@ TRAIN_LOG = "lab_train_log.jsonl"
 SETTINGS_FILE = "lab_model.json"
 #: The lab model of the default settings, shipped with the package (1.5 MB; rebuilt byte for byte by
 #: ``python -m trainers.lab_model --rebuild-shipped``): :func:`ensure_lab_model` copies it instead of training.
-SHIPPED_DIR = Path(__file__).resolve().parent / "lab_checkpoint"
+SHIPPED_DIR = Path(models_package.__file__).resolve().parent / "lab_checkpoint"  # beside the LLaVA adapter
 SHIPPED_FILES = (
     "chat_template.jinja",
     "config.json",
