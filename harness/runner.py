@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from harness.engines.base import Engine
 from harness.errors import EngineError, HarnessError, ImageError
@@ -78,6 +78,14 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C (``harness run`` exits 143 instead of 130)."""
 
     signal_name = "SIGTERM"
+
+
+class _RunState(TypedDict):
+    """What :func:`_evaluate` has done so far, for the counts of an interrupted run."""
+
+    resumed: int
+    generated: int
+    failures: list[dict[str, Any]]
 
 
 @dataclass
@@ -209,11 +217,12 @@ def evaluate(
     ``on_image_error``: ``"skip"`` records the sample as failed and goes on; ``"stop"`` raises.
     """
     started = time.perf_counter()
-    state = {"resumed": 0, "generated": 0, "failures": []}
+    state: _RunState = {"resumed": 0, "generated": 0, "failures": []}
     try:
         return _evaluate(task, engine, store, samples, max_new_tokens, on_image_error, progress, judge, started, state)
     except KeyboardInterrupt as exc:
-        exc.run_counts = {
+        # An attribute KeyboardInterrupt does not declare; harness.evaluate reads it with getattr.
+        vars(exc)["run_counts"] = {
             "seconds": round(time.perf_counter() - started, 3),
             "generated": state["generated"],
             "resumed": state["resumed"],
@@ -223,7 +232,16 @@ def evaluate(
 
 
 def _evaluate(
-    task, engine, store, samples, max_new_tokens, on_image_error, progress, judge, started, state
+    task: Task,
+    engine: Engine,
+    store: RunStore,
+    samples: Sequence[Sample],
+    max_new_tokens: int | None,
+    on_image_error: str,
+    progress: bool,
+    judge: Any,
+    started: float,
+    state: _RunState,
 ) -> RunResult:
     from tqdm import tqdm
 
@@ -278,7 +296,18 @@ def _evaluate(
     )
 
 
-def _generate(task, engine, store, pending, finished, failures, bar, max_new_tokens, on_image_error, state) -> int:
+def _generate(
+    task: Task,
+    engine: Engine,
+    store: RunStore,
+    pending: list[Sample],
+    finished: dict[str, dict[str, Any]],
+    failures: list[dict[str, Any]],
+    bar: Any,
+    max_new_tokens: int | None,
+    on_image_error: str,
+    state: _RunState,
+) -> int:
     """Stream ``pending`` through the engine, appending finished records in sample order; the number generated."""
     n_generated = 0
 

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from harness.errors import DataError, HarnessError
 from harness.io import atomic_write_json, atomic_write_text, dumps_record, read_json
@@ -134,7 +134,7 @@ class RunStore:
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
-        self._fh = None
+        self._fh: TextIO | None = None
         self._unsynced = False
         self._last_sync = 0.0
         self._lock_key: str | None = None

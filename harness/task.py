@@ -7,11 +7,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import read_json
 from harness.types import Metrics, Response, Sample
+
+if TYPE_CHECKING:
+    from harness.judge import ReplayJudge
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ class Task(ABC):
         """
         raise ConfigError(f"task {self.name} has no response-file format to score; use `harness run`")
 
-    def read_reviews(self, path: str | Path):
+    def read_reviews(self, path: str | Path) -> ReplayJudge:
         """A :class:`harness.judge.ReplayJudge` over saved judge replies: a JSON list of reply texts in
         question order (tasks may accept their official review format too)."""
         from harness.judge import ReplayJudge

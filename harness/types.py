@@ -9,9 +9,12 @@ from __future__ import annotations
 import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ImageError
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,7 @@ class ImageRef:
     path: str | None = None
     data: bytes | None = field(default=None, repr=False)
 
-    def load(self, sample_id: str):
+    def load(self, sample_id: str) -> PIL.Image.Image:
         """Decode the image as RGB ``PIL.Image``; raises :class:`ImageError` naming ``sample_id``."""
         from PIL import Image, UnidentifiedImageError
 

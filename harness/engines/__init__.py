@@ -27,6 +27,7 @@ def default_engine() -> str:
 
 def create_engine(name: str, model: str, decoding: Decoding, options: EngineOptions) -> Engine:
     """Build the engine ``name`` for ``model`` (a local checkpoint, or a served model name for ``openai``)."""
+    cls: type[Engine]
     if name == "hf":
         from harness.engines.hf import HFEngine as cls
     elif name == "vllm":

@@ -51,7 +51,8 @@ class HFEngine(Engine):
             self.hf_model = transformers.AutoModelForImageTextToText.from_pretrained(model, dtype=self.dtype)
         except (OSError, ValueError) as exc:
             raise ModelError(f"{model}: transformers cannot load the checkpoint: {exc}") from exc
-        self.hf_model.to(self.device).eval()
+        # transformers wraps PreTrainedModel.to in functools.wraps, whose typeshed type does not bind self
+        self.hf_model.to(self.device).eval()  # type: ignore[arg-type]
 
         tokenizer = self.processor.tokenizer
         tokenizer.padding_side = "left"
@@ -106,7 +107,8 @@ class HFEngine(Engine):
         }
         torch.manual_seed(self.decoding.seed)
         with torch.inference_mode():
-            out = self.hf_model.generate(**inputs, **self.generate_kwargs(max_new_tokens))
+            # transformers types generate's self as a Protocol its own PreTrainedModel does not satisfy for mypy
+            out = self.hf_model.generate(**inputs, **self.generate_kwargs(max_new_tokens))  # type: ignore[misc]
         prompt_len = inputs["input_ids"].shape[1]
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         tokenizer = self.processor.tokenizer

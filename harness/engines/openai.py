@@ -43,7 +43,7 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     wait,
 )
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 
@@ -61,6 +61,9 @@ from harness.openai_client import (
 )
 from harness.redact import redact, redact_obj
 from harness.types import Decoding, Request, Response
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
 
 __all__ = ["DEFAULT_BASE_URL", "NO_KEY", "OpenAIEngine", "build_messages", "encode_png_data_url", "public_url"]
 
@@ -82,10 +85,10 @@ def encode_png_data_url(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def build_messages(request: Request, encode: Any = encode_png_data_url) -> list[dict[str, Any]]:
+def build_messages(request: Request, encode: Any = encode_png_data_url) -> list[ChatCompletionMessageParam]:
     """One user message: each image as an ``image_url`` part (``encode(image)``), then the prompt as a ``text``
     part."""
-    content: list[dict[str, Any]] = [
+    content: list[ChatCompletionContentPartParam] = [
         {"type": "image_url", "image_url": {"url": encode(image)}} for image in request.images
     ]
     content.append({"type": "text", "text": request.prompt})
@@ -254,7 +257,7 @@ class OpenAIEngine(Engine):
             completion = self._endpoint.client.chat.completions.create(
                 model=self.served_model,
                 messages=messages,
-                **params,  # type: ignore[arg-type]
+                **params,
             )
             return self._parse(request.sample_id, completion)
 
