@@ -197,7 +197,7 @@ def test_an_sft_rerun_that_trains_nothing_is_not_marked_done(tmp_path):
 FAKE_JOB = textwrap.dedent('''
     """A stand-in for `python -m harness ...`: writes the job's outputs (a small model with its manifest, or metrics)
     and records each start; FAKE_HANG=JOB_ID:before|after makes it wait (for a kill) before or after writing."""
-    import json, os, sys, time
+    import json, os, shutil, sys, time
     from pathlib import Path
 
     import numpy as np
@@ -218,10 +218,15 @@ FAKE_JOB = textwrap.dedent('''
         wait()
     if job["kind"] in ("sft", "train"):
         start = Path(job["train_config"]["model"]) if job["train_config"].get("model") else output / "fake-base"
-        if not start.exists():
-            start.mkdir(parents=True)
-            (start / "config.json").write_text("{}")
-            save_file({"w": np.zeros(4, np.float32)}, str(start / "model.safetensors"))
+        if not start.exists():  # parallel jobs share one fake base: built aside, then renamed into place whole
+            part = start.with_name(f"{start.name}.part{os.getpid()}")
+            part.mkdir(parents=True)
+            (part / "config.json").write_text("{}")
+            save_file({"w": np.zeros(4, np.float32)}, str(part / "model.safetensors"))
+            try:
+                part.rename(start)
+            except OSError:  # another job's base is in place
+                shutil.rmtree(part)
         model = output / job["outputs"]["model"]
         model.mkdir(parents=True, exist_ok=True)
         (model / "config.json").write_text("{}")
