@@ -29,8 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import engines
+from harness.cache import content_hash
+from harness.engines import EngineOptions
 from harness.errors import ConfigError
+from harness.io import atomic_write_json
+from harness.manifest import environment
+from harness.models import resolve_model
 from harness.records import Manifest, RunRecord, TaskRecord
+from harness.runner import disk_errors
+from harness.runner import evaluate as run_task
+from harness.store import RunStore
+from harness.task import check_option_keys, get_task
+from harness.types import Decoding
+from trainers.lab_model import default_model
 
 log = logging.getLogger("harness")
 
@@ -148,7 +160,6 @@ def task_options(
     """The task options of ``KEY=VALUE`` ``items`` and of ``flagged_values`` (which win; ``flags`` names the flag
     of each). With ``classes`` (the requested task classes), a key that none of them reads is a
     :class:`ConfigError` naming the closest known keys."""
-    from harness.task import check_option_keys
 
     options: dict[str, Any] = {}
     for item in items:
@@ -187,13 +198,11 @@ def make_judge(settings: Any, task: Any, reviews: str | None = None):
 
 def _embedded_model(progress: bool = True) -> str:
     """The default model: the lab model (:mod:`trainers.lab_model`), trained on first use and cached."""
-    from trainers.lab_model import default_model
 
     return str(default_model(progress=progress))
 
 
 def _resolve_tasks(config: EvalConfig) -> list:
-    from harness.task import get_task
 
     names = config.task_names
     if not names:
@@ -218,8 +227,6 @@ def _resolve_tasks(config: EvalConfig) -> list:
 
 def _describe_model(config: EvalConfig, engine_name: str) -> tuple[str, dict[str, Any], str, Any]:
     """(model string handed to the engine, manifest entry, default run name, model family adapter or None)."""
-    from harness import engines
-    from harness.models import resolve_model
 
     model = config.model
     if model is None:
@@ -267,22 +274,12 @@ def evaluate(config: EvalConfig) -> RunRecord:
 
     A full disk, quota, read-only file system or permission error while writing the run is a
     :class:`harness.runner.DiskWriteError`; finished predictions are kept."""
-    from harness.runner import disk_errors
 
     with disk_errors(Path(config.output_path)):
         return _evaluate(config)
 
 
 def _evaluate(config: EvalConfig) -> RunRecord:
-    from harness import engines
-    from harness.cache import content_hash
-    from harness.engines import EngineOptions, create_engine
-    from harness.io import atomic_write_json
-    from harness.manifest import environment
-    from harness.runner import disk_errors
-    from harness.runner import evaluate as run_task
-    from harness.store import RunStore
-    from harness.types import Decoding
 
     tasks = _resolve_tasks(config)
     engine_name = config.engine or engines.default_engine()
@@ -318,7 +315,7 @@ def _evaluate(config: EvalConfig) -> RunRecord:
     env = environment(None if config.argv is None else list(config.argv))  # the command as given, secrets redacted
     records: list[TaskRecord] = []
     started = time.time()
-    with create_engine(engine_name, model, decoding, options) as engine:
+    with engines.create_engine(engine_name, model, decoding, options) as engine:
         described = engine.describe()
         for task in tasks:
             samples = limited_samples(task, config.limit)

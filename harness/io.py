@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from harness.errors import DataError, ImageError
+from harness.errors import ConfigError, DataError, ImageError
 
 if TYPE_CHECKING:
     from harness.types import ImageRef
@@ -124,8 +124,6 @@ def read_yaml_mapping(path: str | Path, what: str = "configuration") -> dict[str
     """A YAML file holding a mapping (``{}`` when empty); a missing file, bad YAML (with its line) or another
     top-level type is a :class:`ConfigError` naming the file."""
     import yaml
-
-    from harness.errors import ConfigError
 
     path = Path(path)
     if not path.is_file():

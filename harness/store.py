@@ -38,6 +38,7 @@ from typing import Any, TextIO
 
 from harness.errors import DataError, HarnessError
 from harness.io import atomic_write_json, atomic_write_text, dumps_record, read_json
+from harness.manifest import redacted_argv
 from harness.redact import redact_obj
 
 try:
@@ -79,7 +80,6 @@ class RunDirectoryBusy(HarnessError):
 
 
 def _holder_info() -> dict[str, Any]:
-    from harness.manifest import redacted_argv
 
     return {
         "pid": os.getpid(),

@@ -7,14 +7,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from harness.errors import ConfigError, DataError, MissingDataFile
 from harness.io import read_json
+from harness.judge import ReplayJudge
 from harness.types import Metrics, Response, Sample
-
-if TYPE_CHECKING:
-    from harness.judge import ReplayJudge
 
 
 @dataclass(frozen=True)
@@ -178,7 +176,6 @@ class Task(ABC):
     def read_reviews(self, path: str | Path) -> ReplayJudge:
         """A :class:`harness.judge.ReplayJudge` over saved judge replies: a JSON list of reply texts in
         question order (tasks may accept their official review format too)."""
-        from harness.judge import ReplayJudge
 
         data = read_json(path)
         if not isinstance(data, list) or not all(isinstance(x, str) or x is None for x in data):

@@ -20,7 +20,7 @@ import logging
 from typing import Any
 
 from harness.errors import ConfigError
-from trainers.config import check_method
+from trainers.config import check_method, load_config
 
 log = logging.getLogger("harness.train")
 
@@ -155,7 +155,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The resolved :class:`~trainers.config.TrainConfig`: defaults < ``--config`` recipe < given flags."""
-    from trainers.config import load_config
 
     overrides = {field: getattr(args, dest) for dest, field in _FIELDS.items() if getattr(args, dest, None) is not None}
     return load_config(getattr(args, "config", None), overrides)

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.cache import cache_dir
 from harness.errors import DataError
 from harness.io import atomic_write_text, dumps_record, iter_jsonl, read_json
 from harness.types import ImageRef
@@ -262,7 +263,6 @@ def images_dir(image_root: str | os.PathLike[str] | None) -> Path:
     """Where embedded images are written: ``image_root``, else ``<harness cache>/images``."""
     if image_root is not None:
         return Path(image_root)
-    from harness.cache import cache_dir
 
     return cache_dir() / "images"
 

@@ -38,6 +38,17 @@ from typing import Any
 
 import harness.models as models_package
 from harness.models import cache_dir
+from harness.models.llava import LlavaFamily, rewrite_llava_keys
+from harness.models.tiny import (
+    LLAVA_SPECIALS,
+    LLAVA_TEMPLATE_TEXT,
+    LLAVA_V1_CHAT_TEMPLATE,
+    init_weights,
+    never_generate,
+    no_progress_bars,
+    word_level_tokenizer,
+)
+from harness.models.weights import rename_tensor_prefixes
 
 LAB_MODEL_NAME = "lab-llava-v1"
 TRAIN_LOG = "lab_train_log.jsonl"
@@ -146,16 +157,6 @@ def build_lab_base(out_dir: str | Path, settings: LabModelSettings | None = None
         LlavaProcessor,
     )
 
-    from harness.models.tiny import (
-        LLAVA_SPECIALS,
-        LLAVA_TEMPLATE_TEXT,
-        LLAVA_V1_CHAT_TEMPLATE,
-        init_weights,
-        never_generate,
-        no_progress_bars,
-        word_level_tokenizer,
-    )
-    from harness.models.weights import rename_tensor_prefixes
     from tasks.lab import corpus
 
     s = settings or LabModelSettings()
@@ -281,7 +282,6 @@ def encode_records(
     import torch
     import transformers
 
-    from harness.models.llava import LlavaFamily
     from tasks.lab import render
 
     family = LlavaFamily(model_dir)
@@ -430,8 +430,6 @@ def train_lab_model(
     import torch
     import transformers
 
-    from harness.models.llava import rewrite_llava_keys
-    from harness.models.tiny import no_progress_bars
     from tasks.lab import sft_records
 
     s = settings or LabModelSettings()

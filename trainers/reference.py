@@ -44,6 +44,7 @@ from torch import nn
 
 from harness.errors import ConfigError, DataError, HarnessError
 from harness.io import dumps_record, iter_jsonl
+from harness.models import content_hash
 from harness.models.base import ModelFamily
 from trainers.logprobs import Row, RowBatch, row_logps, tokenize_rows
 
@@ -143,7 +144,6 @@ class ReferenceMeta:
         seed: int | None = None,
     ) -> ReferenceMeta:
         """The meta of the checkpoint at ``model_path`` rendered with ``family``'s template."""
-        from harness.models import content_hash
 
         return cls(
             model_hash=content_hash(model_path),

@@ -26,6 +26,8 @@ import torch
 import transformers
 
 from harness.errors import DataError
+from harness.io import iter_jsonl, read_json
+from harness.types import ImageRef
 from trainers.config import TrainConfig
 from trainers.logprobs import Row, RowBatch, tokenize_rows
 from trainers.trainer import (
@@ -55,7 +57,6 @@ class SFTRecord:
 
 def _records(path: Path) -> list[tuple[int | None, str, Any]]:
     """(line or None, label, object) of each record of a JSONL file or a JSON array."""
-    from harness.io import iter_jsonl, read_json
 
     if path.suffix == ".json":
         data = read_json(path)
@@ -127,7 +128,6 @@ class SFTCollator:
         self.max_length = max_length
 
     def rows(self, records: Sequence[SFTRecord]) -> list[Row]:
-        from harness.types import ImageRef
 
         return [
             Row(

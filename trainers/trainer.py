@@ -61,20 +61,22 @@ import types
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import transformers
 from torch import nn
 
-from harness.errors import ConfigError, DataError
+from harness.errors import ConfigError, DataError, ModelError
 from harness.io import atomic_write_json
+from harness.manifest import environment
+from harness.models import content_hash, resolve_model
+from harness.models.base import ModelFamily, family_class
+from harness.models.weights import safetensors_header, weight_files
+from harness.types import ImageRef
 from trainers.config import TrainConfig, save_config, unknown_method_message
 from trainers.logprobs import Row, RowBatch, row_logps, tokenize_rows, unwrap_model
 from trainers.reference import ModelReference, unwrap_peft
-
-if TYPE_CHECKING:
-    from harness.models.base import ModelFamily
 
 log = logging.getLogger("harness.train")
 
@@ -90,7 +92,6 @@ ADAPTER_DIR = "adapter"
 def model_family(model: nn.Module) -> type[ModelFamily]:
     """The family adapter class of the transformers VLM inside ``model`` (by its config's ``model_type``); a
     :class:`ConfigError` for a model of no supported family."""
-    from harness.models.base import family_class
 
     hf = unwrap_model(model)
     model_type = getattr(getattr(hf, "config", None), "model_type", None)
@@ -170,7 +171,6 @@ def enable_row_forward(model: nn.Module, family: ModelFamily | str) -> nn.Module
 
 def load_model(path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A transformers VLM from ``path``; a checkpoint transformers cannot load is a :class:`ModelError`."""
-    from harness.errors import ModelError
 
     try:
         return transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
@@ -179,7 +179,6 @@ def load_model(path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
 
 
 def load_processor(path: str) -> Any:
-    from harness.errors import ModelError
 
     try:
         return transformers.AutoProcessor.from_pretrained(path)
@@ -191,7 +190,6 @@ def build_policy(config: TrainConfig) -> tuple[nn.Module, Any, ModelFamily]:
     """(policy model, processor, family adapter) for ``config``: LoRA adapters on ``config.modules`` or full
     fine-tuning of those modules (the rest frozen), with the row forward enabled. Weights stay float32 (the
     master copy); ``--bf16`` is mixed precision."""
-    from harness.models import resolve_model
 
     _, family = resolve_model(config.model, config.template)
     processor = load_processor(config.model)
@@ -301,7 +299,6 @@ def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
 
 def _safetensors_problem(path: Path) -> str | None:
     """Why ``path`` is not a whole safetensors file (its header must parse and its tensors fit in the file)."""
-    from harness.models.weights import safetensors_header
 
     try:
         safetensors_header(path)
@@ -379,7 +376,6 @@ START_MODEL_FILE = "start_model.json"
 
 def start_model_entry(model: str | Path) -> dict[str, str]:
     """The starting model of a run: its absolute path and content hash (:func:`harness.models.content_hash`)."""
-    from harness.models import content_hash
 
     return {"path": str(Path(model).resolve()), "content_hash": content_hash(model)}
 
@@ -483,7 +479,6 @@ def weights_record(folder: str | Path) -> dict[str, dict[str, Any]]:
     """``{file: {"size", "sha256"}}`` of the model's top-level weight files: what the manifest records
     so that a sweep can tell a whole saved model from one cut short or replaced."""
     from harness.cache import content_hash
-    from harness.models.weights import weight_files
 
     return {p.name: {"size": p.stat().st_size, "sha256": content_hash(p)} for p in weight_files(Path(folder))}
 
@@ -493,9 +488,6 @@ def write_train_manifest(trainer: transformers.Trainer, config: TrainConfig, fam
     steps, the saved weight files (size, sha256), package versions, git revision and command line
     (``harness.manifest.environment``). Written last by :func:`save_final_model`: its presence marks a complete
     final model."""
-    from harness.io import atomic_write_json
-    from harness.manifest import environment
-    from harness.models import content_hash
 
     loss = getattr(trainer, "loss_config", None)
     reference = getattr(trainer, "reference", None)
@@ -872,7 +864,6 @@ class PreferenceCollator:
 
     def images(self, example: Any) -> dict[str, tuple[Any, str | None]]:
         """``condition -> (PIL image or None, image id)`` for the conditions this collator needs."""
-        from harness.types import ImageRef
         from trainers.data import rejected_image
 
         def load(path: str | None) -> tuple[Any, str | None]:

@@ -13,13 +13,13 @@ import sys
 from harness.cli.commands import COMMANDS, eval_config, parse_counts, print_summary
 from harness.cli.parser import build_parser
 from harness.errors import HarnessError
+from harness.redact import install_log_redaction, redact, register_run_secrets
+from harness.store import release_locks
 
 __all__ = ["COMMANDS", "build_parser", "eval_config", "main", "parse_counts", "print_summary"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.redact import install_log_redaction, redact, register_run_secrets
-    from harness.store import release_locks
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -7,8 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError, HarnessError
-from harness.task import task_flags
+from harness.errors import ConfigError, DataError, HarnessError
+from harness.evaluate import EvalConfig, evaluate, make_judge, task_options
+from harness.io import dumps_record
+from harness.runner import Terminated
+from harness.sweep import cmd_sweep as sweep
+from harness.task import Task, all_tasks, get_task, task_flags
+from reports.cli import cmd_report as report
+from trainers.cli import run_train
+from trainers.vtc.pipeline import run_build_vtc
 
 
 # --------------------------------------------------------------------------- helpers
@@ -26,14 +33,12 @@ def _flag_options(args) -> tuple[dict[str, Any], dict[str, str]]:
 def _task_options(args, classes: list | None = None) -> dict[str, Any]:
     """The task options of ``--option KEY=VALUE`` and the dedicated flags. With ``classes`` (the requested task
     classes), a key that none of them reads is a :class:`ConfigError` naming the closest known keys."""
-    from harness.evaluate import task_options
 
     return task_options(args.option, *_flag_options(args), classes)
 
 
 def eval_config(args):
     """The :class:`harness.evaluate.EvalConfig` of ``harness run``'s arguments."""
-    from harness.evaluate import EvalConfig
 
     values, flags = _flag_options(args)
     return EvalConfig(
@@ -83,10 +88,6 @@ def eval_config(args):
 def cmd_score(args) -> int:
     import json
 
-    from harness.evaluate import make_judge
-    from harness.io import dumps_record
-    from harness.task import get_task
-
     cls = get_task(args.task)
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise ConfigError(f"--data-root {args.data_root} is not a directory")
@@ -115,8 +116,6 @@ def cmd_score(args) -> int:
 def _check_responses_path(cls, responses: str) -> None:
     """``--responses`` names an existing file (or, for tasks that read folders and answer specs, anything the task
     itself checks); one-line errors instead of ``IsADirectoryError`` / ``FileNotFoundError`` tracebacks."""
-    from harness.errors import DataError
-    from harness.task import Task
 
     if cls.responses_accept_directory:
         return
@@ -148,7 +147,6 @@ def _check_writable_file(value: str, flag: str) -> None:
 
 
 def cmd_tasks(args) -> int:
-    from harness.task import all_tasks
 
     registry = all_tasks()
     width = max((len(n) for n in registry), default=4)
@@ -207,7 +205,6 @@ def cmd_run(args) -> int:
     """``harness run``: :func:`harness.evaluate.evaluate` of the arguments, then the summary table. SIGTERM is
     handled as Ctrl-C (exit 143 instead of 130); a full disk, quota, read-only file system or permission error
     while writing the run is a one-line error; finished predictions are kept."""
-    from harness.evaluate import evaluate
 
     config = eval_config(args)
     with _sigterm_as_interrupt():
@@ -221,8 +218,6 @@ def _sigterm_as_interrupt():
     """While inside, SIGTERM raises :class:`harness.runner.Terminated` (a KeyboardInterrupt) in the main thread."""
     import signal
     import threading
-
-    from harness.runner import Terminated
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -293,25 +288,21 @@ def print_summary(record) -> None:
 
 
 def cmd_train(args) -> int:
-    from trainers.cli import run_train
 
     return run_train(args)
 
 
 def cmd_report(args) -> int:
-    from reports.cli import cmd_report as report
 
     return report(args)
 
 
 def cmd_sweep(args) -> int:
-    from harness.sweep import cmd_sweep as sweep
 
     return sweep(args)
 
 
 def cmd_build_vtc(args) -> int:
-    from trainers.vtc.pipeline import run_build_vtc
 
     return run_build_vtc(args)
 

@@ -7,7 +7,11 @@ import argparse
 import logging
 
 from harness.argtypes import int_at_least
+from harness.sweep import add_sweep_arguments
 from harness.task import task_flags
+from reports.cli import add_report_parser
+from trainers.cli import add_train_arguments
+from trainers.vtc.pipeline import add_build_vtc_arguments
 
 log = logging.getLogger("harness")
 
@@ -206,11 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
         "override the recipe. Several GPUs: accelerate launch --config_file "
         "configs/accelerate/zero2.yaml -m harness train ...",
     )
-    from trainers.cli import add_train_arguments
 
     add_train_arguments(train)
-
-    from reports.cli import add_report_parser
 
     add_report_parser(sub, parents=[common])
 
@@ -223,7 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
         "run them here or on Slurm, and write the report. Rerunning skips finished "
         "jobs and resumes the others. Quick start: harness sweep --preset toy",
     )
-    from harness.sweep import add_sweep_arguments
 
     add_sweep_arguments(sweep)
 
@@ -236,7 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
         "stage resumes. Several GPUs for the embedding: accelerate launch -m harness build-vtc --stage "
         "embed ...",
     )
-    from trainers.vtc.pipeline import add_build_vtc_arguments
 
     add_build_vtc_arguments(build_vtc)
 

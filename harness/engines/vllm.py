@@ -27,6 +27,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
+from harness import _torchvision_compat
 from harness.engines.base import Engine, EngineOptions
 from harness.errors import ConfigError, EngineError, MissingPackage
 from harness.models import resolve_model
@@ -74,8 +75,6 @@ def prepare_environment() -> None:
     processes could not import torchvision (see the module docstring): ``VLLM_ENABLE_V1_MULTIPROCESSING=0``.
     """
     import torch
-
-    from harness import _torchvision_compat
 
     if not torch.cuda.is_available():
         for key, value in _CPU_ENV_DEFAULTS.items():

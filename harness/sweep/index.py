@@ -10,8 +10,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.cache import content_hash
 from harness.errors import ConfigError, DataError
 from harness.io import atomic_write_json, atomic_write_text
+from harness.models import content_hash as model_hash
 from harness.models.weights import safetensors_header, same_weights, weight_files  # noqa: F401
 from harness.sweep.inputs import NON_SEMANTIC_TRAIN, nested_subsets
 from harness.sweep.layout import (
@@ -75,7 +77,6 @@ def verify_trained_model(job: Job, output: Path) -> tuple[str | None, dict[str, 
     file is whole (safetensors headers, every shard of an index) and matches the hashes the manifest recorded.
     Verified: trained with the job's settings, from the job's starting model as it is now (its content hash), and
     not identical to that starting model (a run that trained nothing, or resumed from nothing)."""
-    from harness.cache import content_hash
 
     model_dir = output / job.outputs["model"]
     manifest = _read_json(model_dir / MANIFEST_FILE)
@@ -116,7 +117,6 @@ def verify_trained_model(job: Job, output: Path) -> tuple[str | None, dict[str, 
         return f"{model_dir}: trained from {start_path}, not {wanted}", {}
     if not start_path.is_dir():
         return f"{model_dir}: its starting model {start_path} is gone; cannot verify it", {}
-    from harness.models import content_hash as model_hash
 
     if start.get("content_hash") and model_hash(start_path) != start["content_hash"]:
         return f"{model_dir}: its starting model {start_path} changed since it was trained", {}

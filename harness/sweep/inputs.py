@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError, DataError
+from harness.store import fingerprint as _fp
 from harness.sweep.settings import DEFAULT_SUBSET_SEED, SweepSettings, project_path
+from trainers.config import PREFERENCE_METHODS, TrainConfig, load_config, unknown_method_message
 
 if TYPE_CHECKING:
-    from trainers.config import TrainConfig
     from trainers.data import PreferenceExample
 
 # Training settings that do not change the trained model (left out of a training job's fingerprint).
@@ -37,7 +38,6 @@ SWEEP_SET_TRAIN = ("method", "model", "data", "output", "resume")
 
 def fingerprint(values: Mapping[str, Any]) -> str:
     """A stable 16-hex-digit hash of ``values``."""
-    from harness.store import fingerprint as _fp
 
     return _fp(dict(values))
 
@@ -51,7 +51,6 @@ def uses_rejected_image(method: str) -> bool:
 
 def check_methods(methods: Sequence[str]) -> None:
     """An unknown method is a :class:`ConfigError` naming the closest method names."""
-    from trainers.config import PREFERENCE_METHODS, unknown_method_message
 
     if not methods:
         raise ConfigError("no --methods given (e.g. --methods dpo,mpo,jompo)")
@@ -145,7 +144,6 @@ def train_overrides(section: Mapping[str, Any], what: str) -> dict[str, Any]:
 
 
 def load_train_config(recipe: Path | None, overrides: Mapping[str, Any]) -> TrainConfig:
-    from trainers.config import load_config
 
     return load_config(recipe, {k: v for k, v in overrides.items() if v is not None})
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.io import atomic_write_json
+from harness.models import content_hash as model_hash
 from harness.sweep.index import RunIndex, has_checkpoint, is_done, verify_outputs, verify_trained_model
 from harness.sweep.layout import DONE_FILE, JOB_JSON, LOG_FILE, MANIFEST_FILE, TRAIN_KINDS, _now, _read_json, job_dir
 from harness.sweep.locks import _job_lock_fds, _lock_info, _write_lock_info, job_lock
@@ -82,7 +83,6 @@ def job_arguments(job: Job, output: Path) -> list[str]:
 def _stale_checkpoints(job: Job, ckpt_dir: Path) -> bool:
     """Whether the ``start_model.json`` beside ``ckpt_dir`` names another content hash than the job's starting
     model's."""
-    from harness.models import content_hash as model_hash
 
     recorded = _read_json(ckpt_dir.parent / "start_model.json")
     start = (job.train_config or {}).get("model")

@@ -34,10 +34,11 @@ from harness.sweep.inputs import (
 )
 from harness.sweep.layout import KINDS, MANIFEST_FILE, TRAIN_YAML
 from harness.sweep.resources import slurm_parameters
-from harness.sweep.settings import DEFAULT_TOY_PAIRS, EXECUTORS, SweepSettings, project_path
+from harness.sweep.settings import DEFAULT_TOY_PAIRS, EXECUTORS, GRID_KEYS, SweepSettings, project_path
+from harness.task import get_task
+from trainers.config import REJECTED_IMAGE_STRATEGIES, TrainConfig
 
 if TYPE_CHECKING:
-    from trainers.config import TrainConfig
     from trainers.data import PreferenceExample
 
 log = logging.getLogger("harness.sweep")
@@ -171,7 +172,6 @@ def build_plan(settings: SweepSettings) -> Plan:
     methods = list(dict.fromkeys(m for grid in grids for m in grid["methods"]))
     if not settings.tasks:
         raise ConfigError("no --tasks given (e.g. --tasks amber,object_halbench,mmhal; `harness tasks` lists them)")
-    from harness.task import get_task
 
     for task in settings.tasks:
         get_task(task)  # unknown names fail with the closest ones
@@ -189,7 +189,6 @@ def build_plan(settings: SweepSettings) -> Plan:
     if settings.slurm:
         for kind in KINDS:
             slurm_parameters(settings.slurm, kind)  # bad resources fail before anything runs
-    from trainers.config import REJECTED_IMAGE_STRATEGIES
 
     for strategy in (s for grid in grids for s in grid["rejected_images"] or ()):
         if strategy not in REJECTED_IMAGE_STRATEGIES:
@@ -339,7 +338,6 @@ def build_plan(settings: SweepSettings) -> Plan:
 def _grids(settings: SweepSettings) -> list[dict[str, Any]]:
     """The main grid (the top-level ``methods``, ``data_sizes``, ``betas``, ``epochs``, ``seeds``,
     ``rejected_images``), then each of ``grids`` over it."""
-    from harness.sweep.settings import GRID_KEYS
 
     main = {key: getattr(settings, key) for key in GRID_KEYS}
     return [main, *({**main, **extra} for extra in settings.grids or ())]

@@ -62,6 +62,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from harness.cache import content_hash
 from harness.errors import ConfigError, DataError, ModelError
 from harness.io import (
     atomic_write_json,
@@ -604,7 +605,6 @@ class EmbedResult:
 
 def embed_settings(pool: ImagePool, config: EmbedConfig) -> dict[str, Any]:
     """What decides the embeddings (the manifest's ``settings``): source, image list, models, pooling, shards."""
-    from harness.cache import content_hash
 
     def model_hash(path: str) -> str | None:
         return content_hash(path) if Path(path).exists() else None

@@ -51,6 +51,10 @@ from harness.argtypes import int_at_least
 from harness.errors import ConfigError
 from harness.io import atomic_write_json, atomic_write_text, read_json
 from harness.judge import Judge
+from trainers.vtc import contrast_types
+from trainers.vtc.label import read_labels
+from trainers.vtc.review import write_review_pages
+from trainers.vtc.write import read_outputs
 
 log = logging.getLogger("harness.vtc")
 
@@ -266,9 +270,7 @@ def _embed(config: BuildConfig) -> dict[str, Any] | None:
 
 def _review(config: BuildConfig) -> dict[str, Any]:
     from trainers.vtc.embed import load_pool
-    from trainers.vtc.label import read_labels
     from trainers.vtc.mine import read_pairs
-    from trainers.vtc.review import write_review_pages
 
     out = Path(config.output)
     labels = read_labels(out)
@@ -296,7 +298,6 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 def contrast_type_table(types: dict[str, int]) -> list[dict[str, Any]]:
     """The paper's Table 6 layout: each of the nine types (paper order) with its count and share (%), then Total."""
-    from trainers.vtc import contrast_types
 
     total = sum(types.values())
     rows = [
@@ -316,7 +317,6 @@ PAPER_TABLE6 = Path(__file__).with_name("data") / "jompo_table6_vtc_types.csv"
 
 def paper_table6() -> dict[str, int]:
     """The JoMPO paper's Table 6 (contrast types of the 5,025 VTC examples) by this project's type names."""
-    from trainers.vtc import contrast_types
 
     names = [t.name for t in contrast_types()]
     out: dict[str, int] = {}
@@ -344,9 +344,7 @@ def build_report(out_dir: str | os.PathLike[str], *, echo: bool = False) -> dict
     """The distribution of contrast types among written pairs and per-source counts, from the stages' outputs;
     written to ``DIR/report/`` (``contrast_types.csv``, ``per_source.csv``, ``report.json``) and, with ``echo``,
     printed to stdout."""
-    from trainers.vtc.label import read_labels
     from trainers.vtc.mine import read_pairs
-    from trainers.vtc.write import read_outputs
 
     out = Path(out_dir)
     pairs = {p.pair_id: p for p in read_pairs(out)}

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import DataError
-from harness.io import read_json
-from trainers.vtc import TEMPLATE_DIR, ContrastType, contrast_types, find_contrast_type
+from harness.io import atomic_write_text, read_json
+from trainers.vtc import TEMPLATE_DIR, ContrastType, contrast_type, contrast_types, find_contrast_type
 from trainers.vtc.label import Label, image_data_url
 
 log = logging.getLogger("harness.vtc.review")
@@ -93,7 +93,6 @@ def write_review_pages(
     thumb_side: int = THUMBNAIL_SIDE,
 ) -> list[Path]:
     """Write the review pages of the labelled pairs to ``DIR/review/`` (old pages there are replaced)."""
-    from harness.io import atomic_write_text
 
     review_dir = Path(out_dir) / "review"
     review_dir.mkdir(parents=True, exist_ok=True)
@@ -172,7 +171,6 @@ class ReviewOutcome:
 
 def apply_decisions(labels: Sequence[Label], decisions: dict[str, Decision] | None) -> ReviewOutcome:
     """The pairs to write: every labelled pair without decisions; with them, the accepted ones (type as decided)."""
-    from trainers.vtc import contrast_type
 
     outcome = ReviewOutcome(
         counts={"labelled": 0, "accepted": 0, "rejected": 0, "changed": 0, "undecided": 0, "not_labelled": 0}

@@ -54,7 +54,9 @@ from trainers.vtc.label import (
     ReplyError,
     pair_images_content,
     parse_json_reply,
+    read_labels,
 )
+from trainers.vtc.review import apply_decisions, read_decisions
 
 log = logging.getLogger("harness.vtc.write")
 
@@ -254,9 +256,7 @@ def run_write_stage(
 
     from trainers.data import PreferenceExample, write_preferences
     from trainers.vtc.embed import load_pool
-    from trainers.vtc.label import read_labels
     from trainers.vtc.mine import read_pairs
-    from trainers.vtc.review import apply_decisions, read_decisions
 
     unknown = [t for t in tasks if t not in TASK_TYPES]
     if unknown or not tasks:
