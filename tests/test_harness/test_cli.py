@@ -317,3 +317,13 @@ def test_vllm_engine_through_the_cli_matches_hf(cache, tmp_path):
     assert vllm.returncode == 0, vllm.stderr[-3000:]
     preds = [(tmp_path / e / "lab-llava-v1" / "toy_amber" / "predictions.jsonl").read_text() for e in ("hf", "vllm")]
     assert preds[0] == preds[1]
+
+
+def test_cli_modules_load_no_heavy_library_at_import():
+    """Starting the CLI (or reading a sweep or a report) imports no torch, transformers, pandas or numpy."""
+    code = (
+        "import sys, harness.cli, harness.evaluate, harness.sweep, reports.cli, trainers.cli; "
+        "print(','.join(m for m in ('torch', 'transformers', 'pandas', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
